@@ -1,0 +1,93 @@
+-- herald schema, version 1.
+-- Applied once by the migration runner (src/store/migrate.rs) inside one
+-- transaction together with its schema_version bump. Times are Unix epoch
+-- milliseconds. Later versions append steps; this file never changes shape
+-- once released.
+
+-- People who receive notifications. Ids are the embedding application's own.
+CREATE TABLE users (
+    id          TEXT PRIMARY KEY,
+    email       TEXT NOT NULL,
+    name        TEXT NOT NULL DEFAULT '',
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL
+);
+CREATE INDEX users_email ON users (email);
+
+-- API tokens, stored as SHA-256 hex of the secret; the secret is shown once.
+CREATE TABLE api_tokens (
+    token_hash  TEXT PRIMARY KEY,
+    user_id     TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    created_at  INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX api_tokens_user ON api_tokens (user_id);
+
+-- The transactional outbox: one row per accepted event, written in the
+-- caller's transaction. `seq` is the dispatch order, `id` the public event id.
+-- The dispatcher moves a row from pending to dispatched (or failed) in the
+-- same transaction that writes its inbox rows and deliveries, and stores the
+-- event's result there.
+CREATE TABLE outbox (
+    seq              INTEGER PRIMARY KEY,
+    id               TEXT NOT NULL UNIQUE,
+    type             TEXT NOT NULL,
+    body             TEXT NOT NULL,
+    idempotency_key  TEXT UNIQUE,
+    status           TEXT NOT NULL DEFAULT 'pending'
+                     CHECK (status IN ('pending', 'dispatched', 'failed')),
+    created_at       INTEGER NOT NULL,
+    dispatched_at    INTEGER,
+    sent             INTEGER,
+    deduped          INTEGER,
+    suppressed       INTEGER,
+    error            TEXT
+);
+CREATE INDEX outbox_pending ON outbox (seq) WHERE status = 'pending';
+
+-- The in-app inbox. One row per (event, user): the unique key makes a
+-- re-driven dispatch unable to duplicate a row.
+CREATE TABLE notifications (
+    id          INTEGER PRIMARY KEY,
+    event_seq   INTEGER NOT NULL REFERENCES outbox (seq),
+    user_id     TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    type        TEXT NOT NULL,
+    title       TEXT NOT NULL,
+    body        TEXT NOT NULL,
+    actions     TEXT NOT NULL DEFAULT '[]',
+    payload     TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    seen_at     INTEGER,
+    read_at     INTEGER,
+    UNIQUE (event_seq, user_id)
+);
+CREATE INDEX notifications_user_created ON notifications (user_id, created_at DESC, id DESC);
+CREATE INDEX notifications_user_unread ON notifications (user_id, created_at DESC, id DESC)
+    WHERE read_at IS NULL;
+CREATE INDEX notifications_user_unseen ON notifications (user_id) WHERE seen_at IS NULL;
+
+-- Email deliveries: one row per (event, recipient, channel), rendered once at
+-- creation so that every retry sends the identical body under the same
+-- Idempotency-Key (the delivery id).
+CREATE TABLE deliveries (
+    id               TEXT PRIMARY KEY,
+    event_seq        INTEGER NOT NULL REFERENCES outbox (seq),
+    recipient        TEXT NOT NULL,
+    channel          TEXT NOT NULL,
+    address          TEXT NOT NULL,
+    subject          TEXT NOT NULL,
+    html             TEXT NOT NULL,
+    text             TEXT NOT NULL,
+    status           TEXT NOT NULL DEFAULT 'pending'
+                     CHECK (status IN ('pending', 'retrying', 'sent', 'failed', 'dead')),
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  INTEGER,
+    provider         TEXT,
+    provider_id      TEXT,
+    last_error       TEXT,
+    created_at       INTEGER NOT NULL,
+    updated_at       INTEGER NOT NULL,
+    UNIQUE (event_seq, recipient, channel)
+) WITHOUT ROWID;
+CREATE INDEX deliveries_pending ON deliveries (created_at) WHERE status = 'pending';
+CREATE INDEX deliveries_retrying ON deliveries (next_attempt_at) WHERE status = 'retrying';
+CREATE INDEX deliveries_status ON deliveries (status, updated_at);

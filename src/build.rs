@@ -1,0 +1,39 @@
+//! Embeds `templates/<type>/<file>` into the binary so the release binary
+//! alone is a complete install: generates a `(name, source)` table that
+//! `notify::templates` loads when no `--templates` directory is given.
+
+use std::fmt::Write;
+use std::path::Path;
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+    println!("cargo:rerun-if-changed={}", root.display());
+    let mut entries = Vec::new();
+    if let Ok(types) = std::fs::read_dir(&root) {
+        for ty in types.flatten().filter(|e| e.path().is_dir()) {
+            println!("cargo:rerun-if-changed={}", ty.path().display());
+            for file in std::fs::read_dir(ty.path()).into_iter().flatten().flatten() {
+                let name = format!(
+                    "{}/{}",
+                    ty.file_name().to_string_lossy(),
+                    file.file_name().to_string_lossy()
+                );
+                entries.push((name, file.path()));
+            }
+        }
+    }
+    entries.sort();
+    let mut out = String::from("pub static TEMPLATES: &[(&str, &str)] = &[\n");
+    for (name, path) in entries {
+        println!("cargo:rerun-if-changed={}", path.display());
+        writeln!(
+            out,
+            "    ({name:?}, include_str!({:?})),",
+            path.display().to_string()
+        )
+        .unwrap();
+    }
+    out.push_str("];\n");
+    let dest = Path::new(&std::env::var("OUT_DIR").unwrap()).join("embedded_templates.rs");
+    std::fs::write(dest, out).unwrap();
+}

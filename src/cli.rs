@@ -1,0 +1,253 @@
+//! The `herald` command line: `serve`, `migrate`, `check`, `send` and
+//! `user add|token`. Each command builds what it needs from `Config`;
+//! `serve` wires store -> notifier -> HTTP and shuts them down in reverse.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::config::{Args, Config};
+use crate::http::{Ctx, HttpServer};
+use crate::notify::{outbox, DeliveryPolicy, Event, Notifier, Recipient, Registry, Templates};
+use crate::store::{users, Store, StoreError, SCHEMA_VERSION};
+use crate::{ids, mail};
+
+const USAGE: &str = "\
+herald: self-hosted notifications (inbox + email) on one SQLite file
+
+usage:
+  herald serve [--addr 127.0.0.1:8025] [--db data/herald.db] [--dev] [--demo]
+               [--registry FILE] [--templates DIR]
+  herald migrate                      apply schema migrations and exit
+  herald check                        validate the registry and render every template
+  herald send <type> --to <user|email>... --payload <json> [--subject-id ID]
+  herald user add <id> --email <address> [--name <name>]
+  herald user token <id>              issue a new API token for a user
+
+Every flag also reads HERALD_<FLAG> (HERALD_ADDR, HERALD_DB, ...); see README.md.";
+
+/// Runs the command line; the returned code is the process exit status.
+pub fn main(words: Vec<String>) -> i32 {
+    let args = match Args::parse(words) {
+        Ok(args) => args,
+        Err(e) => return fail(2, &e),
+    };
+    if args.switch("help") || args.positional.is_empty() {
+        println!("{USAGE}");
+        return if args.switch("help") { 0 } else { 2 };
+    }
+    let config = match Config::load(&args) {
+        Ok(config) => config,
+        Err(e) => return fail(2, &e),
+    };
+    let words: Vec<&str> = args.positional.iter().map(String::as_str).collect();
+    let result = match words.as_slice() {
+        ["serve"] => serve(&config),
+        ["migrate"] => migrate(&config),
+        ["check"] => check(&config),
+        ["send", kind] => send(&config, &args, kind),
+        ["user", "add", id] => user_add(&config, &args, id),
+        ["user", "token", id] => user_token(&config, id),
+        _ => Err(format!("unknown command {:?}\n\n{USAGE}", words.join(" "))),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => fail(1, &e),
+    }
+}
+
+fn fail(code: i32, message: &str) -> i32 {
+    eprintln!("herald: {message}");
+    code
+}
+
+fn open_store(config: &Config) -> Result<Arc<Store>, String> {
+    Store::open(&config.db, config.synchronous)
+        .map(Arc::new)
+        .map_err(|e| format!("{}: {e}", config.db.display()))
+}
+
+fn load_catalog(config: &Config) -> Result<(Registry, Templates), String> {
+    let registry = match &config.registry {
+        Some(path) => Registry::from_file(path),
+        None => Registry::embedded(),
+    }
+    .map_err(|e| format!("registry: {e}"))?;
+    let templates = Templates::load(&registry, config.templates.as_deref())
+        .map_err(|e| format!("templates:\n{e}"))?;
+    Ok((registry, templates))
+}
+
+fn notifier(config: &Config) -> Result<Notifier, String> {
+    let store = open_store(config)?;
+    let (registry, templates) = load_catalog(config)?;
+    let policy = DeliveryPolicy {
+        ..config.policy.clone()
+    };
+    Ok(Notifier::new(store, registry, templates, policy))
+}
+
+fn provider(config: &Config) -> Result<Arc<dyn mail::MailProvider>, String> {
+    mail::from_config(&config.mail).map(Arc::from)
+}
+
+fn serve(config: &Config) -> Result<(), String> {
+    let notifier = notifier(config)?;
+    let provider = provider(config)?;
+    let mut service_key = config.service_key.clone();
+    if config.demo {
+        seed_demo(&notifier, &mut service_key)?;
+    } else if service_key.is_none() {
+        log::warn!("HERALD_SERVICE_KEY is not set: service endpoints (users, events) answer 401");
+    }
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
+    ctrlc::set_handler(move || {
+        let _ = stop_tx.try_send(());
+    })
+    .map_err(|e| format!("cannot install signal handler: {e}"))?;
+
+    let running = notifier.start(provider);
+    let ctx = Arc::new(Ctx {
+        notifier: notifier.clone(),
+        service_key,
+        public_url: config.public_url.clone().unwrap_or_default(),
+    });
+    let http = HttpServer::start(&config.addr, ctx, config.http_threads)?;
+    println!("listening on http://{}", http.addr());
+    log::info!(
+        "herald serving {} (mail: {}, schema v{SCHEMA_VERSION})",
+        config.db.display(),
+        config.mail.provider
+    );
+    let _ = stop_rx.recv();
+    log::info!("shutting down: no new requests; finishing in-flight work");
+    let started = Instant::now();
+    http.shutdown(config.shutdown_grace);
+    running.shutdown(config.shutdown_grace.saturating_sub(started.elapsed()));
+    log::info!("stopped");
+    Ok(())
+}
+
+/// `--demo`: on an empty database, a user to try the inbox with, and a
+/// service key if none is configured. Secrets are printed once, here.
+fn seed_demo(notifier: &Notifier, service_key: &mut Option<String>) -> Result<(), String> {
+    if service_key.is_none() {
+        let key = ids::new_token().replacen("hrld_", "hsk_", 1);
+        println!("demo service key: {key}");
+        *service_key = Some(key);
+    }
+    let store = notifier.store();
+    let empty = store.read(users::count).map_err(|e| e.to_string())? == 0;
+    if !empty {
+        return Ok(());
+    }
+    let alice = users::User {
+        id: "alice".into(),
+        email: "alice@acme.test".into(),
+        name: "Alice".into(),
+    };
+    let token = store
+        .write(|tx| {
+            users::upsert(tx, &alice)?;
+            users::issue_token(tx, &alice.id)
+        })
+        .map_err(|e| e.to_string())?;
+    println!("demo user alice token: {token}");
+    Ok(())
+}
+
+fn migrate(config: &Config) -> Result<(), String> {
+    open_store(config)?;
+    println!("{}: schema version {SCHEMA_VERSION}", config.db.display());
+    Ok(())
+}
+
+fn check(config: &Config) -> Result<(), String> {
+    let (registry, _) = load_catalog(config)?;
+    let count = registry.types().count();
+    println!(
+        "{}: {count} notification types, every template renders",
+        registry.source
+    );
+    Ok(())
+}
+
+/// Enqueues one event, dispatches and sends it in this process, and prints
+/// the event's result once its emails are settled.
+fn send(config: &Config, args: &Args, kind: &str) -> Result<(), String> {
+    let payload: Value = serde_json::from_str(args.value("payload").unwrap_or("{}"))
+        .map_err(|e| format!("--payload is not valid JSON: {e}"))?;
+    let recipients = args
+        .values("to")
+        .iter()
+        .map(|to| match to.contains('@') {
+            true => Recipient::Address { email: to.clone() },
+            false => Recipient::User(to.clone()),
+        })
+        .collect();
+    let mut event = Event::new(kind, recipients, payload);
+    event.subject_id = args.value("subject-id").map(str::to_string);
+
+    let notifier = notifier(config)?;
+    let running = notifier.start(provider(config)?);
+    let enqueued = notifier
+        .transaction(|outbox| outbox.enqueue(&event))
+        .map_err(|e| e.to_string())?;
+    running.flush(Duration::from_secs(30));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let view = loop {
+        let view = notifier
+            .store()
+            .read(|c| outbox::view(c, &enqueued.id))
+            .map_err(|e: StoreError| e.to_string())?;
+        let settled = view.deliveries.iter().all(|d| d.status != "pending");
+        if (view.status != "pending" && settled) || Instant::now() > deadline {
+            break view;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    running.shutdown(Duration::from_secs(5));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&view).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
+
+fn user_add(config: &Config, args: &Args, id: &str) -> Result<(), String> {
+    let email = args.value("email").ok_or("user add needs --email")?;
+    if !crate::notify::event::is_plausible_email(email) {
+        return Err(format!("--email {email:?} is not an email address"));
+    }
+    let user = users::User {
+        id: id.to_string(),
+        email: email.to_string(),
+        name: args.value("name").unwrap_or("").to_string(),
+    };
+    let store = open_store(config)?;
+    let created = store
+        .write(|tx| users::upsert(tx, &user))
+        .map_err(|e| e.to_string())?;
+    println!("{} user {id}", if created { "created" } else { "updated" });
+    Ok(())
+}
+
+fn user_token(config: &Config, id: &str) -> Result<(), String> {
+    let store = open_store(config)?;
+    let token = store
+        .write(|tx| {
+            if !users::exists(tx, id)? {
+                return Err(StoreError::NotFound);
+            }
+            users::issue_token(tx, id)
+        })
+        .map_err(|e| match e {
+            StoreError::NotFound => {
+                format!("no user {id:?} (add it with: herald user add {id} --email ...)")
+            }
+            other => other.to_string(),
+        })?;
+    println!("{token}");
+    Ok(())
+}

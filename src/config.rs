@@ -1,0 +1,242 @@
+//! Configuration: one struct, filled from defaults, then `HERALD_*`
+//! environment variables, then command-line flags, and validated at start
+//! with a clear message. `Debug` never shows secrets.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::mail::MailConfig;
+use crate::notify::DeliveryPolicy;
+use crate::store::Synchronous;
+
+/// Command-line words: positionals, `--flag value` options and switches.
+#[derive(Debug, Default)]
+pub struct Args {
+    pub positional: Vec<String>,
+    options: HashMap<String, Vec<String>>,
+}
+
+const SWITCHES: &[&str] = &["dev", "demo", "help"];
+const OPTIONS: &[&str] = &[
+    "addr",
+    "db",
+    "registry",
+    "templates",
+    "to",
+    "payload",
+    "subject-id",
+    "email",
+    "name",
+    "synchronous",
+];
+
+impl Args {
+    pub fn parse(words: impl IntoIterator<Item = String>) -> Result<Args, String> {
+        let mut args = Args::default();
+        let mut words = words.into_iter();
+        while let Some(word) = words.next() {
+            let Some(flag) = word.strip_prefix("--") else {
+                args.positional.push(word);
+                continue;
+            };
+            let (name, inline) = match flag.split_once('=') {
+                Some((n, v)) => (n.to_string(), Some(v.to_string())),
+                None => (flag.to_string(), None),
+            };
+            if SWITCHES.contains(&name.as_str()) {
+                let value = inline.unwrap_or_else(|| "true".into());
+                args.options.entry(name).or_default().push(value);
+            } else if OPTIONS.contains(&name.as_str()) {
+                let value = match inline {
+                    Some(v) => v,
+                    None => words.next().ok_or(format!("--{name} needs a value"))?,
+                };
+                args.options.entry(name).or_default().push(value);
+            } else {
+                return Err(format!("unknown flag --{name} (see herald --help)"));
+            }
+        }
+        Ok(args)
+    }
+
+    pub fn value(&self, name: &str) -> Option<&str> {
+        self.options
+            .get(name)
+            .and_then(|v| v.last())
+            .map(String::as_str)
+    }
+
+    pub fn values(&self, name: &str) -> &[String] {
+        self.options.get(name).map_or(&[], Vec::as_slice)
+    }
+
+    pub fn switch(&self, name: &str) -> bool {
+        self.value(name).is_some_and(|v| v != "false")
+    }
+}
+
+#[derive(Clone)]
+pub struct Config {
+    pub addr: String,
+    pub db: PathBuf,
+    pub dev: bool,
+    pub demo: bool,
+    pub registry: Option<PathBuf>,
+    pub templates: Option<PathBuf>,
+    pub service_key: Option<String>,
+    pub public_url: Option<String>,
+    pub mail: MailConfig,
+    pub policy: DeliveryPolicy,
+    pub http_threads: usize,
+    pub synchronous: Synchronous,
+    pub shutdown_grace: Duration,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("addr", &self.addr)
+            .field("db", &self.db)
+            .field(
+                "service_key",
+                &self.service_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("mail", &self.mail)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// Defaults, then the environment, then `args`.
+    pub fn load(args: &Args) -> Result<Config, String> {
+        Config::from_sources(args, |name| {
+            std::env::var(name).ok().filter(|v| !v.is_empty())
+        })
+    }
+
+    pub fn from_sources(
+        args: &Args,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, String> {
+        // A flag wins over its HERALD_* twin.
+        let setting =
+            |flag: &str, var: &str| args.value(flag).map(str::to_string).or_else(|| env(var));
+        let switch = |flag: &str, var: &str| {
+            args.switch(flag)
+                || env(var).is_some_and(|v| matches!(v.as_str(), "1" | "true" | "yes"))
+        };
+        let number = |var: &str, default: u64| -> Result<u64, String> {
+            env(var).map_or(Ok(default), |v| {
+                v.parse()
+                    .map_err(|_| format!("{var}={v:?} is not a non-negative integer"))
+            })
+        };
+        let synchronous = match setting("synchronous", "HERALD_SYNCHRONOUS").as_deref() {
+            None | Some("normal" | "NORMAL") => Synchronous::Normal,
+            Some("full" | "FULL") => Synchronous::Full,
+            Some(other) => {
+                return Err(format!("synchronous must be normal or full, not {other:?}"))
+            }
+        };
+        let max_attempts = number("HERALD_MAX_ATTEMPTS", 8)?;
+        if max_attempts == 0 || max_attempts > 100 {
+            return Err("HERALD_MAX_ATTEMPTS must be 1 to 100".into());
+        }
+        let policy = DeliveryPolicy {
+            from: env("HERALD_MAIL_FROM")
+                .unwrap_or_else(|| "herald <notifications@localhost>".into()),
+            sender_threads: number("HERALD_MAIL_SENDERS", 8)?.clamp(1, 64) as usize,
+            retry_base: Duration::from_millis(number("HERALD_RETRY_BASE_MS", 5000)?.max(1)),
+            retry_cap: Duration::from_millis(number("HERALD_RETRY_CAP_MS", 3_600_000)?.max(1)),
+            max_attempts: max_attempts as u32,
+        };
+        let mail = MailConfig {
+            provider: env("HERALD_MAIL_PROVIDER").unwrap_or_else(|| "console".into()),
+            api_url: env("HERALD_MAIL_API_URL").unwrap_or_else(|| "https://api.resend.com".into()),
+            api_key: env("HERALD_MAIL_API_KEY"),
+            from: policy.from.clone(),
+            timeout: Duration::from_millis(number("HERALD_MAIL_TIMEOUT_MS", 15_000)?.max(100)),
+        };
+        let public_url = env("HERALD_PUBLIC_URL").map(|u| u.trim_end_matches('/').to_string());
+        if let Some(url) = &public_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!(
+                    "HERALD_PUBLIC_URL={url:?} must start with http:// or https://"
+                ));
+            }
+        }
+        Ok(Config {
+            addr: setting("addr", "HERALD_ADDR").unwrap_or_else(|| "127.0.0.1:8025".into()),
+            db: setting("db", "HERALD_DB")
+                .map_or_else(|| PathBuf::from("data/herald.db"), PathBuf::from),
+            dev: switch("dev", "HERALD_DEV"),
+            demo: switch("demo", "HERALD_DEMO"),
+            registry: setting("registry", "HERALD_REGISTRY").map(PathBuf::from),
+            templates: setting("templates", "HERALD_TEMPLATES").map(PathBuf::from),
+            service_key: env("HERALD_SERVICE_KEY"),
+            public_url,
+            mail,
+            policy,
+            http_threads: number("HERALD_HTTP_THREADS", 8)?.clamp(1, 256) as usize,
+            synchronous,
+            shutdown_grace: Duration::from_millis(number("HERALD_SHUTDOWN_GRACE_MS", 10_000)?),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(words: &[&str]) -> Args {
+        Args::parse(words.iter().map(|s| s.to_string())).unwrap()
+    }
+
+    #[test]
+    fn flags_override_environment_which_overrides_defaults() {
+        let env = |name: &str| match name {
+            "HERALD_ADDR" => Some("0.0.0.0:9000".to_string()),
+            "HERALD_DB" => Some("/tmp/env.db".to_string()),
+            "HERALD_MAX_ATTEMPTS" => Some("3".to_string()),
+            _ => None,
+        };
+        let c = Config::from_sources(&args(&["serve", "--db", "/tmp/flag.db"]), env).unwrap();
+        assert_eq!(c.addr, "0.0.0.0:9000");
+        assert_eq!(c.db, PathBuf::from("/tmp/flag.db"));
+        assert_eq!(c.policy.max_attempts, 3);
+        assert_eq!(c.mail.provider, "console");
+        let c = Config::from_sources(&args(&[]), |_| None).unwrap();
+        assert_eq!(c.addr, "127.0.0.1:8025");
+        assert_eq!(c.policy.retry_base, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = Config::from_sources(&args(&[]), |n| {
+            (n == "HERALD_RETRY_BASE_MS").then(|| "soon".to_string())
+        })
+        .unwrap_err();
+        assert!(err.contains("HERALD_RETRY_BASE_MS"), "{err}");
+        let err = Args::parse(["--colour".to_string()]).unwrap_err();
+        assert!(err.contains("--colour"), "{err}");
+        let err = Args::parse(["--db".to_string()]).unwrap_err();
+        assert!(err.contains("--db needs a value"), "{err}");
+    }
+
+    #[test]
+    fn debug_hides_secrets() {
+        let c = Config::from_sources(&args(&[]), |n| match n {
+            "HERALD_SERVICE_KEY" => Some("sk-very-secret".to_string()),
+            "HERALD_MAIL_API_KEY" => Some("re_secret".to_string()),
+            _ => None,
+        })
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("very-secret") && !shown.contains("re_secret"),
+            "{shown}"
+        );
+    }
+}

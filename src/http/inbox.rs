@@ -1,0 +1,76 @@
+//! The inbox API for a user token: list (keyset pages, newest first, unread
+//! filter), unseen count, seen / read / seen-all, delete. Another user's
+//! notification is 404, exactly like one that does not exist.
+
+use serde_json::json;
+
+use super::auth;
+use super::error::ApiError;
+use super::request::Req;
+use super::response::Reply;
+use super::Ctx;
+use crate::notify::inbox::{self, Cursor};
+
+pub fn list(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
+    let user = auth::user(ctx, req)?;
+    let limit = match req.query("limit") {
+        None => 20,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=inbox::MAX_PAGE).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("limit must be 1 to {}", inbox::MAX_PAGE))
+            })?,
+    };
+    let cursor = match req.query("cursor").filter(|c| !c.is_empty()) {
+        None => None,
+        Some(c) => Some(Cursor::parse(c).ok_or_else(|| ApiError::bad_request("invalid cursor"))?),
+    };
+    let unread = match req.query("unread") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(ApiError::bad_request("unread must be true or false")),
+    };
+    let page = ctx
+        .notifier
+        .store()
+        .read(|c| inbox::list(c, &user.id, cursor, limit, unread))?;
+    Ok(Reply::json(200, &page))
+}
+
+pub fn unseen_count(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
+    let user = auth::user(ctx, req)?;
+    let count = ctx
+        .notifier
+        .store()
+        .read(|c| inbox::unseen_count(c, &user.id))?;
+    Ok(Reply::json(200, &json!({ "count": count })))
+}
+
+pub fn mark(ctx: &Ctx, req: &Req, id: &str, read: bool) -> Result<Reply, ApiError> {
+    let user = auth::user(ctx, req)?;
+    let id = inbox::parse_id(id)?;
+    ctx.notifier
+        .store()
+        .write(|tx| inbox::mark(tx, &user.id, id, read))?;
+    Ok(Reply::no_content())
+}
+
+pub fn seen_all(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
+    let user = auth::user(ctx, req)?;
+    let updated = ctx
+        .notifier
+        .store()
+        .write(|tx| inbox::mark_all_seen(tx, &user.id))?;
+    Ok(Reply::json(200, &json!({ "updated": updated })))
+}
+
+pub fn delete(ctx: &Ctx, req: &Req, id: &str) -> Result<Reply, ApiError> {
+    let user = auth::user(ctx, req)?;
+    let id = inbox::parse_id(id)?;
+    ctx.notifier
+        .store()
+        .write(|tx| inbox::delete(tx, &user.id, id))?;
+    Ok(Reply::no_content())
+}

@@ -1,0 +1,131 @@
+//! The HTTP edge: the only code that touches tiny_http. A fixed pool of
+//! worker threads takes requests, each handled under `catch_unwind` so a bug
+//! is a logged 500 and never a dead worker, with one log line per request.
+//! Shutdown stops accepting and lets in-flight requests finish.
+
+mod auth;
+mod error;
+mod events;
+mod inbox;
+mod request;
+mod response;
+mod routes;
+mod users;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub use error::ApiError;
+use request::Req;
+pub use response::Reply;
+
+use crate::notify::Notifier;
+
+/// What handlers share.
+pub struct Ctx {
+    pub notifier: Notifier,
+    pub service_key: Option<String>,
+    pub public_url: String,
+}
+
+pub struct HttpServer {
+    server: Arc<tiny_http::Server>,
+    stopping: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<()>>,
+    addr: std::net::SocketAddr,
+}
+
+impl HttpServer {
+    /// Binds `addr` and starts `threads` workers.
+    pub fn start(addr: &str, ctx: Arc<Ctx>, threads: usize) -> Result<HttpServer, String> {
+        let server =
+            tiny_http::Server::http(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let addr = server
+            .server_addr()
+            .to_ip()
+            .ok_or_else(|| format!("{addr} is not an IP address"))?;
+        let server = Arc::new(server);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let next_id = Arc::new(AtomicU64::new(1));
+        let workers = (0..threads.max(1))
+            .map(|i| {
+                let (server, ctx, stopping, next_id) = (
+                    server.clone(),
+                    ctx.clone(),
+                    stopping.clone(),
+                    next_id.clone(),
+                );
+                std::thread::Builder::new()
+                    .name(format!("herald-http-{i}"))
+                    .spawn(move || worker(&server, &ctx, &stopping, &next_id))
+                    .map_err(|e| format!("cannot start HTTP worker: {e}"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(HttpServer {
+            server,
+            stopping,
+            workers,
+            addr,
+        })
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// Stops taking new requests and waits up to `grace` for the ones in
+    /// flight to be answered.
+    pub fn shutdown(self, grace: Duration) {
+        self.stopping.store(true, Ordering::SeqCst);
+        for _ in &self.workers {
+            self.server.unblock();
+        }
+        let deadline = Instant::now() + grace;
+        for worker in self.workers {
+            while !worker.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if worker.is_finished() {
+                let _ = worker.join();
+            }
+        }
+    }
+}
+
+fn worker(server: &tiny_http::Server, ctx: &Ctx, stopping: &AtomicBool, next_id: &AtomicU64) {
+    while !stopping.load(Ordering::SeqCst) {
+        match server.recv() {
+            Ok(rq) => handle(ctx, rq, next_id.fetch_add(1, Ordering::Relaxed)),
+            // `shutdown` unblocks every worker once; the loop sees the flag.
+            Err(_) if stopping.load(Ordering::SeqCst) => break,
+            Err(e) => log::warn!("accept failed: {e}"),
+        }
+    }
+}
+
+fn handle(ctx: &Ctx, mut rq: tiny_http::Request, request_id: u64) {
+    let started = Instant::now();
+    let method = rq.method().as_str().to_string();
+    // The path only: query strings may carry cursors, never logged verbatim.
+    let path = rq.url().split('?').next().unwrap_or("").to_string();
+    let reply = catch_unwind(AssertUnwindSafe(|| {
+        Req::read(&mut rq).and_then(|req| routes::route(ctx, &req))
+    }))
+    .unwrap_or_else(|_| {
+        Err(ApiError::internal(format!(
+            "handler panicked on {method} {path}"
+        )))
+    })
+    .unwrap_or_else(Reply::error);
+    let status = reply.status;
+    if let Err(e) = rq.respond(reply.into_response()) {
+        log::debug!("client went away before the response: {e}");
+    }
+    log::info!(
+        "{method} {path} {status} {:.1}ms req={request_id}",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+}

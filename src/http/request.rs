@@ -1,0 +1,161 @@
+//! A parsed request: method, decoded path segments, query, headers and a body
+//! read up front under the 1 MiB limit. Handlers see only this type, never
+//! tiny_http's.
+
+use std::io::Read;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::error::ApiError;
+
+pub const MAX_BODY: usize = 1024 * 1024;
+
+pub struct Req {
+    pub method: String,
+    pub path: String,
+    pub segments: Vec<String>,
+    pub query: Vec<(String, String)>,
+    headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Req {
+    /// Reads everything a handler may need; fails with 413 for bodies over
+    /// the limit and 400 for paths that do not decode.
+    pub fn read(rq: &mut tiny_http::Request) -> Result<Req, ApiError> {
+        let (path, query) = match rq.url().split_once('?') {
+            Some((p, q)) => (p.to_string(), q.to_string()),
+            None => (rq.url().to_string(), String::new()),
+        };
+        let segments = path
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(percent_decode)
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| ApiError::bad_request("path is not valid percent-encoded UTF-8"))?;
+        let query = query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                Some((percent_decode(k)?, percent_decode(&v.replace('+', " "))?))
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| ApiError::bad_request("query is not valid percent-encoded UTF-8"))?;
+        let headers = rq
+            .headers()
+            .iter()
+            .map(|h| {
+                (
+                    h.field.as_str().as_str().to_ascii_lowercase(),
+                    h.value.as_str().to_string(),
+                )
+            })
+            .collect();
+        if rq.body_length().is_some_and(|n| n > MAX_BODY) {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        rq.as_reader()
+            .take(MAX_BODY as u64 + 1)
+            .read_to_end(&mut body)
+            .map_err(|e| ApiError::bad_request(format!("cannot read request body: {e}")))?;
+        if body.len() > MAX_BODY {
+            return Err(too_large());
+        }
+        Ok(Req {
+            method: rq.method().as_str().to_ascii_uppercase(),
+            path,
+            segments,
+            query,
+            headers,
+            body,
+        })
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn query(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn bearer(&self) -> Option<&str> {
+        let value = self.header("authorization")?;
+        let (scheme, token) = value.split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim())
+            .filter(|t| !t.is_empty())
+    }
+
+    /// The body as JSON: 415 unless declared JSON, 400 if it does not parse.
+    pub fn json_value(&self) -> Result<Value, ApiError> {
+        let content_type = self.header("content-type").unwrap_or("");
+        if !content_type
+            .to_ascii_lowercase()
+            .starts_with("application/json")
+        {
+            return Err(ApiError::new(
+                415,
+                "unsupported_media_type",
+                "request body must be sent as Content-Type: application/json",
+            ));
+        }
+        serde_json::from_slice(&self.body)
+            .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))
+    }
+
+    /// The body as a typed request: shape errors are 422 naming the field.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        let value = self.json_value()?;
+        serde_json::from_value(value)
+            .map_err(|e| ApiError::new(422, "validation_failed", e.to_string()))
+    }
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        413,
+        "payload_too_large",
+        format!("request body exceeds {MAX_BODY} bytes"),
+    )
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%20b%2Fc").as_deref(), Some("a b/c"));
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%ff"), None);
+        assert_eq!(percent_decode("%4"), None);
+    }
+}

@@ -1,0 +1,56 @@
+//! The routing table: every endpoint of the API in one match, so the whole
+//! surface reads in one screen. Unknown paths are 404; a known path with the
+//! wrong method is 405.
+
+use serde_json::json;
+
+use super::error::ApiError;
+use super::request::Req;
+use super::response::Reply;
+use super::{events, inbox, users, Ctx};
+
+pub fn route(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
+    let segs: Vec<&str> = req.segments.iter().map(String::as_str).collect();
+    match (req.method.as_str(), segs.as_slice()) {
+        ("GET", ["healthz"]) => Ok(Reply::json(200, &json!({"status": "ok"}))),
+
+        ("PUT", ["v1", "users", id]) => users::upsert(ctx, req, id),
+        ("POST", ["v1", "users", id, "tokens"]) => users::issue_token(ctx, req, id),
+        ("GET", ["v1", "me"]) => users::me(ctx, req),
+
+        ("POST", ["v1", "events"]) => events::create(ctx, req),
+        ("GET", ["v1", "events", id]) => events::get(ctx, req, id),
+
+        ("GET", ["v1", "inbox"]) => inbox::list(ctx, req),
+        ("GET", ["v1", "inbox", "unseen-count"]) => inbox::unseen_count(ctx, req),
+        ("POST", ["v1", "inbox", "seen-all"]) => inbox::seen_all(ctx, req),
+        ("POST", ["v1", "inbox", id, "seen"]) => inbox::mark(ctx, req, id, false),
+        ("POST", ["v1", "inbox", id, "read"]) => inbox::mark(ctx, req, id, true),
+        ("DELETE", ["v1", "inbox", id]) => inbox::delete(ctx, req, id),
+
+        (_, path) if is_known(path) => Err(ApiError::new(
+            405,
+            "method_not_allowed",
+            format!("{} is not allowed on {}", req.method, req.path),
+        )),
+        _ => Err(ApiError::not_found(format!(
+            "no such endpoint: {}",
+            req.path
+        ))),
+    }
+}
+
+fn is_known(path: &[&str]) -> bool {
+    matches!(
+        path,
+        ["healthz"]
+            | ["v1", "users", _]
+            | ["v1", "users", _, "tokens"]
+            | ["v1", "me"]
+            | ["v1", "events"]
+            | ["v1", "events", _]
+            | ["v1", "inbox"]
+            | ["v1", "inbox", _]
+            | ["v1", "inbox", _, "seen" | "read"]
+    )
+}

@@ -1,0 +1,60 @@
+//! User management for the service key (upsert, issue a token) and `/v1/me`.
+
+use serde::Deserialize;
+use serde_json::json;
+
+use super::auth;
+use super::error::ApiError;
+use super::request::Req;
+use super::response::Reply;
+use super::Ctx;
+use crate::notify::event::is_plausible_email;
+use crate::store::users::{self, User};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpsertUser {
+    email: String,
+    #[serde(default)]
+    name: String,
+}
+
+pub fn upsert(ctx: &Ctx, req: &Req, id: &str) -> Result<Reply, ApiError> {
+    auth::service(ctx, req)?;
+    if id.len() > 200 || id.chars().any(char::is_control) {
+        return Err(ApiError::validation(
+            "id",
+            "at most 200 printable characters",
+        ));
+    }
+    let body: UpsertUser = req.json()?;
+    if !is_plausible_email(&body.email) {
+        return Err(ApiError::validation("email", "expected an email address"));
+    }
+    if body.name.len() > 200 {
+        return Err(ApiError::validation("name", "at most 200 characters"));
+    }
+    let user = User {
+        id: id.to_string(),
+        email: body.email,
+        name: body.name,
+    };
+    let created = ctx.notifier.store().write(|tx| users::upsert(tx, &user))?;
+    Ok(Reply::json(if created { 201 } else { 200 }, &user))
+}
+
+pub fn issue_token(ctx: &Ctx, req: &Req, id: &str) -> Result<Reply, ApiError> {
+    auth::service(ctx, req)?;
+    let token = ctx.notifier.store().write(|tx| {
+        if !users::exists(tx, id)? {
+            return Err(ApiError::not_found(format!("no user {id:?}")));
+        }
+        Ok(users::issue_token(tx, id)?)
+    })?;
+    Ok(Reply::json(201, &json!({ "token": token })))
+}
+
+pub fn me(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
+    let user = auth::user(ctx, req)?;
+    Ok(Reply::json(200, &user))
+}

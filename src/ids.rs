@@ -1,0 +1,78 @@
+//! Identifiers and secrets. Public ids are time-ordered (milliseconds then
+//! random bits) so they sort by creation and append to B-tree indexes; they
+//! stay unique across databases, which matters because a delivery id is the
+//! mail provider's Idempotency-Key. Secrets are random and stored only hashed.
+
+use sha2::{Digest, Sha256};
+
+/// A new id like `evt_0193a1b2c3d4e5f60718293a`: 12 hex digits of
+/// milliseconds followed by 16 random hex digits.
+pub fn new_id(prefix: &str) -> String {
+    let ms = crate::store::now_ms() as u64 & 0xffff_ffff_ffff;
+    format!("{prefix}_{ms:012x}{:016x}", random_u64())
+}
+
+/// A new bearer token: `hrld_` and 32 random bytes in hex.
+pub fn new_token() -> String {
+    let mut bytes = [0u8; 32];
+    fill_random(&mut bytes);
+    format!("hrld_{}", hex(&bytes))
+}
+
+/// SHA-256 of a secret, hex encoded: what the database stores for tokens.
+pub fn hash_secret(secret: &str) -> String {
+    hex(&Sha256::digest(secret.as_bytes()))
+}
+
+/// Compares two secrets in time independent of where they differ.
+pub fn secrets_equal(a: &str, b: &str) -> bool {
+    let (a, b) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+pub fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    fill_random(&mut bytes);
+    u64::from_le_bytes(bytes)
+}
+
+fn fill_random(buf: &mut [u8]) {
+    // The OS generator only fails on platforms herald does not run on; a
+    // missing entropy source must stop the process, never yield weak tokens.
+    getrandom::fill(buf).expect("operating system random number generator unavailable");
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique_prefixed_and_time_ordered() {
+        let a = new_id("evt");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = new_id("evt");
+        assert!(a.starts_with("evt_") && a.len() == 4 + 28);
+        assert!(a < b, "{a} should sort before {b}");
+    }
+
+    #[test]
+    fn secrets_compare_and_hash() {
+        assert!(secrets_equal("abc", "abc"));
+        assert!(!secrets_equal("abc", "abd"));
+        assert_eq!(hash_secret("x").len(), 64);
+        assert_ne!(new_token(), new_token());
+    }
+}

@@ -1,0 +1,15 @@
+//! herald: a self-hosted notification service on one SQLite file.
+//!
+//! Data flows one way: `http` (or an embedding application) -> a write
+//! transaction in `store` that also writes the `notify` outbox -> after
+//! commit, the bus -> the dispatcher -> the inbox and email channels ->
+//! `mail` providers. See ARCHITECTURE.md for the map and its invariants.
+
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod ids;
+pub mod mail;
+pub mod notify;
+pub mod store;
+pub mod time;

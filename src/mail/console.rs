@@ -1,0 +1,30 @@
+//! The console provider (the default): logs each email and reports it sent.
+//! The delivery row keeps subject, html and text, which is what `--dev`'s
+//! mailbox shows; nothing leaves the machine.
+
+use super::{Email, MailError, MailProvider, RateHint, Sent};
+
+pub struct Console;
+
+impl MailProvider for Console {
+    fn name(&self) -> &'static str {
+        "console"
+    }
+
+    fn send_email(
+        &self,
+        email: &Email,
+        idempotency_key: &str,
+    ) -> (Result<Sent, MailError>, RateHint) {
+        log::info!(
+            "email (console) to={} subject={:?} key={idempotency_key}\n{}",
+            email.to.join(", "),
+            email.subject,
+            email.text.trim_end()
+        );
+        let sent = Sent {
+            provider_id: format!("console-{idempotency_key}"),
+        };
+        (Ok(sent), RateHint::default())
+    }
+}

@@ -1,0 +1,105 @@
+//! Mail providers: the one IO edge herald fakes in tests. A provider sends one
+//! rendered email under an idempotency key and classifies the outcome as sent,
+//! worth retrying, or permanently refused. Only `notify::email` calls them.
+
+mod console;
+mod resend;
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use console::Console;
+pub use resend::Resend;
+
+/// One email, exactly as it is sent on every attempt.
+#[derive(Debug, Clone, Serialize)]
+pub struct Email {
+    pub from: String,
+    pub to: Vec<String>,
+    pub subject: String,
+    pub html: String,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum MailError {
+    /// Try again later (429, 409 in flight, 5xx, timeouts, refused or reset
+    /// connections); `retry_after` is the provider's own hint.
+    Retryable {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// The provider refused this email for good (other 4xx).
+    Permanent { message: String },
+}
+
+impl std::fmt::Display for MailError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MailError::Retryable { message, .. } | MailError::Permanent { message } => {
+                f.write_str(message)
+            }
+        }
+    }
+}
+
+/// The provider's pacing hints from its last answer (`ratelimit-*` headers),
+/// so senders slow down before 429s pile up.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RateHint {
+    pub remaining: Option<u64>,
+    pub reset: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sent {
+    pub provider_id: String,
+}
+
+pub trait MailProvider: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn send_email(
+        &self,
+        email: &Email,
+        idempotency_key: &str,
+    ) -> (Result<Sent, MailError>, RateHint);
+}
+
+#[derive(Clone)]
+pub struct MailConfig {
+    pub provider: String,
+    pub api_url: String,
+    pub api_key: Option<String>,
+    pub from: String,
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for MailConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MailConfig")
+            .field("provider", &self.provider)
+            .field("api_url", &self.api_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("from", &self.from)
+            .finish()
+    }
+}
+
+/// Builds the configured provider, or says what is missing.
+pub fn from_config(config: &MailConfig) -> Result<Box<dyn MailProvider>, String> {
+    match config.provider.as_str() {
+        "console" => Ok(Box::new(Console)),
+        "resend" => {
+            let key = config
+                .api_key
+                .clone()
+                .filter(|k| !k.is_empty())
+                .ok_or("HERALD_MAIL_PROVIDER=resend needs HERALD_MAIL_API_KEY")?;
+            Ok(Box::new(Resend::new(&config.api_url, &key, config.timeout)))
+        }
+        other => Err(format!(
+            "unknown mail provider {other:?} (HERALD_MAIL_PROVIDER is console or resend)"
+        )),
+    }
+}

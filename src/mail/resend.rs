@@ -1,0 +1,180 @@
+//! The Resend provider: `POST {api}/emails` with a bearer key, the request
+//! body of Resend's `SendEmailRequest`, and `Idempotency-Key` set to the
+//! delivery id. Maps Resend's answers onto sent / retryable / permanent.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use ureq::http::Response;
+
+use super::{Email, MailError, MailProvider, RateHint, Sent};
+
+pub struct Resend {
+    endpoint: String,
+    auth: String,
+    agent: ureq::Agent,
+}
+
+/// Resend's error body: `{statusCode, name, message}`.
+#[derive(Deserialize, Default)]
+struct ErrorBody {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    message: String,
+}
+
+#[derive(Deserialize)]
+struct SendResponse {
+    id: String,
+}
+
+impl Resend {
+    pub fn new(api_url: &str, api_key: &str, timeout: Duration) -> Resend {
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(5).min(timeout)))
+            .timeout_global(Some(timeout))
+            .max_idle_connections_per_host(64)
+            .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
+            .build();
+        Resend {
+            endpoint: format!("{}/emails", api_url.trim_end_matches('/')),
+            auth: format!("Bearer {api_key}"),
+            agent: config.into(),
+        }
+    }
+}
+
+impl MailProvider for Resend {
+    fn name(&self) -> &'static str {
+        "resend"
+    }
+
+    fn send_email(
+        &self,
+        email: &Email,
+        idempotency_key: &str,
+    ) -> (Result<Sent, MailError>, RateHint) {
+        let body = match serde_json::to_vec(email) {
+            Ok(body) => body,
+            Err(e) => {
+                let message = format!("cannot encode email: {e}");
+                return (Err(MailError::Permanent { message }), RateHint::default());
+            }
+        };
+        let response = self
+            .agent
+            .post(&self.endpoint)
+            .header("Authorization", &self.auth)
+            .header("Idempotency-Key", idempotency_key)
+            .header("Content-Type", "application/json")
+            .send(&body[..]);
+        match response {
+            Ok(response) => classify(response),
+            Err(e) => {
+                let message = format!("request to mail API failed: {e}");
+                (
+                    Err(MailError::Retryable {
+                        message,
+                        retry_after: None,
+                    }),
+                    RateHint::default(),
+                )
+            }
+        }
+    }
+}
+
+fn classify(mut response: Response<ureq::Body>) -> (Result<Sent, MailError>, RateHint) {
+    let status = response.status().as_u16();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .map(str::to_string)
+    };
+    let hint = RateHint {
+        remaining: header("ratelimit-remaining").and_then(|v| v.parse().ok()),
+        reset: header("ratelimit-reset")
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_secs),
+    };
+    let retry_after = header("retry-after").and_then(|v| parse_retry_after(&v));
+    let text = response
+        .body_mut()
+        .with_config()
+        .limit(64 * 1024)
+        .read_to_string()
+        .unwrap_or_default();
+    if (200..300).contains(&status) {
+        return match serde_json::from_str::<SendResponse>(&text) {
+            Ok(sent) => (
+                Ok(Sent {
+                    provider_id: sent.id,
+                }),
+                hint,
+            ),
+            // The provider took the email; a body we cannot read must not
+            // make herald send it again.
+            Err(_) => (
+                Ok(Sent {
+                    provider_id: String::new(),
+                }),
+                hint,
+            ),
+        };
+    }
+    let error: ErrorBody = serde_json::from_str(&text).unwrap_or_default();
+    let message = if error.name.is_empty() {
+        format!(
+            "HTTP {status}: {}",
+            text.chars().take(200).collect::<String>()
+        )
+    } else {
+        format!("HTTP {status} {}: {}", error.name, error.message)
+    };
+    let retryable = match status {
+        429 | 408 => true,
+        // A same-key request still in flight; a different body under the
+        // same key can never succeed.
+        409 => error.name != "invalid_idempotent_request",
+        s => s >= 500,
+    };
+    let outcome = if retryable {
+        MailError::Retryable {
+            message,
+            retry_after,
+        }
+    } else {
+        MailError::Permanent { message }
+    };
+    (Err(outcome), hint)
+}
+
+/// `Retry-After` is either delta-seconds or an HTTP date.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = crate::time::parse_http_date(value)?;
+    let now = crate::store::now_ms();
+    Some(Duration::from_millis(at.saturating_sub(now).max(0) as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_accepts_seconds_and_http_dates() {
+        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+}

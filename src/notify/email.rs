@@ -1,0 +1,322 @@
+//! The email channel: delivery rows (rendered once, at creation), the mail
+//! sender threads (the only callers of the mail provider), and the recording
+//! of each attempt's outcome with exponential backoff and dead letters.
+//! Sending never happens inside a transaction: senders get jobs after commit
+//! and hand outcomes back to the dispatcher thread to write.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use rusqlite::{params, Connection, Transaction};
+use serde::Serialize;
+
+use super::templates::EmailContent;
+use super::{BusMsg, DeliveryPolicy};
+use crate::ids;
+use crate::mail::{Email, MailError, MailProvider, Sent};
+use crate::store::{now_ms, StoreResult};
+use crate::time::rfc3339;
+
+/// One email to send: everything the provider needs, as stored.
+#[derive(Debug, Clone)]
+pub struct EmailJob {
+    pub delivery_id: String,
+    pub address: String,
+    pub subject: String,
+    pub html: String,
+    pub text: String,
+    /// Attempts made before this one.
+    pub attempts: u32,
+}
+
+/// Creates the email delivery for (event, recipient), rendered now and sent
+/// identically on every attempt. None if it already exists.
+pub fn insert_delivery(
+    tx: &Transaction<'_>,
+    event_seq: i64,
+    recipient: &str,
+    address: &str,
+    content: &EmailContent,
+) -> StoreResult<Option<EmailJob>> {
+    let id = ids::new_id("dlv");
+    let now = now_ms();
+    let changed = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO deliveries
+                 (id, event_seq, recipient, channel, address, subject, html, text, status,
+                  created_at, updated_at)
+             VALUES (?1, ?2, ?3, 'email', ?4, ?5, ?6, ?7, 'pending', ?8, ?8)",
+        )?
+        .execute(params![
+            id,
+            event_seq,
+            recipient,
+            address,
+            content.subject,
+            content.html,
+            content.text,
+            now
+        ])?;
+    Ok((changed == 1).then(|| EmailJob {
+        delivery_id: id,
+        address: address.to_string(),
+        subject: content.subject.clone(),
+        html: content.html.clone(),
+        text: content.text.clone(),
+        attempts: 0,
+    }))
+}
+
+const JOB_COLUMNS: &str = "id, address, subject, html, text, attempts";
+
+fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EmailJob> {
+    Ok(EmailJob {
+        delivery_id: r.get(0)?,
+        address: r.get(1)?,
+        subject: r.get(2)?,
+        html: r.get(3)?,
+        text: r.get(4)?,
+        attempts: r.get(5)?,
+    })
+}
+
+/// Every delivery waiting to be sent: what a previous run left behind.
+pub fn pending_jobs(conn: &Connection) -> StoreResult<Vec<EmailJob>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {JOB_COLUMNS} FROM deliveries WHERE status = 'pending' ORDER BY created_at"
+    ))?;
+    let rows = stmt.query_map([], job_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Moves retries that are due back to pending and returns them as jobs.
+pub fn claim_due(tx: &Transaction<'_>, now: i64, limit: usize) -> StoreResult<Vec<EmailJob>> {
+    let mut stmt = tx.prepare_cached(&format!(
+        "UPDATE deliveries SET status = 'pending', next_attempt_at = NULL, updated_at = ?1
+         WHERE id IN (SELECT id FROM deliveries WHERE status = 'retrying' AND next_attempt_at <= ?1
+                      ORDER BY next_attempt_at LIMIT ?2)
+         RETURNING {JOB_COLUMNS}"
+    ))?;
+    let rows = stmt.query_map(params![now, limit as i64], job_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// When the earliest waiting retry is due.
+pub fn next_retry_at(conn: &Connection) -> StoreResult<Option<i64>> {
+    Ok(conn
+        .prepare_cached("SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'retrying'")?
+        .query_row([], |r| r.get(0))?)
+}
+
+/// The result of one send attempt, on its way to be recorded.
+#[derive(Debug)]
+pub struct Outcome {
+    pub delivery_id: String,
+    pub attempts_before: u32,
+    pub provider: &'static str,
+    pub result: Result<Sent, MailError>,
+}
+
+/// Records outcomes in the caller's transaction; returns the earliest retry
+/// it scheduled, so the scheduler can be woken for it.
+pub fn record(
+    tx: &Transaction<'_>,
+    outcomes: &[Outcome],
+    policy: &DeliveryPolicy,
+) -> StoreResult<Option<i64>> {
+    let now = now_ms();
+    let mut earliest: Option<i64> = None;
+    for o in outcomes {
+        let attempts = o.attempts_before + 1;
+        match &o.result {
+            Ok(sent) => {
+                tx.prepare_cached(
+                    "UPDATE deliveries SET status = 'sent', attempts = ?2, provider = ?3,
+                         provider_id = ?4, last_error = NULL, next_attempt_at = NULL, updated_at = ?5
+                     WHERE id = ?1",
+                )?
+                .execute(params![o.delivery_id, attempts, o.provider, sent.provider_id, now])?;
+            }
+            Err(MailError::Permanent { message }) => {
+                set_failed(
+                    tx,
+                    &o.delivery_id,
+                    "failed",
+                    attempts,
+                    o.provider,
+                    message,
+                    now,
+                )?;
+            }
+            Err(MailError::Retryable { message, .. }) if attempts >= policy.max_attempts => {
+                set_failed(
+                    tx,
+                    &o.delivery_id,
+                    "dead",
+                    attempts,
+                    o.provider,
+                    message,
+                    now,
+                )?;
+            }
+            Err(MailError::Retryable {
+                message,
+                retry_after,
+            }) => {
+                let at = now + backoff(policy, attempts, *retry_after).as_millis() as i64;
+                earliest = Some(earliest.map_or(at, |e| e.min(at)));
+                tx.prepare_cached(
+                    "UPDATE deliveries SET status = 'retrying', attempts = ?2, provider = ?3,
+                         last_error = ?4, next_attempt_at = ?5, updated_at = ?6
+                     WHERE id = ?1",
+                )?
+                .execute(params![
+                    o.delivery_id,
+                    attempts,
+                    o.provider,
+                    message,
+                    at,
+                    now
+                ])?;
+            }
+        }
+    }
+    Ok(earliest)
+}
+
+fn set_failed(
+    tx: &Transaction<'_>,
+    id: &str,
+    status: &str,
+    attempts: u32,
+    provider: &str,
+    message: &str,
+    now: i64,
+) -> StoreResult<()> {
+    tx.prepare_cached(
+        "UPDATE deliveries SET status = ?2, attempts = ?3, provider = ?4, last_error = ?5,
+             next_attempt_at = NULL, updated_at = ?6
+         WHERE id = ?1",
+    )?
+    .execute(params![id, status, attempts, provider, message, now])?;
+    Ok(())
+}
+
+/// `base * 2^(attempts-1)`, capped, with up to 20% jitter either way so a
+/// burst of failures does not retry in lockstep; the provider's
+/// `Retry-After` wins when it asks for longer.
+pub fn backoff(policy: &DeliveryPolicy, attempts: u32, retry_after: Option<Duration>) -> Duration {
+    let exp = policy
+        .retry_base
+        .saturating_mul(1u32 << attempts.saturating_sub(1).min(20))
+        .min(policy.retry_cap);
+    let jitter = (ids::random_u64() % 401) as f64 / 1000.0 - 0.2;
+    let delay = exp.mul_f64(1.0 + jitter);
+    retry_after.map_or(delay, |ra| ra.max(delay))
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryView {
+    pub id: String,
+    pub recipient: String,
+    pub channel: String,
+    pub status: String,
+    pub attempts: i64,
+    pub next_attempt_at: Option<String>,
+    pub last_error: Option<String>,
+}
+
+pub fn deliveries_of(conn: &Connection, event_seq: i64) -> StoreResult<Vec<DeliveryView>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, recipient, channel, status, attempts, next_attempt_at, last_error
+         FROM deliveries WHERE event_seq = ?1 ORDER BY id",
+    )?;
+    let rows = stmt.query_map([event_seq], |r| {
+        Ok(DeliveryView {
+            id: r.get(0)?,
+            recipient: r.get(1)?,
+            channel: r.get(2)?,
+            status: r.get(3)?,
+            attempts: r.get(4)?,
+            next_attempt_at: r.get::<_, Option<i64>>(5)?.map(rfc3339),
+            last_error: r.get(6)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub(super) struct SenderContext {
+    pub provider: Arc<dyn MailProvider>,
+    pub from: String,
+    pub jobs: Receiver<EmailJob>,
+    pub outcomes: Sender<BusMsg>,
+    pub stopping: Arc<AtomicBool>,
+}
+
+/// A mail sender thread: takes jobs until shutdown, sends each under its
+/// delivery id as Idempotency-Key, and hands the outcome back to be recorded.
+pub(super) fn run_sender(ctx: SenderContext) {
+    while !ctx.stopping.load(Ordering::SeqCst) {
+        let job = match ctx.jobs.recv_timeout(Duration::from_millis(200)) {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let email = Email {
+            from: ctx.from.clone(),
+            to: vec![job.address],
+            subject: job.subject,
+            html: job.html,
+            text: job.text,
+        };
+        let (result, _hint) = ctx.provider.send_email(&email, &job.delivery_id);
+        if let Err(e) = &result {
+            log::warn!(
+                "delivery {} attempt {} failed: {e}",
+                job.delivery_id,
+                job.attempts + 1
+            );
+        }
+        let outcome = Outcome {
+            delivery_id: job.delivery_id,
+            attempts_before: job.attempts,
+            provider: ctx.provider.name(),
+            result,
+        };
+        if ctx.outcomes.send(BusMsg::Outcome(outcome)).is_err() {
+            break;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_caps_and_honours_longer_retry_after() {
+        let policy = DeliveryPolicy {
+            retry_base: Duration::from_millis(1000),
+            retry_cap: Duration::from_secs(10),
+            ..DeliveryPolicy::default()
+        };
+        let within = |d: Duration, ms: u64| {
+            let ms = ms as f64;
+            (d.as_millis() as f64) >= ms * 0.8 - 1.0 && (d.as_millis() as f64) <= ms * 1.2 + 1.0
+        };
+        assert!(within(backoff(&policy, 1, None), 1000));
+        assert!(within(backoff(&policy, 3, None), 4000));
+        assert!(within(backoff(&policy, 30, None), 10_000));
+        assert_eq!(
+            backoff(&policy, 1, Some(Duration::from_secs(60))),
+            Duration::from_secs(60)
+        );
+        assert!(within(
+            backoff(&policy, 3, Some(Duration::from_millis(1))),
+            4000
+        ));
+    }
+}

@@ -1,0 +1,252 @@
+//! The event a call site hands to herald (SPEC 2.1), parsed from JSON with an
+//! error that names the offending field, and validated against the registry
+//! before anything is stored.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::registry::Registry;
+use super::NotifyError;
+
+const MAX_RECIPIENTS: usize = 1000;
+const MAX_ID_LEN: usize = 200;
+const MAX_EMAIL_LEN: usize = 320;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Recipient {
+    /// A user id: every channel of the type.
+    User(String),
+    /// An address-only recipient: the email channel only, no inbox.
+    Address { email: String },
+}
+
+impl Recipient {
+    /// The key a delivery is unique on: the user id, or `email:<address>`.
+    pub fn key(&self) -> String {
+        match self {
+            Recipient::User(id) => id.clone(),
+            Recipient::Address { email } => format!("email:{}", email.to_lowercase()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub recipients: Vec<Recipient>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_id: Option<String>,
+    pub payload: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+impl Event {
+    pub fn new(kind: &str, recipients: Vec<Recipient>, payload: Value) -> Event {
+        Event {
+            kind: kind.to_string(),
+            recipients,
+            subject_id: None,
+            payload,
+            idempotency_key: None,
+        }
+    }
+
+    /// Parses an API request body, naming the first field that is wrong.
+    pub fn from_json(value: Value) -> Result<Event, NotifyError> {
+        let Value::Object(mut obj) = value else {
+            return Err(invalid("body", "expected a JSON object"));
+        };
+        let kind = match obj.remove("type") {
+            Some(Value::String(s)) if !s.is_empty() => s,
+            Some(_) => return Err(invalid("type", "expected a non-empty string")),
+            None => return Err(invalid("type", "is required")),
+        };
+        let recipients = match obj.remove("recipients") {
+            Some(Value::Array(items)) => items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| parse_recipient(i, v))
+                .collect::<Result<Vec<_>, _>>()?,
+            None | Some(Value::Null) => Vec::new(),
+            Some(_) => return Err(invalid("recipients", "expected an array")),
+        };
+        if recipients.len() > MAX_RECIPIENTS {
+            return Err(invalid(
+                "recipients",
+                &format!("at most {MAX_RECIPIENTS} recipients per event"),
+            ));
+        }
+        let subject_id = optional_string(&mut obj, "subjectId")?;
+        let idempotency_key = optional_string(&mut obj, "idempotencyKey")?;
+        let payload = match obj.remove("payload") {
+            Some(Value::Object(map)) => Value::Object(map),
+            None | Some(Value::Null) => Value::Object(Map::new()),
+            Some(_) => return Err(invalid("payload", "expected an object")),
+        };
+        if let Some(field) = obj.keys().next() {
+            return Err(invalid(field, "is not a known event field"));
+        }
+        let mut event = Event {
+            kind,
+            recipients,
+            subject_id,
+            payload,
+            idempotency_key,
+        };
+        event.dedupe_recipients();
+        Ok(event)
+    }
+
+    /// Checks the event against the registry: the type exists and the
+    /// payload carries every required field.
+    pub fn validate(&self, registry: &Registry) -> Result<(), NotifyError> {
+        let def = registry
+            .get(&self.kind)
+            .ok_or_else(|| NotifyError::UnknownType(self.kind.clone()))?;
+        if !self.payload.is_object() {
+            return Err(invalid("payload", "expected an object"));
+        }
+        for field in &def.required {
+            match self.payload.get(field) {
+                None | Some(Value::Null) => {
+                    return Err(invalid(&format!("payload.{field}"), "is required"))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The same recipient twice in one event is notified once.
+    fn dedupe_recipients(&mut self) {
+        let mut seen = std::collections::HashSet::new();
+        self.recipients.retain(|r| seen.insert(r.key()));
+    }
+}
+
+fn parse_recipient(i: usize, value: Value) -> Result<Recipient, NotifyError> {
+    let field = format!("recipients[{i}]");
+    match value {
+        Value::String(id) if !id.is_empty() && id.len() <= MAX_ID_LEN => Ok(Recipient::User(id)),
+        Value::Object(mut obj) if obj.len() == 1 => match obj.remove("email") {
+            Some(Value::String(email)) if is_plausible_email(&email) => {
+                Ok(Recipient::Address { email })
+            }
+            _ => Err(invalid(
+                &format!("{field}.email"),
+                "expected an email address",
+            )),
+        },
+        _ => Err(invalid(
+            &field,
+            "expected a user id string or {\"email\": \"address\"}",
+        )),
+    }
+}
+
+fn optional_string(
+    obj: &mut Map<String, Value>,
+    field: &str,
+) -> Result<Option<String>, NotifyError> {
+    match obj.remove(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.len() <= MAX_ID_LEN => Ok(Some(s)),
+        Some(_) => Err(invalid(
+            field,
+            &format!("expected a string of at most {MAX_ID_LEN} characters"),
+        )),
+    }
+}
+
+/// Enough to catch typos and garbage; the provider has the final word.
+pub fn is_plausible_email(s: &str) -> bool {
+    let Some((local, domain)) = s.split_once('@') else {
+        return false;
+    };
+    s.len() <= MAX_EMAIL_LEN
+        && !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !s
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
+        && !domain.contains('@')
+}
+
+fn invalid(field: &str, message: &str) -> NotifyError {
+    NotifyError::Invalid {
+        field: field.to_string(),
+        message: message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn field_of(v: Value) -> String {
+        match Event::from_json(v) {
+            Err(NotifyError::Invalid { field, .. }) => field,
+            other => panic!("expected invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_users_and_addresses_and_dedupes() {
+        let e = Event::from_json(json!({
+            "type": "t", "recipients": ["u1", {"email": "a@b.co"}, "u1"],
+            "subjectId": "s", "payload": {"x": 1}, "idempotencyKey": "k"
+        }))
+        .unwrap();
+        assert_eq!(
+            e.recipients,
+            vec![
+                Recipient::User("u1".into()),
+                Recipient::Address {
+                    email: "a@b.co".into()
+                }
+            ]
+        );
+        assert_eq!(e.idempotency_key.as_deref(), Some("k"));
+    }
+
+    #[test]
+    fn names_the_wrong_field() {
+        assert_eq!(field_of(json!([])), "body");
+        assert_eq!(field_of(json!({"recipients": []})), "type");
+        assert_eq!(
+            field_of(json!({"type": "t", "recipients": [1]})),
+            "recipients[0]"
+        );
+        assert_eq!(
+            field_of(json!({"type": "t", "recipients": ["u", {"email": "nope"}]})),
+            "recipients[1].email"
+        );
+        assert_eq!(field_of(json!({"type": "t", "payload": []})), "payload");
+        assert_eq!(field_of(json!({"type": "t", "color": "red"})), "color");
+    }
+
+    #[test]
+    fn validation_names_unknown_types_and_missing_fields() {
+        let r = Registry::parse(
+            "r",
+            r#"{"types": {"t": {"channels": ["inbox"], "required": ["a"], "sample": {"a": 1}}}}"#,
+        )
+        .unwrap();
+        let e = Event::new("nope", vec![], json!({}));
+        assert!(matches!(e.validate(&r), Err(NotifyError::UnknownType(t)) if t == "nope"));
+        let e = Event::new("t", vec![], json!({"a": null}));
+        assert!(
+            matches!(e.validate(&r), Err(NotifyError::Invalid { field, .. }) if field == "payload.a")
+        );
+        assert!(Event::new("t", vec![], json!({"a": 0}))
+            .validate(&r)
+            .is_ok());
+    }
+}

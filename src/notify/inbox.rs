@@ -1,0 +1,222 @@
+//! The in-app inbox channel: the only code that inserts notification rows,
+//! plus the owner-scoped reads and updates behind the inbox API. Every query
+//! takes the user id, so one user can never see or change another's rows.
+//! Pages are keyset-paginated on (created_at, id), newest first.
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::email::DeliveryView;
+use super::templates::InboxContent;
+use crate::store::{now_ms, StoreError, StoreResult};
+use crate::time::rfc3339;
+
+pub const MAX_PAGE: usize = 100;
+
+/// Writes the inbox row for (event, user); false if it already exists, which
+/// is what makes a re-driven dispatch harmless.
+pub fn insert(
+    tx: &Transaction<'_>,
+    event_seq: i64,
+    user_id: &str,
+    kind: &str,
+    content: &InboxContent,
+    payload: &str,
+) -> StoreResult<Option<i64>> {
+    let actions = serde_json::to_string(&content.actions).unwrap_or_else(|_| "[]".into());
+    let changed = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO notifications
+                 (event_seq, user_id, type, title, body, actions, payload, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![
+            event_seq,
+            user_id,
+            kind,
+            content.title,
+            content.body,
+            actions,
+            payload,
+            now_ms()
+        ])?;
+    Ok((changed == 1).then(|| tx.last_insert_rowid()))
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Item {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub body: String,
+    pub actions: Value,
+    pub payload: Value,
+    pub created_at: String,
+    pub seen_at: Option<String>,
+    pub read_at: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Page {
+    pub items: Vec<Item>,
+    pub next_cursor: Option<String>,
+}
+
+/// Where a page starts: strictly older than this (created_at, id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    created_at: i64,
+    id: i64,
+}
+
+impl Cursor {
+    pub fn parse(s: &str) -> Option<Cursor> {
+        let (created_at, id) = s.split_once('.')?;
+        Some(Cursor {
+            created_at: created_at.parse().ok()?,
+            id: id.parse().ok()?,
+        })
+    }
+
+    fn encode(&self) -> String {
+        format!("{}.{}", self.created_at, self.id)
+    }
+}
+
+pub fn public_id(id: i64) -> String {
+    format!("ntf_{id}")
+}
+
+/// `ntf_42` -> 42; anything else is simply not found.
+pub fn parse_id(s: &str) -> StoreResult<i64> {
+    s.strip_prefix("ntf_")
+        .and_then(|n| n.parse().ok())
+        .ok_or(StoreError::NotFound)
+}
+
+pub fn list(
+    conn: &Connection,
+    user_id: &str,
+    cursor: Option<Cursor>,
+    limit: usize,
+    unread_only: bool,
+) -> StoreResult<Page> {
+    let limit = limit.clamp(1, MAX_PAGE);
+    let (before_at, before_id) = cursor.map_or((i64::MAX, i64::MAX), |c| (c.created_at, c.id));
+    // Two statements rather than one with an OR, so each uses its own index.
+    let sql = if unread_only {
+        "SELECT id, type, title, body, actions, payload, created_at, seen_at, read_at
+         FROM notifications INDEXED BY notifications_user_unread
+         WHERE user_id = ?1 AND read_at IS NULL AND (created_at, id) < (?2, ?3)
+         ORDER BY created_at DESC, id DESC LIMIT ?4"
+    } else {
+        "SELECT id, type, title, body, actions, payload, created_at, seen_at, read_at
+         FROM notifications INDEXED BY notifications_user_created
+         WHERE user_id = ?1 AND (created_at, id) < (?2, ?3)
+         ORDER BY created_at DESC, id DESC LIMIT ?4"
+    };
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut keys = Vec::new();
+    let mut items = stmt
+        .query_map(
+            params![user_id, before_at, before_id, limit as i64 + 1],
+            |r| {
+                let id: i64 = r.get(0)?;
+                let created_at: i64 = r.get(6)?;
+                keys.push(Cursor { created_at, id });
+                Ok(Item {
+                    id: public_id(id),
+                    kind: r.get(1)?,
+                    title: r.get(2)?,
+                    body: r.get(3)?,
+                    actions: json_column(r.get_ref(4)?.as_str().unwrap_or("[]")),
+                    payload: json_column(r.get_ref(5)?.as_str().unwrap_or("{}")),
+                    created_at: rfc3339(created_at),
+                    seen_at: r.get::<_, Option<i64>>(7)?.map(rfc3339),
+                    read_at: r.get::<_, Option<i64>>(8)?.map(rfc3339),
+                })
+            },
+        )?
+        .collect::<Result<Vec<_>, _>>()?;
+    let next_cursor = if items.len() > limit {
+        items.truncate(limit);
+        keys.get(limit - 1).map(Cursor::encode)
+    } else {
+        None
+    };
+    Ok(Page { items, next_cursor })
+}
+
+fn json_column(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or(Value::Null)
+}
+
+pub fn unseen_count(conn: &Connection, user_id: &str) -> StoreResult<i64> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT COUNT(*) FROM notifications INDEXED BY notifications_user_unseen
+             WHERE user_id = ?1 AND seen_at IS NULL",
+        )?
+        .query_row([user_id], |r| r.get(0))?)
+}
+
+/// Marks one of the user's rows seen (and, with `read`, read as well).
+/// Already-marked rows keep their first timestamp. NotFound if the row is
+/// not the user's.
+pub fn mark(tx: &Transaction<'_>, user_id: &str, id: i64, read: bool) -> StoreResult<()> {
+    let found = tx
+        .prepare_cached("SELECT 1 FROM notifications WHERE id = ?1 AND user_id = ?2")?
+        .query_row(params![id, user_id], |_| Ok(()))
+        .optional()?;
+    found.ok_or(StoreError::NotFound)?;
+    let sql = if read {
+        "UPDATE notifications SET seen_at = COALESCE(seen_at, ?3), read_at = COALESCE(read_at, ?3)
+         WHERE id = ?1 AND user_id = ?2"
+    } else {
+        "UPDATE notifications SET seen_at = COALESCE(seen_at, ?3) WHERE id = ?1 AND user_id = ?2"
+    };
+    tx.prepare_cached(sql)?
+        .execute(params![id, user_id, now_ms()])?;
+    Ok(())
+}
+
+/// Marks every unseen row of the user seen; returns how many changed.
+pub fn mark_all_seen(tx: &Transaction<'_>, user_id: &str) -> StoreResult<usize> {
+    Ok(tx
+        .prepare_cached(
+            "UPDATE notifications SET seen_at = ?2 WHERE user_id = ?1 AND seen_at IS NULL",
+        )?
+        .execute(params![user_id, now_ms()])?)
+}
+
+pub fn delete(tx: &Transaction<'_>, user_id: &str, id: i64) -> StoreResult<()> {
+    let changed = tx
+        .prepare_cached("DELETE FROM notifications WHERE id = ?1 AND user_id = ?2")?
+        .execute(params![id, user_id])?;
+    if changed == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
+/// The inbox rows of one event, shown as delivered deliveries.
+pub fn deliveries_of(conn: &Connection, event_seq: i64) -> StoreResult<Vec<DeliveryView>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT id, user_id FROM notifications WHERE event_seq = ?1 ORDER BY id")?;
+    let rows = stmt.query_map([event_seq], |r| {
+        Ok(DeliveryView {
+            id: public_id(r.get(0)?),
+            recipient: r.get(1)?,
+            channel: "inbox".into(),
+            status: "delivered".into(),
+            attempts: 1,
+            next_attempt_at: None,
+            last_error: None,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}

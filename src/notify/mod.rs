@@ -1,0 +1,331 @@
+//! The notification seam. Call sites enqueue events inside their own write
+//! transaction (`Notifier::transaction` or `Notifier::enqueue`); only after
+//! COMMIT is the outbox id pushed on the bus. The dispatcher thread turns
+//! outbox rows into inbox rows and email deliveries, mail sender threads send
+//! them, and the scheduler re-drives retries and stale rows. Inbox rows are
+//! written only by `inbox`, and the mail provider is called only by `email`.
+
+mod dispatcher;
+pub mod email;
+pub mod event;
+pub mod inbox;
+pub mod outbox;
+pub mod registry;
+mod scheduler;
+pub mod templates;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use rusqlite::Transaction;
+
+use crate::mail::MailProvider;
+use crate::store::{users, Store, StoreError};
+pub use event::{Event, Recipient};
+pub use outbox::Enqueued;
+pub use registry::{Channel, Registry};
+pub use templates::Templates;
+
+#[derive(Debug)]
+pub enum NotifyError {
+    /// The event's type is not in the registry.
+    UnknownType(String),
+    /// A field of the event is missing or malformed.
+    Invalid {
+        field: String,
+        message: String,
+    },
+    /// A template failed to render.
+    Render(String),
+    /// The registry or templates are broken.
+    Config(String),
+    Store(StoreError),
+}
+
+impl std::fmt::Display for NotifyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotifyError::UnknownType(t) => write!(f, "unknown notification type {t:?}"),
+            NotifyError::Invalid { field, message } => write!(f, "{field}: {message}"),
+            NotifyError::Render(m) | NotifyError::Config(m) => f.write_str(m),
+            NotifyError::Store(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for NotifyError {}
+
+impl From<StoreError> for NotifyError {
+    fn from(e: StoreError) -> Self {
+        NotifyError::Store(e)
+    }
+}
+
+impl From<rusqlite::Error> for NotifyError {
+    fn from(e: rusqlite::Error) -> Self {
+        NotifyError::Store(e.into())
+    }
+}
+
+/// How deliveries are sent and retried.
+#[derive(Debug, Clone)]
+pub struct DeliveryPolicy {
+    pub from: String,
+    pub sender_threads: usize,
+    pub retry_base: Duration,
+    pub retry_cap: Duration,
+    pub max_attempts: u32,
+}
+
+impl Default for DeliveryPolicy {
+    fn default() -> Self {
+        DeliveryPolicy {
+            from: "herald <notifications@localhost>".into(),
+            sender_threads: 4,
+            retry_base: Duration::from_secs(5),
+            retry_cap: Duration::from_secs(3600),
+            max_attempts: 8,
+        }
+    }
+}
+
+/// What travels on the in-process bus to the dispatcher thread.
+pub(crate) enum BusMsg {
+    /// A committed outbox row to dispatch.
+    Dispatch(i64),
+    /// A send attempt's outcome to record.
+    Outcome(email::Outcome),
+    /// Acknowledge once every message before this one is handled.
+    Flush(Sender<()>),
+    Stop,
+}
+
+struct Shared {
+    store: Arc<Store>,
+    registry: Registry,
+    templates: Templates,
+    policy: DeliveryPolicy,
+    bus: Sender<BusMsg>,
+    bus_rx: Receiver<BusMsg>,
+}
+
+/// The handle call sites hold. Cheap to clone.
+#[derive(Clone)]
+pub struct Notifier {
+    shared: Arc<Shared>,
+}
+
+/// The events one transaction enqueued; published after it commits.
+pub struct Outbox<'a, 'c> {
+    tx: &'a Transaction<'c>,
+    notifier: &'a Notifier,
+    committed_later: Vec<i64>,
+}
+
+impl<'c> Outbox<'_, 'c> {
+    pub fn tx(&self) -> &Transaction<'c> {
+        self.tx
+    }
+
+    /// Validates `event` and writes its outbox row in this transaction.
+    pub fn enqueue(&mut self, event: &Event) -> Result<Enqueued, NotifyError> {
+        let enqueued = self.notifier.enqueue(self.tx, event)?;
+        if enqueued.created {
+            self.committed_later.push(enqueued.seq);
+        }
+        Ok(enqueued)
+    }
+}
+
+impl Notifier {
+    pub fn new(
+        store: Arc<Store>,
+        registry: Registry,
+        templates: Templates,
+        policy: DeliveryPolicy,
+    ) -> Notifier {
+        let (bus, bus_rx) = crossbeam_channel::unbounded();
+        Notifier {
+            shared: Arc::new(Shared {
+                store,
+                registry,
+                templates,
+                policy,
+                bus,
+                bus_rx,
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.shared.registry
+    }
+
+    /// Library entry point: validates `event` and writes its outbox row in
+    /// the caller's transaction. The caller commits, then calls `publish`;
+    /// a rolled-back transaction therefore notifies nobody. An event whose
+    /// idempotency key was seen before returns the first event's id with
+    /// `created: false`.
+    pub fn enqueue(&self, tx: &Transaction<'_>, event: &Event) -> Result<Enqueued, NotifyError> {
+        event.validate(&self.shared.registry)?;
+        for (i, recipient) in event.recipients.iter().enumerate() {
+            if let Recipient::User(id) = recipient {
+                if !users::exists(tx, id)? {
+                    return Err(NotifyError::Invalid {
+                        field: format!("recipients[{i}]"),
+                        message: format!("unknown user {id:?}"),
+                    });
+                }
+            }
+        }
+        outbox::enqueue(tx, event)
+    }
+
+    /// Hands a committed outbox row to the dispatcher. Publishing an id whose
+    /// transaction rolled back is harmless: there is no row to dispatch.
+    pub fn publish(&self, seq: i64) {
+        // The receiver lives in `Shared`, so the channel cannot be closed.
+        let _ = self.shared.bus.send(BusMsg::Dispatch(seq));
+    }
+
+    /// Runs `f` in one write transaction and publishes the events it
+    /// enqueued only after COMMIT has returned.
+    pub fn transaction<T, E>(
+        &self,
+        f: impl FnOnce(&mut Outbox<'_, '_>) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        let (value, committed) = self.shared.store.write(|tx| {
+            let mut outbox = Outbox {
+                tx,
+                notifier: self,
+                committed_later: Vec::new(),
+            };
+            let value = f(&mut outbox)?;
+            Ok::<_, E>((value, outbox.committed_later))
+        })?;
+        for seq in committed {
+            self.publish(seq);
+        }
+        Ok(value)
+    }
+
+    /// Messages waiting on the bus (not yet taken by the dispatcher).
+    pub fn bus_len(&self) -> usize {
+        self.shared.bus_rx.len()
+    }
+
+    /// Starts the dispatcher, the mail senders and the scheduler, and
+    /// re-drives everything a previous run left unfinished.
+    pub fn start(&self, provider: Arc<dyn MailProvider>) -> Running {
+        let shared = &self.shared;
+        let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded();
+        let (wake_tx, wake_rx) = crossbeam_channel::unbounded();
+        let stopping = Arc::new(AtomicBool::new(false));
+
+        let mut senders = Vec::new();
+        for i in 0..shared.policy.sender_threads.max(1) {
+            let ctx = email::SenderContext {
+                provider: provider.clone(),
+                from: shared.policy.from.clone(),
+                jobs: jobs_rx.clone(),
+                outcomes: shared.bus.clone(),
+                stopping: stopping.clone(),
+            };
+            senders.push(spawn(&format!("herald-mail-{i}"), move || {
+                email::run_sender(ctx)
+            }));
+        }
+        let dispatcher = {
+            let shared = self.shared.clone();
+            let (jobs, wake) = (jobs_tx.clone(), wake_tx.clone());
+            spawn("herald-dispatcher", move || {
+                dispatcher::run(&shared, jobs, wake)
+            })
+        };
+        let scheduler = {
+            let notifier = self.clone();
+            let jobs = jobs_tx.clone();
+            spawn("herald-scheduler", move || {
+                scheduler::run(&notifier, jobs, wake_rx)
+            })
+        };
+        Running {
+            notifier: self.clone(),
+            jobs: Some(jobs_tx),
+            wake: wake_tx,
+            stopping,
+            dispatcher: Some(dispatcher),
+            scheduler: Some(scheduler),
+            senders,
+        }
+    }
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(f)
+        .unwrap_or_else(|e| panic!("cannot start thread {name}: {e}"))
+}
+
+/// The running delivery machinery; `shutdown` stops it in order.
+pub struct Running {
+    notifier: Notifier,
+    jobs: Option<Sender<email::EmailJob>>,
+    wake: Sender<scheduler::Wake>,
+    stopping: Arc<AtomicBool>,
+    dispatcher: Option<JoinHandle<()>>,
+    scheduler: Option<JoinHandle<()>>,
+    senders: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Waits until every message published so far has been dispatched.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let _ = self.notifier.shared.bus.send(BusMsg::Flush(tx));
+        rx.recv_timeout(timeout).is_ok()
+    }
+
+    /// Dispatches what is on the bus, lets in-flight sends finish within
+    /// `grace`, records their outcomes and stops every thread. Deliveries not
+    /// yet sent stay pending in the database for the next start.
+    pub fn shutdown(mut self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        self.flush(grace);
+        let _ = self.wake.send(scheduler::Wake::Stop);
+        join_until(self.scheduler.take(), deadline);
+        self.stopping.store(true, Ordering::SeqCst);
+        self.jobs.take();
+        for sender in self.senders.drain(..) {
+            join_until(Some(sender), deadline);
+        }
+        let _ = self.notifier.shared.bus.send(BusMsg::Stop);
+        join_until(self.dispatcher.take(), deadline + Duration::from_secs(5));
+    }
+}
+
+fn join_until(handle: Option<JoinHandle<()>>, deadline: Instant) {
+    let Some(handle) = handle else { return };
+    while !handle.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if handle.is_finished() {
+        let _ = handle.join();
+    } else {
+        log::warn!(
+            "thread {} did not stop within the grace period",
+            handle.thread().name().unwrap_or("?")
+        );
+    }
+}

@@ -1,0 +1,188 @@
+//! The outbox table: one row per accepted event, written in the caller's
+//! transaction, claimed by the dispatcher exactly once (pending -> dispatched
+//! in the same transaction as its inbox rows and deliveries), and read back
+//! with its result for `GET /v1/events/{id}`.
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use serde::Serialize;
+
+use super::event::Event;
+use super::NotifyError;
+use crate::ids;
+use crate::store::{now_ms, StoreError, StoreResult};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enqueued {
+    /// Dispatch order; what travels on the bus.
+    pub seq: i64,
+    /// The public event id.
+    pub id: String,
+    /// False when an earlier event with the same idempotency key was found.
+    pub created: bool,
+}
+
+/// Writes `event` (already validated) as a pending outbox row, unless its
+/// idempotency key names an earlier event.
+pub fn enqueue(tx: &Transaction<'_>, event: &Event) -> Result<Enqueued, NotifyError> {
+    if let Some(key) = &event.idempotency_key {
+        let existing = tx
+            .prepare_cached("SELECT seq, id FROM outbox WHERE idempotency_key = ?1")?
+            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        if let Some((seq, id)) = existing {
+            return Ok(Enqueued {
+                seq,
+                id,
+                created: false,
+            });
+        }
+    }
+    let id = ids::new_id("evt");
+    let body = serde_json::to_string(event)
+        .map_err(|e| NotifyError::Render(format!("cannot encode event: {e}")))?;
+    tx.prepare_cached(
+        "INSERT INTO outbox (id, type, body, idempotency_key, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![id, event.kind, body, event.idempotency_key, now_ms()])?;
+    Ok(Enqueued {
+        seq: tx.last_insert_rowid(),
+        id,
+        created: true,
+    })
+}
+
+pub struct PendingRow {
+    pub seq: i64,
+    pub event: Result<Event, String>,
+}
+
+/// The rows among `seqs` still pending, in dispatch order.
+pub fn load_pending(conn: &Connection, seqs: &[i64]) -> StoreResult<Vec<PendingRow>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT body FROM outbox WHERE seq = ?1 AND status = 'pending'")?;
+    let mut rows = Vec::with_capacity(seqs.len());
+    for &seq in seqs {
+        if let Some(body) = stmt
+            .query_row([seq], |r| r.get::<_, String>(0))
+            .optional()?
+        {
+            let event =
+                serde_json::from_str(&body).map_err(|e| format!("stored event unreadable: {e}"));
+            rows.push(PendingRow { seq, event });
+        }
+    }
+    Ok(rows)
+}
+
+/// Claims a pending row for dispatch inside the dispatcher's transaction.
+/// False if another dispatcher (or an earlier run) already took it.
+pub fn claim(tx: &Transaction<'_>, seq: i64) -> StoreResult<bool> {
+    let status: Option<String> = tx
+        .prepare_cached("SELECT status FROM outbox WHERE seq = ?1")?
+        .query_row([seq], |r| r.get(0))
+        .optional()?;
+    Ok(status.as_deref() == Some("pending"))
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DispatchResult {
+    pub sent: i64,
+    pub deduped: i64,
+    pub suppressed_by_prefs: i64,
+}
+
+pub fn mark_dispatched(tx: &Transaction<'_>, seq: i64, result: DispatchResult) -> StoreResult<()> {
+    tx.prepare_cached(
+        "UPDATE outbox SET status = 'dispatched', dispatched_at = ?2, sent = ?3, deduped = ?4,
+                           suppressed = ?5
+         WHERE seq = ?1",
+    )?
+    .execute(params![
+        seq,
+        now_ms(),
+        result.sent,
+        result.deduped,
+        result.suppressed_by_prefs
+    ])?;
+    Ok(())
+}
+
+/// An event that can never be dispatched (its type left the registry, a
+/// template no longer renders) is parked with the reason, visible in the API.
+pub fn mark_failed(tx: &Transaction<'_>, seq: i64, error: &str) -> StoreResult<()> {
+    tx.prepare_cached(
+        "UPDATE outbox SET status = 'failed', dispatched_at = ?2, error = ?3 WHERE seq = ?1",
+    )?
+    .execute(params![seq, now_ms(), error])?;
+    Ok(())
+}
+
+/// Pending rows created before `before_ms`, oldest first: work whose bus
+/// message was lost (a crash, another process writing the database).
+pub fn stale_pending(
+    conn: &Connection,
+    before_ms: i64,
+    after_seq: i64,
+    limit: usize,
+) -> StoreResult<Vec<i64>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq FROM outbox WHERE status = 'pending' AND seq > ?2 AND created_at < ?1
+         ORDER BY seq LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![before_ms, after_seq, limit as i64], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventView {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: String,
+    pub created_at: String,
+    pub result: Option<DispatchResult>,
+    pub error: Option<String>,
+    pub deliveries: Vec<super::email::DeliveryView>,
+}
+
+/// An event with its result and every delivery, for the API.
+pub fn view(conn: &Connection, id: &str) -> StoreResult<EventView> {
+    let (seq, kind, status, created_at, result, error) = conn
+        .prepare_cached(
+            "SELECT seq, type, status, created_at, sent, deduped, suppressed, error
+             FROM outbox WHERE id = ?1",
+        )?
+        .query_row([id], |r| {
+            let result = match r.get::<_, Option<i64>>(4)? {
+                Some(sent) => Some(DispatchResult {
+                    sent,
+                    deduped: r.get::<_, Option<i64>>(5)?.unwrap_or(0),
+                    suppressed_by_prefs: r.get::<_, Option<i64>>(6)?.unwrap_or(0),
+                }),
+                None => None,
+            };
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+                result,
+                r.get::<_, Option<String>>(7)?,
+            ))
+        })
+        .optional()?
+        .ok_or(StoreError::NotFound)?;
+    let mut deliveries = super::inbox::deliveries_of(conn, seq)?;
+    deliveries.extend(super::email::deliveries_of(conn, seq)?);
+    Ok(EventView {
+        id: id.to_string(),
+        kind,
+        status,
+        created_at: crate::time::rfc3339(created_at),
+        result,
+        error,
+        deliveries,
+    })
+}

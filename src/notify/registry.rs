@@ -1,0 +1,198 @@
+//! The registry of notification types: which channels a type uses, which
+//! payload fields it requires, its dedup, digest and criticality policy, its
+//! inbox actions and a sample payload. Loaded from `data/registry.json`
+//! (embedded) or a file given with `--registry`; a type never needs code.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::NotifyError;
+
+pub const EMBEDDED_REGISTRY: &str = include_str!("../../data/registry.json");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    Inbox,
+    Email,
+}
+
+impl Channel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Inbox => "inbox",
+            Channel::Email => "email",
+        }
+    }
+}
+
+fn default_dedup_window() -> u64 {
+    600
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TypeDef {
+    pub channels: Vec<Channel>,
+    #[serde(default)]
+    pub required: Vec<String>,
+    #[serde(default)]
+    pub critical: bool,
+    #[serde(default = "default_dedup_window")]
+    pub dedup_window_secs: u64,
+    #[serde(default)]
+    pub dedup_key: Option<String>,
+    #[serde(default)]
+    pub digest: Option<DigestDef>,
+    #[serde(default)]
+    pub actions: Vec<ActionDef>,
+    #[serde(default)]
+    pub sample: Value,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+impl TypeDef {
+    pub fn has(&self, channel: Channel) -> bool {
+        self.channels.contains(&channel)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DigestDef {
+    pub key: String,
+    pub window_secs: u64,
+    pub batch_type: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionDef {
+    pub label: String,
+    pub url: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegistryFile {
+    types: BTreeMap<String, TypeDef>,
+}
+
+#[derive(Debug)]
+pub struct Registry {
+    /// Where the registry came from, for error messages.
+    pub source: String,
+    types: BTreeMap<String, TypeDef>,
+}
+
+impl Registry {
+    pub fn embedded() -> Result<Registry, NotifyError> {
+        Registry::parse("data/registry.json (embedded)", EMBEDDED_REGISTRY)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Registry, NotifyError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| NotifyError::Config(format!("{}: {e}", path.display())))?;
+        Registry::parse(&path.display().to_string(), &text)
+    }
+
+    pub fn parse(source: &str, text: &str) -> Result<Registry, NotifyError> {
+        let file: RegistryFile = serde_json::from_str(text)
+            .map_err(|e| NotifyError::Config(format!("{source}: {e}")))?;
+        let registry = Registry {
+            source: source.to_string(),
+            types: file.types,
+        };
+        registry.check_shape()?;
+        Ok(registry)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&TypeDef> {
+        self.types.get(name)
+    }
+
+    pub fn types(&self) -> impl Iterator<Item = (&str, &TypeDef)> {
+        self.types.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// Structural rules that need no templates: every type has a channel,
+    /// its sample carries its required fields, and batch types exist.
+    fn check_shape(&self) -> Result<(), NotifyError> {
+        let mut problems = Vec::new();
+        for (name, def) in &self.types {
+            if def.channels.is_empty() {
+                problems.push(format!("type {name}: no channels"));
+            }
+            for field in &def.required {
+                if def.sample.get(field).is_none() {
+                    problems.push(format!(
+                        "type {name}: sample is missing required field {field:?}"
+                    ));
+                }
+            }
+            if let Some(digest) = &def.digest {
+                if !self.types.contains_key(&digest.batch_type) {
+                    problems.push(format!(
+                        "type {name}: digest batch type {:?} is not declared",
+                        digest.batch_type
+                    ));
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(NotifyError::Config(format!(
+                "{}: {}",
+                self.source,
+                problems.join("; ")
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_registry_declares_the_built_in_types() {
+        let r = Registry::embedded().unwrap();
+        for t in [
+            "org.invitation.sent",
+            "org.member.role_changed",
+            "org.billing.past_due",
+            "org.invitation.accepted",
+            "billing.referral.granted",
+            "document_uploaded",
+            "document_uploaded_batch",
+            "system.announcement",
+        ] {
+            assert!(r.get(t).is_some(), "missing built-in type {t}");
+        }
+        assert!(r.get("org.billing.past_due").unwrap().critical);
+        assert_eq!(
+            r.get("system.announcement").unwrap().channels,
+            vec![Channel::Inbox]
+        );
+    }
+
+    #[test]
+    fn broken_registries_are_refused_with_the_type_named() {
+        let err = Registry::parse(
+            "r.json",
+            r#"{"types": {"a": {"channels": ["inbox"], "required": ["x"], "sample": {}}}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("type a") && err.contains("\"x\""), "{err}");
+        let err = Registry::parse("r.json", r#"{"types": {"a": {"channels": ["sms"]}}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("r.json") && err.contains("sms"), "{err}");
+    }
+}

@@ -1,0 +1,108 @@
+//! The scheduler thread: at start it re-drives every unfinished outbox row
+//! and pending delivery; then it sleeps until the earliest due retry (woken
+//! early when a sooner one is scheduled) and periodically sweeps outbox rows
+//! whose bus message never arrived (written by another process, or lost).
+
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use super::email::{self, EmailJob};
+use super::{outbox, Notifier};
+use crate::store::now_ms;
+
+/// How often pending outbox rows are looked for when the bus is idle.
+const SWEEP_EVERY_MS: i64 = 2_000;
+/// Rows younger than this are probably still on the bus.
+const STALE_AFTER_MS: i64 = 1_000;
+const CLAIM_BATCH: usize = 500;
+
+pub(crate) enum Wake {
+    /// A retry was scheduled; look again for the earliest one.
+    Retry,
+    Stop,
+}
+
+pub(super) fn run(notifier: &Notifier, jobs: Sender<EmailJob>, wake: Receiver<Wake>) {
+    redrive(notifier, &jobs);
+    let store = notifier.store();
+    let mut next_sweep = now_ms() + SWEEP_EVERY_MS;
+    loop {
+        let now = now_ms();
+        let mut next_wake = next_sweep;
+        match store.write(|tx| email::claim_due(tx, now, CLAIM_BATCH)) {
+            Ok(due) => {
+                let full = due.len() == CLAIM_BATCH;
+                for job in due {
+                    let _ = jobs.send(job);
+                }
+                if full {
+                    continue;
+                }
+            }
+            Err(e) => log::error!("scheduler cannot claim due retries: {e}"),
+        }
+        if now >= next_sweep {
+            if notifier.bus_len() == 0 {
+                publish_stale(notifier, now - STALE_AFTER_MS);
+            }
+            next_sweep = now + SWEEP_EVERY_MS;
+            next_wake = next_sweep;
+        }
+        match store.read(email::next_retry_at) {
+            Ok(Some(at)) => next_wake = next_wake.min(at),
+            Ok(None) => {}
+            Err(e) => log::error!("scheduler cannot read the retry queue: {e}"),
+        }
+        let sleep = Duration::from_millis((next_wake - now_ms()).max(0) as u64);
+        match wake.recv_timeout(sleep) {
+            Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+            Ok(Wake::Retry) | Err(RecvTimeoutError::Timeout) => {}
+        }
+    }
+}
+
+/// Everything a previous run (or a crash) left unfinished goes back in.
+fn redrive(notifier: &Notifier, jobs: &Sender<EmailJob>) {
+    let store = notifier.store();
+    let events = publish_stale(notifier, i64::MAX);
+    match store.read(email::pending_jobs) {
+        Ok(pending) => {
+            if events > 0 || !pending.is_empty() {
+                log::info!(
+                    "re-driving {events} undispatched events and {} unsent emails",
+                    pending.len()
+                );
+            }
+            for job in pending {
+                let _ = jobs.send(job);
+            }
+        }
+        Err(e) => log::error!("cannot load pending deliveries: {e}"),
+    }
+}
+
+fn publish_stale(notifier: &Notifier, before_ms: i64) -> usize {
+    let mut published = 0;
+    let mut after = 0;
+    loop {
+        let seqs = match notifier
+            .store()
+            .read(|c| outbox::stale_pending(c, before_ms, after, 10_000))
+        {
+            Ok(seqs) => seqs,
+            Err(e) => {
+                log::error!("cannot read pending outbox rows: {e}");
+                return published;
+            }
+        };
+        let Some(&last) = seqs.last() else {
+            return published;
+        };
+        after = last;
+        published += seqs.len();
+        for seq in seqs {
+            notifier.publish(seq);
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! Template rendering for every notification type: inbox title/body, email
+//! subject/html/text, action urls and dedup/digest keys, all minijinja with
+//! undefined variables as errors and `.html` auto-escaped. Loading checks that
+//! each type has the templates its channels need and that its sample renders.
+
+use std::path::Path;
+
+use minijinja::{Environment, UndefinedBehavior};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::registry::{Channel, Registry, TypeDef};
+use super::NotifyError;
+
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/embedded_templates.rs"));
+}
+
+const INBOX_FILES: [&str; 2] = ["inbox_title.txt", "inbox_body.txt"];
+const EMAIL_FILES: [&str; 3] = ["email_subject.txt", "email.html", "email.txt"];
+
+/// What an event renders to, once, before any row is written.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    pub inbox: Option<InboxContent>,
+    pub email: Option<EmailContent>,
+}
+
+#[derive(Debug, Clone)]
+pub struct InboxContent {
+    pub title: String,
+    pub body: String,
+    pub actions: Vec<Action>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Action {
+    pub label: String,
+    pub url: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct EmailContent {
+    pub subject: String,
+    pub html: String,
+    pub text: String,
+}
+
+pub struct Templates {
+    env: Environment<'static>,
+}
+
+impl Templates {
+    /// Compiles the templates for `registry` from `dir` (or the embedded
+    /// set) and renders every type's sample; any problem refuses the whole
+    /// set with every message, naming the type, file and line.
+    pub fn load(registry: &Registry, dir: Option<&Path>) -> Result<Templates, NotifyError> {
+        let files = match dir {
+            Some(dir) => read_dir_templates(dir)?,
+            None => embedded::TEMPLATES
+                .iter()
+                .map(|(n, s)| (n.to_string(), s.to_string()))
+                .collect(),
+        };
+        let origin = dir.map_or("templates (embedded)".to_string(), |d| {
+            d.display().to_string()
+        });
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        let mut problems = Vec::new();
+        for (name, source) in files {
+            if let Err(e) = env.add_template_owned(name, source) {
+                problems.push(describe(&origin, &e));
+            }
+        }
+        for (ty, def) in registry.types() {
+            for (field, source) in inline_templates(def) {
+                if let Err(e) = env.add_template_owned(inline_name(ty, &field), source) {
+                    problems.push(describe(&registry.source, &e));
+                }
+            }
+            for (channel, files) in [
+                (Channel::Inbox, &INBOX_FILES[..]),
+                (Channel::Email, &EMAIL_FILES[..]),
+            ] {
+                for file in files.iter().filter(|_| def.has(channel)) {
+                    if env.get_template(&format!("{ty}/{file}")).is_err() {
+                        problems.push(format!("{origin}: type {ty}: missing template {ty}/{file}"));
+                    }
+                }
+            }
+        }
+        let templates = Templates { env };
+        if problems.is_empty() {
+            for (ty, def) in registry.types() {
+                if let Err(e) = templates.render(ty, def, &def.sample) {
+                    problems.push(format!("type {ty}: sample does not render: {e}"));
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(templates)
+        } else {
+            Err(NotifyError::Config(problems.join("\n")))
+        }
+    }
+
+    /// Renders everything `def`'s channels need for one event's payload.
+    pub fn render(
+        &self,
+        ty: &str,
+        def: &TypeDef,
+        payload: &Value,
+    ) -> Result<Rendered, NotifyError> {
+        let inbox = if def.has(Channel::Inbox) {
+            let actions = def
+                .actions
+                .iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    Ok(Action {
+                        label: a.label.clone(),
+                        url: self.one_line(&inline_name(ty, &format!("action{i}")), payload)?,
+                    })
+                })
+                .collect::<Result<_, NotifyError>>()?;
+            Some(InboxContent {
+                title: self.one_line(&format!("{ty}/inbox_title.txt"), payload)?,
+                body: self
+                    .file(&format!("{ty}/inbox_body.txt"), payload)?
+                    .trim()
+                    .to_string(),
+                actions,
+            })
+        } else {
+            None
+        };
+        let email = if def.has(Channel::Email) {
+            Some(EmailContent {
+                subject: self.one_line(&format!("{ty}/email_subject.txt"), payload)?,
+                html: self.file(&format!("{ty}/email.html"), payload)?,
+                text: self.file(&format!("{ty}/email.txt"), payload)?,
+            })
+        } else {
+            None
+        };
+        Ok(Rendered { inbox, email })
+    }
+
+    /// The rendered dedup key of an event, if its type declares one.
+    pub fn dedup_key(
+        &self,
+        ty: &str,
+        def: &TypeDef,
+        payload: &Value,
+    ) -> Result<Option<String>, NotifyError> {
+        def.dedup_key
+            .as_ref()
+            .map(|_| self.one_line(&inline_name(ty, "dedupKey"), payload))
+            .transpose()
+    }
+
+    /// The rendered digest key of an event, if its type is digested.
+    pub fn digest_key(
+        &self,
+        ty: &str,
+        def: &TypeDef,
+        payload: &Value,
+    ) -> Result<Option<String>, NotifyError> {
+        def.digest
+            .as_ref()
+            .map(|_| self.one_line(&inline_name(ty, "digestKey"), payload))
+            .transpose()
+    }
+
+    fn file(&self, name: &str, payload: &Value) -> Result<String, NotifyError> {
+        let template = self
+            .env
+            .get_template(name)
+            .map_err(|e| NotifyError::Render(describe("templates", &e)))?;
+        template
+            .render(payload)
+            .map_err(|e| NotifyError::Render(describe("templates", &e)))
+    }
+
+    /// Titles, subjects, urls and keys are single lines: surrounding
+    /// whitespace (a trailing newline in the file) is not part of them.
+    fn one_line(&self, name: &str, payload: &Value) -> Result<String, NotifyError> {
+        Ok(self.file(name, payload)?.trim().to_string())
+    }
+}
+
+/// Templates written inline in the registry, by their field name.
+fn inline_templates(def: &TypeDef) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = def
+        .actions
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (format!("action{i}"), a.url.clone()))
+        .collect();
+    if let Some(key) = &def.dedup_key {
+        out.push(("dedupKey".into(), key.clone()));
+    }
+    if let Some(digest) = &def.digest {
+        out.push(("digestKey".into(), digest.key.clone()));
+    }
+    out
+}
+
+fn inline_name(ty: &str, field: &str) -> String {
+    format!("{ty}/#{field}")
+}
+
+fn describe(origin: &str, e: &minijinja::Error) -> String {
+    let mut msg = format!("{origin}: {}", e.kind());
+    if let Some(detail) = e.detail() {
+        msg.push_str(&format!(": {detail}"));
+    }
+    match (e.name(), e.line()) {
+        (Some(name), Some(line)) => msg.push_str(&format!(" (template {name}, line {line})")),
+        (Some(name), None) => msg.push_str(&format!(" (template {name})")),
+        _ => {}
+    }
+    msg
+}
+
+fn read_dir_templates(dir: &Path) -> Result<Vec<(String, String)>, NotifyError> {
+    let io = |e: std::io::Error| NotifyError::Config(format!("{}: {e}", dir.display()));
+    let mut out = Vec::new();
+    for ty in std::fs::read_dir(dir).map_err(io)? {
+        let ty = ty.map_err(io)?;
+        if !ty.path().is_dir() {
+            continue;
+        }
+        for file in std::fs::read_dir(ty.path()).map_err(io)? {
+            let file = file.map_err(io)?;
+            let source = std::fs::read_to_string(file.path()).map_err(io)?;
+            out.push((
+                format!(
+                    "{}/{}",
+                    ty.file_name().to_string_lossy(),
+                    file.file_name().to_string_lossy()
+                ),
+                source,
+            ));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn registry(json: &str) -> Registry {
+        Registry::parse("test.json", json).unwrap()
+    }
+
+    #[test]
+    fn embedded_templates_render_every_sample() {
+        let r = Registry::embedded().unwrap();
+        Templates::load(&r, None).unwrap();
+    }
+
+    #[test]
+    fn html_is_escaped_and_text_is_not() {
+        let r = Registry::embedded().unwrap();
+        let t = Templates::load(&r, None).unwrap();
+        let def = r.get("org.member.role_changed").unwrap();
+        let mut payload = def.sample.clone();
+        payload["orgName"] = json!("<b>Acme</b>");
+        let out = t.render("org.member.role_changed", def, &payload).unwrap();
+        let email = out.email.unwrap();
+        assert!(email.html.contains("&lt;b&gt;Acme&lt;"), "{}", email.html);
+        assert!(!email.html.contains("<b>Acme"));
+        assert!(email.text.contains("<b>Acme</b>"));
+    }
+
+    #[test]
+    fn missing_templates_and_undefined_variables_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("t")).unwrap();
+        std::fs::write(dir.path().join("t/inbox_title.txt"), "Hi {{ who }}").unwrap();
+        std::fs::write(
+            dir.path().join("t/inbox_body.txt"),
+            "line one\n{{ missing }}",
+        )
+        .unwrap();
+        let r = registry(
+            r#"{"types": {"t": {"channels": ["inbox", "email"], "required": ["who"], "sample": {"who": "x"}}}}"#,
+        );
+        let err = Templates::load(&r, Some(dir.path()))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("missing template t/email.html"), "{err}");
+        let r = registry(
+            r#"{"types": {"t": {"channels": ["inbox"], "required": ["who"], "sample": {"who": "x"}}}}"#,
+        );
+        let err = Templates::load(&r, Some(dir.path()))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("type t") && err.contains("t/inbox_body.txt") && err.contains("line 2"),
+            "{err}"
+        );
+    }
+}
