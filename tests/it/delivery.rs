@@ -1,0 +1,149 @@
+//! The seam end to end over HTTP: an event becomes exactly one inbox row per
+//! user and exactly one email per recipient at the (fake) provider, rendered
+//! and authenticated as Resend expects.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::{FakeResend, TestServer};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn role_changed(recipients: serde_json::Value) -> serde_json::Value {
+    json!({
+        "type": "org.member.role_changed",
+        "recipients": recipients,
+        "subjectId": "mem_1",
+        "payload": {"newRole": "admin", "before": "member", "orgName": "Acme <Ltd>", "actorName": "Alice"}
+    })
+}
+
+#[test]
+fn an_event_for_a_user_gives_one_inbox_row_and_one_email() {
+    let mail = FakeResend::start();
+    let server = TestServer::builder().mail(&mail).start();
+    let token = server.create_user("carol", "carol@acme.test", "Carol");
+
+    let (status, body) = server.post_event(role_changed(json!(["carol"])));
+    assert_eq!(status, 202, "{body}");
+    let event_id = body["eventId"].as_str().unwrap().to_string();
+    let event = server.wait_event_done(&event_id, WAIT);
+    assert_eq!(
+        event["result"],
+        json!({"sent": 2, "deduped": 0, "suppressedByPrefs": 0})
+    );
+
+    let (status, inbox) = server.get("/v1/inbox", Some(token.as_str()));
+    assert_eq!(status, 200);
+    let items = inbox["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{inbox}");
+    assert_eq!(items[0]["type"], "org.member.role_changed");
+    assert_eq!(items[0]["title"], "Your role in Acme <Ltd> is now admin");
+    assert_eq!(items[0]["payload"]["actorName"], "Alice");
+
+    assert!(
+        mail.wait_for_accepted(1, WAIT),
+        "no email accepted:\n{}",
+        server.logs()
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let sent = mail.accepted();
+    assert_eq!(sent.len(), 1, "exactly one email");
+    assert_eq!(mail.request_count(), 1, "exactly one POST to the provider");
+    let email = &sent[0];
+    assert_eq!(email.to, vec!["carol@acme.test".to_string()]);
+    assert_eq!(
+        email.authorization,
+        format!("Bearer {}", crate::support::server::TEST_MAIL_API_KEY)
+    );
+    assert_eq!(email.subject, "Your role in Acme <Ltd> changed to admin");
+    let html = email.html.as_deref().unwrap();
+    assert!(html.contains("Acme &lt;Ltd&gt;"), "html is escaped: {html}");
+    assert!(email.text.as_deref().unwrap().contains("Acme <Ltd>"));
+
+    let deliveries = server.wait_event_done(&event_id, WAIT)["deliveries"].clone();
+    let email_delivery = deliveries
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["channel"] == "email")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        email.idempotency_key.as_deref(),
+        email_delivery["id"].as_str()
+    );
+    assert!(crate::support::wait_until(WAIT, || {
+        server.count(
+            "SELECT COUNT(*) FROM deliveries WHERE status = 'sent' AND provider_id IS NOT NULL",
+        ) == 1
+    }));
+}
+
+#[test]
+fn an_address_only_recipient_gets_an_email_and_no_inbox_row() {
+    let mail = FakeResend::start();
+    let server = TestServer::builder().mail(&mail).start();
+    let (status, body) = server.post_event(role_changed(json!([{"email": "new@example.com"}])));
+    assert_eq!(status, 202, "{body}");
+    let event = server.wait_event_done(body["eventId"].as_str().unwrap(), WAIT);
+    assert_eq!(event["result"]["sent"], 1);
+    assert!(mail.wait_for_accepted(1, WAIT));
+    assert_eq!(mail.accepted()[0].to, vec!["new@example.com".to_string()]);
+    assert_eq!(server.count("SELECT COUNT(*) FROM notifications"), 0);
+}
+
+#[test]
+fn an_empty_recipient_list_is_a_clean_no_op() {
+    let mail = FakeResend::start();
+    let server = TestServer::builder().mail(&mail).start();
+    let (status, body) = server.post_event(role_changed(json!([])));
+    assert_eq!(status, 202, "{body}");
+    let event = server.wait_event_done(body["eventId"].as_str().unwrap(), WAIT);
+    assert_eq!(
+        event["result"],
+        json!({"sent": 0, "deduped": 0, "suppressedByPrefs": 0})
+    );
+    assert_eq!(event["deliveries"], json!([]));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(mail.request_count(), 0);
+    assert_eq!(server.count("SELECT COUNT(*) FROM notifications"), 0);
+    assert_eq!(server.count("SELECT COUNT(*) FROM deliveries"), 0);
+}
+
+#[test]
+fn a_repeated_idempotency_key_returns_the_first_event() {
+    let mail = FakeResend::start();
+    let server = TestServer::builder().mail(&mail).start();
+    server.create_user("dave", "dave@acme.test", "Dave");
+    let mut event = role_changed(json!(["dave"]));
+    event["idempotencyKey"] = json!("role-change-42");
+    let (first_status, first) = server.post_event(&event);
+    let (second_status, second) = server.post_event(&event);
+    assert_eq!((first_status, second_status), (202, 200));
+    assert_eq!(first["eventId"], second["eventId"]);
+    assert_eq!(second["duplicate"], true);
+    server.wait_event_done(first["eventId"].as_str().unwrap(), WAIT);
+    assert_eq!(server.count("SELECT COUNT(*) FROM outbox"), 1);
+    assert!(mail.wait_for_accepted(1, WAIT));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(mail.accepted_count(), 1);
+}
+
+#[test]
+fn an_in_app_only_type_writes_no_email() {
+    let mail = FakeResend::start();
+    let server = TestServer::builder().mail(&mail).start();
+    let token = server.create_user("erin", "erin@acme.test", "Erin");
+    let (status, body) = server.post_event(json!({
+        "type": "system.announcement", "recipients": ["erin"],
+        "payload": {"title": "Maintenance", "body": "Tonight at 22:00"}
+    }));
+    assert_eq!(status, 202);
+    server.wait_event_done(body["eventId"].as_str().unwrap(), WAIT);
+    let (_, inbox) = server.get("/v1/inbox", Some(token.as_str()));
+    assert_eq!(inbox["items"].as_array().unwrap().len(), 1);
+    assert_eq!(server.count("SELECT COUNT(*) FROM deliveries"), 0);
+    assert_eq!(mail.request_count(), 0);
+}

@@ -1,0 +1,12 @@
+//! herald's integration tests: one binary, one module per capability. Each
+//! test starts the real `herald` binary on port 0 with its own temporary
+//! database and, where email matters, a fake Resend server on 127.0.0.1.
+
+mod support;
+
+mod api_errors;
+mod crash;
+mod delivery;
+mod inbox;
+mod library;
+mod seam;

@@ -1,0 +1,859 @@
+//! `FakeResend`: a Resend-compatible `POST /emails` on 127.0.0.1, run inside the
+//! test process: auth, validation, idempotency keys and rate limits as Resend
+//! does them, told to fail, hang or delay at will, recording all it receives.
+
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+/// How often held (hanging or delayed) requests look at the mode and the stop flag.
+const POLL: Duration = Duration::from_millis(10);
+/// Resend refuses idempotency keys longer than this.
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
+/// Resend's limit on recipients in `to`.
+const MAX_RECIPIENTS: usize = 50;
+
+/// What `POST /emails` does with a request that passed auth and rate limiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Validate, apply idempotency, accept and answer 200 `{id}`.
+    Ok,
+    /// Answer with this status and Resend's error shape; nothing is accepted
+    /// and nothing is remembered for idempotency.
+    Fail(u16),
+    /// Never answer: hold the request until the mode is changed or the fake is
+    /// dropped, then let go of it without a response (the client only sees
+    /// its own timeout). Nothing is accepted.
+    Hang,
+    /// Wait this long, then behave like `Ok`.
+    Delay(Duration),
+}
+
+/// One request as the fake received it.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    pub method: String,
+    /// Path without the query string.
+    pub path: String,
+    /// Header names lowercased; repeated headers joined with ", ".
+    pub headers: BTreeMap<String, String>,
+    /// The body parsed as JSON, `Value::Null` if empty or not JSON.
+    pub body: Value,
+    /// The body as sent (lossy UTF-8), to check retries send identical bytes.
+    pub raw_body: String,
+    /// Status answered; `None` while still in flight, or if it was never
+    /// answered (`Mode::Hang`, or the fake stopped first).
+    pub status: Option<u16>,
+    /// JSON body answered, `Value::Null` until answered.
+    pub response: Value,
+    pub idempotency_key: Option<String>,
+    pub received_at: Instant,
+}
+
+impl RecordedRequest {
+    /// A header by case-insensitive name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
+    }
+}
+
+/// An email the fake actually accepted: one per idempotency key that got a 2xx
+/// the first time, plus one per accepted request without a key.
+#[derive(Debug, Clone)]
+pub struct AcceptedEmail {
+    /// The `id` answered to the client.
+    pub id: String,
+    pub idempotency_key: Option<String>,
+    pub from: String,
+    /// `to` normalised to a list (Resend also takes a single string).
+    pub to: Vec<String>,
+    pub subject: String,
+    pub html: Option<String>,
+    pub text: Option<String>,
+    /// The full `Authorization` header value, e.g. `Bearer re_test_key`.
+    pub authorization: String,
+    /// The whole JSON body, for fields not broken out above.
+    pub body: Value,
+    pub accepted_at: Instant,
+}
+
+/// The running fake. Stops (and joins its threads) on drop.
+pub struct FakeResend {
+    shared: Arc<Shared>,
+    url: String,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl FakeResend {
+    /// Starts the fake on an ephemeral loopback port.
+    pub fn start() -> FakeResend {
+        let server = tiny_http::Server::http("127.0.0.1:0").expect("fake resend: bind 127.0.0.1:0");
+        let addr = server
+            .server_addr()
+            .to_ip()
+            .expect("fake resend: listening on an IP address");
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            state: Mutex::new(State::new()),
+        });
+        let acceptor = {
+            let shared = Arc::clone(&shared);
+            thread::Builder::new()
+                .name("fake-resend-accept".into())
+                .spawn(move || accept_loop(server, shared))
+                .expect("fake resend: spawn acceptor")
+        };
+        FakeResend {
+            shared,
+            url: format!("http://{addr}"),
+            acceptor: Some(acceptor),
+        }
+    }
+
+    /// Base URL, e.g. `http://127.0.0.1:40123` (what `HERALD_MAIL_API_URL` takes).
+    pub fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    /// Changes the behaviour for requests from now on. Requests held by
+    /// `Mode::Hang` are let go of (unanswered) as soon as the mode changes.
+    pub fn set_mode(&self, mode: Mode) {
+        let mut state = self.shared.lock();
+        state.mode = mode;
+        state.mode_generation += 1;
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.shared.lock().mode
+    }
+
+    /// Fails the next `n` requests (that pass auth and rate limiting) with
+    /// `status`, then goes back to the mode. Replaces any earlier `fail_next`.
+    pub fn fail_next(&self, n: u32, status: u16) {
+        let mut state = self.shared.lock();
+        state.fail_next = n;
+        state.fail_next_status = status;
+    }
+
+    /// Allows at most `per_sec` requests in any sliding 1 s window; more get
+    /// 429 `rate_limit_exceeded`. Every answer then carries `ratelimit-*`
+    /// headers. `0` turns the limit (and the headers) off, the default.
+    pub fn set_rate_limit(&self, per_sec: u32) {
+        let mut state = self.shared.lock();
+        state.rate_limit = per_sec;
+        state.window.clear();
+    }
+
+    /// Overrides the `retry-after` seconds sent with every 429 (default 1).
+    pub fn set_retry_after(&self, secs: Option<u64>) {
+        self.shared.lock().retry_after = secs;
+    }
+
+    /// Every request received so far, in arrival order.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.shared.lock().requests.clone()
+    }
+
+    /// Requests received so far that carried this idempotency key.
+    pub fn requests_with_key(&self, key: &str) -> Vec<RecordedRequest> {
+        self.shared
+            .lock()
+            .requests
+            .iter()
+            .filter(|r| r.idempotency_key.as_deref() == Some(key))
+            .cloned()
+            .collect()
+    }
+
+    pub fn request_count(&self) -> usize {
+        self.shared.lock().requests.len()
+    }
+
+    /// Emails actually accepted, in acceptance order.
+    pub fn accepted(&self) -> Vec<AcceptedEmail> {
+        self.shared.lock().accepted.clone()
+    }
+
+    pub fn accepted_count(&self) -> usize {
+        self.shared.lock().accepted.len()
+    }
+
+    /// Polls until at least `n` emails were accepted; false at the deadline.
+    pub fn wait_for_accepted(&self, n: usize, timeout: Duration) -> bool {
+        super::wait_until(timeout, || self.accepted_count() >= n)
+    }
+
+    /// Polls until at least `n` requests were received; false at the deadline.
+    pub fn wait_for_requests(&self, n: usize, timeout: Duration) -> bool {
+        super::wait_until(timeout, || self.request_count() >= n)
+    }
+}
+
+impl Drop for FakeResend {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+    }
+}
+
+struct Shared {
+    stop: AtomicBool,
+    state: Mutex<State>,
+}
+
+impl Shared {
+    /// A panicking request thread must not take the whole fake down with it.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+}
+
+enum IdempotencyEntry {
+    InFlight,
+    Done { body: Value, response: Value },
+}
+
+struct State {
+    mode: Mode,
+    /// Bumped by every `set_mode`, so a hanging request notices any change.
+    mode_generation: u64,
+    fail_next: u32,
+    fail_next_status: u16,
+    rate_limit: u32,
+    /// Arrival times of the requests let through in the last second.
+    window: VecDeque<Instant>,
+    retry_after: Option<u64>,
+    idempotency: HashMap<String, IdempotencyEntry>,
+    requests: Vec<RecordedRequest>,
+    accepted: Vec<AcceptedEmail>,
+}
+
+impl State {
+    fn new() -> State {
+        State {
+            mode: Mode::Ok,
+            mode_generation: 0,
+            fail_next: 0,
+            fail_next_status: 500,
+            rate_limit: 0,
+            window: VecDeque::new(),
+            retry_after: None,
+            idempotency: HashMap::new(),
+            requests: Vec::new(),
+            accepted: Vec::new(),
+        }
+    }
+}
+
+/// One thread per request, so a hanging or delayed request never blocks others.
+fn accept_loop(server: tiny_http::Server, shared: Arc<Shared>) {
+    let mut handlers: Vec<JoinHandle<()>> = Vec::new();
+    while !shared.stopping() {
+        match server.recv_timeout(Duration::from_millis(20)) {
+            Ok(Some(request)) => {
+                let shared = Arc::clone(&shared);
+                let handler = thread::Builder::new()
+                    .name("fake-resend-request".into())
+                    .spawn(move || handle(&shared, request))
+                    .expect("fake resend: spawn request thread");
+                handlers.retain(|h| !h.is_finished());
+                handlers.push(handler);
+            }
+            Ok(None) => {}
+            Err(_) => break,
+        }
+    }
+    // Held requests see the stop flag within POLL and let go.
+    for handler in handlers {
+        let _ = handler.join();
+    }
+}
+
+/// What the fake answers, before it is written out.
+struct Reply {
+    status: u16,
+    body: Value,
+    headers: Vec<(String, String)>,
+}
+
+impl Reply {
+    fn error(status: u16, name: &str, message: &str) -> Reply {
+        Reply {
+            status,
+            body: json!({ "statusCode": status, "name": name, "message": message }),
+            headers: Vec::new(),
+        }
+    }
+
+    fn with_headers(mut self, headers: &[(String, String)]) -> Reply {
+        self.headers.extend_from_slice(headers);
+        self
+    }
+}
+
+/// A valid send that passed every check and holds its idempotency key (if any).
+struct PendingSend {
+    key: Option<String>,
+    from: String,
+    to: Vec<String>,
+    subject: String,
+    html: Option<String>,
+    text: Option<String>,
+    authorization: String,
+    body: Value,
+    rate_headers: Vec<(String, String)>,
+    mode: Mode,
+    mode_generation: u64,
+}
+
+enum Decision {
+    Reply(Reply),
+    Send(PendingSend),
+}
+
+struct Incoming {
+    method: String,
+    path: String,
+    headers: BTreeMap<String, String>,
+    body: Value,
+    raw_body: String,
+    key: Option<String>,
+    received_at: Instant,
+}
+
+fn handle(shared: &Shared, mut request: tiny_http::Request) {
+    let incoming = read_request(&mut request);
+    let index = {
+        let mut state = shared.lock();
+        state.requests.push(RecordedRequest {
+            method: incoming.method.clone(),
+            path: incoming.path.clone(),
+            headers: incoming.headers.clone(),
+            body: incoming.body.clone(),
+            raw_body: incoming.raw_body.clone(),
+            status: None,
+            response: Value::Null,
+            idempotency_key: incoming.key.clone(),
+            received_at: incoming.received_at,
+        });
+        state.requests.len() - 1
+    };
+
+    let decision = decide(&mut shared.lock(), &incoming);
+    let reply = match decision {
+        Decision::Reply(reply) => reply,
+        Decision::Send(send) => {
+            if !hold(shared, &send) {
+                release_key(&mut shared.lock(), send.key.as_deref());
+                // Let go without answering: no bytes, and no 500 from tiny_http's Drop.
+                drop(request.into_writer());
+                return;
+            }
+            accept(&mut shared.lock(), send)
+        }
+    };
+    {
+        let mut state = shared.lock();
+        let recorded = &mut state.requests[index];
+        recorded.status = Some(reply.status);
+        recorded.response = reply.body.clone();
+    }
+    respond(request, reply);
+}
+
+fn read_request(request: &mut tiny_http::Request) -> Incoming {
+    let received_at = Instant::now();
+    let mut headers: BTreeMap<String, String> = BTreeMap::new();
+    for header in request.headers() {
+        let name = header.field.as_str().as_str().to_ascii_lowercase();
+        let value = header.value.as_str().to_string();
+        headers
+            .entry(name)
+            .and_modify(|v| {
+                v.push_str(", ");
+                v.push_str(&value);
+            })
+            .or_insert(value);
+    }
+    let mut raw = Vec::new();
+    let _ = request.as_reader().read_to_end(&mut raw);
+    let body = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+    let key = headers.get("idempotency-key").cloned();
+    Incoming {
+        method: request.method().as_str().to_ascii_uppercase(),
+        path: request.url().split('?').next().unwrap_or("").to_string(),
+        headers,
+        body,
+        raw_body: String::from_utf8_lossy(&raw).into_owned(),
+        key,
+        received_at,
+    }
+}
+
+/// Everything up to the point of accepting, in this order: route, auth, rate
+/// limit, injected failures, key format, validation, idempotency. So a held
+/// (hanging or delayed) request owns its key, and a repeat meanwhile gets 409.
+/// A repeat of a key already answered is replayed even in `Hang`/`Delay`.
+fn decide(state: &mut State, incoming: &Incoming) -> Decision {
+    if incoming.path != "/emails" {
+        return Decision::Reply(Reply::error(
+            404,
+            "not_found",
+            "The requested endpoint does not exist.",
+        ));
+    }
+    if incoming.method != "POST" {
+        return Decision::Reply(Reply::error(
+            405,
+            "method_not_allowed",
+            "Method Not Allowed",
+        ));
+    }
+    let authorization = incoming
+        .headers
+        .get("authorization")
+        .cloned()
+        .unwrap_or_default();
+    if !has_bearer_token(&authorization) {
+        return Decision::Reply(Reply::error(
+            401,
+            "missing_api_key",
+            "Missing API key in the authorization header. Include the following header \
+             in the request: Authorization: Bearer YOUR_API_KEY",
+        ));
+    }
+
+    let rate_headers = match check_rate_limit(state, incoming.received_at) {
+        Ok(headers) => headers,
+        Err(reply) => return Decision::Reply(reply),
+    };
+    if let Some(status) = injected_failure(state) {
+        return Decision::Reply(failure(state, status).with_headers(&rate_headers));
+    }
+    if let Some(key) = &incoming.key {
+        if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
+            return Decision::Reply(
+                Reply::error(
+                    400,
+                    "invalid_idempotency_key",
+                    "The key must be between 1-256 chars.",
+                )
+                .with_headers(&rate_headers),
+            );
+        }
+    }
+    let email = match validate(&incoming.body) {
+        Ok(email) => email,
+        Err(reply) => return Decision::Reply(reply.with_headers(&rate_headers)),
+    };
+    if let Some(key) = &incoming.key {
+        if let Some(reply) = claim_key(state, key, &incoming.body) {
+            return Decision::Reply(reply.with_headers(&rate_headers));
+        }
+    }
+    Decision::Send(PendingSend {
+        key: incoming.key.clone(),
+        from: email.from,
+        to: email.to,
+        subject: email.subject,
+        html: email.html,
+        text: email.text,
+        authorization,
+        body: incoming.body.clone(),
+        rate_headers,
+        mode: state.mode,
+        mode_generation: state.mode_generation,
+    })
+}
+
+fn has_bearer_token(authorization: &str) -> bool {
+    let mut parts = authorization.trim().splitn(2, ' ');
+    let scheme = parts.next().unwrap_or("");
+    let token = parts.next().unwrap_or("").trim();
+    scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()
+}
+
+/// Sliding one-second window over the requests let through.
+fn check_rate_limit(state: &mut State, now: Instant) -> Result<Vec<(String, String)>, Reply> {
+    let limit = state.rate_limit;
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let window = Duration::from_secs(1);
+    while let Some(&oldest) = state.window.front() {
+        if now.saturating_duration_since(oldest) >= window {
+            state.window.pop_front();
+        } else {
+            break;
+        }
+    }
+    if state.window.len() >= limit as usize {
+        let oldest = *state.window.front().expect("window is full, so not empty");
+        let frees_in = (oldest + window).saturating_duration_since(now);
+        let reset = frees_in.as_secs_f64().ceil().max(1.0) as u64;
+        let headers = rate_headers(limit, 0, reset);
+        let reply = Reply::error(
+            429,
+            "rate_limit_exceeded",
+            &format!(
+                "Too many requests. You can only make {limit} requests per second. See rate \
+                 limit response headers for more information. Or contact support to increase \
+                 rate limit."
+            ),
+        );
+        return Err(with_retry_after(state, reply).with_headers(&headers));
+    }
+    state.window.push_back(now);
+    let remaining = limit - state.window.len() as u32;
+    Ok(rate_headers(limit, remaining, 1))
+}
+
+fn rate_headers(limit: u32, remaining: u32, reset: u64) -> Vec<(String, String)> {
+    vec![
+        ("ratelimit-limit".to_string(), limit.to_string()),
+        ("ratelimit-remaining".to_string(), remaining.to_string()),
+        ("ratelimit-reset".to_string(), reset.to_string()),
+    ]
+}
+
+fn with_retry_after(state: &State, mut reply: Reply) -> Reply {
+    let secs = state.retry_after.unwrap_or(1);
+    reply
+        .headers
+        .push(("retry-after".to_string(), secs.to_string()));
+    reply
+}
+
+/// `fail_next` first, then `Mode::Fail`.
+fn injected_failure(state: &mut State) -> Option<u16> {
+    if state.fail_next > 0 {
+        state.fail_next -= 1;
+        return Some(state.fail_next_status);
+    }
+    match state.mode {
+        Mode::Fail(status) => Some(status),
+        _ => None,
+    }
+}
+
+fn failure(state: &State, status: u16) -> Reply {
+    let (name, message) = match status {
+        400 => ("validation_error", "Injected failure: bad request."),
+        401 => ("missing_api_key", "Injected failure: missing API key."),
+        403 => ("invalid_api_key", "API key is invalid"),
+        404 => ("not_found", "The requested endpoint does not exist."),
+        405 => ("method_not_allowed", "Method Not Allowed"),
+        409 => (
+            "concurrent_idempotent_requests",
+            "Same idempotency key used while original request is still in progress.",
+        ),
+        422 => ("validation_error", "Injected failure: validation error."),
+        429 => (
+            "rate_limit_exceeded",
+            "Too many requests. Injected failure: rate limit exceeded.",
+        ),
+        451 => ("security_error", "Injected failure: security error."),
+        500 => (
+            "internal_server_error",
+            "An unexpected error occurred. Injected failure.",
+        ),
+        s if s >= 500 => ("application_error", "Injected failure: server error."),
+        _ => ("application_error", "Injected failure."),
+    };
+    let reply = Reply::error(status, name, message);
+    if status == 429 {
+        with_retry_after(state, reply)
+    } else {
+        reply
+    }
+}
+
+struct ValidEmail {
+    from: String,
+    to: Vec<String>,
+    subject: String,
+    html: Option<String>,
+    text: Option<String>,
+}
+
+/// `SendEmailRequest` from Resend's OpenAPI description: `from`, `to`,
+/// `subject` required; `to` a string or 1..=50 strings; the rest typed.
+fn validate(body: &Value) -> Result<ValidEmail, Reply> {
+    let invalid = |message: &str| Reply::error(422, "validation_error", message);
+    let Some(fields) = body.as_object() else {
+        return Err(invalid("The request body must be a JSON object."));
+    };
+    let from = required_string(fields, "from")?;
+    if !is_mailbox(&from) {
+        return Err(Reply::error(
+            422,
+            "invalid_from_address",
+            "Invalid `from` field. The email address needs to follow the \
+             `email@example.com` or `Name <email@example.com>` format.",
+        ));
+    }
+    let to = match fields.get("to") {
+        None | Some(Value::Null) => return Err(invalid("Missing `to` field.")),
+        Some(value) => address_list(value, "to", 1)?,
+    };
+    if to.len() > MAX_RECIPIENTS {
+        return Err(invalid(
+            "Invalid `to` field. You can send to at most 50 recipients.",
+        ));
+    }
+    let subject = required_string(fields, "subject")?;
+    let html = optional_string(fields, "html")?;
+    let text = optional_string(fields, "text")?;
+    for name in ["cc", "bcc", "reply_to"] {
+        if let Some(value) = fields.get(name) {
+            address_list(value, name, 0)?;
+        }
+    }
+    for name in ["scheduled_at", "topic_id"] {
+        optional_string(fields, name)?;
+    }
+    if let Some(value) = fields.get("headers") {
+        if !value.is_object() {
+            return Err(invalid("Invalid `headers` field. Expected an object."));
+        }
+    }
+    for name in ["attachments", "tags"] {
+        if let Some(value) = fields.get(name) {
+            if !value.is_array() {
+                return Err(invalid(&format!(
+                    "Invalid `{name}` field. Expected an array."
+                )));
+            }
+        }
+    }
+    Ok(ValidEmail {
+        from,
+        to,
+        subject,
+        html,
+        text,
+    })
+}
+
+fn required_string(fields: &Map<String, Value>, name: &str) -> Result<String, Reply> {
+    match fields.get(name) {
+        None | Some(Value::Null) => Err(Reply::error(
+            422,
+            "validation_error",
+            &format!("Missing `{name}` field."),
+        )),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(Reply::error(
+            422,
+            "validation_error",
+            &format!("Invalid `{name}` field. Expected a string."),
+        )),
+    }
+}
+
+/// Present means it must be a string: the schema does not allow `null`.
+fn optional_string(fields: &Map<String, Value>, name: &str) -> Result<Option<String>, Reply> {
+    match fields.get(name) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(Reply::error(
+            422,
+            "validation_error",
+            &format!("Invalid `{name}` field. Expected a string."),
+        )),
+    }
+}
+
+/// A string or an array of strings, each an address.
+fn address_list(value: &Value, name: &str, min: usize) -> Result<Vec<String>, Reply> {
+    let invalid = |detail: &str| {
+        Reply::error(
+            422,
+            "validation_error",
+            &format!("Invalid `{name}` field. {detail}"),
+        )
+    };
+    let list = match value {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(items) => {
+            let mut list = Vec::with_capacity(items.len());
+            for item in items {
+                match item {
+                    Value::String(s) => list.push(s.clone()),
+                    _ => return Err(invalid("Expected a string or an array of strings.")),
+                }
+            }
+            list
+        }
+        _ => return Err(invalid("Expected a string or an array of strings.")),
+    };
+    if list.len() < min {
+        return Err(invalid("At least one address is required."));
+    }
+    if let Some(bad) = list.iter().find(|a| !is_mailbox(a)) {
+        return Err(invalid(&format!(
+            "`{bad}` does not follow the `email@example.com` or `Name <email@example.com>` format."
+        )));
+    }
+    Ok(list)
+}
+
+/// `email@example.com` or `Name <email@example.com>`, loosely.
+fn is_mailbox(text: &str) -> bool {
+    let text = text.trim();
+    let address = match (text.rfind('<'), text.strip_suffix('>')) {
+        (Some(open), Some(inner)) => &inner[open + 1..],
+        _ => text,
+    };
+    match address.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && !domain.is_empty()
+                && !domain.contains('@')
+                && !address
+                    .chars()
+                    .any(|c| c.is_whitespace() || c == '<' || c == '>')
+        }
+        None => false,
+    }
+}
+
+/// `None` if the key is now held by this request; otherwise the answer Resend
+/// gives: the original response, or a 409.
+fn claim_key(state: &mut State, key: &str, body: &Value) -> Option<Reply> {
+    match state.idempotency.get(key) {
+        None => {
+            state
+                .idempotency
+                .insert(key.to_string(), IdempotencyEntry::InFlight);
+            None
+        }
+        Some(IdempotencyEntry::InFlight) => Some(Reply::error(
+            409,
+            "concurrent_idempotent_requests",
+            "Same idempotency key used while original request is still in progress.",
+        )),
+        Some(IdempotencyEntry::Done {
+            body: original,
+            response,
+        }) => {
+            if original == body {
+                Some(Reply {
+                    status: 200,
+                    body: response.clone(),
+                    headers: Vec::new(),
+                })
+            } else {
+                Some(Reply::error(
+                    409,
+                    "invalid_idempotent_request",
+                    "Same idempotency key used with a different request payload.",
+                ))
+            }
+        }
+    }
+}
+
+fn release_key(state: &mut State, key: Option<&str>) {
+    if let Some(key) = key {
+        if let Some(IdempotencyEntry::InFlight) = state.idempotency.get(key) {
+            state.idempotency.remove(key);
+        }
+    }
+}
+
+/// Waits as the mode says. False if the request must be let go unanswered.
+fn hold(shared: &Shared, send: &PendingSend) -> bool {
+    match send.mode {
+        Mode::Hang => loop {
+            if shared.stopping() || shared.lock().mode_generation != send.mode_generation {
+                return false;
+            }
+            thread::sleep(POLL);
+        },
+        Mode::Delay(delay) => {
+            let deadline = Instant::now() + delay;
+            while Instant::now() < deadline {
+                if shared.stopping() {
+                    return false;
+                }
+                thread::sleep(POLL.min(deadline.saturating_duration_since(Instant::now())));
+            }
+            true
+        }
+        Mode::Ok | Mode::Fail(_) => true,
+    }
+}
+
+fn accept(state: &mut State, send: PendingSend) -> Reply {
+    let id = uuid_v4();
+    let response = json!({ "id": id });
+    if let Some(key) = &send.key {
+        state.idempotency.insert(
+            key.clone(),
+            IdempotencyEntry::Done {
+                body: send.body.clone(),
+                response: response.clone(),
+            },
+        );
+    }
+    state.accepted.push(AcceptedEmail {
+        id,
+        idempotency_key: send.key,
+        from: send.from,
+        to: send.to,
+        subject: send.subject,
+        html: send.html,
+        text: send.text,
+        authorization: send.authorization,
+        body: send.body,
+        accepted_at: Instant::now(),
+    });
+    Reply {
+        status: 200,
+        body: response,
+        headers: send.rate_headers,
+    }
+}
+
+fn respond(request: tiny_http::Request, reply: Reply) {
+    let mut response =
+        tiny_http::Response::from_string(reply.body.to_string()).with_status_code(reply.status);
+    let content_type = ("content-type".to_string(), "application/json".to_string());
+    for (name, value) in std::iter::once(&content_type).chain(reply.headers.iter()) {
+        if let Ok(header) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+            response.add_header(header);
+        }
+    }
+    // The client may have given up already; nothing to do about that here.
+    let _ = request.respond(response);
+}
+
+fn uuid_v4() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("fake resend: random id");
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}

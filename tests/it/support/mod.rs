@@ -1,0 +1,28 @@
+//! Shared support for herald's integration tests: the real binary under test
+//! (`TestServer`), a fake Resend mail API (`FakeResend`) and a polling helper.
+//! Not every test uses every helper, hence the module-wide allowances.
+
+#![allow(dead_code, unused_imports)]
+
+pub mod fake_resend;
+pub mod server;
+
+pub use fake_resend::{AcceptedEmail, FakeResend, Mode, RecordedRequest};
+pub use server::{RawResponse, TestServer, TestServerBuilder};
+
+use std::time::{Duration, Instant};
+
+/// Polls `done` every 20 ms until it returns true (then true) or `timeout`
+/// passes (then false, after one last look).
+pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
