@@ -231,6 +231,7 @@ impl Notifier {
         let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded();
         let (wake_tx, wake_rx) = crossbeam_channel::unbounded();
         let stopping = Arc::new(AtomicBool::new(false));
+        scheduler::redrive(self, &jobs_tx);
 
         let mut senders = Vec::new();
         for i in 0..shared.policy.sender_threads.max(1) {

@@ -1,5 +1,5 @@
-//! The scheduler thread: at start it re-drives every unfinished outbox row
-//! and pending delivery; then it sleeps until the earliest due retry (woken
+//! The scheduler: at start it re-drives every unfinished outbox row and
+//! pending delivery; then its thread sleeps until the earliest due retry (woken
 //! early when a sooner one is scheduled) and periodically sweeps outbox rows
 //! whose bus message never arrived (written by another process, or lost).
 
@@ -24,7 +24,6 @@ pub(crate) enum Wake {
 }
 
 pub(super) fn run(notifier: &Notifier, jobs: Sender<EmailJob>, wake: Receiver<Wake>) {
-    redrive(notifier, &jobs);
     let store = notifier.store();
     let mut next_sweep = now_ms() + SWEEP_EVERY_MS;
     loop {
@@ -63,7 +62,9 @@ pub(super) fn run(notifier: &Notifier, jobs: Sender<EmailJob>, wake: Receiver<Wa
 }
 
 /// Everything a previous run (or a crash) left unfinished goes back in.
-fn redrive(notifier: &Notifier, jobs: &Sender<EmailJob>) {
+/// Runs before the dispatcher starts, so the pending deliveries it loads
+/// cannot include ones this run creates (which would be sent twice).
+pub(super) fn redrive(notifier: &Notifier, jobs: &Sender<EmailJob>) {
     let store = notifier.store();
     let events = publish_stale(notifier, i64::MAX);
     match store.read(email::pending_jobs) {

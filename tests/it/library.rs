@@ -1,1 +1,158 @@
-// placeholder
+//! The library entry point (SPEC 2.1): an event enqueued in a transaction
+//! that rolls back delivers nothing; committed, it delivers once; and the bus
+//! is only pushed after COMMIT. Runs herald in-process against a real SQLite
+//! file, with a recording mail provider at the one faked edge.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use herald::mail::{Email, MailError, MailProvider, RateHint, Sent};
+use herald::notify::{DeliveryPolicy, Event, Notifier, Recipient, Registry, Templates};
+use herald::store::{users, Store, StoreError, Synchronous};
+use serde_json::json;
+
+use crate::support::wait_until;
+
+#[derive(Default)]
+struct Recorder {
+    sent: Mutex<Vec<(String, Email)>>,
+}
+
+impl MailProvider for Recorder {
+    fn name(&self) -> &'static str {
+        "recorder"
+    }
+
+    fn send_email(&self, email: &Email, key: &str) -> (Result<Sent, MailError>, RateHint) {
+        self.sent
+            .lock()
+            .unwrap()
+            .push((key.to_string(), email.clone()));
+        let sent = Sent {
+            provider_id: format!("rec-{key}"),
+        };
+        (Ok(sent), RateHint::default())
+    }
+}
+
+fn setup() -> (tempfile::TempDir, Notifier) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(&dir.path().join("lib.db"), Synchronous::Normal).unwrap());
+    store
+        .write(|tx| {
+            users::upsert(
+                tx,
+                &users::User {
+                    id: "u1".into(),
+                    email: "u1@acme.test".into(),
+                    name: "U".into(),
+                },
+            )
+        })
+        .unwrap();
+    let registry = Registry::embedded().unwrap();
+    let templates = Templates::load(&registry, None).unwrap();
+    (
+        dir,
+        Notifier::new(store, registry, templates, DeliveryPolicy::default()),
+    )
+}
+
+fn event() -> Event {
+    Event::new(
+        "org.billing.past_due",
+        vec![Recipient::User("u1".into())],
+        json!({"orgName": "Acme", "plan": "pro"}),
+    )
+}
+
+fn count(notifier: &Notifier, sql: &str) -> i64 {
+    notifier
+        .store()
+        .read(|c| c.query_row(sql, [], |r| r.get(0)).map_err(StoreError::from))
+        .unwrap()
+}
+
+#[test]
+fn the_bus_is_pushed_only_after_commit() {
+    let (_dir, notifier) = setup();
+    // Not started: the bus is observable.
+    notifier
+        .transaction(|outbox| {
+            outbox.enqueue(&event())?;
+            assert_eq!(
+                notifier.bus_len(),
+                0,
+                "nothing published inside the transaction"
+            );
+            Ok::<_, herald::notify::NotifyError>(())
+        })
+        .unwrap();
+    assert_eq!(notifier.bus_len(), 1, "published once committed");
+
+    let rolled_back: Result<(), StoreError> = notifier.transaction(|outbox| {
+        outbox.enqueue(&event()).map_err(|_| StoreError::NotFound)?;
+        Err(StoreError::NotFound)
+    });
+    assert!(rolled_back.is_err());
+    assert_eq!(
+        notifier.bus_len(),
+        1,
+        "a rolled-back transaction publishes nothing"
+    );
+    assert_eq!(count(&notifier, "SELECT COUNT(*) FROM outbox"), 1);
+}
+
+#[test]
+fn rolled_back_delivers_nothing_and_committed_delivers_once() {
+    let (_dir, notifier) = setup();
+    let recorder = Arc::new(Recorder::default());
+    let running = notifier.start(recorder.clone());
+
+    // The raw entry point: enqueue in the caller's transaction, which fails.
+    let rolled_back: Result<i64, StoreError> = notifier.store().write(|tx| {
+        let enqueued = notifier
+            .enqueue(tx, &event())
+            .map_err(|_| StoreError::NotFound)?;
+        let _ = enqueued;
+        Err(StoreError::NotFound)
+    });
+    assert!(rolled_back.is_err());
+
+    // Committed: the caller publishes after commit.
+    let seq = notifier
+        .store()
+        .write(|tx| {
+            notifier
+                .enqueue(tx, &event())
+                .map(|e| e.seq)
+                .map_err(|_| StoreError::NotFound)
+        })
+        .unwrap();
+    notifier.publish(seq);
+    // Publishing again (or publishing a rolled-back id) is harmless.
+    notifier.publish(seq);
+    notifier.publish(seq + 1000);
+    assert!(running.flush(Duration::from_secs(5)));
+    assert!(wait_until(Duration::from_secs(5), || recorder
+        .sent
+        .lock()
+        .unwrap()
+        .len()
+        == 1));
+    std::thread::sleep(Duration::from_millis(200));
+    running.shutdown(Duration::from_secs(5));
+
+    let sent = recorder.sent.lock().unwrap();
+    assert_eq!(sent.len(), 1, "exactly one email");
+    assert_eq!(sent[0].1.to, vec!["u1@acme.test".to_string()]);
+    assert_eq!(count(&notifier, "SELECT COUNT(*) FROM outbox"), 1);
+    assert_eq!(count(&notifier, "SELECT COUNT(*) FROM notifications"), 1);
+    assert_eq!(
+        count(
+            &notifier,
+            "SELECT COUNT(*) FROM deliveries WHERE status = 'sent'"
+        ),
+        1
+    );
+}
