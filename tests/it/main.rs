@@ -5,6 +5,9 @@
 mod support;
 
 mod api_errors;
+mod app_invitations;
+mod app_roles;
+mod app_tenancy;
 mod crash;
 mod delivery;
 mod inbox;
