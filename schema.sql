@@ -91,3 +91,94 @@ CREATE TABLE deliveries (
 CREATE INDEX deliveries_pending ON deliveries (created_at) WHERE status = 'pending';
 CREATE INDEX deliveries_retrying ON deliveries (next_attempt_at) WHERE status = 'retrying';
 CREATE INDEX deliveries_status ON deliveries (status, updated_at);
+
+-- ---------------------------------------------------------------------------
+-- Reference application (issue 3): organizations, members, invitations, the
+-- append-only audit log, processed webhook events and plan entitlements.
+-- Every org-scoped row carries org_id; the app reaches them only through the
+-- tenant-scoped transaction helper (src/app/tenant.rs).
+-- ---------------------------------------------------------------------------
+
+CREATE TABLE organizations (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+
+CREATE TABLE members (
+    id          TEXT PRIMARY KEY,
+    org_id      TEXT NOT NULL REFERENCES organizations (id),
+    user_id     TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    role        TEXT NOT NULL CHECK (role IN ('owner', 'admin', 'member')),
+    created_at  INTEGER NOT NULL,
+    UNIQUE (org_id, user_id)
+);
+CREATE INDEX members_user ON members (user_id);
+CREATE INDEX members_org_role ON members (org_id, role);
+
+-- The accept token is stored as its SHA-256; the secret exists only in the
+-- invitation email and the API response that created it.
+CREATE TABLE invitations (
+    id                TEXT PRIMARY KEY,
+    org_id            TEXT NOT NULL REFERENCES organizations (id),
+    email             TEXT NOT NULL,
+    role              TEXT NOT NULL CHECK (role IN ('owner', 'admin', 'member')),
+    token_hash        TEXT NOT NULL UNIQUE,
+    status            TEXT NOT NULL DEFAULT 'pending'
+                      CHECK (status IN ('pending', 'accepted', 'revoked', 'expired')),
+    inviter_user_id   TEXT NOT NULL REFERENCES users (id),
+    accepted_user_id  TEXT REFERENCES users (id),
+    created_at        INTEGER NOT NULL,
+    expires_at        INTEGER NOT NULL,
+    accepted_at       INTEGER
+);
+-- At most one pending invitation per (org, address); addresses compare
+-- case-insensitively.
+CREATE UNIQUE INDEX invitations_one_pending ON invitations (org_id, lower(email))
+    WHERE status = 'pending';
+CREATE INDEX invitations_org ON invitations (org_id, created_at DESC);
+
+-- Append-only: the triggers refuse UPDATE and DELETE, even from raw SQL.
+CREATE TABLE audit_log (
+    id             INTEGER PRIMARY KEY,
+    org_id         TEXT NOT NULL REFERENCES organizations (id),
+    actor_user_id  TEXT,
+    action         TEXT NOT NULL,
+    subject_type   TEXT NOT NULL,
+    subject_id     TEXT NOT NULL,
+    payload        TEXT NOT NULL DEFAULT '{}',
+    created_at     INTEGER NOT NULL
+);
+CREATE INDEX audit_log_org ON audit_log (org_id, id DESC);
+CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+BEGIN
+    SELECT RAISE(ABORT, 'audit_log is append-only');
+END;
+CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+BEGIN
+    SELECT RAISE(ABORT, 'audit_log is append-only');
+END;
+
+-- Webhook events claimed once, in the same transaction as their handling.
+CREATE TABLE processed_events (
+    source        TEXT NOT NULL,
+    event_id      TEXT NOT NULL,
+    type          TEXT NOT NULL,
+    processed_at  INTEGER NOT NULL,
+    PRIMARY KEY (source, event_id)
+) WITHOUT ROWID;
+
+-- One billing entitlement per organization, kept in step with Stripe.
+-- last_event_at (ms) is the `created` of the newest subscription event
+-- applied; older events are stale and ignored.
+CREATE TABLE plan_entitlements (
+    org_id              TEXT PRIMARY KEY REFERENCES organizations (id),
+    subscription_id     TEXT UNIQUE,
+    customer_id         TEXT,
+    plan                TEXT,
+    status              TEXT NOT NULL,
+    current_period_end  INTEGER,
+    last_event_at       INTEGER,
+    created_at          INTEGER NOT NULL,
+    updated_at          INTEGER NOT NULL
+);

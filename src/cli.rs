@@ -1,5 +1,5 @@
-//! The `herald` command line: `serve`, `migrate`, `check`, `send` and
-//! `user add|token`. Each command builds what it needs from `Config`;
+//! The `herald` command line: `serve`, `migrate`, `seed`, `check`, `send`,
+//! `user add|token` and `stripe sign`. Each command builds what it needs from `Config`;
 //! `serve` wires store -> notifier -> HTTP and shuts them down in reverse.
 
 use std::sync::Arc;
@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::app::{self, AppSettings, Catalog};
 use crate::config::{Args, Config};
 use crate::http::{Ctx, HttpServer};
 use crate::notify::{outbox, DeliveryPolicy, Event, Notifier, Recipient, Registry, Templates};
@@ -20,10 +21,14 @@ usage:
   herald serve [--addr 127.0.0.1:8025] [--db data/herald.db] [--dev] [--demo]
                [--registry FILE] [--templates DIR]
   herald migrate                      apply schema migrations and exit
+  herald seed                         demo data: org Acme with Alice (owner), Bob (admin),
+                                      Carol (member) and a Stripe subscription; prints tokens
   herald check                        validate the registry and render every template
   herald send <type> --to <user|email>... --payload <json> [--subject-id ID]
   herald user add <id> --email <address> [--name <name>]
   herald user token <id>              issue a new API token for a user
+  herald stripe sign <file>           print a Stripe-Signature header for the file's bytes,
+                                      signed with STRIPE_WEBHOOK_SECRET (for trying the webhook)
 
 Every flag also reads HERALD_<FLAG> (HERALD_ADDR, HERALD_DB, ...); see README.md.";
 
@@ -45,7 +50,9 @@ pub fn main(words: Vec<String>) -> i32 {
     let result = match words.as_slice() {
         ["serve"] => serve(&config),
         ["migrate"] => migrate(&config),
+        ["seed"] => seed(&config),
         ["check"] => check(&config),
+        ["stripe", "sign", file] => stripe_sign(&config, file),
         ["send", kind] => send(&config, &args, kind),
         ["user", "add", id] => user_add(&config, &args, id),
         ["user", "token", id] => user_token(&config, id),
@@ -107,13 +114,35 @@ fn serve(config: &Config) -> Result<(), String> {
     })
     .map_err(|e| format!("cannot install signal handler: {e}"))?;
 
+    let catalog = Catalog::embedded()?;
+    if config.stripe_webhook_secret.is_none() {
+        log::warn!("STRIPE_WEBHOOK_SECRET is not set: POST /webhooks/stripe answers 503");
+    }
+    if config.test_hooks.any() {
+        log::warn!(
+            "HERALD_TEST_* failure injection is on: {:?}",
+            config.test_hooks
+        );
+    }
     let running = notifier.start(provider);
-    let ctx = Arc::new(Ctx {
-        notifier: notifier.clone(),
-        service_key,
-        public_url: config.public_url.clone().unwrap_or_default(),
-    });
-    let http = HttpServer::start(&config.addr, ctx, config.http_threads)?;
+    let make_ctx = |bound: std::net::SocketAddr| {
+        Arc::new(Ctx {
+            notifier: notifier.clone(),
+            service_key,
+            // Links in emails must point somewhere: the bound address when
+            // HERALD_PUBLIC_URL is not set.
+            public_url: config
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{bound}")),
+            app: AppSettings {
+                catalog,
+                hooks: config.test_hooks.clone(),
+            },
+            stripe_webhook_secret: config.stripe_webhook_secret.clone(),
+        })
+    };
+    let http = HttpServer::start_with(&config.addr, make_ctx, config.http_threads)?;
     println!("listening on http://{}", http.addr());
     log::info!(
         "herald serving {} (mail: {}, schema v{SCHEMA_VERSION})",
@@ -129,31 +158,53 @@ fn serve(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-/// `--demo`: on an empty database, a user to try the inbox with, and a
-/// service key if none is configured. Secrets are printed once, here.
+/// `--demo`: the `seed` data on an empty database, and a service key if
+/// none is configured. Secrets are printed once, here.
 fn seed_demo(notifier: &Notifier, service_key: &mut Option<String>) -> Result<(), String> {
     if service_key.is_none() {
         let key = ids::new_token().replacen("hrld_", "hsk_", 1);
         println!("demo service key: {key}");
         *service_key = Some(key);
     }
-    let store = notifier.store();
-    let empty = store.read(users::count).map_err(|e| e.to_string())? == 0;
-    if !empty {
-        return Ok(());
+    print_seeded(app::seed::seed(notifier).map_err(|e| e.to_string())?);
+    Ok(())
+}
+
+fn seed(config: &Config) -> Result<(), String> {
+    let notifier = notifier(config)?;
+    print_seeded(app::seed::seed(&notifier).map_err(|e| e.to_string())?);
+    Ok(())
+}
+
+fn print_seeded(tokens: Option<Vec<(String, String)>>) {
+    match tokens {
+        Some(tokens) => {
+            println!(
+                "seeded org {} (Acme): alice owner, bob admin, carol member; subscription {}",
+                app::seed::ORG_ID,
+                app::seed::SUBSCRIPTION_ID
+            );
+            for (user, token) in tokens {
+                println!("demo user {user} token: {token}");
+            }
+        }
+        None => println!(
+            "database already has users or organizations: not seeding \
+             (new tokens: herald user token <id>)"
+        ),
     }
-    let alice = users::User {
-        id: "alice".into(),
-        email: "alice@acme.test".into(),
-        name: "Alice".into(),
-    };
-    let token = store
-        .write(|tx| {
-            users::upsert(tx, &alice)?;
-            users::issue_token(tx, &alice.id)
-        })
-        .map_err(|e| e.to_string())?;
-    println!("demo user alice token: {token}");
+}
+
+/// Prints the `Stripe-Signature` header Stripe would send for the file's
+/// exact bytes now, so the webhook can be tried with curl.
+fn stripe_sign(config: &Config, file: &str) -> Result<(), String> {
+    let secret = config
+        .stripe_webhook_secret
+        .as_deref()
+        .ok_or("STRIPE_WEBHOOK_SECRET is not set")?;
+    let body = std::fs::read(file).map_err(|e| format!("{file}: {e}"))?;
+    let now = crate::store::now_ms() / 1000;
+    println!("{}", app::stripe::sign(&body, secret, now));
     Ok(())
 }
 

@@ -86,6 +86,10 @@ pub struct Config {
     pub templates: Option<PathBuf>,
     pub service_key: Option<String>,
     pub public_url: Option<String>,
+    /// `STRIPE_WEBHOOK_SECRET`: verifies `POST /webhooks/stripe`.
+    pub stripe_webhook_secret: Option<String>,
+    /// `HERALD_TEST_*` failure injection; inert unless set.
+    pub test_hooks: crate::app::TestHooks,
     pub mail: MailConfig,
     pub policy: DeliveryPolicy,
     pub http_threads: usize,
@@ -101,6 +105,10 @@ impl std::fmt::Debug for Config {
             .field(
                 "service_key",
                 &self.service_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "stripe_webhook_secret",
+                &self.stripe_webhook_secret.as_ref().map(|_| "<redacted>"),
             )
             .field("mail", &self.mail)
             .field("policy", &self.policy)
@@ -177,6 +185,12 @@ impl Config {
             templates: setting("templates", "HERALD_TEMPLATES").map(PathBuf::from),
             service_key: env("HERALD_SERVICE_KEY"),
             public_url,
+            stripe_webhook_secret: env("STRIPE_WEBHOOK_SECRET"),
+            test_hooks: crate::app::TestHooks {
+                fail_role_change: env("HERALD_TEST_FAIL_ROLE_CHANGE")
+                    .is_some_and(|v| matches!(v.as_str(), "1" | "true" | "yes")),
+                fail_stripe_event: env("HERALD_TEST_FAIL_STRIPE_EVENT"),
+            },
             mail,
             policy,
             http_threads: number("HERALD_HTTP_THREADS", 8)?.clamp(1, 256) as usize,
@@ -230,12 +244,15 @@ mod tests {
         let c = Config::from_sources(&args(&[]), |n| match n {
             "HERALD_SERVICE_KEY" => Some("sk-very-secret".to_string()),
             "HERALD_MAIL_API_KEY" => Some("re_secret".to_string()),
+            "STRIPE_WEBHOOK_SECRET" => Some("whsec_secret".to_string()),
             _ => None,
         })
         .unwrap();
         let shown = format!("{c:?}");
         assert!(
-            !shown.contains("very-secret") && !shown.contains("re_secret"),
+            !shown.contains("very-secret")
+                && !shown.contains("re_secret")
+                && !shown.contains("whsec_secret"),
             "{shown}"
         );
     }

@@ -5,6 +5,7 @@
 //! commit, the bus -> the dispatcher -> the inbox and email channels ->
 //! `mail` providers. See ARCHITECTURE.md for the map and its invariants.
 
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod http;

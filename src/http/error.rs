@@ -4,6 +4,7 @@
 
 use serde_json::json;
 
+use crate::app::AppError;
 use crate::notify::NotifyError;
 use crate::store::StoreError;
 
@@ -80,6 +81,22 @@ impl From<NotifyError> for ApiError {
             NotifyError::Invalid { field, message } => ApiError::validation(&field, &message),
             NotifyError::Store(e) => e.into(),
             other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<AppError> for ApiError {
+    fn from(e: AppError) -> Self {
+        match e {
+            AppError::Forbidden(m) => ApiError::forbidden(m),
+            AppError::NotFound(m) => ApiError::not_found(m),
+            AppError::Conflict(m) => ApiError::new(409, "conflict", m),
+            AppError::Gone(m) => ApiError::new(410, "gone", m),
+            AppError::Invalid { field, message } => ApiError::validation(&field, &message),
+            AppError::BadInput(m) => ApiError::bad_request(m),
+            AppError::Internal(cause) => ApiError::internal(cause),
+            AppError::Store(e) => e.into(),
+            AppError::Notify(e) => e.into(),
         }
     }
 }

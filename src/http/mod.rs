@@ -7,9 +7,11 @@ mod auth;
 mod error;
 mod events;
 mod inbox;
+mod orgs;
 mod request;
 mod response;
 mod routes;
+mod stripe;
 mod users;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -29,6 +31,10 @@ pub struct Ctx {
     pub notifier: Notifier,
     pub service_key: Option<String>,
     pub public_url: String,
+    /// The reference application's settings (catalog, test hooks).
+    pub app: crate::app::AppSettings,
+    /// `STRIPE_WEBHOOK_SECRET`; without it the webhook answers 503.
+    pub stripe_webhook_secret: Option<String>,
 }
 
 pub struct HttpServer {
@@ -41,6 +47,17 @@ pub struct HttpServer {
 impl HttpServer {
     /// Binds `addr` and starts `threads` workers.
     pub fn start(addr: &str, ctx: Arc<Ctx>, threads: usize) -> Result<HttpServer, String> {
+        HttpServer::start_with(addr, |_| ctx, threads)
+    }
+
+    /// Like `start`, building the context once the real address is known
+    /// (`--addr 127.0.0.1:0` picks the port at bind time, and links in
+    /// emails fall back to it).
+    pub fn start_with(
+        addr: &str,
+        make_ctx: impl FnOnce(std::net::SocketAddr) -> Arc<Ctx>,
+        threads: usize,
+    ) -> Result<HttpServer, String> {
         let server =
             tiny_http::Server::http(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         let addr = server
@@ -48,6 +65,7 @@ impl HttpServer {
             .to_ip()
             .ok_or_else(|| format!("{addr} is not an IP address"))?;
         let server = Arc::new(server);
+        let ctx = make_ctx(addr);
         let stopping = Arc::new(AtomicBool::new(false));
         let next_id = Arc::new(AtomicU64::new(1));
         let workers = (0..threads.max(1))

@@ -7,7 +7,7 @@ use serde_json::json;
 use super::error::ApiError;
 use super::request::Req;
 use super::response::Reply;
-use super::{events, inbox, users, Ctx};
+use super::{events, inbox, orgs, stripe, users, Ctx};
 
 pub fn route(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
     let segs: Vec<&str> = req.segments.iter().map(String::as_str).collect();
@@ -27,6 +27,19 @@ pub fn route(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
         ("POST", ["v1", "inbox", id, "seen"]) => inbox::mark(ctx, req, id, false),
         ("POST", ["v1", "inbox", id, "read"]) => inbox::mark(ctx, req, id, true),
         ("DELETE", ["v1", "inbox", id]) => inbox::delete(ctx, req, id),
+
+        ("POST", ["v1", "orgs"]) => orgs::create(ctx, req),
+        ("GET", ["v1", "orgs", org, "members"]) => orgs::members(ctx, req, org),
+        ("PATCH", ["v1", "orgs", org, "members", member]) => {
+            orgs::change_role(ctx, req, org, member)
+        }
+        ("POST", ["v1", "orgs", org, "invitations"]) => orgs::invite(ctx, req, org),
+        ("GET", ["v1", "orgs", org, "invitations"]) => orgs::invitations(ctx, req, org),
+        ("DELETE", ["v1", "orgs", org, "invitations", id]) => orgs::revoke(ctx, req, org, id),
+        ("POST", ["v1", "invitations", "accept"]) => orgs::accept(ctx, req),
+        ("GET", ["v1", "orgs", org, "audit"]) => orgs::audit(ctx, req, org),
+        ("GET", ["v1", "orgs", org, "billing"]) => orgs::billing(ctx, req, org),
+        ("POST", ["webhooks", "stripe"]) => stripe::webhook(ctx, req),
 
         (_, path) if is_known(path) => Err(ApiError::new(
             405,
@@ -52,5 +65,15 @@ fn is_known(path: &[&str]) -> bool {
             | ["v1", "inbox"]
             | ["v1", "inbox", _]
             | ["v1", "inbox", _, "seen" | "read"]
+            | ["v1", "orgs"]
+            | [
+                "v1",
+                "orgs",
+                _,
+                "members" | "invitations" | "audit" | "billing"
+            ]
+            | ["v1", "orgs", _, "members" | "invitations", _]
+            | ["v1", "invitations", "accept"]
+            | ["webhooks", "stripe"]
     )
 }

@@ -5,6 +5,11 @@
 mod support;
 
 mod api_errors;
+mod app_cli;
+mod app_invitations;
+mod app_roles;
+mod app_stripe;
+mod app_tenancy;
 mod crash;
 mod delivery;
 mod inbox;

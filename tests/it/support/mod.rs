@@ -4,6 +4,7 @@
 
 #![allow(dead_code, unused_imports)]
 
+pub mod app;
 pub mod fake_resend;
 pub mod server;
 

@@ -1,0 +1,139 @@
+//! Members of an org: the list, and changeMemberRole (SPEC 4.2). The role
+//! update, its `member.role-changed` audit row and the `org.member.role_changed`
+//! outbox row share one transaction; a same-role change writes and notifies
+//! nothing, and the last owner cannot be demoted.
+
+use rusqlite::{params, OptionalExtension};
+use serde::Serialize;
+use serde_json::json;
+
+use super::tenant::{self, member_from_row, Access, Member, Role, Scope};
+use super::{AppError, AppResult, TestHooks};
+use crate::notify::{Event, Notifier, Recipient};
+use crate::store::{users::User, Store};
+use crate::time::rfc3339;
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberView {
+    pub id: String,
+    pub user_id: String,
+    pub email: String,
+    pub name: String,
+    pub role: &'static str,
+    pub created_at: String,
+}
+
+pub fn list(store: &Store, user: &User, org_id: &str) -> AppResult<Vec<MemberView>> {
+    let access = Access {
+        user,
+        org_id,
+        min_role: Role::Member,
+    };
+    tenant::read(store, access, |scope, _| {
+        let mut stmt = scope.conn().prepare_cached(
+            "SELECT m.id, m.user_id, u.email, u.name, m.role, m.created_at
+             FROM members m JOIN users u ON u.id = m.user_id
+             WHERE m.org_id = ?1 ORDER BY m.created_at, m.id",
+        )?;
+        let rows = stmt.query_map([scope.org_id()], |r| {
+            let role: String = r.get(4)?;
+            Ok(MemberView {
+                id: r.get(0)?,
+                user_id: r.get(1)?,
+                email: r.get(2)?,
+                name: r.get(3)?,
+                role: Role::parse(&role).unwrap_or(Role::Member).as_str(),
+                created_at: rfc3339(r.get(5)?),
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    })
+}
+
+pub fn find(scope: &impl Scope, member_id: &str) -> AppResult<Member> {
+    scope
+        .conn()
+        .prepare_cached("SELECT id, user_id, role FROM members WHERE org_id = ?1 AND id = ?2")?
+        .query_row(params![scope.org_id(), member_id], member_from_row)
+        .optional()?
+        .ok_or_else(|| AppError::NotFound("no such member".into()))
+}
+
+pub fn owner_user_ids(scope: &impl Scope) -> AppResult<Vec<String>> {
+    let mut stmt = scope.conn().prepare_cached(
+        "SELECT user_id FROM members WHERE org_id = ?1 AND role = 'owner' ORDER BY user_id",
+    )?;
+    let rows = stmt.query_map([scope.org_id()], |r| r.get(0))?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// changeMemberRole. Admins and owners may change roles; only an owner may
+/// grant or take away the owner role.
+pub fn change_role(
+    notifier: &Notifier,
+    hooks: &TestHooks,
+    actor: &User,
+    org_id: &str,
+    member_id: &str,
+    new_role: Role,
+) -> AppResult<Role> {
+    let access = Access {
+        user: actor,
+        org_id,
+        min_role: Role::Admin,
+    };
+    tenant::write(notifier, access, |t, me| {
+        let target = find(t, member_id)?;
+        if target.role == new_role {
+            return Ok(new_role);
+        }
+        if (target.role == Role::Owner || new_role == Role::Owner) && me.role != Role::Owner {
+            return Err(AppError::Forbidden(
+                "only an owner can grant or remove the owner role".into(),
+            ));
+        }
+        if target.role == Role::Owner && owner_user_ids(t)?.len() <= 1 {
+            return Err(AppError::Conflict(
+                "the last owner of an organization cannot be demoted; make another member owner first"
+                    .into(),
+            ));
+        }
+        t.tx()
+            .prepare_cached("UPDATE members SET role = ?3 WHERE org_id = ?1 AND id = ?2")?
+            .execute(params![t.org_id(), target.id, new_role.as_str()])?;
+        t.audit(
+            Some(&actor.id),
+            "member.role-changed",
+            ("member", &target.id),
+            json!({ "before": target.role.as_str(), "after": new_role.as_str() }),
+        )?;
+        let mut event = Event::new(
+            "org.member.role_changed",
+            vec![Recipient::User(target.user_id.clone())],
+            json!({
+                "newRole": new_role.as_str(),
+                "before": target.role.as_str(),
+                "orgName": t.org().name,
+                "actorName": display_name(actor),
+            }),
+        );
+        event.subject_id = Some(target.id.clone());
+        t.enqueue(&event)?;
+        if hooks.fail_role_change {
+            return Err(AppError::Internal(
+                "HERALD_TEST_FAIL_ROLE_CHANGE: forced failure after the role update".into(),
+            ));
+        }
+        Ok(new_role)
+    })
+}
+
+/// How a person is named in notification copy.
+pub fn display_name(user: &User) -> String {
+    if user.name.trim().is_empty() {
+        user.email.clone()
+    } else {
+        user.name.clone()
+    }
+}

@@ -1,0 +1,50 @@
+//! Creating an organization: the org, its creator as owner and the audit row
+//! in one transaction. Creation is the one org write that cannot go through
+//! the membership check, since nobody is a member yet.
+
+use serde_json::json;
+
+use super::tenant::{self, Role, Tenant};
+use super::{AppError, AppResult};
+use crate::ids;
+use crate::notify::Notifier;
+use crate::store::{now_ms, users::User};
+
+pub const MAX_NAME: usize = 200;
+
+pub struct Created {
+    pub id: String,
+    pub name: String,
+}
+
+pub fn create(notifier: &Notifier, user: &User, name: &str) -> AppResult<Created> {
+    let name = name.trim();
+    if name.is_empty() || name.len() > MAX_NAME || name.chars().any(char::is_control) {
+        return Err(AppError::invalid(
+            "name",
+            format!("must be 1 to {MAX_NAME} printable characters"),
+        ));
+    }
+    let id = ids::new_id("org");
+    notifier.transaction(|outbox| {
+        insert(outbox.tx(), &id, name)?;
+        let tenant = Tenant::enter(outbox, &id)?;
+        let member_id = tenant::add_member(&tenant, &user.id, Role::Owner)?;
+        tenant.audit(
+            Some(&user.id),
+            "org.created",
+            ("organization", &id),
+            json!({ "name": name, "ownerMemberId": member_id }),
+        )
+    })?;
+    Ok(Created {
+        id,
+        name: name.to_string(),
+    })
+}
+
+pub fn insert(tx: &rusqlite::Transaction<'_>, id: &str, name: &str) -> AppResult<()> {
+    tx.prepare_cached("INSERT INTO organizations (id, name, created_at) VALUES (?1, ?2, ?3)")?
+        .execute(rusqlite::params![id, name, now_ms()])?;
+    Ok(())
+}
