@@ -58,8 +58,11 @@ impl HttpServer {
         make_ctx: impl FnOnce(std::net::SocketAddr) -> Arc<Ctx>,
         threads: usize,
     ) -> Result<HttpServer, String> {
-        let server =
-            tiny_http::Server::http(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let listener = std::net::TcpListener::bind(addr)
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        set_nodelay(&listener);
+        let server = tiny_http::Server::from_listener(listener, None)
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         let addr = server
             .server_addr()
             .to_ip()
@@ -112,6 +115,47 @@ impl HttpServer {
         }
     }
 }
+
+/// tiny_http writes a response's head and a body larger than its buffer in
+/// two writes; with Nagle's algorithm on, a keep-alive client's delayed ACK
+/// then holds the body back for ~40 ms. Accepted sockets inherit
+/// TCP_NODELAY from the listener on Linux and the BSDs.
+#[cfg(unix)]
+fn set_nodelay(listener: &std::net::TcpListener) {
+    use std::os::fd::AsRawFd;
+    extern "C" {
+        fn setsockopt(
+            fd: i32,
+            level: i32,
+            name: i32,
+            value: *const std::ffi::c_void,
+            len: u32,
+        ) -> i32;
+    }
+    const IPPROTO_TCP: i32 = 6;
+    const TCP_NODELAY: i32 = 1;
+    let on: i32 = 1;
+    // SAFETY: a valid socket descriptor and a pointer to a live i32 of the
+    // length passed; setsockopt reads nothing beyond it.
+    let rc = unsafe {
+        setsockopt(
+            listener.as_raw_fd(),
+            IPPROTO_TCP,
+            TCP_NODELAY,
+            (&on as *const i32).cast(),
+            std::mem::size_of::<i32>() as u32,
+        )
+    };
+    if rc != 0 {
+        log::warn!(
+            "cannot set TCP_NODELAY: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+#[cfg(not(unix))]
+fn set_nodelay(_listener: &std::net::TcpListener) {}
 
 fn worker(server: &tiny_http::Server, ctx: &Ctx, stopping: &AtomicBool, next_id: &AtomicU64) {
     while !stopping.load(Ordering::SeqCst) {

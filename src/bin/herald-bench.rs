@@ -1,0 +1,722 @@
+//! herald-bench: measures herald against SQLite's own ceiling on this
+//! machine and prints the figures as one JSON object on the last line of
+//! stdout (a human summary goes to stderr). Ratios against the raw insert
+//! loop of the same run are what compare across machines.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use herald::mail::{Email, MailError, MailProvider, RateHint, Sent};
+use herald::notify::{DeliveryPolicy, Event, Notifier, Recipient, Registry, Templates};
+use herald::store::{Store, Synchronous};
+use rusqlite::{params, Connection};
+use serde_json::{json, Map, Value};
+
+const USAGE: &str = "\
+herald-bench: herald's throughput and latency against a raw SQLite insert loop
+
+usage: herald-bench [--scenario raw|dispatch|http|inbox|all] [--events N]
+                    [--inbox-rows N] [--users N] [--clients N] [--rate N]
+
+  --events N       events for raw, dispatch and http (default 100000)
+  --inbox-rows N   notifications in the inbox scenario (default 1000000)
+  --users N        distinct recipients (default 10000)
+  --clients N      concurrent HTTP clients (default 8)
+  --rate N         offered load for the commit-to-inbox latency phase, events/s (default 1000)
+
+The http and inbox scenarios start the release `herald` binary found next to
+this one (cargo build --release first). The last stdout line is JSON.";
+
+struct Opts {
+    scenario: String,
+    events: usize,
+    inbox_rows: usize,
+    users: usize,
+    clients: usize,
+    rate: usize,
+}
+
+fn parse_opts() -> Result<Opts, String> {
+    let mut opts = Opts {
+        scenario: "all".into(),
+        events: 100_000,
+        inbox_rows: 1_000_000,
+        users: 10_000,
+        clients: 8,
+        rate: 1000,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        if flag == "--help" || flag == "-h" {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
+        let value = args.next().ok_or(format!("{flag} needs a value"))?;
+        let number = || {
+            value
+                .parse::<usize>()
+                .map_err(|_| format!("{flag} {value}: not a number"))
+        };
+        match flag.as_str() {
+            "--scenario" => opts.scenario = value.clone(),
+            "--events" => opts.events = number()?.max(1),
+            "--inbox-rows" => opts.inbox_rows = number()?.max(1),
+            "--users" => opts.users = number()?.max(1),
+            "--clients" => opts.clients = number()?.max(1),
+            "--rate" => opts.rate = number()?.max(1),
+            other => return Err(format!("unknown flag {other}\n\n{USAGE}")),
+        }
+    }
+    if !["raw", "dispatch", "http", "inbox", "all"].contains(&opts.scenario.as_str()) {
+        return Err(format!("unknown scenario {:?}", opts.scenario));
+    }
+    Ok(opts)
+}
+
+fn main() {
+    let opts = match parse_opts() {
+        Ok(opts) => opts,
+        Err(e) => {
+            eprintln!("herald-bench: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(&opts) {
+        eprintln!("herald-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(opts: &Opts) -> Result<(), String> {
+    let mut out = Map::new();
+    out.insert("scenario".into(), json!(opts.scenario));
+    out.insert("events".into(), json!(opts.events));
+    out.insert("inbox_rows".into(), json!(opts.inbox_rows));
+    out.insert("users".into(), json!(opts.users));
+    out.insert("clients".into(), json!(opts.clients));
+    out.insert("offered_rate".into(), json!(opts.rate));
+    out.insert(
+        "cores".into(),
+        json!(std::thread::available_parallelism().map_or(1, |n| n.get())),
+    );
+    let all = opts.scenario == "all";
+    let work = WorkDir::new()?;
+    let raw = if all || opts.scenario == "raw" || opts.scenario == "dispatch" {
+        let rows_per_s = raw_scenario(work.path(), opts.events, opts.users)?;
+        out.insert("raw_rows_per_s".into(), json!(round(rows_per_s)));
+        Some(rows_per_s)
+    } else {
+        None
+    };
+    if all || opts.scenario == "dispatch" {
+        let per_s = dispatch_scenario(work.path(), opts.events, opts.users)?;
+        out.insert("dispatch_notifications_per_s".into(), json!(round(per_s)));
+        if let Some(raw) = raw {
+            out.insert("dispatch_ratio_to_raw".into(), json!(ratio(per_s / raw)));
+        }
+    }
+    if all || opts.scenario == "http" {
+        http_scenario(work.path(), opts, &mut out)?;
+    }
+    if all || opts.scenario == "inbox" {
+        inbox_scenario(work.path(), opts, &mut out)?;
+    }
+    if let Ok(meta) = std::fs::metadata(herald_binary()) {
+        out.insert("binary_mb".into(), json!(ratio(meta.len() as f64 / 1e6)));
+    }
+    println!("{}", Value::Object(out));
+    Ok(())
+}
+
+/// A scratch directory for the benchmark's databases, removed at the end.
+struct WorkDir(PathBuf);
+
+impl WorkDir {
+    fn new() -> Result<WorkDir, String> {
+        let dir = std::env::temp_dir().join(format!("herald-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        Ok(WorkDir(dir))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn round(x: f64) -> f64 {
+    x.round()
+}
+
+fn ratio(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn progress(label: &str, done: usize, total: usize, started: Instant) {
+    eprint!(
+        "\r  {label}: {done}/{total} ({:.0}/s)   ",
+        done as f64 / started.elapsed().as_secs_f64().max(1e-9)
+    );
+    let _ = std::io::stderr().flush();
+}
+
+/// A database with herald's schema, `users` users and the outbox rows that
+/// inbox-shaped rows reference.
+fn prepared_db(path: &Path, users: usize, events: usize) -> Result<Connection, String> {
+    drop(Store::open(path, Synchronous::Normal).map_err(|e| e.to_string())?);
+    let mut conn = Connection::open(path).map_err(|e| e.to_string())?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+    )
+    .map_err(|e| e.to_string())?;
+    let tx = conn.transaction().map_err(|e| e.to_string())?;
+    {
+        let mut user = tx
+            .prepare("INSERT INTO users (id, email, name, created_at, updated_at) VALUES (?1, ?2, ?1, 0, 0)")
+            .map_err(|e| e.to_string())?;
+        for u in 0..users {
+            user.execute(params![format!("u{u}"), format!("u{u}@bench.test")])
+                .map_err(|e| e.to_string())?;
+        }
+        let mut outbox = tx
+            .prepare("INSERT INTO outbox (seq, id, type, body, status, created_at) VALUES (?1, ?2, 'bench', '{}', 'dispatched', 0)")
+            .map_err(|e| e.to_string())?;
+        for seq in 1..=events.div_ceil(users) {
+            outbox
+                .execute(params![seq as i64, format!("evt_bench{seq}")])
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    tx.commit().map_err(|e| e.to_string())?;
+    Ok(conn)
+}
+
+/// Inserts `rows` inbox rows over `users` users in transactions of 1,000.
+fn insert_inbox_rows(
+    conn: &mut Connection,
+    rows: usize,
+    users: usize,
+    label: &str,
+) -> Result<f64, String> {
+    let started = Instant::now();
+    let mut done = 0;
+    while done < rows {
+        let tx = conn.transaction().map_err(|e| e.to_string())?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO notifications (event_seq, user_id, type, title, body, actions, payload, created_at)
+                     VALUES (?1, ?2, 'bench', 'Your role in Acme is now admin',
+                             'Alice changed your role in Acme from member to admin.', '[]',
+                             '{\"newRole\":\"admin\",\"before\":\"member\",\"orgName\":\"Acme\",\"actorName\":\"Alice\"}', ?3)",
+                )
+                .map_err(|e| e.to_string())?;
+            for i in done..(done + 1000).min(rows) {
+                let seq = (i / users + 1) as i64;
+                stmt.execute(params![
+                    seq,
+                    format!("u{}", i % users),
+                    1_700_000_000_000i64 + i as i64
+                ])
+                .map_err(|e| e.to_string())?;
+            }
+        }
+        tx.commit().map_err(|e| e.to_string())?;
+        done = (done + 1000).min(rows);
+        if done % 50_000 == 0 || done == rows {
+            progress(label, done, rows, started);
+        }
+    }
+    eprintln!();
+    Ok(rows as f64 / started.elapsed().as_secs_f64())
+}
+
+fn raw_scenario(dir: &Path, events: usize, users: usize) -> Result<f64, String> {
+    eprintln!("raw: {events} inbox-shaped rows straight into SQLite (same schema and indexes)");
+    let mut conn = prepared_db(&dir.join("raw.db"), users, events)?;
+    let per_s = insert_inbox_rows(&mut conn, events, users, "raw")?;
+    eprintln!("  raw: {per_s:.0} rows/s");
+    Ok(per_s)
+}
+
+/// The in-process fake provider: accepts at once and counts.
+#[derive(Default)]
+struct Counter {
+    accepted: AtomicUsize,
+}
+
+impl MailProvider for Counter {
+    fn name(&self) -> &'static str {
+        "bench"
+    }
+
+    fn send_email(&self, _email: &Email, key: &str) -> (Result<Sent, MailError>, RateHint) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        (
+            Ok(Sent {
+                provider_id: key.to_string(),
+            }),
+            RateHint::default(),
+        )
+    }
+}
+
+fn role_changed(i: usize, users: usize) -> Event {
+    let mut event = Event::new(
+        "org.member.role_changed",
+        vec![Recipient::User(format!("u{}", i % users))],
+        json!({"newRole": "admin", "before": "member", "orgName": "Acme", "actorName": "Alice"}),
+    );
+    event.subject_id = Some(format!("bench_{i}"));
+    event
+}
+
+fn dispatch_scenario(dir: &Path, events: usize, users: usize) -> Result<f64, String> {
+    eprintln!("dispatch: {events} events (inbox + email each) through the library to an in-process provider");
+    let path = dir.join("dispatch.db");
+    drop(prepared_db(&path, users, 0)?);
+    let store = Arc::new(Store::open(&path, Synchronous::Normal).map_err(|e| e.to_string())?);
+    let registry = Registry::embedded().map_err(|e| e.to_string())?;
+    let templates = Templates::load(&registry, None).map_err(|e| e.to_string())?;
+    let notifier = Notifier::new(
+        store.clone(),
+        registry,
+        templates,
+        DeliveryPolicy::default(),
+    );
+    let counter = Arc::new(Counter::default());
+    let running = notifier.start(counter.clone());
+    let started = Instant::now();
+    for i in 0..events {
+        let event = role_changed(i, users);
+        notifier
+            .transaction(|outbox| outbox.enqueue(&event))
+            .map_err(|e| e.to_string())?;
+        if i % 20_000 == 0 {
+            progress("enqueued", i, events, started);
+        }
+    }
+    eprintln!();
+    while counter.accepted.load(Ordering::Relaxed) < events {
+        if started.elapsed() > Duration::from_secs(600) {
+            return Err("dispatch did not finish within 10 minutes".into());
+        }
+        progress(
+            "emails accepted",
+            counter.accepted.load(Ordering::Relaxed),
+            events,
+            started,
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let inbox_done = |s: &Store| -> Result<i64, String> {
+        s.read(|c| {
+            c.query_row("SELECT COUNT(*) FROM notifications", [], |r| r.get(0))
+                .map_err(herald::store::StoreError::from)
+        })
+        .map_err(|e| e.to_string())
+    };
+    while inbox_done(&store)? < events as i64 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    eprintln!();
+    running.shutdown(Duration::from_secs(10));
+    let per_s = events as f64 / elapsed;
+    eprintln!("  dispatch: {per_s:.0} notifications/s (enqueue to last email accepted)");
+    Ok(per_s)
+}
+
+/// A fake Resend API on loopback that accepts every email at once.
+struct FakeResend {
+    url: String,
+    accepted: Arc<AtomicUsize>,
+    _server: Arc<tiny_http::Server>,
+}
+
+fn fake_resend() -> Result<FakeResend, String> {
+    let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").map_err(|e| e.to_string())?);
+    let port = server
+        .server_addr()
+        .to_ip()
+        .map(|a| a.port())
+        .ok_or("no port")?;
+    let accepted = Arc::new(AtomicUsize::new(0));
+    for _ in 0..8 {
+        let (server, accepted) = (server.clone(), accepted.clone());
+        std::thread::spawn(move || {
+            while let Ok(mut rq) = server.recv() {
+                let mut body = Vec::new();
+                let _ = rq.as_reader().read_to_end(&mut body);
+                let n = accepted.fetch_add(1, Ordering::Relaxed);
+                let response =
+                    tiny_http::Response::from_string(format!("{{\"id\":\"bench-{n}\"}}"))
+                        .with_header(
+                            tiny_http::Header::from_bytes("Content-Type", "application/json")
+                                .unwrap(),
+                        );
+                let _ = rq.respond(response);
+            }
+        });
+    }
+    Ok(FakeResend {
+        url: format!("http://127.0.0.1:{port}"),
+        accepted,
+        _server: server,
+    })
+}
+
+fn herald_binary() -> PathBuf {
+    let me = std::env::current_exe().unwrap_or_default();
+    me.with_file_name(format!("herald{}", std::env::consts::EXE_SUFFIX))
+}
+
+/// The real `herald serve` as a child process.
+struct Herald {
+    child: Child,
+    base: String,
+    key: String,
+}
+
+impl Drop for Herald {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_herald(db: &Path, mail_url: &str) -> Result<Herald, String> {
+    let bin = herald_binary();
+    if !bin.exists() {
+        return Err(format!(
+            "{} not found: run cargo build --release first",
+            bin.display()
+        ));
+    }
+    let key = "hsk_bench_key".to_string();
+    let mut child = Command::new(&bin)
+        .args(["serve", "--addr", "127.0.0.1:0", "--db"])
+        .arg(db)
+        .env("HERALD_SERVICE_KEY", &key)
+        .env("HERALD_MAIL_PROVIDER", "resend")
+        .env("HERALD_MAIL_API_URL", mail_url)
+        .env("HERALD_MAIL_API_KEY", "re_bench")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let line = first_line_then_drain(stdout).map_err(|e| e.to_string())?;
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .ok_or(format!("unexpected first line from herald: {line:?}"))?
+        .to_string();
+    Ok(Herald {
+        child,
+        base: addr,
+        key,
+    })
+}
+
+/// Reads the child's first stdout line, then keeps draining so the child
+/// never blocks on a full pipe.
+fn first_line_then_drain(stdout: std::process::ChildStdout) -> std::io::Result<String> {
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::new(stdout);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while reader.read_line(&mut sink).is_ok_and(|n| n > 0) {
+            sink.clear();
+        }
+    });
+    Ok(line)
+}
+
+fn new_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+fn rss_kb(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn count(conn: &Connection, sql: &str) -> i64 {
+    conn.query_row(sql, [], |r| r.get(0)).unwrap_or(-1)
+}
+
+fn http_scenario(dir: &Path, opts: &Opts, out: &mut Map<String, Value>) -> Result<(), String> {
+    let users = opts.users.min(1000);
+    eprintln!(
+        "http: {} events over HTTP from {} clients, {users} users",
+        opts.events, opts.clients
+    );
+    let db = dir.join("http.db");
+    drop(prepared_db(&db, users, 0)?);
+    let mail = fake_resend()?;
+    let herald = start_herald(&db, &mail.url)?;
+    let pid = herald.child.id();
+    std::thread::sleep(Duration::from_secs(2));
+    if let Some(kb) = rss_kb(pid, "VmRSS:") {
+        out.insert("idle_rss_mb".into(), json!(ratio(kb as f64 / 1024.0)));
+    }
+    let conn = Connection::open(&db).map_err(|e| e.to_string())?;
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(|e| e.to_string())?;
+
+    let next = Arc::new(AtomicUsize::new(0));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let clients: Vec<_> = (0..opts.clients)
+        .map(|_| {
+            let (next, errors, base, key) = (
+                next.clone(),
+                errors.clone(),
+                herald.base.clone(),
+                herald.key.clone(),
+            );
+            let total = opts.events;
+            std::thread::spawn(move || {
+                let agent = new_agent();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= total {
+                        return;
+                    }
+                    if !post_event(&agent, &base, &key, i, users) {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    while !clients.iter().all(|c| c.is_finished()) {
+        progress(
+            "accepted",
+            next.load(Ordering::Relaxed).min(opts.events),
+            opts.events,
+            started,
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for c in clients {
+        let _ = c.join();
+    }
+    let accept_s = started.elapsed().as_secs_f64();
+    eprintln!();
+    if errors.load(Ordering::Relaxed) > 0 {
+        return Err(format!(
+            "{} event posts failed",
+            errors.load(Ordering::Relaxed)
+        ));
+    }
+    while mail.accepted.load(Ordering::Relaxed) < opts.events
+        || count(
+            &conn,
+            "SELECT COUNT(*) FROM deliveries WHERE status = 'sent'",
+        ) < opts.events as i64
+    {
+        if started.elapsed() > Duration::from_secs(900) {
+            return Err("http drain did not finish within 15 minutes".into());
+        }
+        progress(
+            "emails accepted",
+            mail.accepted.load(Ordering::Relaxed),
+            opts.events,
+            started,
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let drain_s = started.elapsed().as_secs_f64();
+    eprintln!();
+    let http_per_s = opts.events as f64 / accept_s;
+    out.insert("http_events_per_s".into(), json!(round(http_per_s)));
+    out.insert("http_drain_s".into(), json!(ratio(drain_s)));
+    eprintln!("  http: {http_per_s:.0} events/s accepted, drained in {drain_s:.2} s");
+
+    // Commit-to-inbox latency at a fixed offered load, from the stored
+    // timestamps of the outbox row and its inbox row (same clock).
+    let total = opts.rate * 3;
+    let first_seq = count(&conn, "SELECT COALESCE(MAX(seq), 0) FROM outbox");
+    let agent = new_agent();
+    let paced = Instant::now();
+    for i in 0..total {
+        let due = Duration::from_secs_f64(i as f64 / opts.rate as f64);
+        if let Some(wait) = due.checked_sub(paced.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        post_event(&agent, &herald.base, &herald.key, opts.events + i, users);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let mut stmt = conn
+        .prepare(
+            "SELECT n.created_at - o.created_at FROM notifications n JOIN outbox o ON o.seq = n.event_seq
+             WHERE o.seq > ?1",
+        )
+        .map_err(|e| e.to_string())?;
+    let mut lat: Vec<f64> = stmt
+        .query_map([first_seq], |r| r.get::<_, i64>(0))
+        .map_err(|e| e.to_string())?
+        .filter_map(Result::ok)
+        .map(|ms| ms as f64)
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    out.insert("commit_to_inbox_samples".into(), json!(lat.len()));
+    out.insert(
+        "commit_to_inbox_p50_ms".into(),
+        json!(percentile(&lat, 0.5)),
+    );
+    out.insert(
+        "commit_to_inbox_p99_ms".into(),
+        json!(percentile(&lat, 0.99)),
+    );
+    eprintln!(
+        "  commit-to-inbox at {}/s: p50 {} ms, p99 {} ms ({} samples, millisecond resolution)",
+        opts.rate,
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        lat.len()
+    );
+    if let Some(kb) = rss_kb(pid, "VmHWM:") {
+        out.insert("peak_rss_mb".into(), json!(ratio(kb as f64 / 1024.0)));
+    }
+    Ok(())
+}
+
+fn post_event(agent: &ureq::Agent, base: &str, key: &str, i: usize, users: usize) -> bool {
+    let body = format!(
+        r#"{{"type":"org.member.role_changed","recipients":["u{}"],"subjectId":"bench_{i}","payload":{{"newRole":"admin","before":"member","orgName":"Acme","actorName":"Alice"}}}}"#,
+        i % users
+    );
+    agent
+        .post(format!("{base}/v1/events"))
+        .header("Authorization", format!("Bearer {key}"))
+        .header("Content-Type", "application/json")
+        .send(body.as_bytes())
+        .is_ok_and(|r| r.status().as_u16() == 202)
+}
+
+fn inbox_scenario(dir: &Path, opts: &Opts, out: &mut Map<String, Value>) -> Result<(), String> {
+    let users = opts.users;
+    eprintln!(
+        "inbox: {} notifications over {users} users, then page and unseen-count reads",
+        opts.inbox_rows
+    );
+    let db = dir.join("inbox.db");
+    {
+        let mut conn = prepared_db(&db, users, opts.inbox_rows)?;
+        insert_inbox_rows(&mut conn, opts.inbox_rows, users, "filled")?;
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); ANALYZE;")
+            .map_err(|e| e.to_string())?;
+    }
+    let mail = fake_resend()?;
+    let herald = start_herald(&db, &mail.url)?;
+    let agent = new_agent();
+    let sample_users = 200.min(users);
+    let mut tokens = Vec::new();
+    for u in 0..sample_users {
+        let user = (u * users / sample_users).min(users - 1);
+        let mut response = agent
+            .post(format!("{}/v1/users/u{user}/tokens", herald.base))
+            .header("Authorization", format!("Bearer {}", herald.key))
+            .send_empty()
+            .map_err(|e| e.to_string())?;
+        let body: Value = serde_json::from_str(
+            &response
+                .body_mut()
+                .read_to_string()
+                .map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| e.to_string())?;
+        tokens.push(body["token"].as_str().ok_or("no token")?.to_string());
+    }
+    let measure = |path: &str, label: &str| -> Result<(f64, f64, f64), String> {
+        let requests = 4000;
+        let lat = Arc::new(Mutex::new(Vec::with_capacity(requests)));
+        let started = Instant::now();
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let (lat, tokens, base, path) = (
+                    lat.clone(),
+                    tokens.clone(),
+                    herald.base.clone(),
+                    path.to_string(),
+                );
+                std::thread::spawn(move || {
+                    let agent = new_agent();
+                    for i in (t..requests).step_by(4) {
+                        let token = &tokens[i % tokens.len()];
+                        let t0 = Instant::now();
+                        let ok = agent
+                            .get(format!("{base}{path}"))
+                            .header("Authorization", format!("Bearer {token}"))
+                            .call()
+                            .is_ok_and(|mut r| {
+                                r.status().as_u16() == 200 && r.body_mut().read_to_vec().is_ok()
+                            });
+                        let ms = t0.elapsed().as_secs_f64() * 1000.0;
+                        if ok {
+                            lat.lock().unwrap_or_else(|p| p.into_inner()).push(ms);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            let _ = t.join();
+        }
+        let per_s = requests as f64 / started.elapsed().as_secs_f64();
+        let mut lat = lat.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if lat.len() < requests {
+            return Err(format!(
+                "{label}: {} of {requests} requests failed",
+                requests - lat.len()
+            ));
+        }
+        lat.sort_by(f64::total_cmp);
+        let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
+        eprintln!("  {label}: p50 {p50:.3} ms, p99 {p99:.3} ms, {per_s:.0} requests/s");
+        Ok((p50, p99, per_s))
+    };
+    measure("/v1/inbox?limit=20", "warm-up")?;
+    let (p50, p99, rps) = measure("/v1/inbox?limit=20", "inbox list")?;
+    out.insert("inbox_list_p50_ms".into(), json!(ratio(p50)));
+    out.insert("inbox_list_p99_ms".into(), json!(ratio(p99)));
+    out.insert("inbox_list_requests_per_s".into(), json!(round(rps)));
+    let (p50, p99, rps) = measure("/v1/inbox/unseen-count", "unseen count")?;
+    out.insert("unseen_count_p50_ms".into(), json!(ratio(p50)));
+    out.insert("unseen_count_p99_ms".into(), json!(ratio(p99)));
+    out.insert("unseen_count_requests_per_s".into(), json!(round(rps)));
+    Ok(())
+}
