@@ -7,6 +7,7 @@ mod auth;
 mod error;
 mod events;
 mod inbox;
+mod preferences;
 mod request;
 mod response;
 mod routes;

@@ -7,7 +7,7 @@ use serde_json::json;
 use super::error::ApiError;
 use super::request::Req;
 use super::response::Reply;
-use super::{events, inbox, users, Ctx};
+use super::{events, inbox, preferences, users, Ctx};
 
 pub fn route(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
     let segs: Vec<&str> = req.segments.iter().map(String::as_str).collect();
@@ -27,6 +27,9 @@ pub fn route(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
         ("POST", ["v1", "inbox", id, "seen"]) => inbox::mark(ctx, req, id, false),
         ("POST", ["v1", "inbox", id, "read"]) => inbox::mark(ctx, req, id, true),
         ("DELETE", ["v1", "inbox", id]) => inbox::delete(ctx, req, id),
+
+        ("GET", ["v1", "preferences"]) => preferences::list(ctx, req),
+        ("PUT", ["v1", "preferences"]) => preferences::put(ctx, req),
 
         (_, path) if is_known(path) => Err(ApiError::new(
             405,
@@ -52,5 +55,6 @@ fn is_known(path: &[&str]) -> bool {
             | ["v1", "inbox"]
             | ["v1", "inbox", _]
             | ["v1", "inbox", _, "seen" | "read"]
+            | ["v1", "preferences"]
     )
 }
