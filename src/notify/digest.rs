@@ -233,3 +233,83 @@ fn release(tx: &Transaction<'_>, d: &Due) -> StoreResult<Option<Event>> {
 fn parse(payload: &str) -> Value {
     serde_json::from_str(payload).unwrap_or(Value::Null)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Store, Synchronous};
+
+    fn spec(window_secs: u64) -> DigestDef {
+        DigestDef {
+            key: "{{ orderId }}".into(),
+            window_secs,
+            batch_type: "batch".into(),
+        }
+    }
+
+    fn upload(tx: &Transaction<'_>, n: i64, now: i64) -> StoreResult<Option<i64>> {
+        let event = Event::new("up", vec![Recipient::User("u".into())], json!({ "n": n }));
+        let seq = outbox::enqueue(tx, &event).map_err(|e| match e {
+            NotifyError::Store(e) => e,
+            other => panic!("{other}"),
+        })?;
+        let to = Recipient::User("u".into());
+        join(
+            tx,
+            seq.seq,
+            &event,
+            &to,
+            "o1",
+            &spec(10),
+            &[Channel::Inbox],
+            now,
+        )
+    }
+
+    #[test]
+    fn a_digest_is_released_once_as_one_batch_and_late_events_open_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db"), Synchronous::Normal).unwrap();
+        let opened = store
+            .write(|tx| {
+                let first = upload(tx, 1, 1_000)?;
+                assert_eq!(upload(tx, 2, 5_000)?, None, "joins the open digest");
+                Ok::<_, crate::store::StoreError>(first)
+            })
+            .unwrap();
+        assert_eq!(
+            opened,
+            Some(11_000),
+            "due from the first event, not the last"
+        );
+
+        let early: Vec<i64> = store.write(|tx| close_due(tx, 10_999)).unwrap();
+        assert!(early.is_empty());
+        let released = store.write(|tx| close_due(tx, 11_000)).unwrap();
+        assert_eq!(released.len(), 1);
+        assert!(store.write(|tx| close_due(tx, 99_000)).unwrap().is_empty());
+
+        let rows = store.read(|c| outbox::load_pending(c, &released)).unwrap();
+        let event = rows[0].event.as_ref().unwrap();
+        assert_eq!(event.kind, "batch");
+        assert_eq!(
+            event.payload,
+            json!({"events": [{"n": 1}, {"n": 2}], "count": 2})
+        );
+        assert_eq!(
+            event.from_digest.as_ref().unwrap().channels,
+            vec![Channel::Inbox]
+        );
+
+        // After the window a new event opens a new digest of its own.
+        let reopened = store.write(|tx| upload(tx, 3, 12_000)).unwrap();
+        assert_eq!(reopened, Some(22_000));
+        let single = store.write(|tx| close_due(tx, 22_000)).unwrap();
+        let rows = store.read(|c| outbox::load_pending(c, &single)).unwrap();
+        let event = rows[0].event.as_ref().unwrap();
+        assert_eq!(
+            (event.kind.as_str(), &event.payload),
+            ("up", &json!({"n": 3}))
+        );
+    }
+}

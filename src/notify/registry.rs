@@ -249,4 +249,35 @@ mod tests {
             .to_string();
         assert!(err.contains("r.json") && err.contains("sms"), "{err}");
     }
+
+    #[test]
+    fn digests_and_default_off_are_checked_against_the_types_they_name() {
+        let err = Registry::parse(
+            "r.json",
+            r#"{"types": {
+                "a": {"channels": ["inbox", "email"], "defaultOff": ["email"],
+                      "digest": {"key": "k", "windowSecs": 0, "batchType": "b"}},
+                "b": {"channels": ["inbox"], "required": ["events", "total"],
+                      "sample": {"events": [], "total": 1},
+                      "digest": {"key": "k", "windowSecs": 5, "batchType": "a"}},
+                "c": {"channels": ["inbox"], "defaultOff": ["email"]}}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        for expected in [
+            "type a: digest windowSecs must be at least 1",
+            "type a: batch type b lacks channel \"email\"",
+            "type a: batch type b requires \"total\"",
+            "type a: batch type b must not have a digest itself",
+            "type c: defaultOff names channel \"email\"",
+        ] {
+            assert!(err.contains(expected), "missing {expected:?} in {err}");
+        }
+        let ok = Registry::parse(
+            "r.json",
+            r#"{"types": {"a": {"channels": ["inbox", "email"], "defaultOff": ["email"]}}}"#,
+        )
+        .unwrap();
+        assert_eq!(ok.get("a").unwrap().default_off, vec![Channel::Email]);
+    }
 }
