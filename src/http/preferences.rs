@@ -1,7 +1,6 @@
-//! Preferences for a user token: `GET /v1/preferences` lists the `*`
-//! switches and every type with its channels' values; `PUT` sets one
-//! (type, channel) switch. An unknown type, or a channel the type does not
-//! use, is 422 and changes nothing.
+//! Preferences for a user token: `GET /v1/preferences` lists `*` and every
+//! type with its channels' values; `PUT` sets one (type, channel) switch. An
+//! unknown type, or a channel the type does not use, is 422 and changes nothing.
 
 use serde_json::{json, Value};
 

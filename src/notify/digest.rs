@@ -1,10 +1,6 @@
-//! Digests: events of a digested type for one (type, recipient, rendered
-//! key) are held in the database from the first event until its window ends
-//! (the window never moves). The scheduler then releases each due digest as
-//! one outbox row, written in the same transaction that closes the digest:
-//! the original type for a single event, else the batch type with
-//! `{events, count}`. The dispatcher delivers that row like any event, so the
-//! seam's unique keys make the release exactly once across crashes.
+//! Digests, held in the database: events of one (type, recipient, rendered key)
+//! wait from the first event until the window ends, then the scheduler releases
+//! them as one outbox row written in the transaction that closes the digest.
 
 use rusqlite::{params, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
@@ -151,6 +147,9 @@ struct Due {
     channels: String,
 }
 
+/// The status flip and the outbox row commit together, so a crash can
+/// neither lose nor repeat a release, and the dispatcher delivers the row
+/// through the seam's unique keys like any other event.
 /// Closes up to `CLOSE_BATCH` due digests, each into one outbox row;
 /// returns the rows' seqs (one digest can yield none if its stored state is
 /// unreadable, which is logged and closed rather than retried forever).
@@ -228,6 +227,36 @@ fn release(tx: &Transaction<'_>, d: &Due) -> StoreResult<Option<Event>> {
         channels,
     });
     Ok(Some(event))
+}
+
+/// A digest an event is held in, for `GET /v1/events/{id}`: where a
+/// digested event's notification went.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeldView {
+    pub recipient: String,
+    pub status: String,
+    pub due_at: String,
+    /// The event the digest was released as, once it was.
+    pub released_as: Option<String>,
+}
+
+pub fn held_views(conn: &rusqlite::Connection, event_seq: i64) -> StoreResult<Vec<HeldView>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT d.recipient_key, d.status, d.due_at, o.id
+         FROM digest_events e JOIN digests d ON d.id = e.digest_id
+         LEFT JOIN outbox o ON o.seq = d.flushed_seq
+         WHERE e.event_seq = ?1 ORDER BY d.id",
+    )?;
+    let rows = stmt.query_map([event_seq], |r| {
+        Ok(HeldView {
+            recipient: r.get(0)?,
+            status: r.get(1)?,
+            due_at: crate::time::rfc3339(r.get(2)?),
+            released_as: r.get(3)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 fn parse(payload: &str) -> Value {

@@ -1,8 +1,6 @@
-//! Dispatch policy for one recipient of one event, applied in SPEC 2.3's
-//! order: the dedup window, then preferences per channel. What survives goes
-//! on to the digest or straight to the channels (see `dispatcher::fan_out`).
-//! Dedup marks are written in the dispatcher's transaction, so they commit
-//! exactly when the notification they stand for does.
+//! Per-recipient dispatch policy in SPEC 2.3 order: the dedup window, then
+//! preferences per channel. Dedup marks are written in the dispatcher's
+//! transaction, so they commit exactly when the notification they stand for does.
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 

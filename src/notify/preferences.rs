@@ -1,7 +1,6 @@
-//! Per user x type x channel preferences: stored switches, the registry
-//! defaults (on, unless a type lists the channel in `defaultOff`) and the
-//! `*` type, which switches a channel off for every non-critical type.
-//! Critical types ignore all of them; the dispatcher asks `allows`.
+//! Per user x type x channel preferences: stored switches, registry defaults
+//! (on unless `defaultOff`) and the `*` type that switches a channel off for
+//! every non-critical type. Critical types ignore all of them.
 
 use std::collections::BTreeMap;
 

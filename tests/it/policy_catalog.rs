@@ -1,7 +1,5 @@
-//! A registry file and templates directory for the policy tests: a copy of
-//! the built-in catalog that a test can change (shorter windows, new types,
-//! broken templates) and pass to `herald` with `--registry`/`--templates`,
-//! exactly as an operator would, with no rebuild.
+//! A changeable copy of the built-in registry and templates for the policy
+//! tests, passed to `herald` with `--registry`/`--templates` as an operator would.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

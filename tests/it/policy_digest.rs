@@ -35,8 +35,10 @@ fn upload(server: &TestServer, to: &str, order: &str, n: i64) -> Value {
     }));
     assert_eq!(status, 202, "{body}");
     let event = server.wait_event_done(body["eventId"].as_str().unwrap(), WAIT);
-    // Held in the digest: nothing is sent for the upload itself.
+    // Held in the digest: nothing is sent for the upload itself, and the
+    // event says where it waits.
     assert_eq!(event["result"]["sent"], 0, "{event}");
+    assert_eq!(event["digests"][0]["recipient"], to, "{event}");
     assert_eq!(event["result"]["deduped"], 0, "{event}");
     event["result"].clone()
 }
@@ -98,6 +100,24 @@ fn five_uploads_for_one_order_become_one_batch_notification() {
         .contains("5. Concert 5: 5 tickets"));
     assert_eq!(inbox(&server, &token).len(), 1);
     assert_released_when_due(&server);
+
+    // Each upload points at the batch event it was released as.
+    let first = server.count("SELECT MIN(seq) FROM outbox");
+    let id: String = server
+        .db()
+        .query_row("SELECT id FROM outbox WHERE seq = ?1", [first], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let (_, event) = server.get(&format!("/v1/events/{id}"), Some(server.service_key()));
+    assert_eq!(event["digests"][0]["status"], "flushed", "{event}");
+    let released = event["digests"][0]["releasedAs"].as_str().unwrap();
+    let (_, batch) = server.get(
+        &format!("/v1/events/{released}"),
+        Some(server.service_key()),
+    );
+    assert_eq!(batch["type"], "document_uploaded_batch");
+    assert_eq!(batch["result"]["sent"], 2, "{batch}");
 }
 
 #[test]
