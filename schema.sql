@@ -182,3 +182,62 @@ CREATE TABLE plan_entitlements (
     created_at          INTEGER NOT NULL,
     updated_at          INTEGER NOT NULL
 );
+
+-- ---------------------------------------------------------------------------
+-- Notification policy (issue 5): preferences, dedup windows, digests.
+-- ---------------------------------------------------------------------------
+
+-- Per user x type x channel switches. `type` is a registry type or '*', which
+-- switches a channel off for every non-critical type. No row means the
+-- registry default (on, unless the type lists the channel in `defaultOff`).
+CREATE TABLE preferences (
+    user_id     TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    type        TEXT NOT NULL,
+    channel     TEXT NOT NULL CHECK (channel IN ('inbox', 'email')),
+    enabled     INTEGER NOT NULL CHECK (enabled IN (0, 1)),
+    updated_at  INTEGER NOT NULL,
+    PRIMARY KEY (user_id, type, channel)
+) WITHOUT ROWID;
+
+-- When (type, recipient, subject, rendered dedup key) was last notified; an
+-- identical event inside the type's window after that is counted `deduped`.
+-- Absent subject ids and dedup keys are stored as ''.
+CREATE TABLE dedup_marks (
+    type         TEXT NOT NULL,
+    recipient    TEXT NOT NULL,
+    subject_id   TEXT NOT NULL,
+    dedup_key    TEXT NOT NULL,
+    notified_at  INTEGER NOT NULL,
+    PRIMARY KEY (type, recipient, subject_id, dedup_key)
+) WITHOUT ROWID;
+
+-- Pending digests: events of a digested type for one (type, recipient,
+-- rendered key) collected until `due_at` (fixed when the first event opened
+-- it). The scheduler closes a due digest by writing one outbox row (the
+-- original type for one event, else `batch_type`) in the same transaction
+-- that marks it flushed, so a crash can neither lose nor repeat it.
+CREATE TABLE digests (
+    id             INTEGER PRIMARY KEY,
+    type           TEXT NOT NULL,
+    batch_type     TEXT NOT NULL,
+    recipient_key  TEXT NOT NULL,
+    recipient      TEXT NOT NULL,
+    digest_key     TEXT NOT NULL,
+    channels       TEXT NOT NULL,
+    opened_at      INTEGER NOT NULL,
+    due_at         INTEGER NOT NULL,
+    status         TEXT NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'flushed')),
+    flushed_seq    INTEGER REFERENCES outbox (seq),
+    flushed_at     INTEGER
+);
+CREATE INDEX digests_open ON digests (type, recipient_key, digest_key) WHERE status = 'open';
+CREATE INDEX digests_due ON digests (due_at) WHERE status = 'open';
+
+-- The events a digest holds, in arrival order; one row per (digest, event).
+CREATE TABLE digest_events (
+    digest_id   INTEGER NOT NULL REFERENCES digests (id),
+    event_seq   INTEGER NOT NULL REFERENCES outbox (seq),
+    subject_id  TEXT,
+    payload     TEXT NOT NULL,
+    PRIMARY KEY (digest_id, event_seq)
+) WITHOUT ROWID;

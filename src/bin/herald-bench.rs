@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use herald::mail::{Email, MailError, MailProvider, RateHint, Sent};
+use herald::notify::inbox;
+use herald::notify::templates::InboxContent;
 use herald::notify::{DeliveryPolicy, Event, Notifier, Recipient, Registry, Templates};
 use herald::store::{Store, Synchronous};
 use rusqlite::{params, Connection};
@@ -200,35 +202,35 @@ fn prepared_db(path: &Path, users: usize, events: usize) -> Result<Connection, S
     Ok(conn)
 }
 
-/// Inserts `rows` inbox rows over `users` users in transactions of 1,000.
+/// Inserts `rows` inbox rows over `users` users in transactions of 1,000,
+/// through herald's own inbox insert (the seam's one writer of inbox rows).
 fn insert_inbox_rows(
     conn: &mut Connection,
     rows: usize,
     users: usize,
     label: &str,
 ) -> Result<f64, String> {
+    let content = InboxContent {
+        title: "Your role in Acme is now admin".into(),
+        body: "Alice changed your role in Acme from member to admin.".into(),
+        actions: Vec::new(),
+    };
+    let payload = r#"{"newRole":"admin","before":"member","orgName":"Acme","actorName":"Alice"}"#;
     let started = Instant::now();
     let mut done = 0;
     while done < rows {
         let tx = conn.transaction().map_err(|e| e.to_string())?;
-        {
-            let mut stmt = tx
-                .prepare_cached(
-                    "INSERT INTO notifications (event_seq, user_id, type, title, body, actions, payload, created_at)
-                     VALUES (?1, ?2, 'bench', 'Your role in Acme is now admin',
-                             'Alice changed your role in Acme from member to admin.', '[]',
-                             '{\"newRole\":\"admin\",\"before\":\"member\",\"orgName\":\"Acme\",\"actorName\":\"Alice\"}', ?3)",
-                )
-                .map_err(|e| e.to_string())?;
-            for i in done..(done + 1000).min(rows) {
-                let seq = (i / users + 1) as i64;
-                stmt.execute(params![
-                    seq,
-                    format!("u{}", i % users),
-                    1_700_000_000_000i64 + i as i64
-                ])
-                .map_err(|e| e.to_string())?;
-            }
+        for i in done..(done + 1000).min(rows) {
+            let seq = (i / users + 1) as i64;
+            inbox::insert(
+                &tx,
+                seq,
+                &format!("u{}", i % users),
+                "bench",
+                &content,
+                payload,
+            )
+            .map_err(|e| e.to_string())?;
         }
         tx.commit().map_err(|e| e.to_string())?;
         done = (done + 1000).min(rows);

@@ -8,6 +8,7 @@ mod error;
 mod events;
 mod inbox;
 mod orgs;
+mod preferences;
 mod request;
 mod response;
 mod routes;

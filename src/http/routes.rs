@@ -7,7 +7,7 @@ use serde_json::json;
 use super::error::ApiError;
 use super::request::Req;
 use super::response::Reply;
-use super::{events, inbox, orgs, stripe, users, Ctx};
+use super::{events, inbox, orgs, preferences, stripe, users, Ctx};
 
 pub fn route(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
     let segs: Vec<&str> = req.segments.iter().map(String::as_str).collect();
@@ -40,6 +40,8 @@ pub fn route(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
         ("GET", ["v1", "orgs", org, "audit"]) => orgs::audit(ctx, req, org),
         ("GET", ["v1", "orgs", org, "billing"]) => orgs::billing(ctx, req, org),
         ("POST", ["webhooks", "stripe"]) => stripe::webhook(ctx, req),
+        ("GET", ["v1", "preferences"]) => preferences::list(ctx, req),
+        ("PUT", ["v1", "preferences"]) => preferences::put(ctx, req),
 
         (_, path) if is_known(path) => Err(ApiError::new(
             405,
@@ -75,5 +77,6 @@ fn is_known(path: &[&str]) -> bool {
             | ["v1", "orgs", _, "members" | "invitations", _]
             | ["v1", "invitations", "accept"]
             | ["webhooks", "stripe"]
+            | ["v1", "preferences"]
     )
 }

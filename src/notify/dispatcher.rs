@@ -12,12 +12,14 @@ use rusqlite::Transaction;
 
 use super::email::{self, EmailJob, Outcome};
 use super::event::{Event, Recipient};
-use super::inbox;
 use super::outbox::{self, DispatchResult};
+use super::policy::{self, DedupKey};
+use super::registry::{Channel, TypeDef};
 use super::scheduler::Wake;
 use super::templates::Rendered;
+use super::{digest, inbox};
 use super::{BusMsg, Shared};
-use crate::store::{users, StoreResult};
+use crate::store::{now_ms, users, StoreResult};
 
 /// Events per dispatch transaction: large enough to amortise the commit,
 /// small enough to keep the write lock short.
@@ -51,7 +53,7 @@ pub(super) fn run(shared: &Arc<Shared>, jobs: Sender<EmailJob>, wake: Sender<Wak
         // scheduler), never the dispatcher thread.
         let handled = catch_unwind(AssertUnwindSafe(|| {
             if !seqs.is_empty() {
-                dispatch(shared, &seqs, &jobs);
+                dispatch(shared, &seqs, &jobs, &wake);
             }
             if !outcomes.is_empty() {
                 record_outcomes(shared, &outcomes, &wake);
@@ -71,12 +73,30 @@ pub(super) fn run(shared: &Arc<Shared>, jobs: Sender<EmailJob>, wake: Sender<Wak
 
 /// An event ready to be written: parsed and rendered, or the reason it
 /// never can be.
-struct Prepared {
+struct Prepared<'r> {
     seq: i64,
-    ready: Result<(Event, Rendered), String>,
+    ready: Result<Ready<'r>, String>,
 }
 
-fn dispatch(shared: &Shared, seqs: &[i64], jobs: &Sender<EmailJob>) {
+/// Everything rendering produces for one event, done outside the write
+/// transaction.
+struct Ready<'r> {
+    event: Event,
+    def: &'r TypeDef,
+    rendered: Rendered,
+    dedup_key: Option<String>,
+    digest_key: Option<String>,
+}
+
+/// What a dispatch transaction hands on after COMMIT.
+#[derive(Default)]
+struct Written {
+    jobs: Vec<EmailJob>,
+    /// A digest was opened: the scheduler must look at its due time.
+    digest_opened: bool,
+}
+
+fn dispatch(shared: &Shared, seqs: &[i64], jobs: &Sender<EmailJob>, wake: &Sender<Wake>) {
     let rows = match shared.store.read(|c| outbox::load_pending(c, seqs)) {
         Ok(rows) => rows,
         Err(e) => {
@@ -84,25 +104,16 @@ fn dispatch(shared: &Shared, seqs: &[i64], jobs: &Sender<EmailJob>) {
             return;
         }
     };
-    let prepared: Vec<Prepared> =
-        rows.into_iter()
-            .map(|row| Prepared {
-                seq: row.seq,
-                ready: row.event.and_then(|event| {
-                    let def = shared.registry.get(&event.kind).ok_or_else(|| {
-                        format!("type {:?} is no longer in the registry", event.kind)
-                    })?;
-                    let rendered = shared
-                        .templates
-                        .render(&event.kind, def, &event.payload)
-                        .map_err(|e| e.to_string())?;
-                    Ok((event, rendered))
-                }),
-            })
-            .collect();
+    let prepared: Vec<Prepared> = rows
+        .into_iter()
+        .map(|row| Prepared {
+            seq: row.seq,
+            ready: row.event.and_then(|event| prepare(shared, event)),
+        })
+        .collect();
 
-    let sent = match shared.store.write(|tx| write_all(tx, &prepared)) {
-        Ok(sent) => sent,
+    let written = match shared.store.write(|tx| write_all(tx, &prepared)) {
+        Ok(written) => vec![written],
         Err(e) => {
             // One bad event must not hold the batch hostage: retry one by one.
             log::warn!("dispatch batch failed ({e}); retrying its events one at a time");
@@ -113,31 +124,59 @@ fn dispatch(shared: &Shared, seqs: &[i64], jobs: &Sender<EmailJob>) {
                         .store
                         .write(|tx| write_all(tx, std::slice::from_ref(p)))
                     {
-                        Ok(sent) => Some(sent),
+                        Ok(written) => Some(written),
                         Err(e) => {
                             log::error!("event #{} not dispatched: {e}", p.seq);
                             None
                         }
                     }
                 })
-                .flatten()
                 .collect()
         }
     };
-    for job in sent {
-        let _ = jobs.send(job);
+    for written in written {
+        if written.digest_opened {
+            let _ = wake.send(Wake::Retry);
+        }
+        for job in written.jobs {
+            let _ = jobs.send(job);
+        }
     }
 }
 
-fn write_all(tx: &Transaction<'_>, prepared: &[Prepared]) -> StoreResult<Vec<EmailJob>> {
-    let mut jobs = Vec::new();
+fn prepare(shared: &Shared, event: Event) -> Result<Ready<'_>, String> {
+    let def = shared
+        .registry
+        .get(&event.kind)
+        .ok_or_else(|| format!("type {:?} is no longer in the registry", event.kind))?;
+    let templates = &shared.templates;
+    let rendered = templates
+        .render(&event.kind, def, &event.payload)
+        .map_err(|e| e.to_string())?;
+    let dedup_key = templates
+        .dedup_key(&event.kind, def, &event.payload)
+        .map_err(|e| e.to_string())?;
+    let digest_key = templates
+        .digest_key(&event.kind, def, &event.payload)
+        .map_err(|e| e.to_string())?;
+    Ok(Ready {
+        event,
+        def,
+        rendered,
+        dedup_key,
+        digest_key,
+    })
+}
+
+fn write_all(tx: &Transaction<'_>, prepared: &[Prepared<'_>]) -> StoreResult<Written> {
+    let mut written = Written::default();
     for p in prepared {
         if !outbox::claim(tx, p.seq)? {
             continue;
         }
         match &p.ready {
-            Ok((event, rendered)) => {
-                let result = fan_out(tx, p.seq, event, rendered, &mut jobs)?;
+            Ok(ready) => {
+                let result = fan_out(tx, p.seq, ready, &mut written)?;
                 outbox::mark_dispatched(tx, p.seq, result)?;
             }
             Err(reason) => {
@@ -146,20 +185,31 @@ fn write_all(tx: &Transaction<'_>, prepared: &[Prepared]) -> StoreResult<Vec<Ema
             }
         }
     }
-    Ok(jobs)
+    Ok(written)
 }
 
-/// One event to each recipient and channel: an inbox row per user, an email
-/// delivery per user and per address-only recipient.
+/// One event to each recipient, applying SPEC 2.3 in order: the dedup
+/// window (per recipient: `deduped` counts recipients), preferences (per
+/// channel: `suppressedByPrefs` counts channels), the digest (the event is
+/// held, nothing is sent now), else an inbox row per user and an email
+/// delivery per user and per address-only recipient (`sent` counts both).
+/// A released digest skips dedup and digest: it was checked on the way in.
 fn fan_out(
     tx: &Transaction<'_>,
     seq: i64,
-    event: &Event,
-    rendered: &Rendered,
-    jobs: &mut Vec<EmailJob>,
+    ready: &Ready<'_>,
+    written: &mut Written,
 ) -> StoreResult<DispatchResult> {
+    let Ready {
+        event,
+        def,
+        rendered,
+        ..
+    } = ready;
     let mut result = DispatchResult::default();
     let payload = event.payload.to_string();
+    let now = now_ms();
+    let release = event.from_digest.as_ref();
     for recipient in &event.recipients {
         let key = recipient.key();
         let address = match recipient {
@@ -168,20 +218,43 @@ fn fan_out(
                     log::warn!("event #{seq}: user {id:?} no longer exists; skipped");
                     continue;
                 };
-                if let Some(content) = &rendered.inbox {
-                    if inbox::insert(tx, seq, id, &event.kind, content, &payload)?.is_some() {
-                        result.sent += 1;
-                    }
-                }
                 user.email
             }
             Recipient::Address { email } => email.clone(),
         };
-        if let Some(content) = &rendered.email {
-            if let Some(job) = email::insert_delivery(tx, seq, &key, &address, content)? {
-                result.sent += 1;
-                jobs.push(job);
-            }
+        let dedup = DedupKey::of(event, &key, ready.dedup_key.as_deref());
+        if release.is_none() && policy::is_duplicate(tx, def, &dedup, now)? {
+            result.deduped += 1;
+            continue;
+        }
+        let only = release.map(|r| r.channels.as_slice());
+        let (channels, suppressed) = policy::channels_for(tx, event, def, recipient, only)?;
+        result.suppressed_by_prefs += suppressed;
+        if channels.is_empty() {
+            continue;
+        }
+        if release.is_none() {
+            policy::remember(tx, def, &dedup, now)?;
+        }
+        if let (Some(spec), Some(digest_key), None) = (&def.digest, &ready.digest_key, release) {
+            let opened = digest::join(tx, seq, event, recipient, digest_key, spec, &channels, now)?;
+            written.digest_opened |= opened.is_some();
+            continue;
+        }
+        for channel in channels {
+            let wrote = match (channel, recipient, &rendered.inbox, &rendered.email) {
+                (Channel::Inbox, Recipient::User(id), Some(content), _) => {
+                    inbox::insert(tx, seq, id, &event.kind, content, &payload)?.is_some()
+                }
+                (Channel::Email, _, _, Some(content)) => {
+                    let job = email::insert_delivery(tx, seq, &key, &address, content)?;
+                    let wrote = job.is_some();
+                    written.jobs.extend(job);
+                    wrote
+                }
+                _ => false,
+            };
+            result.sent += i64::from(wrote);
         }
     }
     Ok(result)

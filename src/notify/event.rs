@@ -42,6 +42,11 @@ pub struct Event {
     pub payload: Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// Set only on the notification a closed digest releases, never from the
+    /// API (`from_json` does not read it): it is dispatched without dedup or
+    /// digest, on the channels its events were allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_digest: Option<super::digest::Release>,
 }
 
 impl Event {
@@ -52,6 +57,7 @@ impl Event {
             subject_id: None,
             payload,
             idempotency_key: None,
+            from_digest: None,
         }
     }
 
@@ -96,6 +102,7 @@ impl Event {
             subject_id,
             payload,
             idempotency_key,
+            from_digest: None,
         };
         event.dedupe_recipients();
         Ok(event)

@@ -5,11 +5,14 @@
 //! them, and the scheduler re-drives retries and stale rows. Inbox rows are
 //! written only by `inbox`, and the mail provider is called only by `email`.
 
+pub mod digest;
 mod dispatcher;
 pub mod email;
 pub mod event;
 pub mod inbox;
 pub mod outbox;
+pub mod policy;
+pub mod preferences;
 pub mod registry;
 mod scheduler;
 pub mod templates;

@@ -145,6 +145,9 @@ pub struct EventView {
     pub result: Option<DispatchResult>,
     pub error: Option<String>,
     pub deliveries: Vec<super::email::DeliveryView>,
+    /// Digests holding this event (absent when it was not digested).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub digests: Vec<super::digest::HeldView>,
 }
 
 /// An event with its result and every delivery, for the API.
@@ -184,5 +187,6 @@ pub fn view(conn: &Connection, id: &str) -> StoreResult<EventView> {
         result,
         error,
         deliveries,
+        digests: super::digest::held_views(conn, seq)?,
     })
 }

@@ -21,11 +21,17 @@ pub enum Channel {
 }
 
 impl Channel {
+    pub const ALL: [Channel; 2] = [Channel::Inbox, Channel::Email];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Channel::Inbox => "inbox",
             Channel::Email => "email",
         }
+    }
+
+    pub fn parse(s: &str) -> Option<Channel> {
+        Channel::ALL.into_iter().find(|c| c.as_str() == s)
     }
 }
 
@@ -53,6 +59,10 @@ pub struct TypeDef {
     pub sample: Value,
     #[serde(default)]
     pub description: Option<String>,
+    /// Channels a user receives this type on only after switching them on
+    /// (`PUT /v1/preferences`); every other channel defaults to on.
+    #[serde(default)]
+    pub default_off: Vec<Channel>,
 }
 
 impl TypeDef {
@@ -134,13 +144,16 @@ impl Registry {
                     ));
                 }
             }
-            if let Some(digest) = &def.digest {
-                if !self.types.contains_key(&digest.batch_type) {
+            for channel in &def.default_off {
+                if !def.has(*channel) {
                     problems.push(format!(
-                        "type {name}: digest batch type {:?} is not declared",
-                        digest.batch_type
+                        "type {name}: defaultOff names channel {:?} the type does not use",
+                        channel.as_str()
                     ));
                 }
+            }
+            if let Some(digest) = &def.digest {
+                problems.extend(self.digest_problems(name, def, digest));
             }
         }
         if problems.is_empty() {
@@ -153,7 +166,48 @@ impl Registry {
             )))
         }
     }
+
+    /// A digest's batch type must exist, carry every channel of the digested
+    /// type, need no field but the `events` and `count` a digest provides,
+    /// and not be digested itself.
+    fn digest_problems(&self, name: &str, def: &TypeDef, digest: &DigestDef) -> Vec<String> {
+        let batch_name = &digest.batch_type;
+        let Some(batch) = self.types.get(batch_name) else {
+            return vec![format!(
+                "type {name}: digest batch type {batch_name:?} is not declared"
+            )];
+        };
+        let mut problems = Vec::new();
+        if digest.window_secs == 0 {
+            problems.push(format!("type {name}: digest windowSecs must be at least 1"));
+        }
+        for channel in def.channels.iter().filter(|c| !batch.has(**c)) {
+            problems.push(format!(
+                "type {name}: batch type {batch_name} lacks channel {:?}",
+                channel.as_str()
+            ));
+        }
+        for field in batch
+            .required
+            .iter()
+            .filter(|f| !BATCH_FIELDS.contains(&f.as_str()))
+        {
+            problems.push(format!(
+                "type {name}: batch type {batch_name} requires {field:?}, but a digest \
+                 provides only \"events\" and \"count\""
+            ));
+        }
+        if batch.digest.is_some() {
+            problems.push(format!(
+                "type {name}: batch type {batch_name} must not have a digest itself"
+            ));
+        }
+        problems
+    }
 }
+
+/// The payload fields a digest gives its batch notification.
+pub const BATCH_FIELDS: [&str; 2] = ["events", "count"];
 
 #[cfg(test)]
 mod tests {
@@ -194,5 +248,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("r.json") && err.contains("sms"), "{err}");
+    }
+
+    #[test]
+    fn digests_and_default_off_are_checked_against_the_types_they_name() {
+        let err = Registry::parse(
+            "r.json",
+            r#"{"types": {
+                "a": {"channels": ["inbox", "email"], "defaultOff": ["email"],
+                      "digest": {"key": "k", "windowSecs": 0, "batchType": "b"}},
+                "b": {"channels": ["inbox"], "required": ["events", "total"],
+                      "sample": {"events": [], "total": 1},
+                      "digest": {"key": "k", "windowSecs": 5, "batchType": "a"}},
+                "c": {"channels": ["inbox"], "defaultOff": ["email"]}}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        for expected in [
+            "type a: digest windowSecs must be at least 1",
+            "type a: batch type b lacks channel \"email\"",
+            "type a: batch type b requires \"total\"",
+            "type a: batch type b must not have a digest itself",
+            "type c: defaultOff names channel \"email\"",
+        ] {
+            assert!(err.contains(expected), "missing {expected:?} in {err}");
+        }
+        let ok = Registry::parse(
+            "r.json",
+            r#"{"types": {"a": {"channels": ["inbox", "email"], "defaultOff": ["email"]}}}"#,
+        )
+        .unwrap();
+        assert_eq!(ok.get("a").unwrap().default_off, vec![Channel::Email]);
     }
 }

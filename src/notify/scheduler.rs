@@ -1,14 +1,14 @@
 //! The scheduler: at start it re-drives every unfinished outbox row and
-//! pending delivery; then its thread sleeps until the earliest due retry (woken
-//! early when a sooner one is scheduled) and periodically sweeps outbox rows
-//! whose bus message never arrived (written by another process, or lost).
+//! pending delivery; then its thread sleeps until the earliest due retry or
+//! digest (woken early when a sooner one is scheduled), releases due digests,
+//! and periodically sweeps outbox rows whose bus message never arrived.
 
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::email::{self, EmailJob};
-use super::{outbox, Notifier};
+use super::{digest, outbox, Notifier};
 use crate::store::now_ms;
 
 /// How often pending outbox rows are looked for when the bus is idle.
@@ -47,6 +47,10 @@ pub(super) fn run(notifier: &Notifier, jobs: Sender<EmailJob>, wake: Receiver<Wa
             }
             next_sweep = now + SWEEP_EVERY_MS;
             next_wake = next_sweep;
+        }
+        // Digests due now are released; the next one bounds the sleep.
+        if let Some(at) = digest::flush_due(notifier) {
+            next_wake = next_wake.min(at);
         }
         match store.read(email::next_retry_at) {
             Ok(Some(at)) => next_wake = next_wake.min(at),

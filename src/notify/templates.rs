@@ -95,6 +95,8 @@ impl Templates {
             for (ty, def) in registry.types() {
                 if let Err(e) = templates.render(ty, def, &def.sample) {
                     problems.push(format!("type {ty}: sample does not render: {e}"));
+                } else if let Err(e) = templates.render_keys(ty, def, &only_required(def)) {
+                    problems.push(templates.unrequired_problem(ty, def, &e));
                 }
             }
         }
@@ -173,6 +175,36 @@ impl Templates {
             .transpose()
     }
 
+    /// Everything an event of `def` renders, keys included: what the
+    /// dispatcher will need from a payload that carries only the required
+    /// fields.
+    fn render_keys(&self, ty: &str, def: &TypeDef, payload: &Value) -> Result<(), NotifyError> {
+        self.render(ty, def, payload)?;
+        self.dedup_key(ty, def, payload)?;
+        self.digest_key(ty, def, payload)?;
+        Ok(())
+    }
+
+    /// Names the fields a type's templates use without guarding them that
+    /// `required` does not promise: an event may omit them and would then
+    /// fail to render at dispatch.
+    fn unrequired_problem(&self, ty: &str, def: &TypeDef, e: &NotifyError) -> String {
+        let globals: Vec<&str> = self.env.globals().map(|(name, _)| name).collect();
+        let mut names: Vec<String> = self
+            .env
+            .templates()
+            .filter(|(name, _)| name.starts_with(&format!("{ty}/")))
+            .flat_map(|(_, t)| t.undeclared_variables(false))
+            .filter(|v| !def.required.contains(v) && !globals.contains(&v.as_str()))
+            .collect();
+        names.sort();
+        names.dedup();
+        format!(
+            "type {ty}: templates use fields that are not in \"required\" ({}): {e}",
+            names.join(", ")
+        )
+    }
+
     fn file(&self, name: &str, payload: &Value) -> Result<String, NotifyError> {
         let template = self
             .env
@@ -188,6 +220,17 @@ impl Templates {
     fn one_line(&self, name: &str, payload: &Value) -> Result<String, NotifyError> {
         Ok(self.file(name, payload)?.trim().to_string())
     }
+}
+
+/// The sample cut down to the required fields: the least an accepted event
+/// carries.
+fn only_required(def: &TypeDef) -> Value {
+    let fields = def
+        .required
+        .iter()
+        .filter_map(|f| def.sample.get(f).map(|v| (f.clone(), v.clone())))
+        .collect();
+    Value::Object(fields)
 }
 
 /// Templates written inline in the registry, by their field name.

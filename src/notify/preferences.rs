@@ -1,0 +1,202 @@
+//! Per user x type x channel preferences: stored switches, registry defaults
+//! (on unless `defaultOff`) and the `*` type that switches a channel off for
+//! every non-critical type. Critical types ignore all of them.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{params, Connection, Transaction};
+use serde::Serialize;
+
+use super::registry::{Channel, Registry, TypeDef};
+use crate::store::{now_ms, StoreResult};
+
+/// The preference type that stands for every non-critical type.
+pub const ALL_TYPES: &str = "*";
+
+/// Stores one switch, replacing any earlier value.
+pub fn set(
+    tx: &Transaction<'_>,
+    user_id: &str,
+    kind: &str,
+    channel: Channel,
+    enabled: bool,
+) -> StoreResult<()> {
+    tx.prepare_cached(
+        "INSERT INTO preferences (user_id, type, channel, enabled, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (user_id, type, channel)
+         DO UPDATE SET enabled = excluded.enabled, updated_at = excluded.updated_at",
+    )?
+    .execute(params![user_id, kind, channel.as_str(), enabled, now_ms()])?;
+    Ok(())
+}
+
+/// Whether `user_id` receives type `kind` on `channel`. A `*` switched off
+/// wins over a type switched on: it is the "no emails at all" control.
+pub fn allows(
+    conn: &Connection,
+    user_id: &str,
+    kind: &str,
+    def: &TypeDef,
+    channel: Channel,
+) -> StoreResult<bool> {
+    if def.critical {
+        return Ok(true);
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT type, enabled FROM preferences
+         WHERE user_id = ?1 AND channel = ?2 AND type IN (?3, '*')",
+    )?;
+    let mut own = None;
+    let mut all = None;
+    let rows = stmt.query_map(params![user_id, channel.as_str(), kind], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?))
+    })?;
+    for row in rows {
+        let (ty, enabled) = row?;
+        if ty == ALL_TYPES {
+            all = Some(enabled);
+        } else {
+            own = Some(enabled);
+        }
+    }
+    if all == Some(false) {
+        return Ok(false);
+    }
+    Ok(own.unwrap_or_else(|| default_for(def, channel)))
+}
+
+fn default_for(def: &TypeDef, channel: Channel) -> bool {
+    !def.default_off.contains(&channel)
+}
+
+/// One line of `GET /v1/preferences`: a type (or `*`) with the value of each
+/// of its channels.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TypePreferences {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Critical types are always delivered; their channels read `true`.
+    pub critical: bool,
+    pub channels: BTreeMap<&'static str, bool>,
+}
+
+/// The `*` switches first, then every registry type the user can receive,
+/// each channel showing the user's value or the registry default.
+pub fn list(
+    conn: &Connection,
+    user_id: &str,
+    registry: &Registry,
+) -> StoreResult<Vec<TypePreferences>> {
+    let mut stored: BTreeMap<(String, String), bool> = BTreeMap::new();
+    let mut stmt =
+        conn.prepare_cached("SELECT type, channel, enabled FROM preferences WHERE user_id = ?1")?;
+    let rows = stmt.query_map([user_id], |r| {
+        Ok(((r.get(0)?, r.get(1)?), r.get::<_, bool>(2)?))
+    })?;
+    for row in rows {
+        let (key, enabled) = row?;
+        stored.insert(key, enabled);
+    }
+    let value = |kind: &str, channel: Channel, default: bool| {
+        stored
+            .get(&(kind.to_string(), channel.as_str().to_string()))
+            .copied()
+            .unwrap_or(default)
+    };
+    let mut out = vec![TypePreferences {
+        kind: ALL_TYPES.into(),
+        description: Some("Every non-critical type on this channel".into()),
+        critical: false,
+        channels: Channel::ALL
+            .into_iter()
+            .map(|c| (c.as_str(), value(ALL_TYPES, c, true)))
+            .collect(),
+    }];
+    for (kind, def) in registry.types() {
+        out.push(TypePreferences {
+            kind: kind.to_string(),
+            description: def.description.clone(),
+            critical: def.critical,
+            channels: def
+                .channels
+                .iter()
+                .map(|&c| {
+                    let on = def.critical || value(kind, c, default_for(def, c));
+                    (c.as_str(), on)
+                })
+                .collect(),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{users, Store, Synchronous};
+
+    fn registry() -> Registry {
+        Registry::parse(
+            "r",
+            r#"{"types": {
+                "plain": {"channels": ["inbox", "email"]},
+                "quiet": {"channels": ["inbox", "email"], "defaultOff": ["email"]},
+                "alarm": {"channels": ["inbox", "email"], "critical": true}}}"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn type_switch_star_switch_default_off_and_critical() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db"), Synchronous::Normal).unwrap();
+        let r = registry();
+        store
+            .write(|tx| {
+                users::upsert(
+                    tx,
+                    &users::User {
+                        id: "u".into(),
+                        email: "u@x.io".into(),
+                        name: String::new(),
+                    },
+                )
+            })
+            .unwrap();
+        let allows = |kind: &str, c: Channel| {
+            store
+                .read(|conn| allows(conn, "u", kind, r.get(kind).unwrap(), c))
+                .unwrap()
+        };
+        assert!(allows("plain", Channel::Email));
+        assert!(!allows("quiet", Channel::Email));
+        assert!(allows("quiet", Channel::Inbox));
+
+        store
+            .write(|tx| {
+                set(tx, "u", "plain", Channel::Email, false)?;
+                set(tx, "u", "quiet", Channel::Email, true)
+            })
+            .unwrap();
+        assert!(!allows("plain", Channel::Email));
+        assert!(allows("plain", Channel::Inbox));
+        assert!(allows("quiet", Channel::Email));
+
+        store
+            .write(|tx| set(tx, "u", ALL_TYPES, Channel::Email, false))
+            .unwrap();
+        assert!(!allows("quiet", Channel::Email), "* off beats a type on");
+        assert!(allows("alarm", Channel::Email), "critical ignores *");
+        assert!(allows("quiet", Channel::Inbox));
+
+        let listed = store.read(|c| list(c, "u", &r)).unwrap();
+        assert_eq!(listed[0].kind, "*");
+        assert!(!listed[0].channels["email"]);
+        let quiet = listed.iter().find(|p| p.kind == "quiet").unwrap();
+        assert!(quiet.channels["email"]);
+    }
+}
