@@ -47,8 +47,8 @@ impl Reply {
 
     pub fn into_response(self) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
         let mut response = tiny_http::Response::from_data(self.body).with_status_code(self.status);
-        let headers = std::iter::once(("Content-Type", self.content_type.to_string()))
-            .chain(self.headers);
+        let headers =
+            std::iter::once(("Content-Type", self.content_type.to_string())).chain(self.headers);
         for (name, value) in headers {
             if let Ok(h) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
                 response.add_header(h);
