@@ -7,6 +7,8 @@ mod support;
 mod api_errors;
 mod crash;
 mod delivery;
+mod delivery_crash;
+mod delivery_engine;
 mod inbox;
 mod library;
 mod seam;
