@@ -1,5 +1,5 @@
 //! The `herald` command line: `serve`, `migrate`, `seed`, `check`, `send`,
-//! `user add|token` and `stripe sign`. Each command builds what it needs from `Config`;
+//! `outbox list|retry|retry-dead`, `user add|token` and `stripe sign`. Each command builds what it needs from `Config`;
 //! `serve` wires store -> notifier -> HTTP and shuts them down in reverse.
 
 use std::sync::Arc;
@@ -10,7 +10,9 @@ use serde_json::Value;
 use crate::app::{self, AppSettings, Catalog};
 use crate::config::{Args, Config};
 use crate::http::{Ctx, HttpServer};
-use crate::notify::{outbox, DeliveryPolicy, Event, Notifier, Recipient, Registry, Templates};
+use crate::notify::{
+    email, outbox, DeliveryPolicy, Event, Notifier, Recipient, Registry, Templates,
+};
 use crate::store::{users, Store, StoreError, SCHEMA_VERSION};
 use crate::{ids, mail};
 
@@ -25,6 +27,9 @@ usage:
                                       Carol (member) and a Stripe subscription; prints tokens
   herald check                        validate the registry and render every template
   herald send <type> --to <user|email>... --payload <json> [--subject-id ID]
+  herald outbox [list]                delivery counts by status and the oldest unfinished
+  herald outbox retry <id>            re-arm one dead or failed delivery
+  herald outbox retry-dead            re-arm every dead delivery
   herald user add <id> --email <address> [--name <name>]
   herald user token <id>              issue a new API token for a user
   herald stripe sign <file>           print a Stripe-Signature header for the file's bytes,
@@ -54,6 +59,9 @@ pub fn main(words: Vec<String>) -> i32 {
         ["check"] => check(&config),
         ["stripe", "sign", file] => stripe_sign(&config, file),
         ["send", kind] => send(&config, &args, kind),
+        ["outbox"] | ["outbox", "list"] => outbox_list(&config),
+        ["outbox", "retry", id] => outbox_retry(&config, Some(id)),
+        ["outbox", "retry-dead"] => outbox_retry(&config, None),
         ["user", "add", id] => user_add(&config, &args, id),
         ["user", "token", id] => user_token(&config, id),
         _ => Err(format!("unknown command {:?}\n\n{USAGE}", words.join(" "))),
@@ -262,6 +270,75 @@ fn send(config: &Config, args: &Args, kind: &str) -> Result<(), String> {
     println!(
         "{}",
         serde_json::to_string_pretty(&view).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
+
+/// How many unfinished deliveries `outbox list` shows.
+const OUTBOX_OLDEST: usize = 20;
+
+fn outbox_list(config: &Config) -> Result<(), String> {
+    let store = open_store(config)?;
+    let counts = store.read(email::counts).map_err(|e| e.to_string())?;
+    for (status, count) in &counts {
+        println!("{status:<9} {count}");
+    }
+    let mut oldest = Vec::new();
+    for status in ["dead", "failed", "retrying", "pending"] {
+        let page = store
+            .read(|c| email::list(c, Some(status), None, OUTBOX_OLDEST))
+            .map_err(|e| e.to_string())?;
+        oldest.extend(page);
+    }
+    oldest.sort_by(|a, b| a.delivery.id.cmp(&b.delivery.id));
+    oldest.truncate(OUTBOX_OLDEST);
+    if oldest.is_empty() {
+        return Ok(());
+    }
+    println!("\noldest unfinished:");
+    for d in &oldest {
+        let v = &d.delivery;
+        println!(
+            "  {}  {:<8}  attempts {:<2}  next {}  event {}  to {}  {}",
+            v.id,
+            v.status,
+            v.attempts,
+            v.next_attempt_at.as_deref().unwrap_or("-"),
+            d.event_id,
+            v.recipient,
+            v.last_error.as_deref().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+/// Re-arms in the database; a running server notices at its next sweep (the
+/// HTTP API re-arms and wakes it at once), a stopped one at its next start.
+fn outbox_retry(config: &Config, id: Option<&str>) -> Result<(), String> {
+    let store = open_store(config)?;
+    match id {
+        Some(id) => {
+            let view = store
+                .write(|tx| email::rearm(tx, id))
+                .map_err(|e| match e {
+                    StoreError::NotFound => format!("no delivery {id:?}"),
+                    other => other.to_string(),
+                })?
+                .map_err(|status| {
+                    format!(
+                        "delivery {id} is {status}; only dead or failed deliveries can be retried"
+                    )
+                })?;
+            println!("re-armed {} (to {})", view.id, view.recipient);
+        }
+        None => {
+            let count = store.write(email::rearm_dead).map_err(|e| e.to_string())?;
+            println!("re-armed {count} dead deliveries");
+        }
+    }
+    println!(
+        "a running herald sends them within {} s; a stopped one at its next start",
+        crate::notify::SWEEP_EVERY_SECS
     );
     Ok(())
 }

@@ -152,6 +152,18 @@ impl Config {
         if max_attempts == 0 || max_attempts > 100 {
             return Err("HERALD_MAX_ATTEMPTS must be 1 to 100".into());
         }
+        let rate_per_sec = match env("HERALD_MAIL_RATE_PER_SEC") {
+            None => None,
+            Some(v) => match v.parse::<f64>() {
+                Ok(rate) if rate > 0.0 && rate.is_finite() => Some(rate),
+                _ => {
+                    return Err(format!(
+                        "HERALD_MAIL_RATE_PER_SEC={v:?} must be a positive number of requests \
+                         per second (unset for no limit)"
+                    ))
+                }
+            },
+        };
         let policy = DeliveryPolicy {
             from: env("HERALD_MAIL_FROM")
                 .unwrap_or_else(|| "herald <notifications@localhost>".into()),
@@ -159,6 +171,7 @@ impl Config {
             retry_base: Duration::from_millis(number("HERALD_RETRY_BASE_MS", 5000)?.max(1)),
             retry_cap: Duration::from_millis(number("HERALD_RETRY_CAP_MS", 3_600_000)?.max(1)),
             max_attempts: max_attempts as u32,
+            rate_per_sec,
         };
         let mail = MailConfig {
             provider: env("HERALD_MAIL_PROVIDER").unwrap_or_else(|| "console".into()),
@@ -166,6 +179,9 @@ impl Config {
             api_key: env("HERALD_MAIL_API_KEY"),
             from: policy.from.clone(),
             timeout: Duration::from_millis(number("HERALD_MAIL_TIMEOUT_MS", 15_000)?.max(100)),
+            connect_timeout: Duration::from_millis(
+                number("HERALD_MAIL_CONNECT_TIMEOUT_MS", 5_000)?.max(100),
+            ),
         };
         let public_url = env("HERALD_PUBLIC_URL").map(|u| u.trim_end_matches('/').to_string());
         if let Some(url) = &public_url {
@@ -224,6 +240,12 @@ mod tests {
         let c = Config::from_sources(&args(&[]), |_| None).unwrap();
         assert_eq!(c.addr, "127.0.0.1:8025");
         assert_eq!(c.policy.retry_base, Duration::from_secs(5));
+        assert_eq!(c.policy.rate_per_sec, None, "unset means unlimited");
+        let c = Config::from_sources(&args(&[]), |n| {
+            (n == "HERALD_MAIL_RATE_PER_SEC").then(|| "2.5".to_string())
+        })
+        .unwrap();
+        assert_eq!(c.policy.rate_per_sec, Some(2.5));
     }
 
     #[test]
@@ -233,6 +255,13 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.contains("HERALD_RETRY_BASE_MS"), "{err}");
+        for bad in ["0", "-2", "fast"] {
+            let err = Config::from_sources(&args(&[]), |n| {
+                (n == "HERALD_MAIL_RATE_PER_SEC").then(|| bad.to_string())
+            })
+            .unwrap_err();
+            assert!(err.contains("HERALD_MAIL_RATE_PER_SEC"), "{err}");
+        }
         let err = Args::parse(["--colour".to_string()]).unwrap_err();
         assert!(err.contains("--colour"), "{err}");
         let err = Args::parse(["--db".to_string()]).unwrap_err();

@@ -79,6 +79,7 @@ impl From<NotifyError> for ApiError {
                 ApiError::validation("type", &format!("unknown notification type {t:?}"))
             }
             NotifyError::Invalid { field, message } => ApiError::validation(&field, &message),
+            NotifyError::Conflict(message) => ApiError::new(409, "conflict", message),
             NotifyError::Store(e) => e.into(),
             other => ApiError::internal(other),
         }

@@ -7,7 +7,7 @@ use serde_json::json;
 use super::error::ApiError;
 use super::request::Req;
 use super::response::Reply;
-use super::{events, inbox, orgs, preferences, stripe, users, Ctx};
+use super::{deliveries, events, inbox, orgs, preferences, stripe, users, Ctx};
 
 pub fn route(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
     let segs: Vec<&str> = req.segments.iter().map(String::as_str).collect();
@@ -20,6 +20,9 @@ pub fn route(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
 
         ("POST", ["v1", "events"]) => events::create(ctx, req),
         ("GET", ["v1", "events", id]) => events::get(ctx, req, id),
+
+        ("GET", ["v1", "deliveries"]) => deliveries::list(ctx, req),
+        ("POST", ["v1", "deliveries", id, "retry"]) => deliveries::retry(ctx, req, id),
 
         ("GET", ["v1", "inbox"]) => inbox::list(ctx, req),
         ("GET", ["v1", "inbox", "unseen-count"]) => inbox::unseen_count(ctx, req),
@@ -64,6 +67,8 @@ fn is_known(path: &[&str]) -> bool {
             | ["v1", "me"]
             | ["v1", "events"]
             | ["v1", "events", _]
+            | ["v1", "deliveries"]
+            | ["v1", "deliveries", _, "retry"]
             | ["v1", "inbox"]
             | ["v1", "inbox", _]
             | ["v1", "inbox", _, "seen" | "read"]

@@ -44,12 +44,15 @@ impl std::fmt::Display for MailError {
     }
 }
 
-/// The provider's pacing hints from its last answer (`ratelimit-*` headers),
-/// so senders slow down before 429s pile up.
+/// The provider's pacing hints from its last answer (`ratelimit-*` headers,
+/// and `retry-after` on a 429), so senders slow down before 429s pile up.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct RateHint {
     pub remaining: Option<u64>,
     pub reset: Option<Duration>,
+    /// Set only when the provider refused for rate (429) and said how long
+    /// to wait: the whole team is throttled, not just this email.
+    pub throttled_for: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -72,7 +75,9 @@ pub struct MailConfig {
     pub api_url: String,
     pub api_key: Option<String>,
     pub from: String,
+    /// The whole call, connect to last body byte.
     pub timeout: Duration,
+    pub connect_timeout: Duration,
 }
 
 impl std::fmt::Debug for MailConfig {
@@ -82,6 +87,8 @@ impl std::fmt::Debug for MailConfig {
             .field("api_url", &self.api_url)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("from", &self.from)
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
             .finish()
     }
 }
@@ -96,7 +103,12 @@ pub fn from_config(config: &MailConfig) -> Result<Box<dyn MailProvider>, String>
                 .clone()
                 .filter(|k| !k.is_empty())
                 .ok_or("HERALD_MAIL_PROVIDER=resend needs HERALD_MAIL_API_KEY")?;
-            Ok(Box::new(Resend::new(&config.api_url, &key, config.timeout)))
+            Ok(Box::new(Resend::new(
+                &config.api_url,
+                &key,
+                config.connect_timeout,
+                config.timeout,
+            )))
         }
         other => Err(format!(
             "unknown mail provider {other:?} (HERALD_MAIL_PROVIDER is console or resend)"

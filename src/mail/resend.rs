@@ -30,10 +30,13 @@ struct SendResponse {
 }
 
 impl Resend {
-    pub fn new(api_url: &str, api_key: &str, timeout: Duration) -> Resend {
+    /// Every call is bounded: `connect` to open the connection, `timeout`
+    /// for the whole exchange, so a hanging provider costs one sender
+    /// thread at most `timeout` per attempt.
+    pub fn new(api_url: &str, api_key: &str, connect: Duration, timeout: Duration) -> Resend {
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(5).min(timeout)))
+            .timeout_connect(Some(connect.min(timeout)))
             .timeout_global(Some(timeout))
             .max_idle_connections_per_host(64)
             .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
@@ -96,13 +99,14 @@ fn classify(mut response: Response<ureq::Body>) -> (Result<Sent, MailError>, Rat
             .map(str::trim)
             .map(str::to_string)
     };
+    let retry_after = header("retry-after").and_then(|v| parse_retry_after(&v));
     let hint = RateHint {
         remaining: header("ratelimit-remaining").and_then(|v| v.parse().ok()),
         reset: header("ratelimit-reset")
             .and_then(|v| v.parse::<u64>().ok())
             .map(Duration::from_secs),
+        throttled_for: if status == 429 { retry_after } else { None },
     };
-    let retry_after = header("retry-after").and_then(|v| parse_retry_after(&v));
     let text = response
         .body_mut()
         .with_config()
@@ -136,14 +140,7 @@ fn classify(mut response: Response<ureq::Body>) -> (Result<Sent, MailError>, Rat
     } else {
         format!("HTTP {status} {}: {}", error.name, error.message)
     };
-    let retryable = match status {
-        429 | 408 => true,
-        // A same-key request still in flight; a different body under the
-        // same key can never succeed.
-        409 => error.name != "invalid_idempotent_request",
-        s => s >= 500,
-    };
-    let outcome = if retryable {
+    let outcome = if is_retryable(status, &error.name) {
         MailError::Retryable {
             message,
             retry_after,
@@ -152,6 +149,17 @@ fn classify(mut response: Response<ureq::Body>) -> (Result<Sent, MailError>, Rat
         MailError::Permanent { message }
     };
     (Err(outcome), hint)
+}
+
+/// 429, 408, 5xx and a 409 for a same-key request still in flight are worth
+/// another try; a 409 for a different body under the same key can never
+/// succeed, and neither can any other 4xx.
+fn is_retryable(status: u16, name: &str) -> bool {
+    match status {
+        429 | 408 => true,
+        409 => name != "invalid_idempotent_request",
+        s => s >= 500,
+    }
 }
 
 /// `Retry-After` is either delta-seconds or an HTTP date.
@@ -176,5 +184,16 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn only_transient_answers_are_retried() {
+        assert!(is_retryable(429, "rate_limit_exceeded"));
+        assert!(is_retryable(409, "concurrent_idempotent_requests"));
+        assert!(is_retryable(500, "internal_server_error"));
+        assert!(is_retryable(503, ""));
+        assert!(!is_retryable(409, "invalid_idempotent_request"));
+        assert!(!is_retryable(422, "validation_error"));
+        assert!(!is_retryable(403, "invalid_api_key"));
     }
 }

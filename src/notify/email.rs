@@ -4,19 +4,19 @@
 //! Sending never happens inside a transaction: senders get jobs after commit
 //! and hand outcomes back to the dispatcher thread to write.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use rusqlite::{params, Connection, Transaction};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde::Serialize;
 
+use super::pacer::Pacer;
 use super::templates::EmailContent;
 use super::{BusMsg, DeliveryPolicy};
 use crate::ids;
 use crate::mail::{Email, MailError, MailProvider, Sent};
-use crate::store::{now_ms, StoreResult};
+use crate::store::{now_ms, StoreError, StoreResult};
 use crate::time::rfc3339;
 
 /// One email to send: everything the provider needs, as stored.
@@ -230,22 +230,112 @@ pub struct DeliveryView {
 }
 
 pub fn deliveries_of(conn: &Connection, event_seq: i64) -> StoreResult<Vec<DeliveryView>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {VIEW_COLUMNS} FROM deliveries WHERE event_seq = ?1 ORDER BY id"
+    ))?;
+    let rows = stmt.query_map([event_seq], view_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+const VIEW_COLUMNS: &str = "id, recipient, channel, status, attempts, next_attempt_at, last_error";
+
+fn view_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryView> {
+    Ok(DeliveryView {
+        id: r.get(0)?,
+        recipient: r.get(1)?,
+        channel: r.get(2)?,
+        status: r.get(3)?,
+        attempts: r.get(4)?,
+        next_attempt_at: r.get::<_, Option<i64>>(5)?.map(rfc3339),
+        last_error: r.get(6)?,
+    })
+}
+
+/// The states a delivery can be in, as stored.
+pub const STATUSES: &[&str] = &["pending", "retrying", "sent", "failed", "dead"];
+
+/// A delivery as the operator sees it (`herald outbox`, `/v1/deliveries`).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryRecord {
+    #[serde(flatten)]
+    pub delivery: DeliveryView,
+    pub event_id: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// Deliveries oldest first (ids are time ordered), optionally of one status,
+/// after the cursor id; one page of at most `limit`.
+pub fn list(
+    conn: &Connection,
+    status: Option<&str>,
+    after: Option<&str>,
+    limit: usize,
+) -> StoreResult<Vec<DeliveryRecord>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, recipient, channel, status, attempts, next_attempt_at, last_error
-         FROM deliveries WHERE event_seq = ?1 ORDER BY id",
+        "SELECT d.id, d.recipient, d.channel, d.status, d.attempts, d.next_attempt_at,
+                d.last_error, o.id, d.created_at, d.updated_at
+         FROM deliveries d JOIN outbox o ON o.seq = d.event_seq
+         WHERE (?1 IS NULL OR d.status = ?1) AND d.id > ?2
+         ORDER BY d.id LIMIT ?3",
     )?;
-    let rows = stmt.query_map([event_seq], |r| {
-        Ok(DeliveryView {
-            id: r.get(0)?,
-            recipient: r.get(1)?,
-            channel: r.get(2)?,
-            status: r.get(3)?,
-            attempts: r.get(4)?,
-            next_attempt_at: r.get::<_, Option<i64>>(5)?.map(rfc3339),
-            last_error: r.get(6)?,
+    let rows = stmt.query_map(params![status, after.unwrap_or(""), limit as i64], |r| {
+        Ok(DeliveryRecord {
+            delivery: view_from_row(r)?,
+            event_id: r.get(7)?,
+            created_at: rfc3339(r.get(8)?),
+            updated_at: rfc3339(r.get(9)?),
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// How many deliveries are in each status (every status listed, zeros too).
+pub fn counts(conn: &Connection) -> StoreResult<Vec<(&'static str, i64)>> {
+    let mut stmt = conn.prepare_cached("SELECT COUNT(*) FROM deliveries WHERE status = ?1")?;
+    STATUSES
+        .iter()
+        .map(|status| Ok((*status, stmt.query_row([status], |r| r.get(0))?)))
+        .collect()
+}
+
+/// Gives a dead or failed delivery a fresh round of attempts, due now, under
+/// the same id (so the same Idempotency-Key) and the same stored body. The
+/// last error stays visible until the next attempt. `Err(status)` if the
+/// delivery is in any other state.
+pub fn rearm(tx: &Transaction<'_>, id: &str) -> StoreResult<Result<DeliveryView, String>> {
+    let status: String = tx
+        .prepare_cached("SELECT status FROM deliveries WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?
+        .ok_or(StoreError::NotFound)?;
+    if status != "dead" && status != "failed" {
+        return Ok(Err(status));
+    }
+    tx.prepare_cached(
+        "UPDATE deliveries SET status = 'retrying', attempts = 0, next_attempt_at = ?2,
+             updated_at = ?2
+         WHERE id = ?1",
+    )?
+    .execute(params![id, now_ms()])?;
+    let view = tx
+        .prepare_cached(&format!(
+            "SELECT {VIEW_COLUMNS} FROM deliveries WHERE id = ?1"
+        ))?
+        .query_row([id], view_from_row)?;
+    Ok(Ok(view))
+}
+
+/// Re-arms every dead delivery (see `rearm`); returns how many.
+pub fn rearm_dead(tx: &Transaction<'_>) -> StoreResult<usize> {
+    Ok(tx
+        .prepare_cached(
+            "UPDATE deliveries SET status = 'retrying', attempts = 0, next_attempt_at = ?1,
+                 updated_at = ?1
+             WHERE status = 'dead'",
+        )?
+        .execute([now_ms()])?)
 }
 
 pub(super) struct SenderContext {
@@ -253,18 +343,28 @@ pub(super) struct SenderContext {
     pub from: String,
     pub jobs: Receiver<EmailJob>,
     pub outcomes: Sender<BusMsg>,
-    pub stopping: Arc<AtomicBool>,
+    pub pacer: Arc<Pacer>,
+    /// Never carries a message: dropping its sender is the stop signal, which
+    /// wakes every sender at once, even one waiting for its turn.
+    pub stop: Receiver<()>,
 }
 
-/// A mail sender thread: takes jobs until shutdown, sends each under its
-/// delivery id as Idempotency-Key, and hands the outcome back to be recorded.
+/// A mail sender thread: blocks until a job or the stop signal arrives,
+/// waits for its turn under the shared pacer, sends under the delivery id as
+/// Idempotency-Key, and hands the outcome back to be recorded. A job taken
+/// after the stop signal is left pending in the database for the next start.
 pub(super) fn run_sender(ctx: SenderContext) {
-    while !ctx.stopping.load(Ordering::SeqCst) {
-        let job = match ctx.jobs.recv_timeout(Duration::from_millis(200)) {
-            Ok(job) => job,
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => break,
+    loop {
+        let job = crossbeam_channel::select! {
+            recv(ctx.stop) -> _ => return,
+            recv(ctx.jobs) -> job => match job {
+                Ok(job) => job,
+                Err(_) => return,
+            },
         };
+        if stopped(&ctx.stop) || !ctx.pacer.wait_turn(&ctx.stop) {
+            return;
+        }
         let email = Email {
             from: ctx.from.clone(),
             to: vec![job.address],
@@ -272,7 +372,8 @@ pub(super) fn run_sender(ctx: SenderContext) {
             html: job.html,
             text: job.text,
         };
-        let (result, _hint) = ctx.provider.send_email(&email, &job.delivery_id);
+        let (result, hint) = ctx.provider.send_email(&email, &job.delivery_id);
+        ctx.pacer.observe(&hint);
         if let Err(e) = &result {
             log::warn!(
                 "delivery {} attempt {} failed: {e}",
@@ -287,9 +388,13 @@ pub(super) fn run_sender(ctx: SenderContext) {
             result,
         };
         if ctx.outcomes.send(BusMsg::Outcome(outcome)).is_err() {
-            break;
+            return;
         }
     }
+}
+
+fn stopped(stop: &Receiver<()>) -> bool {
+    matches!(stop.try_recv(), Err(TryRecvError::Disconnected) | Ok(()))
 }
 
 #[cfg(test)]

@@ -11,13 +11,13 @@ pub mod email;
 pub mod event;
 pub mod inbox;
 pub mod outbox;
+mod pacer;
 pub mod policy;
 pub mod preferences;
 pub mod registry;
 mod scheduler;
 pub mod templates;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -45,6 +45,8 @@ pub enum NotifyError {
     Render(String),
     /// The registry or templates are broken.
     Config(String),
+    /// The request contradicts the current state (retrying a sent delivery).
+    Conflict(String),
     Store(StoreError),
 }
 
@@ -53,7 +55,9 @@ impl std::fmt::Display for NotifyError {
         match self {
             NotifyError::UnknownType(t) => write!(f, "unknown notification type {t:?}"),
             NotifyError::Invalid { field, message } => write!(f, "{field}: {message}"),
-            NotifyError::Render(m) | NotifyError::Config(m) => f.write_str(m),
+            NotifyError::Render(m) | NotifyError::Config(m) | NotifyError::Conflict(m) => {
+                f.write_str(m)
+            }
             NotifyError::Store(e) => write!(f, "{e}"),
         }
     }
@@ -73,6 +77,10 @@ impl From<rusqlite::Error> for NotifyError {
     }
 }
 
+/// How often the scheduler looks for work written by another process (see
+/// `scheduler`); what `herald outbox retry` tells the operator to expect.
+pub const SWEEP_EVERY_SECS: i64 = 30;
+
 /// How deliveries are sent and retried.
 #[derive(Debug, Clone)]
 pub struct DeliveryPolicy {
@@ -81,6 +89,9 @@ pub struct DeliveryPolicy {
     pub retry_base: Duration,
     pub retry_cap: Duration,
     pub max_attempts: u32,
+    /// Client-side cap on requests to the mail provider, shared by every
+    /// sender thread; None sends as fast as the provider answers.
+    pub rate_per_sec: Option<f64>,
 }
 
 impl Default for DeliveryPolicy {
@@ -91,6 +102,7 @@ impl Default for DeliveryPolicy {
             retry_base: Duration::from_secs(5),
             retry_cap: Duration::from_secs(3600),
             max_attempts: 8,
+            rate_per_sec: None,
         }
     }
 }
@@ -113,6 +125,9 @@ struct Shared {
     policy: DeliveryPolicy,
     bus: Sender<BusMsg>,
     bus_rx: Receiver<BusMsg>,
+    /// Wakes the scheduler (it sleeps until the earliest due retry).
+    wake: Sender<scheduler::Wake>,
+    wake_rx: Receiver<scheduler::Wake>,
 }
 
 /// The handle call sites hold. Cheap to clone.
@@ -151,6 +166,7 @@ impl Notifier {
         policy: DeliveryPolicy,
     ) -> Notifier {
         let (bus, bus_rx) = crossbeam_channel::unbounded();
+        let (wake, wake_rx) = crossbeam_channel::unbounded();
         Notifier {
             shared: Arc::new(Shared {
                 store,
@@ -159,6 +175,8 @@ impl Notifier {
                 policy,
                 bus,
                 bus_rx,
+                wake,
+                wake_rx,
             }),
         }
     }
@@ -222,6 +240,26 @@ impl Notifier {
         Ok(value)
     }
 
+    /// Re-arms a dead or failed delivery for a fresh round of attempts, due
+    /// now, and wakes the scheduler to send it.
+    pub fn retry_delivery(&self, id: &str) -> Result<email::DeliveryView, NotifyError> {
+        let view = self.shared.store.write(|tx| email::rearm(tx, id))?;
+        let view = view.map_err(|status| {
+            NotifyError::Conflict(format!(
+                "delivery {id} is {status}; only dead or failed deliveries can be retried"
+            ))
+        })?;
+        let _ = self.shared.wake.send(scheduler::Wake::Retry);
+        Ok(view)
+    }
+
+    /// Re-arms every dead delivery; returns how many.
+    pub fn retry_dead(&self) -> Result<usize, NotifyError> {
+        let count = self.shared.store.write(email::rearm_dead)?;
+        let _ = self.shared.wake.send(scheduler::Wake::Retry);
+        Ok(count)
+    }
+
     /// Messages waiting on the bus (not yet taken by the dispatcher).
     pub fn bus_len(&self) -> usize {
         self.shared.bus_rx.len()
@@ -232,8 +270,8 @@ impl Notifier {
     pub fn start(&self, provider: Arc<dyn MailProvider>) -> Running {
         let shared = &self.shared;
         let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded();
-        let (wake_tx, wake_rx) = crossbeam_channel::unbounded();
-        let stopping = Arc::new(AtomicBool::new(false));
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let pacer = Arc::new(pacer::Pacer::new(shared.policy.rate_per_sec));
         scheduler::redrive(self, &jobs_tx);
 
         let mut senders = Vec::new();
@@ -243,7 +281,8 @@ impl Notifier {
                 from: shared.policy.from.clone(),
                 jobs: jobs_rx.clone(),
                 outcomes: shared.bus.clone(),
-                stopping: stopping.clone(),
+                pacer: pacer.clone(),
+                stop: stop_rx.clone(),
             };
             senders.push(spawn(&format!("herald-mail-{i}"), move || {
                 email::run_sender(ctx)
@@ -251,23 +290,22 @@ impl Notifier {
         }
         let dispatcher = {
             let shared = self.shared.clone();
-            let (jobs, wake) = (jobs_tx.clone(), wake_tx.clone());
+            let (jobs, wake) = (jobs_tx.clone(), shared.wake.clone());
             spawn("herald-dispatcher", move || {
                 dispatcher::run(&shared, jobs, wake)
             })
         };
         let scheduler = {
             let notifier = self.clone();
-            let jobs = jobs_tx.clone();
+            let (jobs, wake) = (jobs_tx.clone(), shared.wake_rx.clone());
             spawn("herald-scheduler", move || {
-                scheduler::run(&notifier, jobs, wake_rx)
+                scheduler::run(&notifier, jobs, wake)
             })
         };
         Running {
             notifier: self.clone(),
             jobs: Some(jobs_tx),
-            wake: wake_tx,
-            stopping,
+            stop_senders: Some(stop_tx),
             dispatcher: Some(dispatcher),
             scheduler: Some(scheduler),
             senders,
@@ -286,8 +324,8 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
 pub struct Running {
     notifier: Notifier,
     jobs: Option<Sender<email::EmailJob>>,
-    wake: Sender<scheduler::Wake>,
-    stopping: Arc<AtomicBool>,
+    /// Dropped to stop the senders (see `email::SenderContext::stop`).
+    stop_senders: Option<Sender<()>>,
     dispatcher: Option<JoinHandle<()>>,
     scheduler: Option<JoinHandle<()>>,
     senders: Vec<JoinHandle<()>>,
@@ -307,9 +345,9 @@ impl Running {
     pub fn shutdown(mut self, grace: Duration) {
         let deadline = Instant::now() + grace;
         self.flush(grace);
-        let _ = self.wake.send(scheduler::Wake::Stop);
+        let _ = self.notifier.shared.wake.send(scheduler::Wake::Stop);
         join_until(self.scheduler.take(), deadline);
-        self.stopping.store(true, Ordering::SeqCst);
+        self.stop_senders.take();
         self.jobs.take();
         for sender in self.senders.drain(..) {
             join_until(Some(sender), deadline);

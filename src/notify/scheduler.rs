@@ -1,7 +1,10 @@
 //! The scheduler: at start it re-drives every unfinished outbox row and
 //! pending delivery; then its thread sleeps until the earliest due retry or
-//! digest (woken early when a sooner one is scheduled), releases due digests,
-//! and periodically sweeps outbox rows whose bus message never arrived.
+//! digest (woken early when a sooner one is scheduled or a delivery is
+//! re-armed), releases due digests and, rarely, sweeps for work another
+//! process wrote (outbox rows whose bus message never arrived, deliveries
+//! re-armed by `herald outbox retry`). An idle server wakes this thread once
+//! per sweep, and nothing else.
 
 use std::time::Duration;
 
@@ -11,8 +14,10 @@ use super::email::{self, EmailJob};
 use super::{digest, outbox, Notifier};
 use crate::store::now_ms;
 
-/// How often pending outbox rows are looked for when the bus is idle.
-const SWEEP_EVERY_MS: i64 = 2_000;
+/// How often the database is looked at for work this process was not told
+/// about. In-process work always arrives by message, so this only bounds
+/// how late another process's writes are noticed; rare keeps idle idle.
+const SWEEP_EVERY_MS: i64 = super::SWEEP_EVERY_SECS * 1000;
 /// Rows younger than this are probably still on the bus.
 const STALE_AFTER_MS: i64 = 1_000;
 const CLAIM_BATCH: usize = 500;
@@ -61,6 +66,12 @@ pub(super) fn run(notifier: &Notifier, jobs: Sender<EmailJob>, wake: Receiver<Wa
         match wake.recv_timeout(sleep) {
             Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => return,
             Ok(Wake::Retry) | Err(RecvTimeoutError::Timeout) => {}
+        }
+        // A burst of outcomes sends a burst of wakes: one look serves them all.
+        while let Ok(more) = wake.try_recv() {
+            if let Wake::Stop = more {
+                return;
+            }
         }
     }
 }

@@ -12,6 +12,8 @@ mod app_stripe;
 mod app_tenancy;
 mod crash;
 mod delivery;
+mod delivery_crash;
+mod delivery_engine;
 mod inbox;
 mod library;
 mod policy_catalog;

@@ -1,6 +1,7 @@
 //! `FakeResend`: a Resend-compatible `POST /emails` on 127.0.0.1, run inside the
 //! test process: auth, validation, idempotency keys and rate limits as Resend
-//! does them, told to fail, hang or delay at will, recording all it receives.
+//! does them, told to fail, hang, delay or break the connection at will (also
+//! at random, for a ratio of requests), recording all it receives.
 
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -30,6 +31,38 @@ pub enum Mode {
     Hang,
     /// Wait this long, then behave like `Ok`.
     Delay(Duration),
+    /// Break the connection instead of answering: the client reads bytes
+    /// that are not HTTP and sees a transport error at once. Nothing is
+    /// accepted. (tiny_http cannot reset a socket; a garbled answer is the
+    /// closest it gets, and the client handles both the same way.)
+    Close,
+}
+
+/// One scripted failure drawn by `set_random_faults`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// 500 `internal_server_error`.
+    Status500,
+    /// 503 `application_error`.
+    Status503,
+    /// 429 `rate_limit_exceeded` with `retry-after` (see `set_retry_after`).
+    RateLimited,
+    /// The connection breaks before the email is accepted.
+    Close,
+    /// The email is accepted (its key remembered), then the connection
+    /// breaks: the client never learns it went out, and must retry under the
+    /// same key to get the original answer instead of a second email.
+    AcceptThenClose,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 5] = [
+        Fault::Status500,
+        Fault::Status503,
+        Fault::RateLimited,
+        Fault::Close,
+        Fault::AcceptThenClose,
+    ];
 }
 
 /// One request as the fake received it.
@@ -51,6 +84,11 @@ pub struct RecordedRequest {
     pub response: Value,
     pub idempotency_key: Option<String>,
     pub received_at: Instant,
+    /// The fault `set_random_faults` drew for this request, if any.
+    pub fault: Option<Fault>,
+    /// True if the connection was broken instead of answered (`Mode::Close`,
+    /// `Fault::Close`, `Fault::AcceptThenClose`).
+    pub closed: bool,
 }
 
 impl RecordedRequest {
@@ -149,6 +187,39 @@ impl FakeResend {
         state.window.clear();
     }
 
+    /// Fails a `ratio` (0.0 to 1.0) of the requests that pass auth and rate
+    /// limiting, each with a fault drawn uniformly from `faults` (all kinds
+    /// when empty). `0.0` turns it off, the default. `fail_next` goes first.
+    pub fn set_random_faults(&self, ratio: f64, faults: &[Fault]) {
+        let mut state = self.shared.lock();
+        state.fault_ratio = ratio.clamp(0.0, 1.0);
+        state.faults = match faults.is_empty() {
+            true => Fault::ALL.to_vec(),
+            false => faults.to_vec(),
+        };
+    }
+
+    /// Distinct idempotency keys among the accepted emails.
+    pub fn accepted_keys(&self) -> std::collections::BTreeSet<String> {
+        self.shared
+            .lock()
+            .accepted
+            .iter()
+            .filter_map(|a| a.idempotency_key.clone())
+            .collect()
+    }
+
+    /// Requests received but neither answered nor broken off yet (held by
+    /// `Mode::Hang` or `Mode::Delay`).
+    pub fn in_flight(&self) -> usize {
+        self.shared
+            .lock()
+            .requests
+            .iter()
+            .filter(|r| r.status.is_none() && !r.closed)
+            .count()
+    }
+
     /// Overrides the `retry-after` seconds sent with every 429 (default 1).
     pub fn set_retry_after(&self, secs: Option<u64>) {
         self.shared.lock().retry_after = secs;
@@ -233,6 +304,8 @@ struct State {
     fail_next: u32,
     fail_next_status: u16,
     rate_limit: u32,
+    fault_ratio: f64,
+    faults: Vec<Fault>,
     /// Arrival times of the requests let through in the last second.
     window: VecDeque<Instant>,
     retry_after: Option<u64>,
@@ -249,6 +322,8 @@ impl State {
             fail_next: 0,
             fail_next_status: 500,
             rate_limit: 0,
+            fault_ratio: 0.0,
+            faults: Fault::ALL.to_vec(),
             window: VecDeque::new(),
             retry_after: None,
             idempotency: HashMap::new(),
@@ -317,11 +392,15 @@ struct PendingSend {
     rate_headers: Vec<(String, String)>,
     mode: Mode,
     mode_generation: u64,
+    /// Accept, then break the connection instead of answering.
+    close_after_accept: bool,
 }
 
 enum Decision {
     Reply(Reply),
     Send(PendingSend),
+    /// Break the connection without accepting anything.
+    Close,
 }
 
 struct Incoming {
@@ -348,13 +427,26 @@ fn handle(shared: &Shared, mut request: tiny_http::Request) {
             response: Value::Null,
             idempotency_key: incoming.key.clone(),
             received_at: incoming.received_at,
+            fault: None,
+            closed: false,
         });
         state.requests.len() - 1
     };
 
-    let decision = decide(&mut shared.lock(), &incoming);
+    let decision = {
+        let mut state = shared.lock();
+        let mut fault = None;
+        let decision = decide(&mut state, &incoming, &mut fault);
+        state.requests[index].fault = fault;
+        decision
+    };
     let reply = match decision {
         Decision::Reply(reply) => reply,
+        Decision::Close => {
+            shared.lock().requests[index].closed = true;
+            break_connection(request);
+            return;
+        }
         Decision::Send(send) => {
             if !hold(shared, &send) {
                 release_key(&mut shared.lock(), send.key.as_deref());
@@ -362,7 +454,14 @@ fn handle(shared: &Shared, mut request: tiny_http::Request) {
                 drop(request.into_writer());
                 return;
             }
-            accept(&mut shared.lock(), send)
+            let close = send.close_after_accept;
+            let reply = accept(&mut shared.lock(), send);
+            if close {
+                shared.lock().requests[index].closed = true;
+                break_connection(request);
+                return;
+            }
+            reply
         }
     };
     {
@@ -407,7 +506,8 @@ fn read_request(request: &mut tiny_http::Request) -> Incoming {
 /// limit, injected failures, key format, validation, idempotency. So a held
 /// (hanging or delayed) request owns its key, and a repeat meanwhile gets 409.
 /// A repeat of a key already answered is replayed even in `Hang`/`Delay`.
-fn decide(state: &mut State, incoming: &Incoming) -> Decision {
+/// `fault` is set to the random fault drawn for this request, if any.
+fn decide(state: &mut State, incoming: &Incoming, fault: &mut Option<Fault>) -> Decision {
     if incoming.path != "/emails" {
         return Decision::Reply(Reply::error(
             404,
@@ -443,6 +543,20 @@ fn decide(state: &mut State, incoming: &Incoming) -> Decision {
     if let Some(status) = injected_failure(state) {
         return Decision::Reply(failure(state, status).with_headers(&rate_headers));
     }
+    if state.mode == Mode::Close {
+        return Decision::Close;
+    }
+    *fault = draw_fault(state);
+    let status = match *fault {
+        Some(Fault::Status500) => Some(500),
+        Some(Fault::Status503) => Some(503),
+        Some(Fault::RateLimited) => Some(429),
+        Some(Fault::Close) => return Decision::Close,
+        Some(Fault::AcceptThenClose) | None => None,
+    };
+    if let Some(status) = status {
+        return Decision::Reply(failure(state, status).with_headers(&rate_headers));
+    }
     if let Some(key) = &incoming.key {
         if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
             return Decision::Reply(
@@ -476,7 +590,36 @@ fn decide(state: &mut State, incoming: &Incoming) -> Decision {
         rate_headers,
         mode: state.mode,
         mode_generation: state.mode_generation,
+        close_after_accept: *fault == Some(Fault::AcceptThenClose),
     })
+}
+
+/// Draws this request's random fault, if `set_random_faults` is on.
+fn draw_fault(state: &mut State) -> Option<Fault> {
+    if state.fault_ratio <= 0.0 || state.faults.is_empty() {
+        return None;
+    }
+    let roll = random_u64();
+    let threshold = (state.fault_ratio * u32::MAX as f64) as u64;
+    if (roll & 0xffff_ffff) >= threshold {
+        return None;
+    }
+    Some(state.faults[((roll >> 32) % state.faults.len() as u64) as usize])
+}
+
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("fake resend: random bytes");
+    u64::from_le_bytes(bytes)
+}
+
+/// Answers with bytes that are not HTTP, so the client drops the connection
+/// with a transport error straight away (see `Mode::Close`).
+fn break_connection(request: tiny_http::Request) {
+    use std::io::Write;
+    let mut writer = request.into_writer();
+    let _ = writer.write_all(b"\x00\x01 connection broken by the fake \r\n\r\n");
+    let _ = writer.flush();
 }
 
 fn has_bearer_token(authorization: &str) -> bool {
@@ -794,7 +937,7 @@ fn hold(shared: &Shared, send: &PendingSend) -> bool {
             }
             true
         }
-        Mode::Ok | Mode::Fail(_) => true,
+        Mode::Ok | Mode::Fail(_) | Mode::Close => true,
     }
 }
 

@@ -8,7 +8,7 @@ pub mod app;
 pub mod fake_resend;
 pub mod server;
 
-pub use fake_resend::{AcceptedEmail, FakeResend, Mode, RecordedRequest};
+pub use fake_resend::{AcceptedEmail, FakeResend, Fault, Mode, RecordedRequest};
 pub use server::{RawResponse, TestServer, TestServerBuilder};
 
 use std::time::{Duration, Instant};

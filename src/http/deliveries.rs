@@ -1,0 +1,59 @@
+//! The delivery log for operators (service key): list deliveries by status,
+//! oldest first in keyset pages, and re-arm a dead or failed one. The same
+//! operations as `herald outbox`, for a server that is running.
+
+use serde_json::json;
+
+use super::auth;
+use super::error::ApiError;
+use super::request::Req;
+use super::response::Reply;
+use super::Ctx;
+use crate::notify::email;
+
+const DEFAULT_PAGE: usize = 50;
+const MAX_PAGE: usize = 500;
+
+/// `GET /v1/deliveries?status=dead&limit=50&cursor=` -> `{items, nextCursor}`.
+pub fn list(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
+    auth::service(ctx, req)?;
+    let status = match req.query("status").filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) if email::STATUSES.contains(&s) => Some(s),
+        Some(s) => {
+            return Err(ApiError::bad_request(format!(
+                "status {s:?} is not one of {}",
+                email::STATUSES.join(", ")
+            )))
+        }
+    };
+    let limit = match req.query("limit") {
+        None => DEFAULT_PAGE,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| ApiError::bad_request(format!("limit must be 1 to {MAX_PAGE}")))?,
+    };
+    let cursor = req.query("cursor").filter(|c| !c.is_empty());
+    let items = ctx
+        .notifier
+        .store()
+        .read(|c| email::list(c, status, cursor, limit))?;
+    let next_cursor = match items.len() == limit {
+        true => items.last().map(|d| d.delivery.id.clone()),
+        false => None,
+    };
+    Ok(Reply::json(
+        200,
+        &json!({ "items": items, "nextCursor": next_cursor }),
+    ))
+}
+
+/// `POST /v1/deliveries/{id}/retry`: 200 with the re-armed delivery; 409 if
+/// it is not dead or failed.
+pub fn retry(ctx: &Ctx, req: &Req, id: &str) -> Result<Reply, ApiError> {
+    auth::service(ctx, req)?;
+    let view = ctx.notifier.retry_delivery(id)?;
+    Ok(Reply::json(200, &view))
+}

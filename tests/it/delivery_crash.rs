@@ -1,0 +1,164 @@
+//! The delivery engine across process deaths: kill -9 in the middle of a
+//! burst of retries, and SIGTERM under load. Nothing accepted is lost, and
+//! no delivery ever reaches the provider under two different keys.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::delivery_engine::{assert_identical_bodies, delivery_ids, post_email, role_changed};
+use crate::support::{wait_until, FakeResend, Mode, TestServer};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Each accepted email went to a distinct address (one per event here), and
+/// every key the provider saw is a delivery of this database.
+fn assert_each_recipient_once(mail: &FakeResend, server: &TestServer, emails: usize) {
+    let ids = delivery_ids(server);
+    assert_eq!(ids.len(), emails);
+    assert_eq!(
+        mail.accepted_keys(),
+        ids,
+        "one accepted email per delivery id"
+    );
+    assert_eq!(mail.accepted_count(), emails, "no email accepted twice");
+    let recipients: BTreeSet<Vec<String>> = mail.accepted().into_iter().map(|a| a.to).collect();
+    assert_eq!(recipients.len(), emails, "no recipient got two emails");
+    for r in mail.requests() {
+        let key = r.idempotency_key.unwrap_or_default();
+        assert!(ids.contains(&key), "a send under unknown key {key:?}");
+    }
+    assert_identical_bodies(mail);
+}
+
+#[test]
+fn kill_9_during_a_burst_of_retries_loses_nothing_and_sends_nothing_twice() {
+    let mail = FakeResend::start();
+    mail.set_retry_after(Some(0));
+    mail.set_random_faults(0.5, &[]);
+    let mut server = TestServer::builder()
+        .mail(&mail)
+        .env("HERALD_RETRY_BASE_MS", "20")
+        .env("HERALD_RETRY_CAP_MS", "300")
+        .env("HERALD_MAX_ATTEMPTS", "100")
+        .start();
+    let emails = 200;
+    for i in 0..emails {
+        post_email(&server, i);
+    }
+    let in_the_middle = wait_until(WAIT, || {
+        mail.accepted_count() >= 20
+            && server.count("SELECT COUNT(*) FROM deliveries WHERE status = 'retrying'") > 0
+    });
+    assert!(in_the_middle, "no retries under way");
+    server.kill9();
+    let accepted_before = mail.accepted_count();
+    assert!(
+        accepted_before < emails,
+        "the crash came too late to matter"
+    );
+
+    let server = server.restart_builder().start();
+    let all_sent = wait_until(WAIT, || {
+        server.count("SELECT COUNT(*) FROM deliveries WHERE status = 'sent'") == emails as i64
+    });
+    if !all_sent {
+        server.fail("not every email was sent after the restart");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_each_recipient_once(&mail, &server, emails);
+}
+
+#[test]
+fn sigterm_under_load_exits_0_in_the_grace_period_and_the_rest_goes_out_after_restart() {
+    let mail = FakeResend::start();
+    mail.set_mode(Mode::Delay(Duration::from_millis(150)));
+    let grace = Duration::from_secs(3);
+    let mut server = TestServer::builder()
+        .mail(&mail)
+        .env("HERALD_RETRY_BASE_MS", "20")
+        .env("HERALD_MAIL_SENDERS", "4")
+        .env("HERALD_SHUTDOWN_GRACE_MS", "3000")
+        .start();
+
+    // A client keeps posting while the server is told to stop; every event
+    // it got a 202 for must be delivered in the end.
+    let url = server.url("/v1/events");
+    let auth = format!("Bearer {}", server.service_key());
+    let stop_posting = AtomicBool::new(false);
+    let (accepted, stopped_in) = std::thread::scope(|scope| {
+        let poster = scope.spawn(|| {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(10)))
+                .build()
+                .into();
+            let mut accepted = Vec::new();
+            for i in 0.. {
+                if stop_posting.load(Ordering::SeqCst) {
+                    break;
+                }
+                let event = role_changed(
+                    json!([{ "email": format!("n{i}@example.com") }]),
+                    &format!("s{i}"),
+                );
+                let sent = agent
+                    .post(&url)
+                    .header("Authorization", &auth)
+                    .header("Content-Type", "application/json")
+                    .send(&serde_json::to_vec(&event).unwrap()[..]);
+                let Ok(mut response) = sent else {
+                    break; // the server stopped listening
+                };
+                if response.status() == 202 {
+                    let text = response.body_mut().read_to_string().unwrap_or_default();
+                    let body: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                    accepted.push(body["eventId"].as_str().unwrap_or_default().to_string());
+                }
+            }
+            accepted
+        });
+        assert!(mail.wait_for_accepted(20, WAIT), "no load built up");
+        let started = Instant::now();
+        let status = server.stop();
+        let stopped_in = started.elapsed();
+        stop_posting.store(true, Ordering::SeqCst);
+        assert!(
+            status.success(),
+            "exit status {status:?}:\n{}",
+            server.logs()
+        );
+        (poster.join().unwrap(), stopped_in)
+    });
+    assert!(
+        stopped_in < grace + Duration::from_secs(1),
+        "stopping took {stopped_in:?}"
+    );
+    let unsent = emails_unsent(&server);
+    assert!(
+        unsent > 0,
+        "the load was over before the stop; nothing to re-drive"
+    );
+
+    mail.set_mode(Mode::Ok);
+    let server = server.restart_builder().start();
+    let emails = accepted.len();
+    for id in &accepted {
+        server.wait_event_done(id, WAIT);
+    }
+    let all_sent = wait_until(WAIT, || {
+        server.count("SELECT COUNT(*) FROM deliveries WHERE status = 'sent'") == emails as i64
+    });
+    if !all_sent {
+        server.fail(&format!("not all {emails} accepted events were delivered"));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_each_recipient_once(&mail, &server, emails);
+}
+
+fn emails_unsent(server: &TestServer) -> i64 {
+    let db_events = server.count("SELECT COUNT(*) FROM outbox WHERE status = 'pending'");
+    db_events + server.count("SELECT COUNT(*) FROM deliveries WHERE status != 'sent'")
+}

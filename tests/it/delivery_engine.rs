@@ -1,0 +1,593 @@
+//! The delivery engine against a misbehaving provider: random faults,
+//! permanent refusals, backoff timing, Retry-After, dead letters and their
+//! re-arming (HTTP and CLI), hanging sends, rate limits, and an idle server
+//! that really idles. Crash and SIGTERM runs live in `delivery_crash`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::support::{wait_until, FakeResend, Fault, Mode, TestServer, TestServerBuilder};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// An event that makes one email per recipient (and an inbox row per user).
+pub fn role_changed(recipients: Value, subject: &str) -> Value {
+    json!({
+        "type": "org.member.role_changed",
+        "recipients": recipients,
+        "subjectId": subject,
+        "payload": {"newRole": "admin", "before": "member", "orgName": "Acme", "actorName": "Alice"}
+    })
+}
+
+/// Posts an address-only event to `n{i}@example.com`; returns the event id.
+pub fn post_email(server: &TestServer, i: usize) -> String {
+    let event = role_changed(
+        json!([{ "email": format!("n{i}@example.com") }]),
+        &format!("s{i}"),
+    );
+    let (status, body) = server.post_event(event);
+    assert_eq!(status, 202, "{body}");
+    body["eventId"].as_str().unwrap().to_string()
+}
+
+fn engine(mail: &FakeResend) -> TestServerBuilder {
+    TestServer::builder()
+        .mail(mail)
+        .env("HERALD_RETRY_BASE_MS", "20")
+        .env("HERALD_RETRY_CAP_MS", "400")
+}
+
+/// The only email delivery of an event, as `GET /v1/events/{id}` shows it.
+fn email_delivery(server: &TestServer, event_id: &str) -> Value {
+    let (status, event) = server.get(
+        &format!("/v1/events/{event_id}"),
+        Some(server.service_key()),
+    );
+    assert_eq!(status, 200, "{event}");
+    event["deliveries"]
+        .as_array()
+        .and_then(|ds| ds.iter().find(|d| d["channel"] == "email"))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+fn wait_delivery(server: &TestServer, event_id: &str, status: &str, timeout: Duration) -> Value {
+    let mut last = Value::Null;
+    let done = wait_until(timeout, || {
+        last = email_delivery(server, event_id);
+        last["status"] == status
+    });
+    if !done {
+        server.fail(&format!(
+            "delivery of {event_id} never became {status}: {last}"
+        ));
+    }
+    last
+}
+
+pub fn delivery_ids(server: &TestServer) -> BTreeSet<String> {
+    let db = server.db();
+    let mut stmt = db.prepare("SELECT id FROM deliveries").unwrap();
+    let ids = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    ids
+}
+
+/// Every request under one key carried the identical body.
+pub fn assert_identical_bodies(mail: &FakeResend) {
+    let mut bodies: BTreeMap<String, String> = BTreeMap::new();
+    for r in mail.requests() {
+        let key = r.idempotency_key.clone().expect("every send has a key");
+        let first = bodies.entry(key.clone()).or_insert(r.raw_body.clone());
+        assert_eq!(*first, r.raw_body, "retry of {key} sent a different body");
+    }
+}
+
+#[test]
+fn random_faults_deliver_every_email_exactly_once_and_never_hold_up_the_inbox() {
+    let mail = FakeResend::start();
+    // The provider is down while the events are processed...
+    mail.set_mode(Mode::Fail(503));
+    // ...and later throttles with `retry-after: 0`, so 429s mix in without
+    // pausing the run for a second each (Retry-After timing has its own test).
+    mail.set_retry_after(Some(0));
+    let server = engine(&mail).env("HERALD_MAX_ATTEMPTS", "100").start();
+    let users = 5;
+    for u in 0..users {
+        server.create_user(&format!("u{u}"), &format!("u{u}@acme.test"), "U");
+    }
+    let events = 500;
+    for i in 0..events {
+        let (status, body) = server.post_event(role_changed(
+            json!([format!("u{}", i % users)]),
+            &format!("s{i}"),
+        ));
+        assert_eq!(status, 202, "{body}");
+    }
+
+    // Every inbox row is there as soon as its event is processed, with not
+    // one email out.
+    assert!(wait_until(WAIT, || server.count(
+        "SELECT COUNT(*) FROM outbox WHERE status = 'dispatched'"
+    ) == events));
+    assert_eq!(server.count("SELECT COUNT(*) FROM notifications"), events);
+    let token = server.create_user("u0", "u0@acme.test", "U");
+    let (status, unseen) = server.get("/v1/inbox/unseen-count", Some(token.as_str()));
+    assert_eq!(
+        (status, unseen["count"].as_i64()),
+        (200, Some(events / users))
+    );
+    assert_eq!(mail.accepted_count(), 0);
+    assert!(server.count("SELECT COUNT(*) FROM deliveries WHERE status = 'sent'") == 0);
+
+    // Now 30% of requests fail: 500, 503, 429, broken connections, and
+    // accepted-but-unanswered sends.
+    mail.set_random_faults(0.3, &[]);
+    mail.set_mode(Mode::Ok);
+    let all_sent = wait_until(Duration::from_secs(120), || {
+        server.count("SELECT COUNT(*) FROM deliveries WHERE status = 'sent'") == events
+    });
+    if !all_sent {
+        server.fail(&format!(
+            "not every email was sent: {} sent, {} accepted by the provider",
+            server.count("SELECT COUNT(*) FROM deliveries WHERE status = 'sent'"),
+            mail.accepted_count()
+        ));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+
+    let ids = delivery_ids(&server);
+    assert_eq!(ids.len() as i64, events);
+    assert_eq!(
+        mail.accepted_keys(),
+        ids,
+        "one accepted email per delivery id"
+    );
+    assert_eq!(
+        mail.accepted_count() as i64,
+        events,
+        "no email accepted twice"
+    );
+    assert_identical_bodies(&mail);
+    let faults: Vec<Fault> = mail.requests().iter().filter_map(|r| r.fault).collect();
+    for kind in Fault::ALL {
+        assert!(
+            faults.contains(&kind),
+            "no {kind:?} among {} faults",
+            faults.len()
+        );
+    }
+    assert_eq!(server.count("SELECT COUNT(*) FROM notifications"), events);
+}
+
+#[test]
+fn a_422_fails_the_delivery_at_once_with_the_providers_message() {
+    let mail = FakeResend::start();
+    mail.fail_next(1, 422);
+    let server = engine(&mail).start();
+    let event_id = post_email(&server, 1);
+    let delivery = wait_delivery(&server, &event_id, "failed", WAIT);
+    assert_eq!(delivery["attempts"], 1);
+    let error = delivery["lastError"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("validation_error") && error.contains("Injected failure: validation error."),
+        "{delivery}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        mail.request_count(),
+        1,
+        "a permanent failure is not retried"
+    );
+}
+
+#[test]
+fn retries_back_off_exponentially_then_die_and_a_retry_rearms_them() {
+    let mail = FakeResend::start();
+    mail.set_mode(Mode::Fail(500));
+    let base = 100.0;
+    let server = TestServer::builder()
+        .mail(&mail)
+        .env("HERALD_RETRY_BASE_MS", "100")
+        .env("HERALD_MAX_ATTEMPTS", "5")
+        .start();
+    let event_id = post_email(&server, 1);
+    let dead = wait_delivery(&server, &event_id, "dead", WAIT);
+    assert_eq!(dead["attempts"], 5);
+    assert_eq!(dead["nextAttemptAt"], Value::Null);
+    assert!(
+        dead["lastError"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("HTTP 500"),
+        "{dead}"
+    );
+    let id = dead["id"].as_str().unwrap().to_string();
+
+    // base * 2^(n-1) between attempt n and n+1, within the 20% jitter; the
+    // upper bound has room for a busy machine.
+    let times: Vec<Instant> = mail
+        .requests_with_key(&id)
+        .iter()
+        .map(|r| r.received_at)
+        .collect();
+    assert_eq!(times.len(), 5);
+    for (n, pair) in times.windows(2).enumerate() {
+        let gap = (pair[1] - pair[0]).as_secs_f64() * 1000.0;
+        let expected = base * 2f64.powi(n as i32);
+        assert!(
+            gap >= expected * 0.8 - 5.0 && gap <= expected * 1.2 + 300.0,
+            "gap {n} was {gap:.0} ms, expected {expected} ms +-20%"
+        );
+    }
+
+    // Visible to the operator, then re-armed over HTTP: same key, sent.
+    let key = server.service_key().to_string();
+    let (status, list) = server.get("/v1/deliveries?status=dead", Some(&key));
+    assert_eq!(status, 200, "{list}");
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{list}");
+    assert_eq!(
+        (items[0]["id"].as_str(), items[0]["eventId"].as_str()),
+        (Some(id.as_str()), Some(event_id.as_str()))
+    );
+    mail.set_mode(Mode::Ok);
+    let (status, rearmed) =
+        server.post(&format!("/v1/deliveries/{id}/retry"), Some(&key), json!({}));
+    assert_eq!(status, 200, "{rearmed}");
+    assert_eq!(rearmed["status"], "retrying");
+    let sent = wait_delivery(&server, &event_id, "sent", WAIT);
+    assert_eq!(sent["attempts"], 1, "a retry starts a fresh round");
+    assert_eq!(mail.accepted_keys(), BTreeSet::from([id.clone()]));
+    assert_eq!(mail.requests_with_key(&id).len(), 6);
+    assert_identical_bodies(&mail);
+
+    // Only dead or failed deliveries can be re-armed.
+    let (status, body) = server.post(&format!("/v1/deliveries/{id}/retry"), Some(&key), json!({}));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("conflict")),
+        "{body}"
+    );
+    let (status, list) = server.get("/v1/deliveries?status=dead", Some(&key));
+    assert_eq!(
+        (status, list["items"].as_array().map(Vec::len)),
+        (200, Some(0))
+    );
+    let (status, list) = server.get("/v1/deliveries?status=sent", Some(&key));
+    assert_eq!(
+        (status, list["items"][0]["id"].as_str()),
+        (200, Some(id.as_str()))
+    );
+}
+
+#[test]
+fn the_delivery_log_endpoints_are_for_the_service_key_and_check_their_input() {
+    let server = TestServer::start();
+    let key = server.service_key().to_string();
+    let token = server.create_user("carol", "carol@acme.test", "Carol");
+    let (status, _) = server.get("/v1/deliveries", Some(token.as_str()));
+    assert_eq!(status, 403);
+    let (status, _) = server.get("/v1/deliveries", None);
+    assert_eq!(status, 401);
+    let (status, body) = server.get("/v1/deliveries?status=lost", Some(&key));
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = server.get("/v1/deliveries?limit=0", Some(&key));
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = server.post("/v1/deliveries/dlv_nope/retry", Some(&key), json!({}));
+    assert_eq!(status, 404, "{body}");
+    let (status, _) = server.post(
+        "/v1/deliveries/dlv_nope/retry",
+        Some(token.as_str()),
+        json!({}),
+    );
+    assert_eq!(status, 403);
+
+    // Pages of the whole log, oldest first.
+    for i in 0..3 {
+        let id = post_email(&server, i);
+        server.wait_event_done(&id, WAIT);
+    }
+    let (status, page) = server.get("/v1/deliveries?limit=2", Some(&key));
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["items"].as_array().unwrap().len(), 2);
+    let cursor = page["nextCursor"]
+        .as_str()
+        .expect("a next page")
+        .to_string();
+    let (_, rest) = server.get(
+        &format!("/v1/deliveries?limit=2&cursor={cursor}"),
+        Some(&key),
+    );
+    assert_eq!(rest["items"].as_array().unwrap().len(), 1, "{rest}");
+    assert_eq!(rest["nextCursor"], Value::Null);
+}
+
+#[test]
+fn retry_after_is_honoured_and_pauses_every_sender() {
+    let mail = FakeResend::start();
+    mail.set_retry_after(Some(2));
+    mail.fail_next(1, 429);
+    let server = engine(&mail).start();
+    let first = post_email(&server, 1);
+    assert!(mail.wait_for_requests(1, WAIT));
+    // Sent while the provider's 2 s pause is on: it waits too.
+    let second = post_email(&server, 2);
+    wait_delivery(&server, &first, "sent", WAIT);
+    wait_delivery(&server, &second, "sent", WAIT);
+
+    let requests = mail.requests();
+    assert_eq!(requests.len(), 3, "one 429, then one send each");
+    assert_eq!(requests[0].status, Some(429));
+    let throttled_at = requests[0].received_at;
+    for later in &requests[1..] {
+        let waited = later.received_at - throttled_at;
+        assert!(
+            waited >= Duration::from_millis(1950),
+            "a request went out {waited:?} after a 429 asking for 2 s"
+        );
+    }
+    let retried = email_delivery(&server, &first);
+    assert_eq!(retried["attempts"], 2);
+}
+
+#[test]
+fn a_hanging_provider_never_slows_the_inbox_or_the_api_and_sends_time_out_and_retry() {
+    let mail = FakeResend::start();
+    mail.set_mode(Mode::Hang);
+    let server = engine(&mail)
+        .env("HERALD_MAIL_SENDERS", "2")
+        .env("HERALD_MAIL_TIMEOUT_MS", "1000")
+        .start();
+    let token = server.create_user("carol", "carol@acme.test", "Carol");
+    let events = 20;
+    for i in 0..events {
+        let (status, body) = server.post_event(role_changed(json!(["carol"]), &format!("s{i}")));
+        assert_eq!(status, 202, "{body}");
+    }
+    assert!(mail.wait_for_requests(2, WAIT), "both senders are stuck");
+
+    // While both senders hang on the provider, the inbox fills and reads
+    // answer promptly: well inside one send timeout each.
+    assert!(wait_until(WAIT, || server
+        .count("SELECT COUNT(*) FROM notifications")
+        == events));
+    for _ in 0..20 {
+        assert!(mail.in_flight() >= 1, "a send is hanging during the read");
+        let started = Instant::now();
+        let (status, inbox) = server.get("/v1/inbox?limit=50", Some(token.as_str()));
+        let took = started.elapsed();
+        assert_eq!(status, 200);
+        assert_eq!(inbox["items"].as_array().unwrap().len(), events as usize);
+        assert!(
+            took < Duration::from_millis(900),
+            "an inbox read took {took:?}"
+        );
+    }
+
+    // The hanging sends time out (the client gives up; the fake never
+    // answered) and are retried under the same key.
+    let retried = wait_until(WAIT, || {
+        let requests = mail.requests();
+        requests.iter().any(|first| {
+            first.status.is_none()
+                && requests
+                    .iter()
+                    .filter(|r| r.idempotency_key == first.idempotency_key)
+                    .count()
+                    >= 2
+        })
+    });
+    assert!(retried, "no hanging send was retried:\n{}", server.logs());
+    assert!(wait_until(WAIT, || {
+        server.count(
+        "SELECT COUNT(*) FROM deliveries WHERE status = 'retrying' AND last_error LIKE '%mail API failed%'"
+    ) >= 1
+    }));
+    mail.set_mode(Mode::Ok);
+    assert!(wait_until(WAIT, || server
+        .count("SELECT COUNT(*) FROM deliveries WHERE status = 'sent'")
+        == events));
+    assert_eq!(mail.accepted_keys(), delivery_ids(&server));
+    assert_eq!(mail.accepted_count() as i64, events);
+}
+
+/// Most requests in any window of `width` starting at a request.
+fn busiest_window(times: &[Instant], width: Duration) -> usize {
+    let mut sorted = times.to_vec();
+    sorted.sort();
+    (0..sorted.len())
+        .map(|i| {
+            sorted[i..]
+                .iter()
+                .take_while(|t| **t - sorted[i] < width)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_client_side_rate_keeps_herald_under_the_providers_limit() {
+    let mail = FakeResend::start();
+    mail.set_rate_limit(20);
+    let server = engine(&mail).env("HERALD_MAIL_RATE_PER_SEC", "20").start();
+    let emails = 200;
+    for i in 0..emails {
+        post_email(&server, i);
+    }
+    assert!(
+        mail.wait_for_accepted(emails, Duration::from_secs(60)),
+        "{} of {emails} accepted",
+        mail.accepted_count()
+    );
+    let times: Vec<Instant> = mail.requests().iter().map(|r| r.received_at).collect();
+    let busiest = busiest_window(&times, Duration::from_secs(1));
+    assert!(
+        busiest <= 21,
+        "the provider saw {busiest} requests in one second"
+    );
+    assert_eq!(
+        server.count("SELECT COUNT(*) FROM deliveries WHERE status IN ('dead', 'failed')"),
+        0
+    );
+    assert!(wait_until(WAIT, || server
+        .count("SELECT COUNT(*) FROM deliveries WHERE status = 'sent'")
+        == emails as i64));
+    assert_eq!(mail.accepted_keys().len(), emails);
+}
+
+#[test]
+fn the_providers_ratelimit_headers_pace_the_senders_without_a_client_side_rate() {
+    let mail = FakeResend::start();
+    mail.set_rate_limit(20);
+    let server = engine(&mail).env("HERALD_MAIL_SENDERS", "8").start();
+    let emails = 100;
+    for i in 0..emails {
+        post_email(&server, i);
+    }
+    assert!(
+        mail.wait_for_accepted(emails, Duration::from_secs(60)),
+        "{} of {emails} accepted",
+        mail.accepted_count()
+    );
+    // Unpaced, eight senders would hit the limit hundreds of times a second;
+    // paced by `ratelimit-remaining: 0` and `retry-after`, only the sends
+    // already in flight when the budget runs out are refused.
+    let refused = mail
+        .requests()
+        .iter()
+        .filter(|r| r.status == Some(429))
+        .count();
+    assert!(refused < 60, "{refused} requests were refused with 429");
+    assert_eq!(
+        server.count("SELECT COUNT(*) FROM deliveries WHERE status IN ('dead', 'failed')"),
+        0
+    );
+}
+
+/// Voluntary plus involuntary context switches of every thread of `pid`:
+/// each wakeup of a sleeping thread counts one, so a polling loop shows up
+/// here long before it shows up as CPU ticks.
+fn context_switches(pid: u32) -> u64 {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let status =
+            std::fs::read_to_string(task.unwrap().path().join("status")).unwrap_or_default();
+        for line in status.lines() {
+            if line.starts_with("voluntary_ctxt_switches")
+                || line.starts_with("nonvoluntary_ctxt_switches")
+            {
+                total += line
+                    .split_whitespace()
+                    .last()
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    total
+}
+
+/// utime + stime of `pid`, in clock ticks (fields 14 and 15 of stat).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn an_idle_server_sleeps() {
+    let mail = FakeResend::start();
+    let server = engine(&mail).env("HERALD_MAIL_SENDERS", "8").start();
+    let event = post_email(&server, 1);
+    wait_delivery(&server, &event, "sent", WAIT);
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = server.pid().unwrap();
+
+    let (switches, ticks) = (context_switches(pid), cpu_ticks(pid));
+    std::thread::sleep(Duration::from_secs(10));
+    let (switches, ticks) = (context_switches(pid) - switches, cpu_ticks(pid) - ticks);
+    eprintln!("idle for 10 s: {ticks} CPU ticks, {switches} context switches");
+    // Eight senders polling every 200 ms would be 400 wakeups here.
+    assert!(
+        switches <= 20,
+        "{switches} thread wakeups in 10 idle seconds"
+    );
+    assert!(ticks <= 2, "{ticks} clock ticks of CPU in 10 idle seconds");
+}
+
+#[test]
+fn the_outbox_command_lists_dead_deliveries_and_rearms_them() {
+    let mail = FakeResend::start();
+    mail.set_mode(Mode::Fail(500));
+    let server = engine(&mail).env("HERALD_MAX_ATTEMPTS", "2").start();
+    let events: Vec<String> = (0..3).map(|i| post_email(&server, i)).collect();
+    let dead: Vec<String> = events
+        .iter()
+        .map(|e| {
+            wait_delivery(&server, e, "dead", WAIT)["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+
+    let out = server.run_cli(&["outbox", "list"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["dead", "3"]),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["pending", "0"]),
+        "{stdout}"
+    );
+    for id in &dead {
+        assert!(stdout.contains(id.as_str()), "{id} missing from:\n{stdout}");
+    }
+
+    let out = server.run_cli(&["outbox", "retry", "dlv_nope"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no delivery"));
+
+    let mut server = server;
+    server.stop();
+    let out = server.run_cli(&["outbox", "retry", &dead[0]]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = server.run_cli(&["outbox", "retry-dead"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("re-armed 2 dead deliveries"));
+    let out = server.run_cli(&["outbox", "retry", &dead[0]]);
+    assert!(
+        !out.status.success(),
+        "a re-armed delivery is not dead any more"
+    );
+
+    mail.set_mode(Mode::Ok);
+    let server = server.restart();
+    for event in &events {
+        wait_delivery(&server, event, "sent", WAIT);
+    }
+    assert_eq!(mail.accepted_keys(), dead.into_iter().collect());
+    assert_eq!(mail.accepted_count(), 3);
+}
