@@ -32,7 +32,7 @@ CREATE TABLE outbox (
     id               TEXT NOT NULL UNIQUE,
     type             TEXT NOT NULL,
     body             TEXT NOT NULL,
-    idempotency_key  TEXT UNIQUE,
+    idempotency_key  TEXT,
     status           TEXT NOT NULL DEFAULT 'pending'
                      CHECK (status IN ('pending', 'dispatched', 'failed')),
     created_at       INTEGER NOT NULL,
@@ -43,6 +43,10 @@ CREATE TABLE outbox (
     error            TEXT
 );
 CREATE INDEX outbox_pending ON outbox (seq) WHERE status = 'pending';
+-- Partial: most events carry no key, and an index entry per row would cost
+-- every enqueue a page write for nothing.
+CREATE UNIQUE INDEX outbox_idempotency ON outbox (idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
 
 -- The in-app inbox. One row per (event, user): the unique key makes a
 -- re-driven dispatch unable to duplicate a row.

@@ -52,12 +52,7 @@ pub(super) fn run(shared: &Arc<Shared>, jobs: Sender<EmailJob>, wake: Sender<Wak
         // A bug here must cost one batch (left pending, re-driven by the
         // scheduler), never the dispatcher thread.
         let handled = catch_unwind(AssertUnwindSafe(|| {
-            if !seqs.is_empty() {
-                dispatch(shared, &seqs, &jobs, &wake);
-            }
-            if !outcomes.is_empty() {
-                record_outcomes(shared, &outcomes, &wake);
-            }
+            handle_batch(shared, &seqs, &outcomes, &jobs, &wake);
         }));
         if handled.is_err() {
             log::error!("dispatcher batch panicked; its events stay pending and are re-driven");
@@ -96,51 +91,78 @@ struct Written {
     digest_opened: bool,
 }
 
-fn dispatch(shared: &Shared, seqs: &[i64], jobs: &Sender<EmailJob>, wake: &Sender<Wake>) {
-    let rows = match shared.store.read(|c| outbox::load_pending(c, seqs)) {
-        Ok(rows) => rows,
-        Err(e) => {
-            log::error!("dispatcher cannot read the outbox: {e}; the scheduler will re-drive");
-            return;
+/// Dispatches `seqs` and records `outcomes` in one write transaction: the
+/// commit, not the rows, is what costs, so a batch shares one.
+fn handle_batch(
+    shared: &Shared,
+    seqs: &[i64],
+    outcomes: &[Outcome],
+    jobs: &Sender<EmailJob>,
+    wake: &Sender<Wake>,
+) {
+    let prepared = prepare_batch(shared, seqs);
+    if prepared.is_empty() && outcomes.is_empty() {
+        return;
+    }
+    let batch = shared.store.write(|tx| {
+        let written = write_all(tx, &prepared)?;
+        let retry_scheduled = email::record(tx, outcomes, &shared.policy)?.is_some();
+        Ok::<_, crate::store::StoreError>((written, retry_scheduled))
+    });
+    match batch {
+        Ok((written, retry_scheduled)) => {
+            after_commit(written, jobs, wake);
+            if retry_scheduled {
+                let _ = wake.send(Wake::Retry);
+            }
         }
-    };
-    let prepared: Vec<Prepared> = rows
-        .into_iter()
-        .map(|row| Prepared {
-            seq: row.seq,
-            ready: row.event.and_then(|event| prepare(shared, event)),
-        })
-        .collect();
-
-    let written = match shared.store.write(|tx| write_all(tx, &prepared)) {
-        Ok(written) => vec![written],
         Err(e) => {
             // One bad event must not hold the batch hostage: retry one by one.
-            log::warn!("dispatch batch failed ({e}); retrying its events one at a time");
-            prepared
-                .iter()
-                .filter_map(|p| {
-                    match shared
-                        .store
-                        .write(|tx| write_all(tx, std::slice::from_ref(p)))
-                    {
-                        Ok(written) => Some(written),
-                        Err(e) => {
-                            log::error!("event #{} not dispatched: {e}", p.seq);
-                            None
-                        }
-                    }
-                })
-                .collect()
+            log::warn!("dispatch batch failed ({e}); retrying its parts one at a time");
+            for p in &prepared {
+                match shared
+                    .store
+                    .write(|tx| write_all(tx, std::slice::from_ref(p)))
+                {
+                    Ok(written) => after_commit(written, jobs, wake),
+                    Err(e) => log::error!("event #{} not dispatched: {e}", p.seq),
+                }
+            }
+            if !outcomes.is_empty() {
+                record_outcomes(shared, outcomes, wake);
+            }
         }
-    };
-    for written in written {
-        if written.digest_opened {
-            let _ = wake.send(Wake::Retry);
+    }
+}
+
+/// Reads the still-pending rows among `seqs` and renders them, outside any
+/// transaction.
+fn prepare_batch<'s>(shared: &'s Shared, seqs: &[i64]) -> Vec<Prepared<'s>> {
+    if seqs.is_empty() {
+        return Vec::new();
+    }
+    match shared.store.read(|c| outbox::load_pending(c, seqs)) {
+        Ok(rows) => rows
+            .into_iter()
+            .map(|row| Prepared {
+                seq: row.seq,
+                ready: row.event.and_then(|event| prepare(shared, event)),
+            })
+            .collect(),
+        Err(e) => {
+            log::error!("dispatcher cannot read the outbox: {e}; the scheduler will re-drive");
+            Vec::new()
         }
-        for job in written.jobs {
-            let _ = jobs.send(job);
-        }
+    }
+}
+
+/// Hands a committed batch's emails to the senders.
+fn after_commit(written: Written, jobs: &Sender<EmailJob>, wake: &Sender<Wake>) {
+    if written.digest_opened {
+        let _ = wake.send(Wake::Retry);
+    }
+    for job in written.jobs {
+        let _ = jobs.send(job);
     }
 }
 

@@ -155,7 +155,8 @@ fn configure(conn: &Connection, sync: Synchronous) -> rusqlite::Result<()> {
          PRAGMA synchronous = {sync};
          PRAGMA foreign_keys = ON;
          PRAGMA temp_store = MEMORY;
-         PRAGMA cache_size = -16000;"
+         PRAGMA cache_size = -16000;
+         PRAGMA wal_autocheckpoint = 8000;"
     ))?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(())

@@ -56,7 +56,12 @@ fn kill_9_with_sends_hanging_loses_and_duplicates_nothing() {
         wait_until(Duration::from_secs(20), || {
             server.count("SELECT COUNT(*) FROM deliveries WHERE status = 'sent'") == expected_emails
         }),
-        "all deliveries sent:\n{}",
+        "not every delivery was sent: provider saw {} requests, {} in flight, \
+         statuses {:?}; {} deliveries still pending\n{}",
+        mail.request_count(),
+        mail.in_flight(),
+        mail.requests().iter().map(|r| r.status).collect::<Vec<_>>(),
+        server.count("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'"),
         server.logs()
     );
 
