@@ -97,8 +97,14 @@ struct Written {
 }
 
 fn dispatch(shared: &Shared, seqs: &[i64], jobs: &Sender<EmailJob>, wake: &Sender<Wake>) {
-    let rows = match shared.store.read(|c| outbox::load_pending(c, seqs)) {
-        Ok(rows) => rows,
+    let rows = match shared.store.read(|c| outbox::load_pending_split(c, seqs)) {
+        // Domain events have no registry type: they go to the listeners.
+        Ok((rows, domain)) => {
+            if !domain.is_empty() {
+                shared.listeners.route(&shared.store, &domain);
+            }
+            rows
+        }
         Err(e) => {
             log::error!("dispatcher cannot read the outbox: {e}; the scheduler will re-drive");
             return;
