@@ -12,6 +12,8 @@ mod app_stripe;
 mod app_tenancy;
 mod crash;
 mod delivery;
+mod domain_credits;
+mod domain_listeners;
 mod inbox;
 mod library;
 mod policy_catalog;
