@@ -265,6 +265,25 @@ mod tests {
     }
 
     #[test]
+    fn referral_credits_are_off_unless_a_positive_amount_is_set() {
+        let c = Config::from_sources(&args(&[]), |_| None).unwrap();
+        assert_eq!(c.referral_credits, None);
+        assert_eq!(c.reconcile_interval, Duration::from_secs(300));
+        let c = Config::from_sources(&args(&[]), |n| {
+            (n == "HERALD_REFERRAL_CREDITS").then(|| "500".to_string())
+        })
+        .unwrap();
+        assert_eq!(c.referral_credits, Some(500));
+        for bad in ["0", "-5", "lots"] {
+            let err = Config::from_sources(&args(&[]), |n| {
+                (n == "HERALD_REFERRAL_CREDITS").then(|| bad.to_string())
+            })
+            .unwrap_err();
+            assert!(err.contains("HERALD_REFERRAL_CREDITS"), "{err}");
+        }
+    }
+
+    #[test]
     fn debug_hides_secrets() {
         let c = Config::from_sources(&args(&[]), |n| match n {
             "HERALD_SERVICE_KEY" => Some("sk-very-secret".to_string()),

@@ -103,6 +103,9 @@ fn dispatch(shared: &Shared, seqs: &[i64], jobs: &Sender<EmailJob>, wake: &Sende
             if !domain.is_empty() {
                 shared.listeners.route(&shared.store, &domain);
             }
+            if rows.is_empty() {
+                return;
+            }
             rows
         }
         Err(e) => {
