@@ -245,3 +245,44 @@ CREATE TABLE digest_events (
     payload     TEXT NOT NULL,
     PRIMARY KEY (digest_id, event_seq)
 ) WITHOUT ROWID;
+
+-- ---------------------------------------------------------------------------
+-- Domain events and referral credits (issue 7).
+-- ---------------------------------------------------------------------------
+
+-- Domain events (`invitation.accepted`, `organization.provisioned`) share the
+-- outbox with notification events; `kind` tells the dispatcher to hand them
+-- to the listeners (src/notify/listeners.rs) instead of the registry.
+ALTER TABLE outbox ADD COLUMN kind TEXT NOT NULL DEFAULT 'notification'
+    CHECK (kind IN ('notification', 'domain'));
+
+-- One row per (domain event, listener), written when the dispatcher routes
+-- the event. A listener's run is marked done in the same transaction as the
+-- listener's own writes, so a restart neither skips nor replays it.
+CREATE TABLE listener_runs (
+    event_seq        INTEGER NOT NULL REFERENCES outbox (seq),
+    listener         TEXT NOT NULL,
+    status           TEXT NOT NULL DEFAULT 'pending'
+                     CHECK (status IN ('pending', 'retrying', 'done')),
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  INTEGER NOT NULL,
+    last_error       TEXT,
+    created_at       INTEGER NOT NULL,
+    done_at          INTEGER,
+    PRIMARY KEY (event_seq, listener)
+) WITHOUT ROWID;
+CREATE INDEX listener_runs_due ON listener_runs (listener, next_attempt_at)
+    WHERE status != 'done';
+
+-- The credit ledger: append-only grants, one per unique `ref_id`
+-- (`referral:<invitationId>:referrer|referee`), so a replayed grant cannot
+-- credit twice. A user's balance is the sum of their rows.
+CREATE TABLE credit_ledger (
+    id          INTEGER PRIMARY KEY,
+    ref_id      TEXT NOT NULL UNIQUE,
+    user_id     TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    amount      INTEGER NOT NULL,
+    reason      TEXT NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+CREATE INDEX credit_ledger_user ON credit_ledger (user_id, id DESC);

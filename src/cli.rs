@@ -26,6 +26,9 @@ usage:
   herald seed                         demo data: org Acme with Alice (owner), Bob (admin),
                                       Carol (member) and a Stripe subscription; prints tokens
   herald check                        validate the registry and render every template
+  herald reconcile                    grant referral credits missing for accepted invitations
+                                      (needs HERALD_REFERRAL_CREDITS); a running server sends
+                                      their notifications
   herald send <type> --to <user|email>... --payload <json> [--subject-id ID]
   herald outbox [list]                delivery counts by status and the oldest unfinished
   herald outbox retry <id>            re-arm one dead or failed delivery
@@ -57,6 +60,7 @@ pub fn main(words: Vec<String>) -> i32 {
         ["migrate"] => migrate(&config),
         ["seed"] => seed(&config),
         ["check"] => check(&config),
+        ["reconcile"] => reconcile(&config),
         ["stripe", "sign", file] => stripe_sign(&config, file),
         ["send", kind] => send(&config, &args, kind),
         ["outbox"] | ["outbox", "list"] => outbox_list(&config),
@@ -126,13 +130,25 @@ fn serve(config: &Config) -> Result<(), String> {
     if config.stripe_webhook_secret.is_none() {
         log::warn!("STRIPE_WEBHOOK_SECRET is not set: POST /webhooks/stripe answers 503");
     }
-    if config.test_hooks.any() {
+    if config.test_hooks.any() || config.listener_hooks.any() {
         log::warn!(
-            "HERALD_TEST_* failure injection is on: {:?}",
-            config.test_hooks
+            "HERALD_TEST_* failure injection is on: {:?} {:?}",
+            config.test_hooks,
+            config.listener_hooks
         );
     }
+    notifier.set_listener_hooks(config.listener_hooks.clone());
+    if let Some(amount) = config.referral_credits {
+        notifier.subscribe(Arc::new(app::credits::ReferralCredits { amount }));
+    }
     let running = notifier.start(provider);
+    let sweeper = match config.referral_credits {
+        Some(amount) => Some(
+            app::credits::Sweeper::start(notifier.clone(), amount, config.reconcile_interval)
+                .map_err(|e| format!("cannot start the reconcile sweep: {e}"))?,
+        ),
+        None => None,
+    };
     let make_ctx = |bound: std::net::SocketAddr| {
         Arc::new(Ctx {
             notifier: notifier.clone(),
@@ -161,6 +177,9 @@ fn serve(config: &Config) -> Result<(), String> {
     log::info!("shutting down: no new requests; finishing in-flight work");
     let started = Instant::now();
     http.shutdown(config.shutdown_grace);
+    if let Some(sweeper) = sweeper {
+        sweeper.stop();
+    }
     running.shutdown(config.shutdown_grace.saturating_sub(started.elapsed()));
     log::info!("stopped");
     Ok(())
@@ -213,6 +232,22 @@ fn stripe_sign(config: &Config, file: &str) -> Result<(), String> {
     let body = std::fs::read(file).map_err(|e| format!("{file}: {e}"))?;
     let now = crate::store::now_ms() / 1000;
     println!("{}", app::stripe::sign(&body, secret, now));
+    Ok(())
+}
+
+/// Grants the referral credits that accepted invitations lack. Only writes:
+/// the notifications stay in the outbox for the running server (or its next
+/// start) to deliver, so this never races a server's dispatcher.
+fn reconcile(config: &Config) -> Result<(), String> {
+    let amount = config.referral_credits.ok_or(
+        "referral credits are off: set HERALD_REFERRAL_CREDITS=<amount> to reconcile them",
+    )?;
+    let notifier = notifier(config)?;
+    let done = app::credits::reconcile(&notifier, amount).map_err(|e| e.to_string())?;
+    println!(
+        "reconcile: granted {} missing referral credits for {} accepted invitations",
+        done.grants, done.invitations
+    );
     Ok(())
 }
 

@@ -90,6 +90,14 @@ pub struct Config {
     pub stripe_webhook_secret: Option<String>,
     /// `HERALD_TEST_*` failure injection; inert unless set.
     pub test_hooks: crate::app::TestHooks,
+    /// `HERALD_REFERRAL_CREDITS`: credits per referral grant; `None` turns
+    /// the billing listener and reconcile off.
+    pub referral_credits: Option<i64>,
+    /// `HERALD_RECONCILE_INTERVAL_SECS`: how often `serve` sweeps for
+    /// missing referral credits.
+    pub reconcile_interval: Duration,
+    /// `HERALD_TEST_FAIL_LISTENER` / `HERALD_TEST_LISTENER_DELAY_MS`.
+    pub listener_hooks: crate::notify::ListenerHooks,
     pub mail: MailConfig,
     pub policy: DeliveryPolicy,
     pub http_threads: usize,
@@ -191,7 +199,24 @@ impl Config {
                 ));
             }
         }
+        let referral_credits = env("HERALD_REFERRAL_CREDITS")
+            .map(|v| match v.parse::<i64>() {
+                Ok(n) if (1..=1_000_000_000).contains(&n) => Ok(n),
+                _ => Err(format!(
+                    "HERALD_REFERRAL_CREDITS={v:?} must be a whole number of credits, 1 to 1000000000"
+                )),
+            })
+            .transpose()?;
+        let listener_hooks = crate::notify::ListenerHooks::parse(
+            env("HERALD_TEST_FAIL_LISTENER").as_deref(),
+            env("HERALD_TEST_LISTENER_DELAY_MS").as_deref(),
+        )?;
         Ok(Config {
+            referral_credits,
+            reconcile_interval: Duration::from_secs(
+                number("HERALD_RECONCILE_INTERVAL_SECS", 300)?.max(1),
+            ),
+            listener_hooks,
             addr: setting("addr", "HERALD_ADDR").unwrap_or_else(|| "127.0.0.1:8025".into()),
             db: setting("db", "HERALD_DB")
                 .map_or_else(|| PathBuf::from("data/herald.db"), PathBuf::from),
@@ -266,6 +291,25 @@ mod tests {
         assert!(err.contains("--colour"), "{err}");
         let err = Args::parse(["--db".to_string()]).unwrap_err();
         assert!(err.contains("--db needs a value"), "{err}");
+    }
+
+    #[test]
+    fn referral_credits_are_off_unless_a_positive_amount_is_set() {
+        let c = Config::from_sources(&args(&[]), |_| None).unwrap();
+        assert_eq!(c.referral_credits, None);
+        assert_eq!(c.reconcile_interval, Duration::from_secs(300));
+        let c = Config::from_sources(&args(&[]), |n| {
+            (n == "HERALD_REFERRAL_CREDITS").then(|| "500".to_string())
+        })
+        .unwrap();
+        assert_eq!(c.referral_credits, Some(500));
+        for bad in ["0", "-5", "lots"] {
+            let err = Config::from_sources(&args(&[]), |n| {
+                (n == "HERALD_REFERRAL_CREDITS").then(|| bad.to_string())
+            })
+            .unwrap_err();
+            assert!(err.contains("HERALD_REFERRAL_CREDITS"), "{err}");
+        }
     }
 
     #[test]

@@ -324,6 +324,21 @@ pub fn accept(notifier: &Notifier, user: &User, token: &str) -> AppResult<Accept
         );
         event.subject_id = Some(inv.id.clone());
         t.enqueue(&event)?;
+        // For the listeners (referral credits). The invitee now has an org,
+        // so this is also a provisioning: both fire, by design.
+        t.emit(
+            super::events::INVITATION_ACCEPTED,
+            json!({
+                "invitationId": inv.id,
+                "organizationId": t.org_id(),
+                "inviterUserId": inv.inviter_user_id,
+                "userId": user.id,
+            }),
+        )?;
+        t.emit(
+            super::events::ORGANIZATION_PROVISIONED,
+            json!({ "userId": user.id, "organizationId": t.org_id(), "via": "invitation" }),
+        )?;
         Ok(Accepted {
             organization_id: inv.org_id,
             member_id,

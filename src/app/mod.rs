@@ -7,6 +7,8 @@
 pub mod audit;
 pub mod billing;
 pub mod catalog;
+pub mod credits;
+pub mod events;
 pub mod invitations;
 pub mod members;
 pub mod orgs;

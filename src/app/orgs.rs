@@ -28,14 +28,19 @@ pub fn create(notifier: &Notifier, user: &User, name: &str) -> AppResult<Created
     let id = ids::new_id("org");
     notifier.transaction(|outbox| {
         insert(outbox.tx(), &id, name)?;
-        let tenant = Tenant::enter(outbox, &id)?;
+        let mut tenant = Tenant::enter(outbox, &id)?;
         let member_id = tenant::add_member(&tenant, &user.id, Role::Owner)?;
         tenant.audit(
             Some(&user.id),
             "org.created",
             ("organization", &id),
             json!({ "name": name, "ownerMemberId": member_id }),
-        )
+        )?;
+        tenant.emit(
+            super::events::ORGANIZATION_PROVISIONED,
+            json!({ "userId": user.id, "organizationId": id, "via": "created" }),
+        )?;
+        Ok::<_, AppError>(())
     })?;
     Ok(Created {
         id,

@@ -99,6 +99,12 @@ impl<'t, 'a, 'c> Tenant<'t, 'a, 'c> {
         Ok(self.outbox.enqueue(event)?)
     }
 
+    /// Writes a domain event for the listeners (SPEC 4.5) in this
+    /// transaction; it reaches them only after COMMIT.
+    pub fn emit(&mut self, kind: &str, payload: Value) -> AppResult<Enqueued> {
+        Ok(self.outbox.emit(kind, payload)?)
+    }
+
     /// Appends an audit row for this org.
     pub fn audit(
         &self,

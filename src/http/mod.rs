@@ -4,6 +4,7 @@
 //! Shutdown stops accepting and lets in-flight requests finish.
 
 mod auth;
+mod credits;
 mod deliveries;
 mod error;
 mod events;

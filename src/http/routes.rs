@@ -7,7 +7,7 @@ use serde_json::json;
 use super::error::ApiError;
 use super::request::Req;
 use super::response::Reply;
-use super::{deliveries, events, inbox, orgs, preferences, stripe, users, Ctx};
+use super::{credits, deliveries, events, inbox, orgs, preferences, stripe, users, Ctx};
 
 pub fn route(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
     let segs: Vec<&str> = req.segments.iter().map(String::as_str).collect();
@@ -45,6 +45,7 @@ pub fn route(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
         ("POST", ["webhooks", "stripe"]) => stripe::webhook(ctx, req),
         ("GET", ["v1", "preferences"]) => preferences::list(ctx, req),
         ("PUT", ["v1", "preferences"]) => preferences::put(ctx, req),
+        ("GET", ["v1", "credits"]) => credits::get(ctx, req),
 
         (_, path) if is_known(path) => Err(ApiError::new(
             405,
@@ -83,5 +84,6 @@ fn is_known(path: &[&str]) -> bool {
             | ["v1", "invitations", "accept"]
             | ["webhooks", "stripe"]
             | ["v1", "preferences"]
+            | ["v1", "credits"]
     )
 }

@@ -141,14 +141,19 @@ fn prepare_batch<'s>(shared: &'s Shared, seqs: &[i64]) -> Vec<Prepared<'s>> {
     if seqs.is_empty() {
         return Vec::new();
     }
-    match shared.store.read(|c| outbox::load_pending(c, seqs)) {
-        Ok(rows) => rows
-            .into_iter()
-            .map(|row| Prepared {
-                seq: row.seq,
-                ready: row.event.and_then(|event| prepare(shared, event)),
-            })
-            .collect(),
+    match shared.store.read(|c| outbox::load_pending_split(c, seqs)) {
+        // Domain events have no registry type: they go to the listeners.
+        Ok((rows, domain)) => {
+            if !domain.is_empty() {
+                shared.listeners.route(&shared.store, &domain);
+            }
+            rows.into_iter()
+                .map(|row| Prepared {
+                    seq: row.seq,
+                    ready: row.event.and_then(|event| prepare(shared, event)),
+                })
+                .collect()
+        }
         Err(e) => {
             log::error!("dispatcher cannot read the outbox: {e}; the scheduler will re-drive");
             Vec::new()

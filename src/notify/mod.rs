@@ -10,6 +10,7 @@ mod dispatcher;
 pub mod email;
 pub mod event;
 pub mod inbox;
+pub mod listeners;
 pub mod outbox;
 mod pacer;
 pub mod policy;
@@ -28,6 +29,7 @@ use rusqlite::Transaction;
 use crate::mail::MailProvider;
 use crate::store::{users, Store, StoreError};
 pub use event::{Event, Recipient};
+pub use listeners::{DomainEvent, Listener, ListenerError, ListenerHooks};
 pub use outbox::Enqueued;
 pub use registry::{Channel, Registry};
 pub use templates::Templates;
@@ -128,6 +130,7 @@ struct Shared {
     /// Wakes the scheduler (it sleeps until the earliest due retry).
     wake: Sender<scheduler::Wake>,
     wake_rx: Receiver<scheduler::Wake>,
+    listeners: listeners::Listeners,
 }
 
 /// The handle call sites hold. Cheap to clone.
@@ -156,6 +159,18 @@ impl<'c> Outbox<'_, 'c> {
         }
         Ok(enqueued)
     }
+
+    /// Writes a domain event (`invitation.accepted`, ...) for the listeners
+    /// in this transaction; it reaches them only after COMMIT.
+    pub fn emit(
+        &mut self,
+        kind: &str,
+        payload: serde_json::Value,
+    ) -> Result<Enqueued, NotifyError> {
+        let enqueued = outbox::enqueue_domain(self.tx, kind, &payload)?;
+        self.committed_later.push(enqueued.seq);
+        Ok(enqueued)
+    }
 }
 
 impl Notifier {
@@ -177,6 +192,7 @@ impl Notifier {
                 bus_rx,
                 wake,
                 wake_rx,
+                listeners: listeners::Listeners::default(),
             }),
         }
     }
@@ -260,6 +276,16 @@ impl Notifier {
         Ok(count)
     }
 
+    /// Adds a domain-event listener; call before `start`.
+    pub fn subscribe(&self, listener: Arc<dyn Listener>) {
+        self.shared.listeners.subscribe(listener);
+    }
+
+    /// Test failure injection for listeners (inert by default); before `start`.
+    pub fn set_listener_hooks(&self, hooks: ListenerHooks) {
+        self.shared.listeners.set_hooks(hooks);
+    }
+
     /// Messages waiting on the bus (not yet taken by the dispatcher).
     pub fn bus_len(&self) -> usize {
         self.shared.bus_rx.len()
@@ -295,6 +321,13 @@ impl Notifier {
                 dispatcher::run(&shared, jobs, wake)
             })
         };
+        let listeners = shared.listeners.start(
+            self,
+            listeners::Backoff {
+                base: shared.policy.retry_base,
+                cap: shared.policy.retry_cap,
+            },
+        );
         let scheduler = {
             let notifier = self.clone();
             let (jobs, wake) = (jobs_tx.clone(), shared.wake_rx.clone());
@@ -309,6 +342,7 @@ impl Notifier {
             dispatcher: Some(dispatcher),
             scheduler: Some(scheduler),
             senders,
+            listeners: Some(listeners),
         }
     }
 }
@@ -329,6 +363,7 @@ pub struct Running {
     dispatcher: Option<JoinHandle<()>>,
     scheduler: Option<JoinHandle<()>>,
     senders: Vec<JoinHandle<()>>,
+    listeners: Option<listeners::Threads>,
 }
 
 impl Running {
@@ -345,6 +380,9 @@ impl Running {
     pub fn shutdown(mut self, grace: Duration) {
         let deadline = Instant::now() + grace;
         self.flush(grace);
+        if let Some(listeners) = self.listeners.take() {
+            listeners.stop(deadline);
+        }
         let _ = self.notifier.shared.wake.send(scheduler::Wake::Stop);
         join_until(self.scheduler.take(), deadline);
         self.stop_senders.take();

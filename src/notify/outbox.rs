@@ -51,27 +51,67 @@ pub fn enqueue(tx: &Transaction<'_>, event: &Event) -> Result<Enqueued, NotifyEr
     })
 }
 
+/// The `outbox.kind` of a domain event (`notification` for the rest).
+pub const KIND_DOMAIN: &str = "domain";
+
+/// Writes a committed-with-the-caller domain event (no registry type, no
+/// recipients) as a pending outbox row of kind `domain`; the dispatcher
+/// hands it to the listeners.
+pub fn enqueue_domain(
+    tx: &Transaction<'_>,
+    kind: &str,
+    payload: &serde_json::Value,
+) -> Result<Enqueued, NotifyError> {
+    let id = ids::new_id("evt");
+    let body = serde_json::json!({ "type": kind, "payload": payload }).to_string();
+    tx.prepare_cached(
+        "INSERT INTO outbox (id, type, body, kind, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![id, kind, body, KIND_DOMAIN, now_ms()])?;
+    Ok(Enqueued {
+        seq: tx.last_insert_rowid(),
+        id,
+        created: true,
+    })
+}
+
 pub struct PendingRow {
     pub seq: i64,
     pub event: Result<Event, String>,
 }
 
-/// The rows among `seqs` still pending, in dispatch order.
+/// The notification rows among `seqs` still pending, in dispatch order.
 pub fn load_pending(conn: &Connection, seqs: &[i64]) -> StoreResult<Vec<PendingRow>> {
+    Ok(load_pending_split(conn, seqs)?.0)
+}
+
+/// Like `load_pending`, also returning the pending domain-event rows among
+/// `seqs` (by seq), which go to the listeners rather than the registry.
+pub fn load_pending_split(
+    conn: &Connection,
+    seqs: &[i64],
+) -> StoreResult<(Vec<PendingRow>, Vec<i64>)> {
     let mut stmt =
-        conn.prepare_cached("SELECT body FROM outbox WHERE seq = ?1 AND status = 'pending'")?;
+        conn.prepare_cached("SELECT body, kind FROM outbox WHERE seq = ?1 AND status = 'pending'")?;
     let mut rows = Vec::with_capacity(seqs.len());
+    let mut domain = Vec::new();
     for &seq in seqs {
-        if let Some(body) = stmt
-            .query_row([seq], |r| r.get::<_, String>(0))
-            .optional()?
-        {
-            let event =
-                serde_json::from_str(&body).map_err(|e| format!("stored event unreadable: {e}"));
-            rows.push(PendingRow { seq, event });
+        let found = stmt
+            .query_row([seq], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })
+            .optional()?;
+        match found {
+            Some((_, kind)) if kind == KIND_DOMAIN => domain.push(seq),
+            Some((body, _)) => {
+                let event = serde_json::from_str(&body)
+                    .map_err(|e| format!("stored event unreadable: {e}"));
+                rows.push(PendingRow { seq, event });
+            }
+            None => {}
         }
     }
-    Ok(rows)
+    Ok((rows, domain))
 }
 
 /// Claims a pending row for dispatch inside the dispatcher's transaction.

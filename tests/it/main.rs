@@ -14,6 +14,8 @@ mod crash;
 mod delivery;
 mod delivery_crash;
 mod delivery_engine;
+mod domain_credits;
+mod domain_listeners;
 mod inbox;
 mod library;
 mod policy_catalog;

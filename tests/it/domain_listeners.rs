@@ -1,0 +1,134 @@
+//! Domain-event listeners (SPEC 4.5) against the real binary: a listener that
+//! fails or panics is retried with backoff until it succeeds once, without
+//! holding up the other listeners or the notification dispatcher, and a crash
+//! between the accept's COMMIT and the listener run neither loses nor repeats
+//! the grant.
+
+use crate::domain_credits::{
+    expected_ledger, granted_notifications, invite_and_accept, ledger, wait_runs_done,
+};
+use crate::support::app::{demo_builder, inbox_rows, settle, start_demo, WAIT};
+use crate::support::{wait_until, FakeResend, TestServer};
+
+fn run_stat(server: &TestServer, listener: &str, sql: &str) -> i64 {
+    server.count(&format!(
+        "SELECT {sql} FROM listener_runs WHERE listener = '{listener}'"
+    ))
+}
+
+/// `flaky` is the test hook's probe listener, forced to fail (or panic)
+/// twice with a 1 s backoff base; `billing.referral` runs beside it.
+fn failing_listener_is_retried_while_others_proceed(mode: &str) {
+    let mail = FakeResend::start();
+    let (server, demo) = start_demo(
+        demo_builder(&mail)
+            .env("HERALD_REFERRAL_CREDITS", "500")
+            .env("HERALD_RETRY_BASE_MS", "1000")
+            .env("HERALD_TEST_FAIL_LISTENER", &format!("flaky:2{mode}")),
+    );
+    let dave = server.create_user("dave", "dave@example.com", "Dave");
+    let inv = invite_and_accept(&server, &demo.alice, "dave@example.com", &dave);
+
+    wait_runs_done(&server, "flaky", 2);
+    wait_runs_done(&server, "billing.referral", 2);
+    settle(&server);
+    // The flaky listener: two failed attempts, then each run done once.
+    assert_eq!(run_stat(&server, "flaky", "SUM(attempts)"), 4);
+    assert_eq!(
+        run_stat(&server, "flaky", "COUNT(*)"),
+        2,
+        "one run per domain event"
+    );
+    let failures = server
+        .logs()
+        .lines()
+        .filter(|l| l.contains("listener flaky failed on event evt_"))
+        .count();
+    assert_eq!(failures, 2, "each failure is logged with its event id");
+    if mode == ":panic" {
+        assert!(server
+            .logs()
+            .contains("panicked: HERALD_TEST_FAIL_LISTENER"));
+    }
+
+    // Meanwhile: billing succeeded first time and before flaky recovered, and
+    // the dispatcher delivered the inviter's notification before that too.
+    assert_eq!(run_stat(&server, "billing.referral", "SUM(attempts)"), 2);
+    let flaky_done = run_stat(&server, "flaky", "MAX(done_at)");
+    let billing_done = run_stat(&server, "billing.referral", "MAX(done_at)");
+    assert!(billing_done < flaky_done, "{billing_done} < {flaky_done}");
+    let notified = server
+        .count("SELECT MIN(created_at) FROM notifications WHERE type = 'org.invitation.accepted'");
+    assert!(notified < flaky_done, "{notified} < {flaky_done}");
+    assert_eq!(inbox_rows(&server, "alice", "org.invitation.accepted"), 1);
+    assert_eq!(ledger(&server), expected_ledger(&inv, "dave", 500));
+    assert_eq!(granted_notifications(&server), 2);
+    let (status, _) = server.get("/healthz", None);
+    assert_eq!(status, 200, "the server is still up");
+}
+
+#[test]
+fn a_failing_listener_is_retried_and_others_are_unaffected() {
+    failing_listener_is_retried_while_others_proceed("");
+}
+
+#[test]
+fn a_panicking_listener_is_caught_retried_and_others_are_unaffected() {
+    failing_listener_is_retried_while_others_proceed(":panic");
+}
+
+#[test]
+fn the_billing_listener_failing_twice_still_grants_exactly_once() {
+    let mail = FakeResend::start();
+    let (server, demo) = start_demo(
+        demo_builder(&mail)
+            .env("HERALD_REFERRAL_CREDITS", "500")
+            .env("HERALD_TEST_FAIL_LISTENER", "billing.referral:2"),
+    );
+    let dave = server.create_user("dave", "dave@example.com", "Dave");
+    let inv = invite_and_accept(&server, &demo.alice, "dave@example.com", &dave);
+    wait_runs_done(&server, "billing.referral", 2);
+    settle(&server);
+    assert_eq!(run_stat(&server, "billing.referral", "SUM(attempts)"), 4);
+    assert_eq!(ledger(&server), expected_ledger(&inv, "dave", 500));
+    assert_eq!(granted_notifications(&server), 2);
+}
+
+#[test]
+fn a_crash_before_the_listener_runs_grants_exactly_once_after_restart() {
+    let mail = FakeResend::start();
+    let (mut server, demo) = start_demo(
+        demo_builder(&mail)
+            .env("HERALD_REFERRAL_CREDITS", "500")
+            .env("HERALD_TEST_LISTENER_DELAY_MS", "600000"),
+    );
+    let dave = server.create_user("dave", "dave@example.com", "Dave");
+    let inv = invite_and_accept(&server, &demo.alice, "dave@example.com", &dave);
+    // The accept committed and its events were routed; the listener has not run.
+    let routed = wait_until(WAIT, || {
+        server.count("SELECT COUNT(*) FROM listener_runs WHERE listener = 'billing.referral'") == 2
+    });
+    assert!(routed, "both domain events routed to the billing listener");
+    assert_eq!(server.count("SELECT COUNT(*) FROM credit_ledger"), 0);
+
+    server.kill9();
+    let server = server
+        .restart_builder()
+        .env_remove("HERALD_TEST_LISTENER_DELAY_MS")
+        .start();
+    wait_runs_done(&server, "billing.referral", 2);
+    settle(&server);
+    assert_eq!(ledger(&server), expected_ledger(&inv, "dave", 500));
+    assert_eq!(granted_notifications(&server), 2);
+    assert_eq!(
+        run_stat(&server, "billing.referral", "SUM(attempts)"),
+        2,
+        "each run succeeded once, after the restart"
+    );
+
+    // A further restart replays nothing: the runs are done.
+    let server = server.restart();
+    settle(&server);
+    assert_eq!(run_stat(&server, "billing.referral", "SUM(attempts)"), 2);
+    assert_eq!(granted_notifications(&server), 2);
+}
