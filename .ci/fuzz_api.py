@@ -107,7 +107,7 @@ def fuzz(base, label, credential, conf_path, max_examples):
         "--workers",
         "1",
         "--seed",
-        "8025",
+        os.environ.get("FUZZ_SEED", "8025"),
         "--no-color",
     ]
     print(f"--- schemathesis with the {label}", flush=True)

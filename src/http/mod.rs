@@ -16,7 +16,7 @@ mod routes;
 mod stripe;
 mod users;
 
-pub use routes::ROUTES;
+pub use routes::{Route, ROUTES};
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

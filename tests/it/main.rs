@@ -14,6 +14,8 @@ mod crash;
 mod delivery;
 mod inbox;
 mod library;
+mod metrics;
+mod openapi;
 mod policy_catalog;
 mod policy_dedup;
 mod policy_digest;
