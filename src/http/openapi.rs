@@ -11,14 +11,20 @@ use serde_json::{json, Map, Value};
 
 use super::response::Reply;
 use super::routes::{Route, ROUTES};
+use crate::notify::Registry;
 
 /// Routes deliberately left out of the API document (HTML pages for people,
 /// not API clients). Empty today; the inbox pages will belong here.
 pub const UNDOCUMENTED: &[(&str, &str)] = &[];
 
-pub fn reply() -> Reply {
+/// The document for this server's registry (its types are the enum of an
+/// event's `type`), built once: the registry is fixed for the process.
+pub fn reply(registry: &Registry) -> Reply {
     static BODY: OnceLock<Vec<u8>> = OnceLock::new();
-    let body = BODY.get_or_init(|| serde_json::to_vec(&document()).unwrap_or_default());
+    let body = BODY.get_or_init(|| {
+        let types: Vec<&str> = registry.types().map(|(name, _)| name).collect();
+        serde_json::to_vec(&document(&types)).unwrap_or_default()
+    });
     Reply::text(200, "application/json", body.clone())
 }
 
@@ -378,7 +384,7 @@ fn build(route: &Route, op: Op) -> Value {
 
 /// The whole document. Routes without an operation are skipped here and
 /// caught by the unit test below.
-pub fn document() -> Value {
+pub fn document(event_types: &[&str]) -> Value {
     let mut paths = Map::new();
     for route in ROUTES {
         if UNDOCUMENTED.contains(&(route.method, route.pattern)) {
@@ -409,7 +415,7 @@ pub fn document() -> Value {
                 "stripeSignature": {"type": "apiKey", "in": "header", "name": "Stripe-Signature",
                     "description": "t=<unix time>,v1=<HMAC-SHA256 of \"{t}.{raw body}\" with STRIPE_WEBHOOK_SECRET>"}
             },
-            "schemas": schemas()
+            "schemas": schemas(event_types)
         }
     })
 }
@@ -418,7 +424,7 @@ fn nullable(kind: &str) -> Value {
     json!({"type": [kind, "null"]})
 }
 
-fn schemas() -> Value {
+fn schemas(event_types: &[&str]) -> Value {
     let role = json!({"type": "string", "enum": ["owner", "admin", "member"]});
     let mut schemas = Map::new();
     schemas.insert(
@@ -460,7 +466,7 @@ fn schemas() -> Value {
         json!({
             "type": "object", "required": ["type"], "additionalProperties": false,
             "properties": {
-                "type": {"type": "string", "minLength": 1,
+                "type": {"type": "string", "enum": event_types,
                          "description": "A notification type of the registry"},
                 "recipients": {"type": ["array", "null"], "maxItems": 1000, "items": {
                     "oneOf": [
@@ -682,7 +688,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     fn documented() -> BTreeSet<(String, String)> {
-        let doc = document();
+        let doc = document(&["system.announcement"]);
         let mut ops = BTreeSet::new();
         for (path, item) in doc["paths"].as_object().into_iter().flatten() {
             for method in item.as_object().into_iter().flatten().map(|(m, _)| m) {
@@ -710,7 +716,7 @@ mod tests {
 
     #[test]
     fn every_schema_reference_resolves() {
-        let doc = document();
+        let doc = document(&["system.announcement"]);
         let text = doc.to_string();
         let schemas = doc["components"]["schemas"].as_object().unwrap();
         for part in text.split("#/components/schemas/").skip(1) {
@@ -721,7 +727,7 @@ mod tests {
 
     #[test]
     fn operation_ids_are_unique() {
-        let doc = document();
+        let doc = document(&["system.announcement"]);
         let mut ids = BTreeSet::new();
         for item in doc["paths"].as_object().unwrap().values() {
             for op in item.as_object().unwrap().values() {

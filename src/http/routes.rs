@@ -37,7 +37,9 @@ pub const ROUTES: &[Route] = &[
         Ok(Reply::json(200, &json!({"status": "ok"})))
     }),
     route("GET", "/metrics", |c, _, _| super::metrics(c)),
-    route("GET", "/openapi.json", |_, _, _| Ok(openapi::reply())),
+    route("GET", "/openapi.json", |c, _, _| {
+        Ok(openapi::reply(c.notifier.registry()))
+    }),
     route("PUT", "/v1/users/{id}", |c, r, p| users::upsert(c, r, p[0])),
     route("POST", "/v1/users/{id}/tokens", |c, r, p| {
         users::issue_token(c, r, p[0])
