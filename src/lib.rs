@@ -11,6 +11,7 @@ pub mod config;
 pub mod http;
 pub mod ids;
 pub mod mail;
+pub mod metrics;
 pub mod notify;
 pub mod store;
 pub mod time;

@@ -9,6 +9,7 @@ mod deliveries;
 mod error;
 mod events;
 mod inbox;
+mod openapi;
 mod orgs;
 mod preferences;
 mod request;
@@ -16,6 +17,8 @@ mod response;
 mod routes;
 mod stripe;
 mod users;
+
+pub use routes::{Route, ROUTES};
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,6 +30,7 @@ pub use error::ApiError;
 use request::Req;
 pub use response::Reply;
 
+use crate::metrics::METRICS;
 use crate::notify::Notifier;
 
 /// What handlers share.
@@ -176,8 +180,13 @@ fn handle(ctx: &Ctx, mut rq: tiny_http::Request, request_id: u64) {
     let method = rq.method().as_str().to_string();
     // The path only: query strings may carry cursors, never logged verbatim.
     let path = rq.url().split('?').next().unwrap_or("").to_string();
+    // Requests whose body cannot be read never reach routing.
+    let mut route = routes::UNMATCHED;
     let reply = catch_unwind(AssertUnwindSafe(|| {
-        Req::read(&mut rq).and_then(|req| routes::route(ctx, &req))
+        let req = Req::read(&mut rq)?;
+        let found = routes::find(&req);
+        route = found.label();
+        routes::dispatch(ctx, &req, &found)
     }))
     .unwrap_or_else(|_| {
         Err(ApiError::internal(format!(
@@ -189,8 +198,33 @@ fn handle(ctx: &Ctx, mut rq: tiny_http::Request, request_id: u64) {
     if let Err(e) = rq.respond(reply.into_response()) {
         log::debug!("client went away before the response: {e}");
     }
+    let took = started.elapsed();
+    METRICS.http_request(route, method_label(&method), status, took);
     log::info!(
         "{method} {path} {status} {:.1}ms req={request_id}",
-        started.elapsed().as_secs_f64() * 1000.0
+        took.as_secs_f64() * 1000.0
     );
+}
+
+/// Methods as a bounded label: anything unusual is "other".
+fn method_label(method: &str) -> &'static str {
+    ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+        .into_iter()
+        .find(|m| m.eq_ignore_ascii_case(method))
+        .unwrap_or("other")
+}
+
+/// `GET /metrics`: the counters plus queue gauges read now. Unauthenticated,
+/// like `/healthz`, so a Prometheus scraper needs no secret.
+fn metrics(ctx: &Ctx) -> Result<Reply, ApiError> {
+    let mut gauges = ctx
+        .notifier
+        .store()
+        .read(crate::notify::stats::queue_gauges)?;
+    gauges.bus_len = ctx.notifier.bus_len();
+    Ok(Reply::text(
+        200,
+        "text/plain; version=0.0.4; charset=utf-8",
+        METRICS.render(&gauges),
+    ))
 }

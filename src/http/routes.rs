@@ -1,89 +1,190 @@
-//! The routing table: every endpoint of the API in one match, so the whole
-//! surface reads in one screen. Unknown paths are 404; a known path with the
-//! wrong method is 405.
+//! The routing table: every endpoint in one list of (method, path pattern,
+//! handler), so the whole surface reads in one screen. The OpenAPI document
+//! (`openapi.rs`) and the metrics' route labels are derived from this list,
+//! so neither can drift from what is served. Unknown paths are 404; a known
+//! path with the wrong method is 405.
 
 use serde_json::json;
 
 use super::error::ApiError;
 use super::request::Req;
 use super::response::Reply;
-use super::{credits, deliveries, events, inbox, orgs, preferences, stripe, users, Ctx};
+use super::{credits, deliveries, events, inbox, openapi, orgs, preferences, stripe, users, Ctx};
 
-pub fn route(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
-    let segs: Vec<&str> = req.segments.iter().map(String::as_str).collect();
-    match (req.method.as_str(), segs.as_slice()) {
-        ("GET", ["healthz"]) => Ok(Reply::json(200, &json!({"status": "ok"}))),
+/// A handler gets the request and the values of the pattern's `{params}`,
+/// in order.
+type Handler = fn(&Ctx, &Req, &[&str]) -> Result<Reply, ApiError>;
 
-        ("PUT", ["v1", "users", id]) => users::upsert(ctx, req, id),
-        ("POST", ["v1", "users", id, "tokens"]) => users::issue_token(ctx, req, id),
-        ("GET", ["v1", "me"]) => users::me(ctx, req),
+pub struct Route {
+    pub method: &'static str,
+    /// Literal segments and `{name}` parameters, as in the OpenAPI paths.
+    pub pattern: &'static str,
+    handler: Handler,
+}
 
-        ("POST", ["v1", "events"]) => events::create(ctx, req),
-        ("GET", ["v1", "events", id]) => events::get(ctx, req, id),
+const fn route(method: &'static str, pattern: &'static str, handler: Handler) -> Route {
+    Route {
+        method,
+        pattern,
+        handler,
+    }
+}
 
-        ("GET", ["v1", "deliveries"]) => deliveries::list(ctx, req),
-        ("POST", ["v1", "deliveries", id, "retry"]) => deliveries::retry(ctx, req, id),
+/// First match wins, so literal segments come before parameters that could
+/// swallow them.
+pub const ROUTES: &[Route] = &[
+    route("GET", "/healthz", |_, _, _| {
+        Ok(Reply::json(200, &json!({"status": "ok"})))
+    }),
+    route("GET", "/metrics", |c, _, _| super::metrics(c)),
+    route("GET", "/openapi.json", |c, _, _| {
+        Ok(openapi::reply(c.notifier.registry()))
+    }),
+    route("PUT", "/v1/users/{id}", |c, r, p| users::upsert(c, r, p[0])),
+    route("POST", "/v1/users/{id}/tokens", |c, r, p| {
+        users::issue_token(c, r, p[0])
+    }),
+    route("GET", "/v1/me", |c, r, _| users::me(c, r)),
+    route("POST", "/v1/events", |c, r, _| events::create(c, r)),
+    route("GET", "/v1/events/{id}", |c, r, p| events::get(c, r, p[0])),
+    route("GET", "/v1/deliveries", |c, r, _| deliveries::list(c, r)),
+    route("POST", "/v1/deliveries/{id}/retry", |c, r, p| {
+        deliveries::retry(c, r, p[0])
+    }),
+    route("GET", "/v1/inbox", |c, r, _| inbox::list(c, r)),
+    route("GET", "/v1/inbox/unseen-count", |c, r, _| {
+        inbox::unseen_count(c, r)
+    }),
+    route("POST", "/v1/inbox/seen-all", |c, r, _| {
+        inbox::seen_all(c, r)
+    }),
+    route("POST", "/v1/inbox/{id}/seen", |c, r, p| {
+        inbox::mark(c, r, p[0], false)
+    }),
+    route("POST", "/v1/inbox/{id}/read", |c, r, p| {
+        inbox::mark(c, r, p[0], true)
+    }),
+    route("DELETE", "/v1/inbox/{id}", |c, r, p| {
+        inbox::delete(c, r, p[0])
+    }),
+    route("POST", "/v1/orgs", |c, r, _| orgs::create(c, r)),
+    route("GET", "/v1/orgs/{org}/members", |c, r, p| {
+        orgs::members(c, r, p[0])
+    }),
+    route("PATCH", "/v1/orgs/{org}/members/{member}", |c, r, p| {
+        orgs::change_role(c, r, p[0], p[1])
+    }),
+    route("POST", "/v1/orgs/{org}/invitations", |c, r, p| {
+        orgs::invite(c, r, p[0])
+    }),
+    route("GET", "/v1/orgs/{org}/invitations", |c, r, p| {
+        orgs::invitations(c, r, p[0])
+    }),
+    route("DELETE", "/v1/orgs/{org}/invitations/{id}", |c, r, p| {
+        orgs::revoke(c, r, p[0], p[1])
+    }),
+    route("POST", "/v1/invitations/accept", |c, r, _| {
+        orgs::accept(c, r)
+    }),
+    route("GET", "/v1/orgs/{org}/audit", |c, r, p| {
+        orgs::audit(c, r, p[0])
+    }),
+    route("GET", "/v1/orgs/{org}/billing", |c, r, p| {
+        orgs::billing(c, r, p[0])
+    }),
+    route("POST", "/webhooks/stripe", |c, r, _| stripe::webhook(c, r)),
+    route("GET", "/v1/preferences", |c, r, _| preferences::list(c, r)),
+    route("PUT", "/v1/preferences", |c, r, _| preferences::put(c, r)),
+    route("GET", "/v1/credits", |c, r, _| credits::get(c, r)),
+];
 
-        ("GET", ["v1", "inbox"]) => inbox::list(ctx, req),
-        ("GET", ["v1", "inbox", "unseen-count"]) => inbox::unseen_count(ctx, req),
-        ("POST", ["v1", "inbox", "seen-all"]) => inbox::seen_all(ctx, req),
-        ("POST", ["v1", "inbox", id, "seen"]) => inbox::mark(ctx, req, id, false),
-        ("POST", ["v1", "inbox", id, "read"]) => inbox::mark(ctx, req, id, true),
-        ("DELETE", ["v1", "inbox", id]) => inbox::delete(ctx, req, id),
+/// The metrics label of a request that matched no route.
+pub const UNMATCHED: &str = "unmatched";
 
-        ("POST", ["v1", "orgs"]) => orgs::create(ctx, req),
-        ("GET", ["v1", "orgs", org, "members"]) => orgs::members(ctx, req, org),
-        ("PATCH", ["v1", "orgs", org, "members", member]) => {
-            orgs::change_role(ctx, req, org, member)
+/// What a request's path and method select.
+pub enum Matched<'r> {
+    Route(&'static Route, Vec<&'r str>),
+    /// The path exists, with another method; the pattern is its label.
+    WrongMethod(&'static str),
+    NotFound,
+}
+
+impl Matched<'_> {
+    /// The bounded label for metrics: the pattern, never the raw path.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Matched::Route(route, _) => route.pattern,
+            Matched::WrongMethod(pattern) => pattern,
+            Matched::NotFound => UNMATCHED,
         }
-        ("POST", ["v1", "orgs", org, "invitations"]) => orgs::invite(ctx, req, org),
-        ("GET", ["v1", "orgs", org, "invitations"]) => orgs::invitations(ctx, req, org),
-        ("DELETE", ["v1", "orgs", org, "invitations", id]) => orgs::revoke(ctx, req, org, id),
-        ("POST", ["v1", "invitations", "accept"]) => orgs::accept(ctx, req),
-        ("GET", ["v1", "orgs", org, "audit"]) => orgs::audit(ctx, req, org),
-        ("GET", ["v1", "orgs", org, "billing"]) => orgs::billing(ctx, req, org),
-        ("POST", ["webhooks", "stripe"]) => stripe::webhook(ctx, req),
-        ("GET", ["v1", "preferences"]) => preferences::list(ctx, req),
-        ("PUT", ["v1", "preferences"]) => preferences::put(ctx, req),
-        ("GET", ["v1", "credits"]) => credits::get(ctx, req),
+    }
+}
 
-        (_, path) if is_known(path) => Err(ApiError::new(
+pub fn find(req: &Req) -> Matched<'_> {
+    let mut other_method = None;
+    for route in ROUTES {
+        if let Some(params) = match_path(route.pattern, &req.segments) {
+            if route.method == req.method {
+                return Matched::Route(route, params);
+            }
+            other_method.get_or_insert(route.pattern);
+        }
+    }
+    other_method.map_or(Matched::NotFound, Matched::WrongMethod)
+}
+
+pub fn dispatch(ctx: &Ctx, req: &Req, found: &Matched<'_>) -> Result<Reply, ApiError> {
+    match found {
+        Matched::Route(route, params) => (route.handler)(ctx, req, params),
+        Matched::WrongMethod(_) => Err(ApiError::new(
             405,
             "method_not_allowed",
             format!("{} is not allowed on {}", req.method, req.path),
         )),
-        _ => Err(ApiError::not_found(format!(
+        Matched::NotFound => Err(ApiError::not_found(format!(
             "no such endpoint: {}",
             req.path
         ))),
     }
 }
 
-fn is_known(path: &[&str]) -> bool {
-    matches!(
-        path,
-        ["healthz"]
-            | ["v1", "users", _]
-            | ["v1", "users", _, "tokens"]
-            | ["v1", "me"]
-            | ["v1", "events"]
-            | ["v1", "events", _]
-            | ["v1", "deliveries"]
-            | ["v1", "deliveries", _, "retry"]
-            | ["v1", "inbox"]
-            | ["v1", "inbox", _]
-            | ["v1", "inbox", _, "seen" | "read"]
-            | ["v1", "orgs"]
-            | [
-                "v1",
-                "orgs",
-                _,
-                "members" | "invitations" | "audit" | "billing"
-            ]
-            | ["v1", "orgs", _, "members" | "invitations", _]
-            | ["v1", "invitations", "accept"]
-            | ["webhooks", "stripe"]
-            | ["v1", "preferences"]
-            | ["v1", "credits"]
-    )
+/// The parameter values if `segments` fit `pattern`.
+fn match_path<'r>(pattern: &str, segments: &'r [String]) -> Option<Vec<&'r str>> {
+    let parts: Vec<&str> = pattern.split('/').filter(|s| !s.is_empty()).collect();
+    if parts.len() != segments.len() {
+        return None;
+    }
+    let mut params = Vec::new();
+    for (part, seg) in parts.iter().zip(segments) {
+        if part.starts_with('{') {
+            params.push(seg.as_str());
+        } else if part != seg {
+            return None;
+        }
+    }
+    Some(params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::match_path;
+
+    fn segs(path: &str) -> Vec<String> {
+        path.split('/')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    }
+
+    #[test]
+    fn patterns_bind_parameters_in_order() {
+        let s = segs("/v1/orgs/org_1/members/mem_2");
+        assert_eq!(
+            match_path("/v1/orgs/{org}/members/{member}", &s),
+            Some(vec!["org_1", "mem_2"])
+        );
+        assert_eq!(match_path("/v1/orgs/{org}/members", &s), None);
+        assert_eq!(match_path("/v1/orgs/{org}/audit/{x}", &s), None);
+        assert_eq!(match_path("/healthz", &segs("/healthz")), Some(vec![]));
+    }
 }

@@ -19,6 +19,8 @@ use super::scheduler::Wake;
 use super::templates::Rendered;
 use super::{digest, inbox};
 use super::{BusMsg, Shared};
+use crate::mail::MailError;
+use crate::metrics::{Fate, SendResult, METRICS};
 use crate::store::{now_ms, users, StoreResult};
 
 /// Events per dispatch transaction: large enough to amortise the commit,
@@ -89,6 +91,9 @@ struct Written {
     jobs: Vec<EmailJob>,
     /// A digest was opened: the scheduler must look at its due time.
     digest_opened: bool,
+    /// (type, channel, fate) per recipient, counted in the metrics only
+    /// once the transaction has committed.
+    fates: Vec<(String, Channel, Fate)>,
 }
 
 /// Dispatches `seqs` and records `outcomes` in one write transaction: the
@@ -111,6 +116,9 @@ fn handle_batch(
     });
     match batch {
         Ok((written, retry_scheduled)) => {
+            for o in outcomes {
+                METRICS.email_send(send_result(o, shared.policy.max_attempts));
+            }
             after_commit(written, jobs, wake);
             if retry_scheduled {
                 let _ = wake.send(Wake::Retry);
@@ -163,6 +171,9 @@ fn prepare_batch<'s>(shared: &'s Shared, seqs: &[i64]) -> Vec<Prepared<'s>> {
 
 /// Hands a committed batch's emails to the senders.
 fn after_commit(written: Written, jobs: &Sender<EmailJob>, wake: &Sender<Wake>) {
+    for (kind, channel, fate) in &written.fates {
+        METRICS.notification(kind, channel.as_str(), *fate);
+    }
     if written.digest_opened {
         let _ = wake.send(Wake::Retry);
     }
@@ -252,11 +263,25 @@ fn fan_out(
         let dedup = DedupKey::of(event, &key, ready.dedup_key.as_deref());
         if release.is_none() && policy::is_duplicate(tx, def, &dedup, now)? {
             result.deduped += 1;
+            for channel in reachable(def, recipient) {
+                written
+                    .fates
+                    .push((event.kind.clone(), channel, Fate::Deduped));
+            }
             continue;
         }
         let only = release.map(|r| r.channels.as_slice());
         let (channels, suppressed) = policy::channels_for(tx, event, def, recipient, only)?;
         result.suppressed_by_prefs += suppressed;
+        if suppressed > 0 {
+            let off = reachable(def, recipient)
+                .filter(|c| only.is_none_or(|only| only.contains(c)) && !channels.contains(c));
+            for channel in off {
+                written
+                    .fates
+                    .push((event.kind.clone(), channel, Fate::Suppressed));
+            }
+        }
         if channels.is_empty() {
             continue;
         }
@@ -282,9 +307,23 @@ fn fan_out(
                 _ => false,
             };
             result.sent += i64::from(wrote);
+            if wrote {
+                written
+                    .fates
+                    .push((event.kind.clone(), channel, Fate::Sent));
+            }
         }
     }
     Ok(result)
+}
+
+/// The channels of `def` a recipient can receive at all: an address-only
+/// recipient has no inbox.
+fn reachable<'d>(def: &'d TypeDef, recipient: &'d Recipient) -> impl Iterator<Item = Channel> + 'd {
+    def.channels
+        .iter()
+        .copied()
+        .filter(move |c| matches!(recipient, Recipient::User(_)) || *c == Channel::Email)
 }
 
 fn record_outcomes(shared: &Shared, outcomes: &[Outcome], wake: &Sender<Wake>) {
@@ -296,6 +335,9 @@ fn record_outcomes(shared: &Shared, outcomes: &[Outcome], wake: &Sender<Wake>) {
             .write(|tx| email::record(tx, outcomes, &shared.policy))
         {
             Ok(scheduled) => {
+                for o in outcomes {
+                    METRICS.email_send(send_result(o, shared.policy.max_attempts));
+                }
                 if scheduled.is_some() {
                     let _ = wake.send(Wake::Retry);
                 }
@@ -309,5 +351,17 @@ fn record_outcomes(shared: &Shared, outcomes: &[Outcome], wake: &Sender<Wake>) {
                 std::thread::sleep(std::time::Duration::from_millis(200 * attempt));
             }
         }
+    }
+}
+
+/// How `email::record` classified an outcome, for the metrics.
+fn send_result(o: &Outcome, max_attempts: u32) -> SendResult {
+    match &o.result {
+        Ok(_) => SendResult::Sent,
+        Err(MailError::Permanent { .. }) => SendResult::Failed,
+        Err(MailError::Retryable { .. }) if o.attempts_before + 1 >= max_attempts => {
+            SendResult::Dead
+        }
+        Err(MailError::Retryable { .. }) => SendResult::Retry,
     }
 }

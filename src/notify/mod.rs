@@ -17,6 +17,7 @@ pub mod policy;
 pub mod preferences;
 pub mod registry;
 mod scheduler;
+pub mod stats;
 pub mod templates;
 
 use std::sync::Arc;
@@ -250,6 +251,7 @@ impl Notifier {
             let value = f(&mut outbox)?;
             Ok::<_, E>((value, outbox.committed_later))
         })?;
+        crate::metrics::METRICS.events_accepted(committed.len() as u64);
         for seq in committed {
             self.publish(seq);
         }

@@ -18,6 +18,8 @@ mod domain_credits;
 mod domain_listeners;
 mod inbox;
 mod library;
+mod metrics;
+mod openapi;
 mod policy_catalog;
 mod policy_dedup;
 mod policy_digest;
