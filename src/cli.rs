@@ -3,7 +3,7 @@
 //! `serve` wires store -> notifier -> HTTP and shuts them down in reverse.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::Value;
 
@@ -235,15 +235,18 @@ fn stripe_sign(config: &Config, file: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Grants the referral credits that accepted invitations lack. Only writes:
-/// the notifications stay in the outbox for the running server (or its next
-/// start) to deliver, so this never races a server's dispatcher.
+/// Grants the referral credits that accepted invitations lack and delivers
+/// the grants' notifications from this process (the outbox claim keeps a
+/// running server's dispatcher from handling them too).
 fn reconcile(config: &Config) -> Result<(), String> {
     let amount = config.referral_credits.ok_or(
         "referral credits are off: set HERALD_REFERRAL_CREDITS=<amount> to reconcile them",
     )?;
     let notifier = notifier(config)?;
+    let provider = provider(config)?;
     let done = app::credits::reconcile(&notifier, amount).map_err(|e| e.to_string())?;
+    // The grants' notifications go out from here, not at a server's next sweep.
+    notifier.deliver_published(provider.as_ref());
     println!(
         "reconcile: granted {} missing referral credits for {} accepted invitations",
         done.grants, done.invitations
@@ -268,7 +271,7 @@ fn check(config: &Config) -> Result<(), String> {
 }
 
 /// Enqueues one event, dispatches and sends it in this process, and prints
-/// the event's result once its emails are settled.
+/// the event's result. A failed send stays `retrying` for a running server.
 fn send(config: &Config, args: &Args, kind: &str) -> Result<(), String> {
     let payload: Value = serde_json::from_str(args.value("payload").unwrap_or("{}"))
         .map_err(|e| format!("--payload is not valid JSON: {e}"))?;
@@ -284,24 +287,15 @@ fn send(config: &Config, args: &Args, kind: &str) -> Result<(), String> {
     event.subject_id = args.value("subject-id").map(str::to_string);
 
     let notifier = notifier(config)?;
-    let running = notifier.start(provider(config)?);
+    let provider = provider(config)?;
     let enqueued = notifier
         .transaction(|outbox| outbox.enqueue(&event))
         .map_err(|e| e.to_string())?;
-    running.flush(Duration::from_secs(30));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let view = loop {
-        let view = notifier
-            .store()
-            .read(|c| outbox::view(c, &enqueued.id))
-            .map_err(|e: StoreError| e.to_string())?;
-        let settled = view.deliveries.iter().all(|d| d.status != "pending");
-        if (view.status != "pending" && settled) || Instant::now() > deadline {
-            break view;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    running.shutdown(Duration::from_secs(5));
+    notifier.deliver_published(provider.as_ref());
+    let view = notifier
+        .store()
+        .read(|c| outbox::view(c, &enqueued.id))
+        .map_err(|e: StoreError| e.to_string())?;
     println!(
         "{}",
         serde_json::to_string_pretty(&view).map_err(|e| e.to_string())?

@@ -143,6 +143,22 @@ fn handle_batch(
     }
 }
 
+/// Dispatches `seqs` on the calling thread and returns the emails to send:
+/// for one-shot commands that run no dispatcher thread.
+pub(super) fn dispatch_now(shared: &Shared, seqs: &[i64]) -> Vec<EmailJob> {
+    let (jobs, jobs_rx) = crossbeam_channel::unbounded();
+    let (wake, _) = crossbeam_channel::unbounded();
+    handle_batch(shared, seqs, &[], &jobs, &wake);
+    jobs_rx.try_iter().collect()
+}
+
+/// Records send outcomes on the calling thread (see `dispatch_now`).
+pub(super) fn record_now(shared: &Shared, outcomes: &[Outcome]) {
+    let (jobs, _) = crossbeam_channel::unbounded();
+    let (wake, _) = crossbeam_channel::unbounded();
+    handle_batch(shared, &[], outcomes, &jobs, &wake);
+}
+
 /// Reads the still-pending rows among `seqs` and renders them, outside any
 /// transaction.
 fn prepare_batch<'s>(shared: &'s Shared, seqs: &[i64]) -> Vec<Prepared<'s>> {

@@ -15,7 +15,7 @@ use super::pacer::Pacer;
 use super::templates::EmailContent;
 use super::{BusMsg, DeliveryPolicy};
 use crate::ids;
-use crate::mail::{Email, MailError, MailProvider, Sent};
+use crate::mail::{Email, MailError, MailProvider, RateHint, Sent};
 use crate::store::{now_ms, StoreError, StoreResult};
 use crate::time::rfc3339;
 
@@ -353,6 +353,36 @@ pub(super) struct SenderContext {
 /// waits for its turn under the shared pacer, sends under the delivery id as
 /// Idempotency-Key, and hands the outcome back to be recorded. A job taken
 /// after the stop signal is left pending in the database for the next start.
+/// One send attempt of `job`, under its delivery id as Idempotency-Key.
+pub(super) fn attempt(
+    provider: &dyn MailProvider,
+    from: &str,
+    job: EmailJob,
+) -> (Outcome, RateHint) {
+    let email = Email {
+        from: from.to_string(),
+        to: vec![job.address],
+        subject: job.subject,
+        html: job.html,
+        text: job.text,
+    };
+    let (result, hint) = provider.send_email(&email, &job.delivery_id);
+    if let Err(e) = &result {
+        log::warn!(
+            "delivery {} attempt {} failed: {e}",
+            job.delivery_id,
+            job.attempts + 1
+        );
+    }
+    let outcome = Outcome {
+        delivery_id: job.delivery_id,
+        attempts_before: job.attempts,
+        provider: provider.name(),
+        result,
+    };
+    (outcome, hint)
+}
+
 pub(super) fn run_sender(ctx: SenderContext) {
     loop {
         let job = crossbeam_channel::select! {
@@ -365,28 +395,8 @@ pub(super) fn run_sender(ctx: SenderContext) {
         if stopped(&ctx.stop) || !ctx.pacer.wait_turn(&ctx.stop) {
             return;
         }
-        let email = Email {
-            from: ctx.from.clone(),
-            to: vec![job.address],
-            subject: job.subject,
-            html: job.html,
-            text: job.text,
-        };
-        let (result, hint) = ctx.provider.send_email(&email, &job.delivery_id);
+        let (outcome, hint) = attempt(ctx.provider.as_ref(), &ctx.from, job);
         ctx.pacer.observe(&hint);
-        if let Err(e) = &result {
-            log::warn!(
-                "delivery {} attempt {} failed: {e}",
-                job.delivery_id,
-                job.attempts + 1
-            );
-        }
-        let outcome = Outcome {
-            delivery_id: job.delivery_id,
-            attempts_before: job.attempts,
-            provider: ctx.provider.name(),
-            result,
-        };
         if ctx.outcomes.send(BusMsg::Outcome(outcome)).is_err() {
             return;
         }

@@ -288,6 +288,34 @@ impl Notifier {
         self.shared.listeners.set_hooks(hooks);
     }
 
+    /// For one-shot commands (`herald send`, `herald reconcile`): dispatches
+    /// the events this process published and sends their emails here, with
+    /// no background threads. A server running on the same database keeps
+    /// what it owns (its pending deliveries are never loaded here), and the
+    /// outbox claim makes each event dispatched by exactly one process.
+    /// Sends that fail stay `retrying` for the server's scheduler. Returns
+    /// how many events were handed over.
+    pub fn deliver_published(&self, provider: &dyn MailProvider) -> usize {
+        let seqs: Vec<i64> = self
+            .shared
+            .bus_rx
+            .try_iter()
+            .filter_map(|msg| match msg {
+                BusMsg::Dispatch(seq) => Some(seq),
+                _ => None,
+            })
+            .collect();
+        let jobs = dispatcher::dispatch_now(&self.shared, &seqs);
+        let outcomes: Vec<email::Outcome> = jobs
+            .into_iter()
+            .map(|job| email::attempt(provider, &self.shared.policy.from, job).0)
+            .collect();
+        if !outcomes.is_empty() {
+            dispatcher::record_now(&self.shared, &outcomes);
+        }
+        seqs.len()
+    }
+
     /// Messages waiting on the bus (not yet taken by the dispatcher).
     pub fn bus_len(&self) -> usize {
         self.shared.bus_rx.len()

@@ -147,3 +147,41 @@ fn an_in_app_only_type_writes_no_email() {
     assert_eq!(server.count("SELECT COUNT(*) FROM deliveries"), 0);
     assert_eq!(mail.request_count(), 0);
 }
+
+#[test]
+fn herald_send_delivers_from_the_command_line_beside_a_running_server() {
+    let mail = FakeResend::start();
+    let server = TestServer::builder().mail(&mail).start();
+    let token = server.create_user("frank", "frank@acme.test", "Frank");
+    let out = server.run_cli(&[
+        "send",
+        "org.billing.past_due",
+        "--to",
+        "frank",
+        "--to",
+        "billing@example.com",
+        "--payload",
+        r#"{"orgName": "Acme", "plan": "pro"}"#,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let view: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(view["status"], "dispatched");
+    assert_eq!(view["result"]["sent"], 3, "{view}");
+    // The command sent the emails itself, before exiting.
+    assert_eq!(mail.accepted_count(), 2);
+    let (_, inbox) = server.get("/v1/inbox", Some(token.as_str()));
+    assert_eq!(inbox["items"].as_array().unwrap().len(), 1);
+    // The running server neither dispatches nor sends any of it again.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(mail.request_count(), 2);
+    assert_eq!(server.count("SELECT COUNT(*) FROM notifications"), 1);
+
+    let out = server.run_cli(&["send", "no.such.type", "--to", "frank"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no.such.type"));
+    assert_eq!(server.count("SELECT COUNT(*) FROM outbox"), 1);
+}

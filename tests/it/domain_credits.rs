@@ -198,7 +198,7 @@ fn with_credits_off_nothing_is_granted_until_reconcile_grants_exactly_the_missin
         "{stdout}"
     );
     assert_eq!(ledger_rows(&server), 4);
-    // The running server delivers the notifications reconcile enqueued.
+    // reconcile delivered the notifications it enqueued itself.
     settle(&server);
     let delivered = wait_until(WAIT, || granted_notifications(&server) == 4);
     assert!(delivered, "four grant notifications");
