@@ -7,7 +7,7 @@ use serde_json::json;
 use super::error::ApiError;
 use super::request::Req;
 use super::response::Reply;
-use super::{events, inbox, orgs, preferences, stripe, users, Ctx};
+use super::{events, inbox, orgs, pages, preferences, stripe, users, Ctx};
 
 pub fn route(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
     let segs: Vec<&str> = req.segments.iter().map(String::as_str).collect();
@@ -23,6 +23,7 @@ pub fn route(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
 
         ("GET", ["v1", "inbox"]) => inbox::list(ctx, req),
         ("GET", ["v1", "inbox", "unseen-count"]) => inbox::unseen_count(ctx, req),
+        ("GET", ["v1", "inbox", "stream"]) => inbox::stream(ctx, req),
         ("POST", ["v1", "inbox", "seen-all"]) => inbox::seen_all(ctx, req),
         ("POST", ["v1", "inbox", id, "seen"]) => inbox::mark(ctx, req, id, false),
         ("POST", ["v1", "inbox", id, "read"]) => inbox::mark(ctx, req, id, true),
@@ -43,6 +44,17 @@ pub fn route(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
         ("GET", ["v1", "preferences"]) => preferences::list(ctx, req),
         ("PUT", ["v1", "preferences"]) => preferences::put(ctx, req),
 
+        // The pages a person sees (src/http/pages/).
+        ("GET", []) => page(pages::home(ctx, req)),
+        ("GET", ["login"]) => page(pages::login_form(ctx, req)),
+        ("POST", ["login"]) => page(pages::login(ctx, req)),
+        ("POST", ["logout"]) => page(pages::logout(ctx, req)),
+        ("GET", ["inbox"]) => page(pages::inbox(ctx, req)),
+        ("POST", ["inbox", "read-all"]) => form_post(req, pages::mark_read(ctx, req, None)),
+        ("POST", ["inbox", id, "read"]) => form_post(req, pages::mark_read(ctx, req, Some(id))),
+        ("GET", ["assets", name]) => pages::asset(name),
+        ("GET", ["dev", "mail"]) if ctx.dev => page(pages::dev_mail(ctx)),
+
         (_, path) if is_known(path) => Err(ApiError::new(
             405,
             "method_not_allowed",
@@ -52,6 +64,24 @@ pub fn route(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
             "no such endpoint: {}",
             req.path
         ))),
+    }
+}
+
+/// A page's error is shown as a page.
+fn page(result: Result<Reply, ApiError>) -> Result<Reply, ApiError> {
+    Ok(result.unwrap_or_else(pages::error_page))
+}
+
+/// The inbox page's forms: JSON errors for its script, pages for a browser
+/// without one.
+fn form_post(req: &Req, result: Result<Reply, ApiError>) -> Result<Reply, ApiError> {
+    let wants_json = req
+        .header("accept")
+        .is_some_and(|a| a.contains("application/json"));
+    if wants_json {
+        result
+    } else {
+        page(result)
     }
 }
 
@@ -78,5 +108,8 @@ fn is_known(path: &[&str]) -> bool {
             | ["v1", "invitations", "accept"]
             | ["webhooks", "stripe"]
             | ["v1", "preferences"]
+            | []
+            | ["login" | "logout" | "inbox"]
+            | ["inbox", _, "read"]
     )
 }

@@ -18,7 +18,7 @@ use super::registry::{Channel, TypeDef};
 use super::scheduler::Wake;
 use super::templates::Rendered;
 use super::{digest, inbox};
-use super::{BusMsg, Shared};
+use super::{BusMsg, InboxCommitted, Shared};
 use crate::store::{now_ms, users, StoreResult};
 
 /// Events per dispatch transaction: large enough to amortise the commit,
@@ -92,6 +92,8 @@ struct Ready<'r> {
 #[derive(Default)]
 struct Written {
     jobs: Vec<EmailJob>,
+    /// Inbox rows written, announced to the live stream after COMMIT.
+    inbox: Vec<InboxCommitted>,
     /// A digest was opened: the scheduler must look at its due time.
     digest_opened: bool,
 }
@@ -135,6 +137,7 @@ fn dispatch(shared: &Shared, seqs: &[i64], jobs: &Sender<EmailJob>, wake: &Sende
         }
     };
     for written in written {
+        shared.announce_inbox(&written.inbox);
         if written.digest_opened {
             let _ = wake.send(Wake::Retry);
         }
@@ -244,7 +247,12 @@ fn fan_out(
         for channel in channels {
             let wrote = match (channel, recipient, &rendered.inbox, &rendered.email) {
                 (Channel::Inbox, Recipient::User(id), Some(content), _) => {
-                    inbox::insert(tx, seq, id, &event.kind, content, &payload)?.is_some()
+                    let row = inbox::insert(tx, seq, id, &event.kind, content, &payload)?;
+                    written.inbox.extend(row.map(|row_id| InboxCommitted {
+                        user_id: id.clone(),
+                        id: row_id,
+                    }));
+                    row.is_some()
                 }
                 (Channel::Email, _, _, Some(content)) => {
                     let job = email::insert_delivery(tx, seq, &key, &address, content)?;
