@@ -7,6 +7,7 @@
 pub mod app;
 pub mod fake_resend;
 pub mod server;
+pub mod sse;
 pub mod webdriver;
 
 pub use fake_resend::{AcceptedEmail, FakeResend, Mode, RecordedRequest};
