@@ -47,7 +47,12 @@ impl Reply {
     /// A server-rendered page: UTF-8 HTML that may not be framed, sniffed or
     /// run scripts other than our own.
     pub fn html(status: u16, body: String) -> Reply {
-        Reply::text(status, "text/html; charset=utf-8", body).with_page_headers(PAGE_CSP)
+        Reply::html_with_csp(status, body, PAGE_CSP)
+    }
+
+    /// A page with its own content policy.
+    pub fn html_with_csp(status: u16, body: String, csp: &str) -> Reply {
+        Reply::text(status, "text/html; charset=utf-8", body).with_page_headers(csp)
     }
 
     /// 303 See Other to `location` (after a form POST, or to sign in).
@@ -61,7 +66,7 @@ impl Reply {
     }
 
     /// The security headers of every HTML page, with its content policy.
-    pub fn with_page_headers(self, csp: &str) -> Reply {
+    fn with_page_headers(self, csp: &str) -> Reply {
         self.header("Content-Security-Policy", csp)
             .header("X-Content-Type-Options", "nosniff")
             .header("X-Frame-Options", "DENY")

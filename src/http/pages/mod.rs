@@ -330,7 +330,7 @@ pub fn dev_mail(ctx: &Ctx) -> Result<Reply, ApiError> {
         .store()
         .read(|c| email::console_sent(c, DEV_MAIL_LIMIT))?;
     let body = render("dev_mail.html", context! { mails => mails })?;
-    Ok(Reply::html(200, body).header("Content-Security-Policy", DEV_MAIL_CSP))
+    Ok(Reply::html_with_csp(200, body, DEV_MAIL_CSP))
 }
 
 #[cfg(test)]
