@@ -193,3 +193,32 @@ fn the_stream_needs_a_user_and_a_valid_last_event_id() {
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["code"], "bad_request");
 }
+
+#[test]
+fn shutdown_closes_open_streams_and_exits_cleanly() {
+    let mut server = server().start();
+    let token = server.create_user("s", "s@acme.test", "S");
+    let mut streams: Vec<SseClient> = (0..3).map(|_| subscribe(&server, &token, &[])).collect();
+    let status = server.stop();
+    assert!(status.success(), "exit status {status}");
+    for stream in &mut streams {
+        assert!(stream.closed_within(WAIT), "the stream was closed");
+    }
+}
+
+#[test]
+fn ids_are_not_reused_after_the_newest_row_is_deleted() {
+    // SQLite would hand a deleted max rowid out again; AUTOINCREMENT does
+    // not, so a stream whose cursor is that id still gets the next row.
+    let server = server().start();
+    let token = server.create_user("d", "d@acme.test", "D");
+    let mut stream = subscribe(&server, &token, &[]);
+    announce(&server, "d", "first");
+    let first = stream.next_event(WAIT).unwrap().id().unwrap();
+    let (status, _) = server.delete(&format!("/v1/inbox/ntf_{first}"), Some(&token));
+    assert_eq!(status, 204);
+    announce(&server, "d", "second");
+    let second = stream.next_event(WAIT).expect("the next row is still pushed");
+    assert_eq!(second.json()["title"], "second");
+    assert!(second.id().unwrap() > first);
+}

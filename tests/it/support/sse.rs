@@ -133,6 +133,26 @@ impl SseClient {
         }
     }
 
+    /// True once the server closes the stream (EOF) within `timeout`; false
+    /// if it stays open. Whatever arrives before the end is discarded.
+    pub fn closed_within(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let _ = self.reader.get_ref().set_read_timeout(Some(left));
+            match std::io::Read::read(&mut self.reader, &mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+
     /// The next event (comments skipped), or None by `timeout`.
     pub fn next_event(&mut self, timeout: Duration) -> Option<Frame> {
         let deadline = Instant::now() + timeout;
