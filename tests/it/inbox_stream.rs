@@ -218,7 +218,9 @@ fn ids_are_not_reused_after_the_newest_row_is_deleted() {
     let (status, _) = server.delete(&format!("/v1/inbox/ntf_{first}"), Some(&token));
     assert_eq!(status, 204);
     announce(&server, "d", "second");
-    let second = stream.next_event(WAIT).expect("the next row is still pushed");
+    let second = stream
+        .next_event(WAIT)
+        .expect("the next row is still pushed");
     assert_eq!(second.json()["title"], "second");
     assert!(second.id().unwrap() > first);
 }
