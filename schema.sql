@@ -50,8 +50,11 @@ CREATE UNIQUE INDEX outbox_idempotency ON outbox (idempotency_key)
 
 -- The in-app inbox. One row per (event, user): the unique key makes a
 -- re-driven dispatch unable to duplicate a row.
+-- AUTOINCREMENT: ids are never reused, even after the newest row is
+-- deleted, because the live stream (GET /v1/inbox/stream) uses them as SSE
+-- event ids and resumes after the last one a client saw.
 CREATE TABLE notifications (
-    id          INTEGER PRIMARY KEY,
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
     event_seq   INTEGER NOT NULL REFERENCES outbox (seq),
     user_id     TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
     type        TEXT NOT NULL,
@@ -286,3 +289,18 @@ CREATE TABLE credit_ledger (
     created_at  INTEGER NOT NULL
 );
 CREATE INDEX credit_ledger_user ON credit_ledger (user_id, id DESC);
+
+-- ---------------------------------------------------------------------------
+-- The inbox page (issue 8): browser sessions.
+-- ---------------------------------------------------------------------------
+
+-- A signed-in browser: the cookie carries a random secret, stored here only
+-- as its SHA-256 (like API tokens), so the database never holds a usable
+-- credential and logout revokes the session server-side.
+CREATE TABLE sessions (
+    id_hash     TEXT PRIMARY KEY,
+    user_id     TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    created_at  INTEGER NOT NULL,
+    expires_at  INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX sessions_user ON sessions (user_id);

@@ -164,6 +164,8 @@ fn serve(config: &Config) -> Result<(), String> {
                 hooks: config.test_hooks.clone(),
             },
             stripe_webhook_secret: config.stripe_webhook_secret.clone(),
+            dev: config.dev,
+            stream_heartbeat: config.stream_heartbeat,
         })
     };
     let http = HttpServer::start_with(&config.addr, make_ctx, config.http_threads)?;

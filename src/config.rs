@@ -101,6 +101,8 @@ pub struct Config {
     pub mail: MailConfig,
     pub policy: DeliveryPolicy,
     pub http_threads: usize,
+    /// `HERALD_STREAM_HEARTBEAT_MS`: the inbox stream's heartbeat period.
+    pub stream_heartbeat: Duration,
     pub synchronous: Synchronous,
     pub shutdown_grace: Duration,
 }
@@ -235,6 +237,9 @@ impl Config {
             mail,
             policy,
             http_threads: number("HERALD_HTTP_THREADS", 8)?.clamp(1, 256) as usize,
+            stream_heartbeat: Duration::from_millis(
+                number("HERALD_STREAM_HEARTBEAT_MS", 15_000)?.max(50),
+            ),
             synchronous,
             shutdown_grace: Duration::from_millis(number("HERALD_SHUTDOWN_GRACE_MS", 10_000)?),
         })

@@ -1,12 +1,18 @@
 //! Who is calling: the service key (operators and the embedding application)
 //! or a user token. Tokens are compared by hash; an unknown or missing token
-//! is 401, a valid token on an endpoint it may not use is 403.
+//! is 401, a valid token on an endpoint it may not use is 403. The inbox page
+//! signs in with a session cookie instead; cookie-authenticated POSTs must
+//! also come from our own origin (CSRF).
 
 use super::error::ApiError;
 use super::request::Req;
 use super::Ctx;
 use crate::ids;
+use crate::store::sessions;
 use crate::store::users::{self, User};
+
+/// The session cookie's name.
+pub const SESSION_COOKIE: &str = "herald_session";
 
 pub enum Caller {
     Service,
@@ -39,5 +45,51 @@ pub fn user(ctx: &Ctx, req: &Req) -> Result<User, ApiError> {
     match caller(ctx, req)? {
         Caller::User(user) => Ok(user),
         Caller::Service => Err(ApiError::forbidden("this endpoint needs a user token")),
+    }
+}
+
+/// The signed-in user of the session cookie, if any.
+pub fn session_user(ctx: &Ctx, req: &Req) -> Result<Option<User>, ApiError> {
+    match session_secret(req) {
+        Some(secret) => Ok(ctx.notifier.store().read(|c| sessions::user(c, secret))?),
+        None => Ok(None),
+    }
+}
+
+pub fn session_secret(req: &Req) -> Option<&str> {
+    req.cookie(SESSION_COOKIE).filter(|s| !s.is_empty())
+}
+
+/// A user by bearer token, else by session cookie: what the stream accepts,
+/// because EventSource cannot set headers but sends same-origin cookies.
+pub fn user_or_session(ctx: &Ctx, req: &Req) -> Result<User, ApiError> {
+    if req.header("authorization").is_some() {
+        return user(ctx, req);
+    }
+    session_user(ctx, req)?
+        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token>"))
+}
+
+/// CSRF defence for cookie-authenticated POSTs, on top of SameSite=Strict:
+/// the browser's `Origin` (or, failing that, `Referer`) must name the host
+/// the request was sent to. A request with neither is refused: every browser
+/// that supports SameSite sends `Origin` on POST.
+pub fn same_origin(req: &Req) -> Result<(), ApiError> {
+    let host = req
+        .header("host")
+        .ok_or_else(|| ApiError::forbidden("cross-origin request refused"))?;
+    let source = req
+        .header("origin")
+        .filter(|o| *o != "null")
+        .or_else(|| req.header("referer"))
+        .ok_or_else(|| ApiError::forbidden("cross-origin request refused (no Origin)"))?;
+    let authority = source
+        .split_once("://")
+        .map(|(_, rest)| rest.split('/').next().unwrap_or(""))
+        .unwrap_or("");
+    if authority.eq_ignore_ascii_case(host.trim()) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("cross-origin request refused"))
     }
 }

@@ -1,6 +1,7 @@
 //! The inbox API for a user token: list (keyset pages, newest first, unread
-//! filter), unseen count, seen / read / seen-all, delete. Another user's
-//! notification is 404, exactly like one that does not exist.
+//! filter), unseen count, seen / read / seen-all, delete, and the live
+//! stream. Another user's notification is 404, exactly like one that does
+//! not exist.
 
 use serde_json::json;
 
@@ -8,6 +9,7 @@ use super::auth;
 use super::error::ApiError;
 use super::request::Req;
 use super::response::Reply;
+use super::stream::Subscribe;
 use super::Ctx;
 use crate::notify::inbox::{self, Cursor};
 
@@ -73,4 +75,30 @@ pub fn delete(ctx: &Ctx, req: &Req, id: &str) -> Result<Reply, ApiError> {
         .store()
         .write(|tx| inbox::delete(tx, &user.id, id))?;
     Ok(Reply::no_content())
+}
+
+/// `GET /v1/inbox/stream`: authenticates (bearer token or the inbox page's
+/// session cookie) and hands the connection to the stream hub. The stream
+/// resumes after `Last-Event-ID`, or after `?lastEventId=` for the first
+/// connection of a page that already shows rows up to that id.
+pub fn stream(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
+    let user = auth::user_or_session(ctx, req)?;
+    let after = match req
+        .header("last-event-id")
+        .or_else(|| req.query("lastEventId"))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+    {
+        None => None,
+        Some(v) => Some(
+            v.parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be a notification id"))?,
+        ),
+    };
+    Ok(Reply::stream(Subscribe {
+        user_id: user.id,
+        after,
+    }))
 }

@@ -1,7 +1,8 @@
 //! The HTTP edge: the only code that touches tiny_http. A fixed pool of
 //! worker threads takes requests, each handled under `catch_unwind` so a bug
 //! is a logged 500 and never a dead worker, with one log line per request.
-//! Shutdown stops accepting and lets in-flight requests finish.
+//! Shutdown stops accepting and lets in-flight requests finish. Live inbox
+//! streams leave the worker pool: their connections belong to the stream hub.
 
 mod auth;
 mod credits;
@@ -11,13 +12,16 @@ mod events;
 mod inbox;
 mod openapi;
 mod orgs;
+mod pages;
 mod preferences;
 mod request;
 mod response;
 mod routes;
+mod stream;
 mod stripe;
 mod users;
 
+pub use openapi::UNDOCUMENTED;
 pub use routes::{Route, ROUTES};
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -42,12 +46,17 @@ pub struct Ctx {
     pub app: crate::app::AppSettings,
     /// `STRIPE_WEBHOOK_SECRET`; without it the webhook answers 503.
     pub stripe_webhook_secret: Option<String>,
+    /// `--dev`: serves `/dev/mail`.
+    pub dev: bool,
+    /// How often an idle inbox stream gets a heartbeat comment.
+    pub stream_heartbeat: Duration,
 }
 
 pub struct HttpServer {
     server: Arc<tiny_http::Server>,
     stopping: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
+    hub: stream::Hub,
     addr: std::net::SocketAddr,
 }
 
@@ -76,19 +85,21 @@ impl HttpServer {
             .ok_or_else(|| format!("{addr} is not an IP address"))?;
         let server = Arc::new(server);
         let ctx = make_ctx(addr);
+        let hub = stream::Hub::start(ctx.notifier.clone(), ctx.stream_heartbeat)?;
         let stopping = Arc::new(AtomicBool::new(false));
         let next_id = Arc::new(AtomicU64::new(1));
         let workers = (0..threads.max(1))
             .map(|i| {
-                let (server, ctx, stopping, next_id) = (
+                let (server, ctx, stopping, next_id, hub) = (
                     server.clone(),
                     ctx.clone(),
                     stopping.clone(),
                     next_id.clone(),
+                    hub.sender(),
                 );
                 std::thread::Builder::new()
                     .name(format!("herald-http-{i}"))
-                    .spawn(move || worker(&server, &ctx, &stopping, &next_id))
+                    .spawn(move || worker(&server, &ctx, &hub, &stopping, &next_id))
                     .map_err(|e| format!("cannot start HTTP worker: {e}"))
             })
             .collect::<Result<_, _>>()?;
@@ -96,6 +107,7 @@ impl HttpServer {
             server,
             stopping,
             workers,
+            hub,
             addr,
         })
     }
@@ -120,6 +132,8 @@ impl HttpServer {
                 let _ = worker.join();
             }
         }
+        // Streams never finish on their own: closing them is the hub's stop.
+        self.hub.stop();
     }
 }
 
@@ -164,10 +178,16 @@ fn set_nodelay(listener: &std::net::TcpListener) {
 #[cfg(not(unix))]
 fn set_nodelay(_listener: &std::net::TcpListener) {}
 
-fn worker(server: &tiny_http::Server, ctx: &Ctx, stopping: &AtomicBool, next_id: &AtomicU64) {
+fn worker(
+    server: &tiny_http::Server,
+    ctx: &Ctx,
+    hub: &stream::HubSender,
+    stopping: &AtomicBool,
+    next_id: &AtomicU64,
+) {
     while !stopping.load(Ordering::SeqCst) {
         match server.recv() {
-            Ok(rq) => handle(ctx, rq, next_id.fetch_add(1, Ordering::Relaxed)),
+            Ok(rq) => handle(ctx, hub, rq, next_id.fetch_add(1, Ordering::Relaxed)),
             // `shutdown` unblocks every worker once; the loop sees the flag.
             Err(_) if stopping.load(Ordering::SeqCst) => break,
             Err(e) => log::warn!("accept failed: {e}"),
@@ -175,7 +195,7 @@ fn worker(server: &tiny_http::Server, ctx: &Ctx, stopping: &AtomicBool, next_id:
     }
 }
 
-fn handle(ctx: &Ctx, mut rq: tiny_http::Request, request_id: u64) {
+fn handle(ctx: &Ctx, hub: &stream::HubSender, mut rq: tiny_http::Request, request_id: u64) {
     let started = Instant::now();
     let method = rq.method().as_str().to_string();
     // The path only: query strings may carry cursors, never logged verbatim.
@@ -195,6 +215,12 @@ fn handle(ctx: &Ctx, mut rq: tiny_http::Request, request_id: u64) {
     })
     .unwrap_or_else(Reply::error);
     let status = reply.status;
+    if let Some(subscribe) = reply.stream {
+        // The hub writes the response head and owns the connection from here.
+        hub.open(subscribe, rq.into_writer());
+        log::info!("{method} {path} {status} stream opened req={request_id}");
+        return;
+    }
     if let Err(e) = rq.respond(reply.into_response()) {
         log::debug!("client went away before the response: {e}");
     }

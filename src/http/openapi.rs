@@ -15,7 +15,17 @@ use crate::notify::Registry;
 
 /// Routes deliberately left out of the API document (HTML pages for people,
 /// not API clients). Empty today; the inbox pages will belong here.
-pub const UNDOCUMENTED: &[(&str, &str)] = &[];
+pub const UNDOCUMENTED: &[(&str, &str)] = &[
+    ("GET", "/"),
+    ("GET", "/login"),
+    ("POST", "/login"),
+    ("POST", "/logout"),
+    ("GET", "/inbox"),
+    ("POST", "/inbox/read-all"),
+    ("POST", "/inbox/{id}/read"),
+    ("GET", "/assets/{name}"),
+    ("GET", "/dev/mail"),
+];
 
 /// The document for this server's registry (its types are the enum of an
 /// event's `type`), built once: the registry is fixed for the process.
@@ -50,6 +60,8 @@ struct Op {
     ok: Vec<(u16, &'static str, Option<Value>)>,
     /// Error statuses beyond the derived ones.
     errors: &'static [u16],
+    /// The success responses' media type.
+    media: &'static str,
 }
 
 impl Op {
@@ -62,7 +74,14 @@ impl Op {
             params: Vec::new(),
             ok: Vec::new(),
             errors: &[],
+            media: "application/json",
         }
+    }
+
+    /// Success responses are a server-sent event stream.
+    fn event_stream(mut self) -> Op {
+        self.media = "text/event-stream";
+        self
     }
 
     fn body(mut self, schema: Value) -> Op {
@@ -203,6 +222,27 @@ fn operation(method: &str, pattern: &str) -> Option<Op> {
                 json!({"type": "boolean"}),
             ))
             .ok(200, "One page", schema("InboxPage")),
+        ("GET", "/v1/inbox/stream") => Op::new(
+            "inboxStream",
+            "Server-sent events: each new inbox row of the caller as it is committed",
+            User,
+        )
+        .param(json!({
+            "name": "Last-Event-ID", "in": "header", "required": false,
+            "description": "Resume after this notification id: missed rows are sent first, once each.",
+            "schema": {"type": "string", "pattern": "^[0-9]+$"}
+        }))
+        .param(query(
+            "lastEventId",
+            "Like the Last-Event-ID header, for clients that cannot set it.",
+            json!({"type": "string", "pattern": "^[0-9]+$"}),
+        ))
+        .event_stream()
+        .ok(
+            200,
+            "`id: <n>` and `data: <inbox item JSON>` per row; a `: heartbeat` comment every 15 s",
+            json!({"type": "string"}),
+        ),
         ("GET", "/v1/inbox/unseen-count") => Op::new(
             "unseenCount",
             "How many notifications are unseen",
@@ -368,7 +408,9 @@ fn build(route: &Route, op: Op) -> Value {
     for (status, description, body) in op.ok {
         let mut r = json!({"description": description});
         if let Some(body) = body {
-            r["content"] = json!({"application/json": {"schema": body}});
+            let mut content = Map::new();
+            content.insert(op.media.to_string(), json!({"schema": body}));
+            r["content"] = Value::Object(content);
         }
         responses.insert(status.to_string(), r);
     }

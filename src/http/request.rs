@@ -34,14 +34,7 @@ impl Req {
             .map(percent_decode)
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| ApiError::bad_request("path is not valid percent-encoded UTF-8"))?;
-        let query = query
-            .split('&')
-            .filter(|p| !p.is_empty())
-            .map(|pair| {
-                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                Some((percent_decode(k)?, percent_decode(&v.replace('+', " "))?))
-            })
-            .collect::<Option<Vec<_>>>()
+        let query = parse_urlencoded(&query)
             .ok_or_else(|| ApiError::bad_request("query is not valid percent-encoded UTF-8"))?;
         let headers = rq
             .headers()
@@ -88,6 +81,35 @@ impl Req {
             .map(|(_, v)| v.as_str())
     }
 
+    /// A cookie sent with the request, by name.
+    pub fn cookie(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k == "cookie")
+            .flat_map(|(_, v)| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.trim())
+    }
+
+    /// The body as an HTML form (`application/x-www-form-urlencoded`).
+    pub fn form(&self) -> Result<Vec<(String, String)>, ApiError> {
+        let content_type = self.header("content-type").unwrap_or("");
+        if !content_type
+            .to_ascii_lowercase()
+            .starts_with("application/x-www-form-urlencoded")
+        {
+            return Err(ApiError::new(
+                415,
+                "unsupported_media_type",
+                "form must be sent as application/x-www-form-urlencoded",
+            ));
+        }
+        let body = std::str::from_utf8(&self.body)
+            .map_err(|_| ApiError::bad_request("form is not UTF-8"))?;
+        parse_urlencoded(body).ok_or_else(|| ApiError::bad_request("form is not valid UTF-8"))
+    }
+
     pub fn bearer(&self) -> Option<&str> {
         let value = self.header("authorization")?;
         let (scheme, token) = value.split_once(' ')?;
@@ -128,6 +150,21 @@ fn too_large() -> ApiError {
         "payload_too_large",
         format!("request body exceeds {MAX_BODY} bytes"),
     )
+}
+
+/// `a=1&b=x+y` -> [("a", "1"), ("b", "x y")]; None if anything fails to
+/// decode.
+fn parse_urlencoded(s: &str) -> Option<Vec<(String, String)>> {
+    s.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            Some((
+                percent_decode(&k.replace('+', " "))?,
+                percent_decode(&v.replace('+', " "))?,
+            ))
+        })
+        .collect()
 }
 
 fn percent_decode(s: &str) -> Option<String> {

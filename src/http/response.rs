@@ -4,11 +4,20 @@ use serde::Serialize;
 
 use super::error::ApiError;
 
+/// Pages run only our own script and style; no inline script, so an
+/// injected `<script>` or `onerror=` could not run even if escaping failed.
+pub const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     img-src 'self' data:; connect-src 'self'; form-action 'self'; \
+     frame-ancestors 'none'; base-uri 'none'";
+
 pub struct Reply {
     pub status: u16,
     pub content_type: &'static str,
     pub body: Vec<u8>,
     pub headers: Vec<(&'static str, String)>,
+    /// Set for `GET /v1/inbox/stream`: instead of this reply, the connection
+    /// goes to the stream hub.
+    pub stream: Option<super::stream::Subscribe>,
 }
 
 impl Reply {
@@ -19,6 +28,7 @@ impl Reply {
                 content_type: "application/json",
                 body,
                 headers: Vec::new(),
+                stream: None,
             },
             Err(e) => Reply::error(ApiError::internal(format!("cannot encode response: {e}"))),
         }
@@ -30,6 +40,45 @@ impl Reply {
             content_type,
             body: body.into(),
             headers: Vec::new(),
+            stream: None,
+        }
+    }
+
+    /// A server-rendered page: UTF-8 HTML that may not be framed, sniffed or
+    /// run scripts other than our own.
+    pub fn html(status: u16, body: String) -> Reply {
+        Reply::html_with_csp(status, body, PAGE_CSP)
+    }
+
+    /// A page with its own content policy.
+    pub fn html_with_csp(status: u16, body: String, csp: &str) -> Reply {
+        Reply::text(status, "text/html; charset=utf-8", body).with_page_headers(csp)
+    }
+
+    /// 303 See Other to `location` (after a form POST, or to sign in).
+    pub fn redirect(location: &str) -> Reply {
+        Reply::text(303, "text/plain; charset=utf-8", Vec::new()).header("Location", location)
+    }
+
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// The security headers of every HTML page, with its content policy.
+    fn with_page_headers(self, csp: &str) -> Reply {
+        self.header("Content-Security-Policy", csp)
+            .header("X-Content-Type-Options", "nosniff")
+            .header("X-Frame-Options", "DENY")
+            .header("Referrer-Policy", "same-origin")
+            .header("Cache-Control", "no-store")
+    }
+
+    /// Hands the connection to the stream hub.
+    pub fn stream(subscribe: super::stream::Subscribe) -> Reply {
+        Reply {
+            stream: Some(subscribe),
+            ..Reply::text(200, "text/event-stream", Vec::new())
         }
     }
 

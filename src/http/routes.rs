@@ -9,7 +9,9 @@ use serde_json::json;
 use super::error::ApiError;
 use super::request::Req;
 use super::response::Reply;
-use super::{credits, deliveries, events, inbox, openapi, orgs, preferences, stripe, users, Ctx};
+use super::{
+    credits, deliveries, events, inbox, openapi, orgs, pages, preferences, stripe, users, Ctx,
+};
 
 /// A handler gets the request and the values of the pattern's `{params}`,
 /// in order.
@@ -52,6 +54,7 @@ pub const ROUTES: &[Route] = &[
         deliveries::retry(c, r, p[0])
     }),
     route("GET", "/v1/inbox", |c, r, _| inbox::list(c, r)),
+    route("GET", "/v1/inbox/stream", |c, r, _| inbox::stream(c, r)),
     route("GET", "/v1/inbox/unseen-count", |c, r, _| {
         inbox::unseen_count(c, r)
     }),
@@ -96,7 +99,44 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/v1/preferences", |c, r, _| preferences::list(c, r)),
     route("PUT", "/v1/preferences", |c, r, _| preferences::put(c, r)),
     route("GET", "/v1/credits", |c, r, _| credits::get(c, r)),
+    // The pages a person sees (src/http/pages/): HTML, not in the API document.
+    route("GET", "/", |c, r, _| page(pages::home(c, r))),
+    route("GET", "/login", |c, r, _| page(pages::login_form(c, r))),
+    route("POST", "/login", |c, r, _| page(pages::login(c, r))),
+    route("POST", "/logout", |c, r, _| page(pages::logout(c, r))),
+    route("GET", "/inbox", |c, r, _| page(pages::inbox(c, r))),
+    route("POST", "/inbox/read-all", |c, r, _| {
+        form_post(r, pages::mark_read(c, r, None))
+    }),
+    route("POST", "/inbox/{id}/read", |c, r, p| {
+        form_post(r, pages::mark_read(c, r, Some(p[0])))
+    }),
+    route("GET", "/assets/{name}", |_, _, p| pages::asset(p[0])),
+    route("GET", "/dev/mail", |c, _, _| match c.dev {
+        true => page(pages::dev_mail(c)),
+        false => Err(ApiError::not_found(
+            "no such endpoint: /dev/mail (start with --dev)",
+        )),
+    }),
 ];
+
+/// A page's error is shown as a page.
+fn page(result: Result<Reply, ApiError>) -> Result<Reply, ApiError> {
+    Ok(result.unwrap_or_else(pages::error_page))
+}
+
+/// The inbox page's forms: JSON errors for its script, pages for a browser
+/// without one.
+fn form_post(req: &Req, result: Result<Reply, ApiError>) -> Result<Reply, ApiError> {
+    let wants_json = req
+        .header("accept")
+        .is_some_and(|a| a.contains("application/json"));
+    if wants_json {
+        result
+    } else {
+        page(result)
+    }
+}
 
 /// The metrics label of a request that matched no route.
 pub const UNMATCHED: &str = "unmatched";

@@ -18,7 +18,7 @@ use super::registry::{Channel, TypeDef};
 use super::scheduler::Wake;
 use super::templates::Rendered;
 use super::{digest, inbox};
-use super::{BusMsg, Shared};
+use super::{BusMsg, InboxCommitted, Shared};
 use crate::mail::MailError;
 use crate::metrics::{Fate, SendResult, METRICS};
 use crate::store::{now_ms, users, StoreResult};
@@ -89,6 +89,8 @@ struct Ready<'r> {
 #[derive(Default)]
 struct Written {
     jobs: Vec<EmailJob>,
+    /// Inbox rows written, announced to the live stream after COMMIT.
+    inbox: Vec<InboxCommitted>,
     /// A digest was opened: the scheduler must look at its due time.
     digest_opened: bool,
     /// (type, channel, fate) per recipient, counted in the metrics only
@@ -119,7 +121,7 @@ fn handle_batch(
             for o in outcomes {
                 METRICS.email_send(send_result(o, shared.policy.max_attempts));
             }
-            after_commit(written, jobs, wake);
+            after_commit(shared, written, jobs, wake);
             if retry_scheduled {
                 let _ = wake.send(Wake::Retry);
             }
@@ -132,7 +134,7 @@ fn handle_batch(
                     .store
                     .write(|tx| write_all(tx, std::slice::from_ref(p)))
                 {
-                    Ok(written) => after_commit(written, jobs, wake),
+                    Ok(written) => after_commit(shared, written, jobs, wake),
                     Err(e) => log::error!("event #{} not dispatched: {e}", p.seq),
                 }
             }
@@ -185,8 +187,10 @@ fn prepare_batch<'s>(shared: &'s Shared, seqs: &[i64]) -> Vec<Prepared<'s>> {
     }
 }
 
-/// Hands a committed batch's emails to the senders.
-fn after_commit(written: Written, jobs: &Sender<EmailJob>, wake: &Sender<Wake>) {
+/// Hands a committed batch's emails to the senders and its inbox rows to
+/// the live stream.
+fn after_commit(shared: &Shared, written: Written, jobs: &Sender<EmailJob>, wake: &Sender<Wake>) {
+    shared.announce_inbox(&written.inbox);
     for (kind, channel, fate) in &written.fates {
         METRICS.notification(kind, channel.as_str(), *fate);
     }
@@ -312,7 +316,12 @@ fn fan_out(
         for channel in channels {
             let wrote = match (channel, recipient, &rendered.inbox, &rendered.email) {
                 (Channel::Inbox, Recipient::User(id), Some(content), _) => {
-                    inbox::insert(tx, seq, id, &event.kind, content, &payload)?.is_some()
+                    let row = inbox::insert(tx, seq, id, &event.kind, content, &payload)?;
+                    written.inbox.extend(row.map(|row_id| InboxCommitted {
+                        user_id: id.clone(),
+                        id: row_id,
+                    }));
+                    row.is_some()
                 }
                 (Channel::Email, _, _, Some(content)) => {
                     let job = email::insert_delivery(tx, seq, &key, &address, content)?;

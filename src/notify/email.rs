@@ -229,6 +229,38 @@ pub struct DeliveryView {
     pub last_error: Option<String>,
 }
 
+/// An email as the console provider "sent" it, for `/dev/mail`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsoleEmail {
+    pub id: String,
+    pub to: String,
+    pub subject: String,
+    pub html: String,
+    pub text: String,
+    pub created_at: String,
+}
+
+/// The newest `limit` emails the console provider recorded as sent.
+pub fn console_sent(conn: &Connection, limit: usize) -> StoreResult<Vec<ConsoleEmail>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, address, subject, html, text, created_at FROM deliveries
+         WHERE provider = 'console' AND status = 'sent'
+         ORDER BY created_at DESC, id DESC LIMIT ?1",
+    )?;
+    let rows = stmt.query_map([limit as i64], |r| {
+        Ok(ConsoleEmail {
+            id: r.get(0)?,
+            to: r.get(1)?,
+            subject: r.get(2)?,
+            html: r.get(3)?,
+            text: r.get(4)?,
+            created_at: rfc3339(r.get(5)?),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 pub fn deliveries_of(conn: &Connection, event_seq: i64) -> StoreResult<Vec<DeliveryView>> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {VIEW_COLUMNS} FROM deliveries WHERE event_seq = ?1 ORDER BY id"

@@ -125,20 +125,11 @@ pub fn list(
         .query_map(
             params![user_id, before_at, before_id, limit as i64 + 1],
             |r| {
-                let id: i64 = r.get(0)?;
-                let created_at: i64 = r.get(6)?;
-                keys.push(Cursor { created_at, id });
-                Ok(Item {
-                    id: public_id(id),
-                    kind: r.get(1)?,
-                    title: r.get(2)?,
-                    body: r.get(3)?,
-                    actions: json_column(r.get_ref(4)?.as_str().unwrap_or("[]")),
-                    payload: json_column(r.get_ref(5)?.as_str().unwrap_or("{}")),
-                    created_at: rfc3339(created_at),
-                    seen_at: r.get::<_, Option<i64>>(7)?.map(rfc3339),
-                    read_at: r.get::<_, Option<i64>>(8)?.map(rfc3339),
-                })
+                keys.push(Cursor {
+                    created_at: r.get(6)?,
+                    id: r.get(0)?,
+                });
+                item_from_row(r)
             },
         )?
         .collect::<Result<Vec<_>, _>>()?;
@@ -149,6 +140,50 @@ pub fn list(
         None
     };
     Ok(Page { items, next_cursor })
+}
+
+/// Maps `SELECT id, type, title, body, actions, payload, created_at,
+/// seen_at, read_at`.
+fn item_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
+    Ok(Item {
+        id: public_id(r.get(0)?),
+        kind: r.get(1)?,
+        title: r.get(2)?,
+        body: r.get(3)?,
+        actions: json_column(r.get_ref(4)?.as_str().unwrap_or("[]")),
+        payload: json_column(r.get_ref(5)?.as_str().unwrap_or("{}")),
+        created_at: rfc3339(r.get(6)?),
+        seen_at: r.get::<_, Option<i64>>(7)?.map(rfc3339),
+        read_at: r.get::<_, Option<i64>>(8)?.map(rfc3339),
+    })
+}
+
+/// The user's rows with an id above `after`, oldest first, at most `limit`:
+/// what the live stream sends, in the order it sends it. Ids only grow
+/// (AUTOINCREMENT) and commit in id order (one writer), so "above the last
+/// id sent" is exactly "not sent yet".
+pub fn after(
+    conn: &Connection,
+    user_id: &str,
+    after: i64,
+    limit: usize,
+) -> StoreResult<Vec<(i64, Item)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, type, title, body, actions, payload, created_at, seen_at, read_at
+         FROM notifications WHERE user_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![user_id, after, limit as i64], |r| {
+        Ok((r.get::<_, i64>(0)?, item_from_row(r)?))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The id of the user's newest row (0 for an empty inbox): where a stream
+/// opened without `Last-Event-ID` starts.
+pub fn newest_id(conn: &Connection, user_id: &str) -> StoreResult<i64> {
+    Ok(conn
+        .prepare_cached("SELECT COALESCE(MAX(id), 0) FROM notifications WHERE user_id = ?1")?
+        .query_row([user_id], |r| r.get(0))?)
 }
 
 fn json_column(text: &str) -> Value {
@@ -189,6 +224,17 @@ pub fn mark_all_seen(tx: &Transaction<'_>, user_id: &str) -> StoreResult<usize> 
     Ok(tx
         .prepare_cached(
             "UPDATE notifications SET seen_at = ?2 WHERE user_id = ?1 AND seen_at IS NULL",
+        )?
+        .execute(params![user_id, now_ms()])?)
+}
+
+/// Marks every unread row of the user read (and seen); returns how many
+/// changed.
+pub fn mark_all_read(tx: &Transaction<'_>, user_id: &str) -> StoreResult<usize> {
+    Ok(tx
+        .prepare_cached(
+            "UPDATE notifications SET seen_at = COALESCE(seen_at, ?2), read_at = ?2
+             WHERE user_id = ?1 AND read_at IS NULL",
         )?
         .execute(params![user_id, now_ms()])?)
 }

@@ -20,7 +20,7 @@ mod scheduler;
 pub mod stats;
 pub mod templates;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -121,6 +121,14 @@ pub(crate) enum BusMsg {
     Stop,
 }
 
+/// A new inbox row, announced only after the transaction that wrote it
+/// committed (the live stream reads the row itself by id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxCommitted {
+    pub user_id: String,
+    pub id: i64,
+}
+
 struct Shared {
     store: Arc<Store>,
     registry: Registry,
@@ -132,6 +140,24 @@ struct Shared {
     wake: Sender<scheduler::Wake>,
     wake_rx: Receiver<scheduler::Wake>,
     listeners: listeners::Listeners,
+    /// Who hears about committed inbox rows; a dropped receiver is forgotten
+    /// at the next announcement.
+    inbox_listeners: Mutex<Vec<Sender<InboxCommitted>>>,
+}
+
+impl Shared {
+    /// Tells every listener about rows that have just been committed. Never
+    /// blocks: the channels are unbounded.
+    fn announce_inbox(&self, rows: &[InboxCommitted]) {
+        if rows.is_empty() {
+            return;
+        }
+        let mut listeners = self
+            .inbox_listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        listeners.retain(|tx| rows.iter().all(|row| tx.send(row.clone()).is_ok()));
+    }
 }
 
 /// The handle call sites hold. Cheap to clone.
@@ -194,6 +220,7 @@ impl Notifier {
                 wake,
                 wake_rx,
                 listeners: listeners::Listeners::default(),
+                inbox_listeners: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -314,6 +341,19 @@ impl Notifier {
             dispatcher::record_now(&self.shared, &outcomes);
         }
         seqs.len()
+    }
+
+    /// A receiver of every inbox row committed from now on, in commit order.
+    /// The live stream's hub is the listener; a dropped receiver costs
+    /// nothing.
+    pub fn subscribe_inbox(&self) -> Receiver<InboxCommitted> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        self.shared
+            .inbox_listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tx);
+        rx
     }
 
     /// Messages waiting on the bus (not yet taken by the dispatcher).

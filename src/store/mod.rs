@@ -4,6 +4,7 @@
 //! become `StoreError` here and never travel further up.
 
 mod migrate;
+pub mod sessions;
 pub mod users;
 
 use std::path::{Path, PathBuf};

@@ -7,6 +7,8 @@
 pub mod app;
 pub mod fake_resend;
 pub mod server;
+pub mod sse;
+pub mod webdriver;
 
 pub use fake_resend::{AcceptedEmail, FakeResend, Fault, Mode, RecordedRequest};
 pub use server::{RawResponse, TestServer, TestServerBuilder};

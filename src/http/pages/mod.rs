@@ -1,0 +1,401 @@
+//! The pages a person sees: `/login`, `/logout`, `/inbox` and, with `--dev`,
+//! `/dev/mail`. Server-rendered minijinja templates and one script, all
+//! embedded from this folder (not `templates/`, whose subfolders are
+//! notification types). Every value is auto-escaped; links come only from
+//! http(s) or same-site urls; pages forbid inline script by CSP.
+
+use std::sync::OnceLock;
+
+use minijinja::{context, Environment, UndefinedBehavior};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::auth;
+use super::error::ApiError;
+use super::request::Req;
+use super::response::Reply;
+use super::Ctx;
+use crate::notify::{email, inbox};
+use crate::store::sessions;
+use crate::store::users::User;
+
+/// Newest rows on one page of the inbox.
+const PAGE_SIZE: usize = 50;
+/// Emails shown by `/dev/mail`.
+const DEV_MAIL_LIMIT: usize = 100;
+
+const PAGES: &[(&str, &str)] = &[
+    ("layout.html", include_str!("layout.html")),
+    ("login.html", include_str!("login.html")),
+    ("inbox.html", include_str!("inbox.html")),
+    ("dev_mail.html", include_str!("dev_mail.html")),
+    ("error.html", include_str!("error.html")),
+];
+
+/// The dev mailbox shows email HTML, which styles itself inline, inside a
+/// sandboxed frame: inline styles and remote images allowed, scripts not.
+const DEV_MAIL_CSP: &str = "default-src 'none'; script-src 'none'; \
+     style-src 'self' 'unsafe-inline'; img-src * data:; frame-src 'self'; \
+     form-action 'none'; frame-ancestors 'none'; base-uri 'none'";
+
+fn env() -> &'static Environment<'static> {
+    static ENV: OnceLock<Environment<'static>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        for (name, source) in PAGES {
+            // The sources are part of the binary; the unit test below renders
+            // every page, so a broken one fails the build's tests.
+            if let Err(e) = env.add_template(name, source) {
+                log::error!("page template {name} does not compile: {e}");
+            }
+        }
+        env
+    })
+}
+
+fn render(name: &str, ctx: minijinja::Value) -> Result<String, ApiError> {
+    env()
+        .get_template(name)
+        .and_then(|t| t.render(ctx))
+        .map_err(|e| ApiError::internal(format!("page {name}: {e}")))
+}
+
+/// A page handler's error as a page rather than JSON.
+pub fn error_page(e: ApiError) -> Reply {
+    let heading = match e.status {
+        404 => "Page not found",
+        403 => "Not allowed",
+        500..=599 => "Something went wrong",
+        _ => "That did not work",
+    };
+    let ctx = context! { status => e.status, heading => heading, message => e.message };
+    match render("error.html", ctx) {
+        Ok(body) => Reply::html(e.status, body),
+        Err(e) => Reply::error(e),
+    }
+}
+
+pub fn asset(name: &str) -> Result<Reply, ApiError> {
+    let (content_type, body) = match name {
+        "herald.css" => ("text/css; charset=utf-8", include_str!("herald.css")),
+        "inbox.js" => ("text/javascript; charset=utf-8", include_str!("inbox.js")),
+        _ => return Err(ApiError::not_found(format!("no such asset: {name}"))),
+    };
+    Ok(Reply::text(200, content_type, body)
+        .header("X-Content-Type-Options", "nosniff")
+        .header("Cache-Control", "no-cache"))
+}
+
+pub fn home(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
+    Ok(match auth::session_user(ctx, req)? {
+        Some(_) => Reply::redirect("/inbox"),
+        None => Reply::redirect("/login"),
+    })
+}
+
+pub fn login_form(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
+    if auth::session_user(ctx, req)?.is_some() {
+        return Ok(Reply::redirect("/inbox"));
+    }
+    login_page(200, None)
+}
+
+fn login_page(status: u16, error: Option<&str>) -> Result<Reply, ApiError> {
+    Ok(Reply::html(
+        status,
+        render("login.html", context! { error => error })?,
+    ))
+}
+
+/// `POST /login`: the token comes in the form body (never the url, and the
+/// request log has only the path). A user token starts a session; the cookie
+/// carries the session's own secret, not the token, so signing out revokes
+/// it and the API token never sits in the browser.
+pub fn login(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
+    auth::same_origin(req)?;
+    let form = req.form()?;
+    let token = form
+        .iter()
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.trim())
+        .unwrap_or("");
+    if token.is_empty() {
+        return login_page(422, Some("Paste your access token to sign in."));
+    }
+    if ctx
+        .service_key
+        .as_deref()
+        .is_some_and(|key| crate::ids::secrets_equal(token, key))
+    {
+        return login_page(
+            403,
+            Some("That is the service key. Sign in with a user's access token."),
+        );
+    }
+    let store = ctx.notifier.store();
+    let Some(user) = store.read(|c| crate::store::users::by_token(c, token))? else {
+        return login_page(
+            401,
+            Some("That token is not valid. Check it and try again."),
+        );
+    };
+    let secret = store.write(|tx| sessions::create(tx, &user.id))?;
+    log::info!("session started for user {}", user.id);
+    Ok(Reply::redirect("/inbox").header("Set-Cookie", session_cookie(ctx, &secret)))
+}
+
+fn session_cookie(ctx: &Ctx, secret: &str) -> String {
+    let max_age = sessions::LIFETIME_MS / 1000;
+    format!(
+        "{}={secret}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{}",
+        auth::SESSION_COOKIE,
+        secure_flag(ctx)
+    )
+}
+
+/// `Secure` when herald is served over https (it may run on plain http on
+/// localhost, where browsers would drop a Secure cookie).
+fn secure_flag(ctx: &Ctx) -> &'static str {
+    if ctx.public_url.starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    }
+}
+
+pub fn logout(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
+    auth::same_origin(req)?;
+    if let Some(secret) = auth::session_secret(req) {
+        ctx.notifier
+            .store()
+            .write(|tx| sessions::delete(tx, secret))?;
+    }
+    let expired = format!(
+        "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}",
+        auth::SESSION_COOKIE,
+        secure_flag(ctx)
+    );
+    Ok(Reply::redirect("/login").header("Set-Cookie", expired))
+}
+
+/// One notification as the page shows it.
+#[derive(Serialize)]
+struct ItemView {
+    id: String,
+    num: i64,
+    title: String,
+    body: String,
+    created_at: String,
+    time_text: String,
+    unread: bool,
+    actions: Vec<ActionView>,
+}
+
+#[derive(Serialize)]
+struct ActionView {
+    label: String,
+    url: String,
+}
+
+pub fn inbox(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
+    let Some(user) = auth::session_user(ctx, req)? else {
+        return Ok(Reply::redirect("/login"));
+    };
+    let cursor = match req.query("before").filter(|c| !c.is_empty()) {
+        None => None,
+        Some(c) => {
+            Some(inbox::Cursor::parse(c).ok_or_else(|| ApiError::bad_request("invalid cursor"))?)
+        }
+    };
+    let store = ctx.notifier.store();
+    let (page, unseen, newest) = store.read(|c| {
+        Ok::<_, ApiError>((
+            inbox::list(c, &user.id, cursor, PAGE_SIZE, false)?,
+            inbox::unseen_count(c, &user.id)?,
+            inbox::newest_id(c, &user.id)?,
+        ))
+    })?;
+    let items: Vec<ItemView> = page.items.into_iter().map(item_view).collect();
+    let unread = items.iter().any(|i| i.unread);
+    let body = render(
+        "inbox.html",
+        context! {
+            user => user_view(&user),
+            items => items,
+            unseen => unseen,
+            unread => unread,
+            newest => newest,
+            next_cursor => page.next_cursor,
+            live => cursor.is_none(),
+        },
+    )?;
+    Ok(Reply::html(200, body))
+}
+
+fn user_view(user: &User) -> Value {
+    json!({"id": user.id, "name": user.name, "email": user.email})
+}
+
+fn item_view(item: inbox::Item) -> ItemView {
+    let num = inbox::parse_id(&item.id).unwrap_or(0);
+    let actions = item
+        .actions
+        .as_array()
+        .map(|actions| {
+            actions
+                .iter()
+                .filter_map(|a| {
+                    let url = a.get("url")?.as_str().filter(|u| safe_url(u))?;
+                    let label = a.get("label").and_then(Value::as_str).unwrap_or("Open");
+                    Some(ActionView {
+                        label: label.to_string(),
+                        url: url.to_string(),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ItemView {
+        id: item.id,
+        num,
+        title: item.title,
+        body: item.body,
+        time_text: display_time(&item.created_at),
+        created_at: item.created_at,
+        unread: item.read_at.is_none(),
+        actions,
+    }
+}
+
+/// Action urls are rendered from payloads, which the embedding application
+/// may fill with user input: only absolute http(s) urls and paths on this
+/// site become links, so `javascript:` and friends never do.
+fn safe_url(url: &str) -> bool {
+    let lower = url.trim_start().to_ascii_lowercase();
+    if url.chars().any(char::is_control) {
+        return false;
+    }
+    lower.starts_with("https://")
+        || lower.starts_with("http://")
+        || (url.starts_with('/') && !url.starts_with("//") && !url.starts_with("/\\"))
+}
+
+/// `2026-11-01T10:20:00.123Z` -> `2026-11-01 10:20 UTC` (the script turns it
+/// into a relative, local time).
+fn display_time(rfc3339: &str) -> String {
+    match (rfc3339.get(..10), rfc3339.get(11..16)) {
+        (Some(date), Some(time)) => format!("{date} {time} UTC"),
+        _ => rfc3339.to_string(),
+    }
+}
+
+/// `POST /inbox/{id}/read` and `POST /inbox/read-all`: the page's forms. A
+/// script asks for JSON (the new unseen count); without script the browser
+/// follows the redirect back to the inbox.
+pub fn mark_read(ctx: &Ctx, req: &Req, id: Option<&str>) -> Result<Reply, ApiError> {
+    auth::same_origin(req)?;
+    let wants_json = req
+        .header("accept")
+        .is_some_and(|a| a.contains("application/json"));
+    let Some(user) = auth::session_user(ctx, req)? else {
+        return Ok(if wants_json {
+            Reply::error(ApiError::unauthorized("sign in again"))
+        } else {
+            Reply::redirect("/login")
+        });
+    };
+    let store = ctx.notifier.store();
+    match id {
+        Some(id) => {
+            let id = inbox::parse_id(id)?;
+            store.write(|tx| inbox::mark(tx, &user.id, id, true))?;
+        }
+        None => {
+            store.write(|tx| inbox::mark_all_read(tx, &user.id))?;
+        }
+    }
+    if !wants_json {
+        return Ok(Reply::redirect("/inbox"));
+    }
+    let unseen = store.read(|c| inbox::unseen_count(c, &user.id))?;
+    Ok(Reply::json(200, &json!({ "unseenCount": unseen })))
+}
+
+/// `GET /dev/mail`: what the console provider "sent". Routed only with
+/// `--dev`; otherwise the path does not exist.
+pub fn dev_mail(ctx: &Ctx) -> Result<Reply, ApiError> {
+    let mails = ctx
+        .notifier
+        .store()
+        .read(|c| email::console_sent(c, DEV_MAIL_LIMIT))?;
+    let body = render("dev_mail.html", context! { mails => mails })?;
+    Ok(Reply::html_with_csp(200, body, DEV_MAIL_CSP))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_page_renders_and_escapes() {
+        let evil = "<script>alert(1)</script>\"'";
+        let user = json!({"id": "u", "name": evil, "email": evil});
+        let items = vec![ItemView {
+            id: "ntf_1".into(),
+            num: 1,
+            title: evil.into(),
+            body: evil.into(),
+            created_at: "2026-01-01T00:00:00.000Z".into(),
+            time_text: display_time("2026-01-01T00:00:00.000Z"),
+            unread: true,
+            actions: vec![ActionView {
+                label: evil.into(),
+                url: "https://x.test/?a=\"><script>".into(),
+            }],
+        }];
+        let html = render(
+            "inbox.html",
+            context! { user => user, items => items, unseen => 1, unread => true,
+            newest => 1, next_cursor => None::<String>, live => true },
+        )
+        .unwrap();
+        assert!(!html.contains("<script>alert"), "{html}");
+        assert!(html.contains("&lt;script&gt;alert(1)&lt;&#x2f;script&gt;"));
+        assert!(render("login.html", context! { error => evil })
+            .unwrap()
+            .contains("&lt;script&gt;"));
+        let mails = vec![json!({"id": "d", "to": evil, "subject": evil,
+            "html": "<img src=x onerror=alert(1)>", "text": evil, "createdAt": "t"})];
+        let html = render("dev_mail.html", context! { mails => mails }).unwrap();
+        assert!(!html.contains("<img src=x"), "{html}");
+        assert!(render(
+            "error.html",
+            context! { status => 404, heading => "h", message => evil }
+        )
+        .unwrap()
+        .contains("&lt;script&gt;"));
+    }
+
+    #[test]
+    fn only_web_links_are_actions() {
+        for ok in [
+            "https://a.test/x",
+            "HTTP://a.test",
+            "/invitations/accept?t=1",
+        ] {
+            assert!(safe_url(ok), "{ok}");
+        }
+        for bad in [
+            "javascript:alert(1)",
+            " JavaScript:alert(1)",
+            "data:text/html,<b>",
+            "//evil.test",
+            "/\\evil.test",
+            "vbscript:x",
+            "https://a.test/\nx",
+        ] {
+            assert!(!safe_url(bad), "{bad}");
+        }
+    }
+}
