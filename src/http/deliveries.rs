@@ -27,14 +27,7 @@ pub fn list(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
             )))
         }
     };
-    let limit = match req.query("limit") {
-        None => DEFAULT_PAGE,
-        Some(v) => v
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_PAGE).contains(n))
-            .ok_or_else(|| ApiError::bad_request(format!("limit must be 1 to {MAX_PAGE}")))?,
-    };
+    let limit = req.limit(DEFAULT_PAGE, MAX_PAGE)?;
     let cursor = req.query("cursor").filter(|c| !c.is_empty());
     let items = ctx
         .notifier

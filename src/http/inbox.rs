@@ -15,16 +15,7 @@ use crate::notify::inbox::{self, Cursor};
 
 pub fn list(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
     let user = auth::user(ctx, req)?;
-    let limit = match req.query("limit") {
-        None => 20,
-        Some(v) => v
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=inbox::MAX_PAGE).contains(n))
-            .ok_or_else(|| {
-                ApiError::bad_request(format!("limit must be 1 to {}", inbox::MAX_PAGE))
-            })?,
-    };
+    let limit = req.limit(20, inbox::MAX_PAGE)?;
     let cursor = match req.query("cursor").filter(|c| !c.is_empty()) {
         None => None,
         Some(c) => Some(Cursor::parse(c).ok_or_else(|| ApiError::bad_request("invalid cursor"))?),

@@ -109,16 +109,7 @@ pub fn accept(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
 
 pub fn audit(ctx: &Ctx, req: &Req, org: &str) -> Result<Reply, ApiError> {
     let user = auth::user(ctx, req)?;
-    let limit = match req.query("limit") {
-        None => 50,
-        Some(v) => v
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=audit::MAX_PAGE).contains(n))
-            .ok_or_else(|| {
-                ApiError::bad_request(format!("limit must be 1 to {}", audit::MAX_PAGE))
-            })?,
-    };
+    let limit = req.limit(50, audit::MAX_PAGE)?;
     let cursor = req.query("cursor").filter(|c| !c.is_empty());
     let access = Access {
         user: &user,

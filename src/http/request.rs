@@ -110,6 +110,19 @@ impl Req {
         parse_urlencoded(body).ok_or_else(|| ApiError::bad_request("form is not valid UTF-8"))
     }
 
+    /// The `limit` query parameter: `default` when absent, 400 unless it is
+    /// 1 to `max`.
+    pub fn limit(&self, default: usize, max: usize) -> Result<usize, ApiError> {
+        match self.query("limit") {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=max).contains(n))
+                .ok_or_else(|| ApiError::bad_request(format!("limit must be 1 to {max}"))),
+        }
+    }
+
     pub fn bearer(&self) -> Option<&str> {
         let value = self.header("authorization")?;
         let (scheme, token) = value.split_once(' ')?;
