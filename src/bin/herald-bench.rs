@@ -29,6 +29,8 @@ usage: herald-bench [--scenario raw|dispatch|http|inbox|all] [--events N]
   --users N        distinct recipients (default 10000)
   --clients N      concurrent HTTP clients (default 8)
   --rate N         offered load for the commit-to-inbox latency phase, events/s (default 1000)
+  --enqueue-batch N  events per enqueuing transaction in the dispatch scenario (default 100;
+                   1 measures one commit per event, which the http scenario also does)
 
 The http and inbox scenarios start the release `herald` binary found next to
 this one (cargo build --release first). The last stdout line is JSON.";
@@ -40,6 +42,7 @@ struct Opts {
     users: usize,
     clients: usize,
     rate: usize,
+    enqueue_batch: usize,
 }
 
 fn parse_opts() -> Result<Opts, String> {
@@ -50,6 +53,7 @@ fn parse_opts() -> Result<Opts, String> {
         users: 10_000,
         clients: 8,
         rate: 1000,
+        enqueue_batch: 100,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -70,6 +74,7 @@ fn parse_opts() -> Result<Opts, String> {
             "--users" => opts.users = number()?.max(1),
             "--clients" => opts.clients = number()?.max(1),
             "--rate" => opts.rate = number()?.max(1),
+            "--enqueue-batch" => opts.enqueue_batch = number()?.max(1),
             other => return Err(format!("unknown flag {other}\n\n{USAGE}")),
         }
     }
@@ -101,6 +106,7 @@ fn run(opts: &Opts) -> Result<(), String> {
     out.insert("users".into(), json!(opts.users));
     out.insert("clients".into(), json!(opts.clients));
     out.insert("offered_rate".into(), json!(opts.rate));
+    out.insert("enqueue_batch".into(), json!(opts.enqueue_batch));
     out.insert(
         "cores".into(),
         json!(std::thread::available_parallelism().map_or(1, |n| n.get())),
@@ -115,7 +121,7 @@ fn run(opts: &Opts) -> Result<(), String> {
         None
     };
     if all || opts.scenario == "dispatch" {
-        let per_s = dispatch_scenario(work.path(), opts.events, opts.users)?;
+        let per_s = dispatch_scenario(work.path(), opts.events, opts.users, opts.enqueue_batch)?;
         out.insert("dispatch_notifications_per_s".into(), json!(round(per_s)));
         if let Some(raw) = raw {
             out.insert("dispatch_ratio_to_raw".into(), json!(ratio(per_s / raw)));
@@ -282,8 +288,11 @@ fn role_changed(i: usize, users: usize) -> Event {
     event
 }
 
-fn dispatch_scenario(dir: &Path, events: usize, users: usize) -> Result<f64, String> {
-    eprintln!("dispatch: {events} events (inbox + email each) through the library to an in-process provider");
+fn dispatch_scenario(dir: &Path, events: usize, users: usize, batch: usize) -> Result<f64, String> {
+    eprintln!(
+        "dispatch: {events} events (inbox + email each) through the library, {batch} per \
+         transaction, to an in-process provider"
+    );
     let path = dir.join("dispatch.db");
     drop(prepared_db(&path, users, 0)?);
     let store = Arc::new(Store::open(&path, Synchronous::Normal).map_err(|e| e.to_string())?);
@@ -298,13 +307,15 @@ fn dispatch_scenario(dir: &Path, events: usize, users: usize) -> Result<f64, Str
     let counter = Arc::new(Counter::default());
     let running = notifier.start(counter.clone());
     let started = Instant::now();
-    for i in 0..events {
-        let event = role_changed(i, users);
+    for first in (0..events).step_by(batch) {
+        let chunk: Vec<Event> = (first..(first + batch).min(events))
+            .map(|i| role_changed(i, users))
+            .collect();
         notifier
-            .transaction(|outbox| outbox.enqueue(&event))
+            .transaction(|outbox| chunk.iter().try_for_each(|e| outbox.enqueue(e).map(|_| ())))
             .map_err(|e| e.to_string())?;
-        if i % 20_000 == 0 {
-            progress("enqueued", i, events, started);
+        if first % 20_000 < batch {
+            progress("enqueued", first, events, started);
         }
     }
     eprintln!();

@@ -6,6 +6,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use rusqlite::Transaction;
@@ -26,6 +27,8 @@ use crate::store::{now_ms, users, StoreResult};
 /// Events per dispatch transaction: large enough to amortise the commit,
 /// small enough to keep the write lock short.
 const MAX_BATCH: usize = 512;
+/// How long the dispatcher gathers messages before writing a batch.
+const GATHER: Duration = Duration::from_millis(1);
 
 pub(super) fn run(shared: &Arc<Shared>, jobs: Sender<EmailJob>, wake: Sender<Wake>) {
     let rx = shared.bus_rx.clone();
@@ -34,10 +37,16 @@ pub(super) fn run(shared: &Arc<Shared>, jobs: Sender<EmailJob>, wake: Sender<Wak
         let mut outcomes = Vec::new();
         let mut acks = Vec::new();
         let mut stop = false;
+        // Gather what arrives within a short window: under load, taking the
+        // write lock for every single event ping-pongs it with the callers
+        // committing those events, one commit each; a millisecond of patience
+        // turns that into one commit per batch. Idle, it costs one event a
+        // millisecond of latency.
+        let gather_until = Instant::now() + GATHER;
         let mut next = Some(first);
         while let Some(msg) = next {
             match msg {
-                BusMsg::Dispatch(seq) => seqs.push(seq),
+                BusMsg::Dispatch(seq, event) => seqs.push((seq, event)),
                 BusMsg::Outcome(o) => outcomes.push(o),
                 BusMsg::Flush(ack) => acks.push(ack),
                 BusMsg::Stop => {
@@ -45,10 +54,14 @@ pub(super) fn run(shared: &Arc<Shared>, jobs: Sender<EmailJob>, wake: Sender<Wak
                     break;
                 }
             }
-            next = if seqs.len() + outcomes.len() < MAX_BATCH {
-                rx.try_recv().ok()
-            } else {
-                None
+            let room = seqs.len() + outcomes.len() < MAX_BATCH;
+            next = match (room, acks.is_empty()) {
+                (false, _) => None,
+                // Someone waits for a flush: no lingering.
+                (true, false) => rx.try_recv().ok(),
+                (true, true) => rx
+                    .recv_timeout(gather_until.saturating_duration_since(Instant::now()))
+                    .ok(),
             };
         }
         // A bug here must cost one batch (left pending, re-driven by the
@@ -68,6 +81,10 @@ pub(super) fn run(shared: &Arc<Shared>, jobs: Sender<EmailJob>, wake: Sender<Wak
     }
 }
 
+/// A committed outbox row as it came off the bus: its seq, and the event
+/// itself when the publisher still held it.
+pub(super) type Published = (i64, Option<Arc<Event>>);
+
 /// An event ready to be written: parsed and rendered, or the reason it
 /// never can be.
 struct Prepared<'r> {
@@ -78,7 +95,7 @@ struct Prepared<'r> {
 /// Everything rendering produces for one event, done outside the write
 /// transaction.
 struct Ready<'r> {
-    event: Event,
+    event: Arc<Event>,
     def: &'r TypeDef,
     rendered: Rendered,
     dedup_key: Option<String>,
@@ -102,7 +119,7 @@ struct Written {
 /// commit, not the rows, is what costs, so a batch shares one.
 fn handle_batch(
     shared: &Shared,
-    seqs: &[i64],
+    seqs: &[Published],
     outcomes: &[Outcome],
     jobs: &Sender<EmailJob>,
     wake: &Sender<Wake>,
@@ -147,7 +164,7 @@ fn handle_batch(
 
 /// Dispatches `seqs` on the calling thread and returns the emails to send:
 /// for one-shot commands that run no dispatcher thread.
-pub(super) fn dispatch_now(shared: &Shared, seqs: &[i64]) -> Vec<EmailJob> {
+pub(super) fn dispatch_now(shared: &Shared, seqs: &[Published]) -> Vec<EmailJob> {
     let (jobs, jobs_rx) = crossbeam_channel::unbounded();
     let (wake, _) = crossbeam_channel::unbounded();
     handle_batch(shared, seqs, &[], &jobs, &wake);
@@ -163,28 +180,43 @@ pub(super) fn record_now(shared: &Shared, outcomes: &[Outcome]) {
 
 /// Reads the still-pending rows among `seqs` and renders them, outside any
 /// transaction.
-fn prepare_batch<'s>(shared: &'s Shared, seqs: &[i64]) -> Vec<Prepared<'s>> {
-    if seqs.is_empty() {
-        return Vec::new();
-    }
-    match shared.store.read(|c| outbox::load_pending_split(c, seqs)) {
-        // Domain events have no registry type: they go to the listeners.
-        Ok((rows, domain)) => {
-            if !domain.is_empty() {
-                shared.listeners.route(&shared.store, &domain);
+fn prepare_batch<'s>(shared: &'s Shared, seqs: &[Published]) -> Vec<Prepared<'s>> {
+    let unknown: Vec<i64> = seqs
+        .iter()
+        .filter(|(_, event)| event.is_none())
+        .map(|(seq, _)| *seq)
+        .collect();
+    let mut loaded = std::collections::HashMap::new();
+    if !unknown.is_empty() {
+        match shared
+            .store
+            .read(|c| outbox::load_pending_split(c, &unknown))
+        {
+            // Domain events have no registry type: they go to the listeners.
+            Ok((rows, domain)) => {
+                if !domain.is_empty() {
+                    shared.listeners.route(&shared.store, &domain);
+                }
+                loaded.extend(rows.into_iter().map(|row| (row.seq, row.event)));
             }
-            rows.into_iter()
-                .map(|row| Prepared {
-                    seq: row.seq,
-                    ready: row.event.and_then(|event| prepare(shared, event)),
-                })
-                .collect()
-        }
-        Err(e) => {
-            log::error!("dispatcher cannot read the outbox: {e}; the scheduler will re-drive");
-            Vec::new()
+            Err(e) => {
+                log::error!("dispatcher cannot read the outbox: {e}; the scheduler will re-drive");
+            }
         }
     }
+    // In publication order, so inbox rows keep the order of their events.
+    seqs.iter()
+        .filter_map(|(seq, event)| {
+            let event = match event {
+                Some(event) => Ok(event.clone()),
+                None => loaded.remove(seq)?.map(Arc::new),
+            };
+            Some(Prepared {
+                seq: *seq,
+                ready: event.and_then(|event| prepare(shared, event)),
+            })
+        })
+        .collect()
 }
 
 /// Hands a committed batch's emails to the senders and its inbox rows to
@@ -202,7 +234,7 @@ fn after_commit(shared: &Shared, written: Written, jobs: &Sender<EmailJob>, wake
     }
 }
 
-fn prepare(shared: &Shared, event: Event) -> Result<Ready<'_>, String> {
+fn prepare(shared: &Shared, event: Arc<Event>) -> Result<Ready<'_>, String> {
     let def = shared
         .registry
         .get(&event.kind)

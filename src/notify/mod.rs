@@ -112,8 +112,9 @@ impl Default for DeliveryPolicy {
 
 /// What travels on the in-process bus to the dispatcher thread.
 pub(crate) enum BusMsg {
-    /// A committed outbox row to dispatch.
-    Dispatch(i64),
+    /// A committed outbox row to dispatch, with the event when the publisher
+    /// still holds it (so the dispatcher need not read it back).
+    Dispatch(i64, Option<Arc<Event>>),
     /// A send attempt's outcome to record.
     Outcome(email::Outcome),
     /// Acknowledge once every message before this one is handled.
@@ -170,7 +171,7 @@ pub struct Notifier {
 pub struct Outbox<'a, 'c> {
     tx: &'a Transaction<'c>,
     notifier: &'a Notifier,
-    committed_later: Vec<i64>,
+    committed_later: Vec<(i64, Option<Arc<Event>>)>,
 }
 
 impl<'c> Outbox<'_, 'c> {
@@ -182,7 +183,8 @@ impl<'c> Outbox<'_, 'c> {
     pub fn enqueue(&mut self, event: &Event) -> Result<Enqueued, NotifyError> {
         let enqueued = self.notifier.enqueue(self.tx, event)?;
         if enqueued.created {
-            self.committed_later.push(enqueued.seq);
+            self.committed_later
+                .push((enqueued.seq, Some(Arc::new(event.clone()))));
         }
         Ok(enqueued)
     }
@@ -195,7 +197,7 @@ impl<'c> Outbox<'_, 'c> {
         payload: serde_json::Value,
     ) -> Result<Enqueued, NotifyError> {
         let enqueued = outbox::enqueue_domain(self.tx, kind, &payload)?;
-        self.committed_later.push(enqueued.seq);
+        self.committed_later.push((enqueued.seq, None));
         Ok(enqueued)
     }
 }
@@ -257,7 +259,7 @@ impl Notifier {
     /// transaction rolled back is harmless: there is no row to dispatch.
     pub fn publish(&self, seq: i64) {
         // The receiver lives in `Shared`, so the channel cannot be closed.
-        let _ = self.shared.bus.send(BusMsg::Dispatch(seq));
+        let _ = self.shared.bus.send(BusMsg::Dispatch(seq, None));
     }
 
     /// Runs `f` in one write transaction and publishes the events it
@@ -279,8 +281,9 @@ impl Notifier {
             Ok::<_, E>((value, outbox.committed_later))
         })?;
         crate::metrics::METRICS.events_accepted(committed.len() as u64);
-        for seq in committed {
-            self.publish(seq);
+        for (seq, event) in committed {
+            // The receiver lives in `Shared`, so the channel cannot be closed.
+            let _ = self.shared.bus.send(BusMsg::Dispatch(seq, event));
         }
         Ok(value)
     }
@@ -323,12 +326,12 @@ impl Notifier {
     /// Sends that fail stay `retrying` for the server's scheduler. Returns
     /// how many events were handed over.
     pub fn deliver_published(&self, provider: &dyn MailProvider) -> usize {
-        let seqs: Vec<i64> = self
+        let seqs: Vec<(i64, Option<Arc<Event>>)> = self
             .shared
             .bus_rx
             .try_iter()
             .filter_map(|msg| match msg {
-                BusMsg::Dispatch(seq) => Some(seq),
+                BusMsg::Dispatch(seq, event) => Some((seq, event)),
                 _ => None,
             })
             .collect();
