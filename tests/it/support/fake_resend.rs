@@ -972,17 +972,47 @@ fn accept(state: &mut State, send: PendingSend) -> Reply {
     }
 }
 
+/// Writes the reply by hand with `Connection: close` (tiny_http drops that
+/// header from its own responses). tiny_http 0.12 serves each connection on
+/// a task-pool thread for the connection's whole life, and its pool can lose
+/// a wake-up when several connections arrive at once under load: the extra
+/// connection then waits for a thread until another connection ends. With
+/// keep-alive clients that can be never, so the fake ends every connection
+/// after one exchange.
 fn respond(request: tiny_http::Request, reply: Reply) {
-    let mut response =
-        tiny_http::Response::from_string(reply.body.to_string()).with_status_code(reply.status);
-    let content_type = ("content-type".to_string(), "application/json".to_string());
-    for (name, value) in std::iter::once(&content_type).chain(reply.headers.iter()) {
-        if let Ok(header) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-            response.add_header(header);
-        }
+    let body = reply.body.to_string();
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        reply.status,
+        reason(reply.status),
+        body.len()
+    );
+    for (name, value) in &reply.headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
     }
+    head.push_str("\r\n");
+    let mut writer = request.into_writer();
     // The client may have given up already; nothing to do about that here.
-    let _ = request.respond(response);
+    let _ = writer
+        .write_all(head.as_bytes())
+        .and_then(|()| writer.write_all(body.as_bytes()))
+        .and_then(|()| writer.flush());
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        422 => "Unprocessable Entity",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Status",
+    }
 }
 
 fn uuid_v4() -> String {
