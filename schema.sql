@@ -72,6 +72,17 @@ CREATE INDEX notifications_user_unread ON notifications (user_id, created_at DES
     WHERE read_at IS NULL;
 CREATE INDEX notifications_user_unseen ON notifications (user_id) WHERE seen_at IS NULL;
 
+-- The rendered email of an event, stored once when its first delivery is
+-- created: every delivery of the event sends exactly these bytes on every
+-- attempt. Apart from the deliveries, so that recording an attempt rewrites
+-- a small row rather than the whole body.
+CREATE TABLE email_bodies (
+    event_seq  INTEGER PRIMARY KEY REFERENCES outbox (seq),
+    subject    TEXT NOT NULL,
+    html       TEXT NOT NULL,
+    text       TEXT NOT NULL
+);
+
 -- Email deliveries: one row per (event, recipient, channel), rendered once at
 -- creation so that every retry sends the identical body under the same
 -- Idempotency-Key (the delivery id).
@@ -81,9 +92,6 @@ CREATE TABLE deliveries (
     recipient        TEXT NOT NULL,
     channel          TEXT NOT NULL,
     address          TEXT NOT NULL,
-    subject          TEXT NOT NULL,
-    html             TEXT NOT NULL,
-    text             TEXT NOT NULL,
     status           TEXT NOT NULL DEFAULT 'pending'
                      CHECK (status IN ('pending', 'retrying', 'sent', 'failed', 'dead')),
     attempts         INTEGER NOT NULL DEFAULT 0,

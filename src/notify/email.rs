@@ -42,23 +42,24 @@ pub fn insert_delivery(
 ) -> StoreResult<Option<EmailJob>> {
     let id = ids::new_id("dlv");
     let now = now_ms();
+    // One body per event: its other recipients' deliveries find it there.
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO email_bodies (event_seq, subject, html, text)
+         VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![
+        event_seq,
+        content.subject,
+        content.html,
+        content.text
+    ])?;
     let changed = tx
         .prepare_cached(
             "INSERT OR IGNORE INTO deliveries
-                 (id, event_seq, recipient, channel, address, subject, html, text, status,
-                  created_at, updated_at)
-             VALUES (?1, ?2, ?3, 'email', ?4, ?5, ?6, ?7, 'pending', ?8, ?8)",
+                 (id, event_seq, recipient, channel, address, status, created_at, updated_at)
+             VALUES (?1, ?2, ?3, 'email', ?4, 'pending', ?5, ?5)",
         )?
-        .execute(params![
-            id,
-            event_seq,
-            recipient,
-            address,
-            content.subject,
-            content.html,
-            content.text,
-            now
-        ])?;
+        .execute(params![id, event_seq, recipient, address, now])?;
     Ok((changed == 1).then(|| EmailJob {
         delivery_id: id,
         address: address.to_string(),
@@ -69,7 +70,9 @@ pub fn insert_delivery(
     }))
 }
 
-const JOB_COLUMNS: &str = "id, address, subject, html, text, attempts";
+/// A job's columns, from `deliveries d` joined with `email_bodies b`.
+const JOB_COLUMNS: &str = "d.id, d.address, b.subject, b.html, b.text, d.attempts";
+const JOB_FROM: &str = "deliveries d JOIN email_bodies b ON b.event_seq = d.event_seq";
 
 fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EmailJob> {
     Ok(EmailJob {
@@ -85,7 +88,7 @@ fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EmailJob> {
 /// Every delivery waiting to be sent: what a previous run left behind.
 pub fn pending_jobs(conn: &Connection) -> StoreResult<Vec<EmailJob>> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {JOB_COLUMNS} FROM deliveries WHERE status = 'pending' ORDER BY created_at"
+        "SELECT {JOB_COLUMNS} FROM {JOB_FROM} WHERE d.status = 'pending' ORDER BY d.created_at"
     ))?;
     let rows = stmt.query_map([], job_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -93,14 +96,22 @@ pub fn pending_jobs(conn: &Connection) -> StoreResult<Vec<EmailJob>> {
 
 /// Moves retries that are due back to pending and returns them as jobs.
 pub fn claim_due(tx: &Transaction<'_>, now: i64, limit: usize) -> StoreResult<Vec<EmailJob>> {
-    let mut stmt = tx.prepare_cached(&format!(
-        "UPDATE deliveries SET status = 'pending', next_attempt_at = NULL, updated_at = ?1
-         WHERE id IN (SELECT id FROM deliveries WHERE status = 'retrying' AND next_attempt_at <= ?1
-                      ORDER BY next_attempt_at LIMIT ?2)
-         RETURNING {JOB_COLUMNS}"
-    ))?;
-    let rows = stmt.query_map(params![now, limit as i64], job_from_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let jobs: Vec<EmailJob> = tx
+        .prepare_cached(&format!(
+            "SELECT {JOB_COLUMNS} FROM {JOB_FROM}
+             WHERE d.status = 'retrying' AND d.next_attempt_at <= ?1
+             ORDER BY d.next_attempt_at LIMIT ?2"
+        ))?
+        .query_map(params![now, limit as i64], job_from_row)?
+        .collect::<Result<_, _>>()?;
+    let mut claim = tx.prepare_cached(
+        "UPDATE deliveries SET status = 'pending', next_attempt_at = NULL, updated_at = ?2
+         WHERE id = ?1",
+    )?;
+    for job in &jobs {
+        claim.execute(params![job.delivery_id, now])?;
+    }
+    Ok(jobs)
 }
 
 /// When the earliest waiting retry is due.
@@ -244,9 +255,10 @@ pub struct ConsoleEmail {
 /// The newest `limit` emails the console provider recorded as sent.
 pub fn console_sent(conn: &Connection, limit: usize) -> StoreResult<Vec<ConsoleEmail>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, address, subject, html, text, created_at FROM deliveries
-         WHERE provider = 'console' AND status = 'sent'
-         ORDER BY created_at DESC, id DESC LIMIT ?1",
+        "SELECT d.id, d.address, b.subject, b.html, b.text, d.created_at
+         FROM deliveries d JOIN email_bodies b ON b.event_seq = d.event_seq
+         WHERE d.provider = 'console' AND d.status = 'sent'
+         ORDER BY d.created_at DESC, d.id DESC LIMIT ?1",
     )?;
     let rows = stmt.query_map([limit as i64], |r| {
         Ok(ConsoleEmail {
