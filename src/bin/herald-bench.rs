@@ -31,6 +31,8 @@ usage: herald-bench [--scenario raw|dispatch|http|inbox|all] [--events N]
   --rate N         offered load for the commit-to-inbox latency phase, events/s (default 1000)
   --enqueue-batch N  events per enqueuing transaction in the dispatch scenario (default 100;
                    1 measures one commit per event, which the http scenario also does)
+  --http-batch N   events per request in the http scenario (default 1: POST /v1/events;
+                   more: POST /v1/events/bulk)
 
 The http and inbox scenarios start the release `herald` binary found next to
 this one (cargo build --release first). The last stdout line is JSON.";
@@ -43,6 +45,7 @@ struct Opts {
     clients: usize,
     rate: usize,
     enqueue_batch: usize,
+    http_batch: usize,
 }
 
 fn parse_opts() -> Result<Opts, String> {
@@ -54,6 +57,7 @@ fn parse_opts() -> Result<Opts, String> {
         clients: 8,
         rate: 1000,
         enqueue_batch: 100,
+        http_batch: 1,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -75,6 +79,7 @@ fn parse_opts() -> Result<Opts, String> {
             "--clients" => opts.clients = number()?.max(1),
             "--rate" => opts.rate = number()?.max(1),
             "--enqueue-batch" => opts.enqueue_batch = number()?.max(1),
+            "--http-batch" => opts.http_batch = number()?.clamp(1, 1000),
             other => return Err(format!("unknown flag {other}\n\n{USAGE}")),
         }
     }
@@ -107,6 +112,7 @@ fn run(opts: &Opts) -> Result<(), String> {
     out.insert("clients".into(), json!(opts.clients));
     out.insert("offered_rate".into(), json!(opts.rate));
     out.insert("enqueue_batch".into(), json!(opts.enqueue_batch));
+    out.insert("http_batch".into(), json!(opts.http_batch));
     out.insert(
         "cores".into(),
         json!(std::thread::available_parallelism().map_or(1, |n| n.get())),
@@ -492,8 +498,8 @@ fn count(conn: &Connection, sql: &str) -> i64 {
 fn http_scenario(dir: &Path, opts: &Opts, out: &mut Map<String, Value>) -> Result<(), String> {
     let users = opts.users.min(1000);
     eprintln!(
-        "http: {} events over HTTP from {} clients, {users} users",
-        opts.events, opts.clients
+        "http: {} events over HTTP from {} clients, {} per request, {users} users",
+        opts.events, opts.clients, opts.http_batch
     );
     let db = dir.join("http.db");
     drop(prepared_db(&db, users, 0)?);
@@ -519,15 +525,19 @@ fn http_scenario(dir: &Path, opts: &Opts, out: &mut Map<String, Value>) -> Resul
                 herald.base.clone(),
                 herald.key.clone(),
             );
-            let total = opts.events;
+            let (total, batch) = (opts.events, opts.http_batch);
             std::thread::spawn(move || {
                 let agent = new_agent();
                 loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let i = next.fetch_add(batch, Ordering::Relaxed);
                     if i >= total {
                         return;
                     }
-                    if !post_event(&agent, &base, &key, i, users) {
+                    let ok = match batch {
+                        1 => post_event(&agent, &base, &key, i, users),
+                        _ => post_bulk(&agent, &base, &key, i, (i + batch).min(total), users),
+                    };
+                    if !ok {
                         errors.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -627,13 +637,39 @@ fn http_scenario(dir: &Path, opts: &Opts, out: &mut Map<String, Value>) -> Resul
     Ok(())
 }
 
-fn post_event(agent: &ureq::Agent, base: &str, key: &str, i: usize, users: usize) -> bool {
-    let body = format!(
+fn event_json(i: usize, users: usize) -> String {
+    format!(
         r#"{{"type":"org.member.role_changed","recipients":["u{}"],"subjectId":"bench_{i}","payload":{{"newRole":"admin","before":"member","orgName":"Acme","actorName":"Alice"}}}}"#,
         i % users
-    );
+    )
+}
+
+fn post_event(agent: &ureq::Agent, base: &str, key: &str, i: usize, users: usize) -> bool {
+    post(
+        agent,
+        &format!("{base}/v1/events"),
+        key,
+        event_json(i, users),
+    )
+}
+
+/// Events `first..end` in one `POST /v1/events/bulk`.
+fn post_bulk(
+    agent: &ureq::Agent,
+    base: &str,
+    key: &str,
+    first: usize,
+    end: usize,
+    users: usize,
+) -> bool {
+    let events: Vec<String> = (first..end).map(|i| event_json(i, users)).collect();
+    let body = format!(r#"{{"events":[{}]}}"#, events.join(","));
+    post(agent, &format!("{base}/v1/events/bulk"), key, body)
+}
+
+fn post(agent: &ureq::Agent, url: &str, key: &str, body: String) -> bool {
     agent
-        .post(format!("{base}/v1/events"))
+        .post(url)
         .header("Authorization", format!("Bearer {key}"))
         .header("Content-Type", "application/json")
         .send(body.as_bytes())

@@ -177,6 +177,18 @@ fn operation(method: &str, pattern: &str) -> Option<Op> {
                 "A repeat of an idempotency key: the first event",
                 schema("EventAccepted"),
             ),
+        ("POST", "/v1/events/bulk") => Op::new(
+            "triggerEvents",
+            "Enqueue up to 1,000 events in one transaction (all or nothing)",
+            Service,
+        )
+        .body(schema("BulkEventInput"))
+        .ok(202, "The events were committed", schema("BulkAccepted"))
+        .ok(
+            200,
+            "Every event repeated an idempotency key: the first events",
+            schema("BulkAccepted"),
+        ),
         ("GET", "/v1/events/{id}") => Op::new(
             "getEvent",
             "An event's dispatch result and deliveries",
@@ -576,6 +588,24 @@ fn schemas(event_types: &[&str]) -> Value {
                 "nextAttemptAt": nullable("string"), "lastError": nullable("string")
             }
         }));
+    schemas.insert(
+        "BulkEventInput".into(),
+        json!({
+            "type": "object", "required": ["events"], "additionalProperties": false,
+            "properties": {"events": {"type": "array", "minItems": 1, "maxItems": 1000,
+                                      "items": schema("EventInput")}}
+        }),
+    );
+    schemas.insert(
+        "BulkAccepted".into(),
+        json!({
+            "type": "object", "required": ["events"],
+            "properties": {"events": {"type": "array", "items": {
+                "type": "object", "required": ["eventId", "duplicate"],
+                "properties": {"eventId": {"type": "string"}, "duplicate": {"type": "boolean"}}
+            }}}
+        }),
+    );
     schemas.insert(
         "DeliveryPage".into(),
         json!({

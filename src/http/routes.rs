@@ -48,6 +48,9 @@ pub const ROUTES: &[Route] = &[
     }),
     route("GET", "/v1/me", |c, r, _| users::me(c, r)),
     route("POST", "/v1/events", |c, r, _| events::create(c, r)),
+    route("POST", "/v1/events/bulk", |c, r, _| {
+        events::create_bulk(c, r)
+    }),
     route("GET", "/v1/events/{id}", |c, r, p| events::get(c, r, p[0])),
     route("GET", "/v1/deliveries", |c, r, _| deliveries::list(c, r)),
     route("POST", "/v1/deliveries/{id}/retry", |c, r, p| {

@@ -185,3 +185,85 @@ fn herald_send_delivers_from_the_command_line_beside_a_running_server() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no.such.type"));
     assert_eq!(server.count("SELECT COUNT(*) FROM outbox"), 1);
 }
+
+#[test]
+fn a_bulk_request_commits_all_its_events_or_none() {
+    let mail = FakeResend::start();
+    let server = TestServer::builder().mail(&mail).start();
+    let token = server.create_user("gina", "gina@acme.test", "Gina");
+    let key = server.service_key().to_string();
+    let announce = |i: usize| {
+        json!({"type": "system.announcement", "recipients": ["gina"],
+               "payload": {"title": format!("Note {i}"), "body": "b"}})
+    };
+
+    // One bad event refuses the whole request, naming it by index.
+    let bad = json!({"events": [announce(0), role_changed(json!(["nobody"]))]});
+    let (status, body) = server.post("/v1/events/bulk", Some(key.as_str()), &bad);
+    assert_eq!(status, 422, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("events[1].recipients[0]"));
+    assert_eq!(server.count("SELECT COUNT(*) FROM outbox"), 0);
+
+    let mut keyed = announce(2);
+    keyed["idempotencyKey"] = json!("note-2");
+    let good = json!({"events": [announce(0), announce(1), keyed,
+                                 role_changed(json!(["gina", {"email": "g@example.com"}]))]});
+    let (status, body) = server.post("/v1/events/bulk", Some(key.as_str()), &good);
+    assert_eq!(status, 202, "{body}");
+    let ids: Vec<String> = body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["eventId"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 4);
+    for id in &ids {
+        server.wait_event_done(id, WAIT);
+    }
+    let (_, inbox) = server.get("/v1/inbox?limit=10", Some(token.as_str()));
+    let titles: Vec<&str> = inbox["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["title"].as_str().unwrap())
+        .collect();
+    assert_eq!(titles.len(), 4);
+    assert_eq!(
+        &titles[1..],
+        ["Note 2", "Note 1", "Note 0"],
+        "in request order"
+    );
+    assert!(mail.wait_for_accepted(2, WAIT));
+
+    // A repeat of a keyed event reports the first one as a duplicate.
+    let (status, body) = server.post(
+        "/v1/events/bulk",
+        Some(key.as_str()),
+        json!({"events": [keyed_again()]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["events"][0]["eventId"], ids[2].as_str());
+    assert_eq!(body["events"][0]["duplicate"], true);
+
+    for (body, mentions) in [
+        (json!({"events": []}), "events"),
+        (json!({"events": "x"}), "events"),
+        (json!({"events": [announce(0)], "extra": 1}), "extra"),
+    ] {
+        let (status, reply) = server.post("/v1/events/bulk", Some(key.as_str()), &body);
+        assert_eq!(status, 422, "{reply}");
+        assert!(reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(mentions));
+    }
+    assert_eq!(server.count("SELECT COUNT(*) FROM outbox"), 4);
+}
+
+fn keyed_again() -> serde_json::Value {
+    json!({"type": "system.announcement", "recipients": ["gina"], "idempotencyKey": "note-2",
+           "payload": {"title": "Note 2", "body": "b"}})
+}
