@@ -3,7 +3,8 @@
 //! Data flows one way: `http` (or an embedding application) -> a write
 //! transaction in `store` that also writes the `notify` outbox -> after
 //! commit, the bus -> the dispatcher -> the inbox and email channels ->
-//! `mail` providers. See ARCHITECTURE.md for the map and its invariants.
+//! `mail` providers. The README's "Architecture" section has the map and its
+//! invariants.
 
 pub mod app;
 pub mod cli;
