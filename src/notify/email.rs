@@ -215,16 +215,17 @@ fn set_failed(
     Ok(())
 }
 
-/// `base * 2^(attempts-1)`, capped, with up to 20% jitter either way so a
-/// burst of failures does not retry in lockstep; the provider's
-/// `Retry-After` wins when it asks for longer.
+/// `base * 2^(attempts-1)` with up to 20% jitter either way so a burst of
+/// failures does not retry in lockstep, then capped: the cap is a promise to
+/// the operator, so jitter never pushes a delay past it. The provider's
+/// `Retry-After` wins when it asks for longer, even beyond the cap.
 pub fn backoff(policy: &DeliveryPolicy, attempts: u32, retry_after: Option<Duration>) -> Duration {
     let exp = policy
         .retry_base
         .saturating_mul(1u32 << attempts.saturating_sub(1).min(20))
         .min(policy.retry_cap);
     let jitter = (ids::random_u64() % 401) as f64 / 1000.0 - 0.2;
-    let delay = exp.mul_f64(1.0 + jitter);
+    let delay = exp.mul_f64(1.0 + jitter).min(policy.retry_cap);
     retry_after.map_or(delay, |ra| ra.max(delay))
 }
 
@@ -477,5 +478,21 @@ mod tests {
             backoff(&policy, 3, Some(Duration::from_millis(1))),
             4000
         ));
+        // Jitter never lifts a delay over the cap: not where the doubling
+        // reaches it (attempt 4: 8 s +-20%), nor once it is capped.
+        for attempts in [4, 5, 30] {
+            for _ in 0..200 {
+                let delay = backoff(&policy, attempts, None);
+                assert!(
+                    delay <= policy.retry_cap,
+                    "attempt {attempts}: {delay:?} is over the 10 s cap"
+                );
+            }
+        }
+        // A provider asking for longer than the cap still gets its wait.
+        assert_eq!(
+            backoff(&policy, 30, Some(Duration::from_secs(30))),
+            Duration::from_secs(30)
+        );
     }
 }
