@@ -186,6 +186,43 @@ mod tests {
         assert_eq!(parse_retry_after("soon"), None);
     }
 
+    /// `ms` (epoch) as an IMF-fixdate, e.g. `Wed, 21 Oct 2015 07:28:00 GMT`.
+    fn http_date(ms: i64) -> String {
+        const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+        const MONTHS: [&str; 12] = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ];
+        // `2024-11-25T10:20:00.123Z`: the calendar date and the time of day.
+        let stamp = crate::time::rfc3339(ms);
+        let field = |range: std::ops::Range<usize>| stamp[range].parse::<usize>().unwrap();
+        let weekday = WEEKDAYS[ms.div_euclid(86_400_000).rem_euclid(7) as usize];
+        format!(
+            "{weekday}, {:02} {} {} {} GMT",
+            field(8..10),
+            MONTHS[field(5..7) - 1],
+            &stamp[0..4],
+            &stamp[11..19]
+        )
+    }
+
+    #[test]
+    fn retry_after_as_a_future_http_date_waits_until_then() {
+        assert_eq!(
+            http_date(1_445_412_480_000),
+            "Wed, 21 Oct 2015 07:28:00 GMT"
+        );
+        let ahead = 120;
+        let header = http_date(crate::store::now_ms() + ahead * 1000);
+        let delay = parse_retry_after(&header).expect("an HTTP date parses");
+        // The date has whole seconds: up to one second is lost to rounding
+        // down, and a little to the time between the two clock reads.
+        assert!(
+            delay <= Duration::from_secs(ahead as u64)
+                && delay >= Duration::from_secs(ahead as u64 - 1) - Duration::from_millis(500),
+            "{header:?} gave {delay:?}, expected about {ahead} s"
+        );
+    }
+
     #[test]
     fn only_transient_answers_are_retried() {
         assert!(is_retryable(429, "rate_limit_exceeded"));
