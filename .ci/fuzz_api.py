@@ -6,7 +6,8 @@ Usage: fuzz_api.py BASE_URL SERVICE_KEY MAX_EXAMPLES (run inside the venv).
 The server must have been started with `--demo` (org_acme, users alice, bob,
 carol) and STRIPE_WEBHOOK_SECRET set, so the webhook answers random bodies
 with 400 (bad signature) rather than 503 (not configured).
-Exits non-zero on any failure; prints the number of test cases run.
+Exits non-zero on any failure, and when a run's number of test cases
+cannot be read or is 0; prints the number of test cases run.
 """
 
 import json
@@ -120,8 +121,28 @@ def fuzz(base, label, credential, conf_path, max_examples):
     print(out, flush=True)
     if run.returncode != 0:
         sys.exit(f"schemathesis with the {label} failed (exit {run.returncode})")
-    cases = re.search(r"(\d+) generated", out)
-    return int(cases.group(1)) if cases else 0
+    return generated_cases(label, out)
+
+
+def generated_cases(label, out):
+    """The number of test cases from schemathesis's summary ("Test cases:"
+    then "  N generated, N passed"). A run that generated nothing tested
+    nothing, and a summary this script cannot read could hide that: both
+    fail the step instead of counting as 0."""
+    out = re.sub(r"\x1b\[[0-9;]*m", "", out)
+    if re.search(r"^\s*No test cases were generated", out, re.MULTILINE):
+        sys.exit(f"schemathesis with the {label} generated 0 test cases: nothing was tested")
+    cases = re.search(r"^Test cases:\s*\n\s*(\d+) generated\b", out, re.MULTILINE)
+    if cases is None:
+        sys.exit(
+            f"schemathesis with the {label}: cannot find the number of generated test "
+            "cases ('Test cases:' followed by 'N generated') in its output above; "
+            "its summary format may have changed"
+        )
+    count = int(cases.group(1))
+    if count == 0:
+        sys.exit(f"schemathesis with the {label} generated 0 test cases: nothing was tested")
+    return count
 
 
 def check_metrics(base):
