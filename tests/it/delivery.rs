@@ -87,10 +87,35 @@ fn an_address_only_recipient_gets_an_email_and_no_inbox_row() {
     let server = TestServer::builder().mail(&mail).start();
     let (status, body) = server.post_event(role_changed(json!([{"email": "new@example.com"}])));
     assert_eq!(status, 202, "{body}");
-    let event = server.wait_event_done(body["eventId"].as_str().unwrap(), WAIT);
+    let event_id = body["eventId"].as_str().unwrap().to_string();
+    let event = server.wait_event_done(&event_id, WAIT);
     assert_eq!(event["result"]["sent"], 1);
     assert!(mail.wait_for_accepted(1, WAIT));
     assert_eq!(mail.accepted()[0].to, vec!["new@example.com".to_string()]);
+
+    // Wait until the send's outcome is recorded on the event: then the
+    // event is fully dispatched and nothing else is on its way, so the
+    // counts below are final rather than early.
+    let mut event = serde_json::Value::Null;
+    let recorded = crate::support::wait_until(WAIT, || {
+        event = server.wait_event_done(&event_id, WAIT);
+        event["deliveries"]
+            .as_array()
+            .is_some_and(|ds| !ds.is_empty() && ds.iter().all(|d| d["status"] == "sent"))
+    });
+    assert!(recorded, "the email's outcome was never recorded: {event}");
+    let deliveries = event["deliveries"].as_array().unwrap();
+    assert_eq!(deliveries.len(), 1, "one delivery, no inbox: {event}");
+    assert_eq!(
+        (
+            deliveries[0]["channel"].as_str(),
+            deliveries[0]["recipient"].as_str(),
+            deliveries[0]["attempts"].as_i64()
+        ),
+        (Some("email"), Some("email:new@example.com"), Some(1)),
+        "{event}"
+    );
+    assert_eq!(mail.request_count(), 1, "exactly one POST to the provider");
     assert_eq!(server.count("SELECT COUNT(*) FROM notifications"), 0);
 }
 
