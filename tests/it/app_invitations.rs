@@ -78,6 +78,106 @@ fn inviting_a_non_user_sends_one_email_and_no_inbox_row() {
     assert_eq!(server.count("SELECT COUNT(*) FROM notifications"), 0);
 }
 
+/// Every `href` of an HTML document, with character references decoded
+/// (`.html` templates are autoescaped, which writes `/` as `&#x2f;`).
+fn hrefs(html: &str) -> Vec<String> {
+    html.split("href=\"")
+        .skip(1)
+        .filter_map(|rest| rest.split_once('"'))
+        .map(|(value, _)| decode_html(value))
+        .collect()
+}
+
+fn decode_html(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find('&') {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 1..];
+        let decoded = after.split_once(';').and_then(|(entity, tail)| {
+            let c = match entity {
+                "amp" => Some('&'),
+                "lt" => Some('<'),
+                "gt" => Some('>'),
+                "quot" => Some('"'),
+                "apos" => Some('\''),
+                _ => {
+                    let code = match entity.strip_prefix("#x").or(entity.strip_prefix("#X")) {
+                        Some(hex) => u32::from_str_radix(hex, 16).ok(),
+                        None => entity.strip_prefix('#').and_then(|d| d.parse().ok()),
+                    };
+                    code.and_then(char::from_u32)
+                }
+            };
+            c.map(|c| (c, tail))
+        });
+        match decoded {
+            Some((c, tail)) => {
+                out.push(c);
+                rest = tail;
+            }
+            None => {
+                out.push('&');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[test]
+fn herald_public_url_is_the_base_of_the_accept_link_in_the_answer_and_the_email() {
+    let base = "https://herald.example.test";
+    let mail = FakeResend::start();
+    let (server, demo) = start_demo(demo_builder(&mail).env("HERALD_PUBLIC_URL", base));
+    let (status, body) = invite(&server, &demo.bob, "newbie@example.com", "member");
+    assert_eq!(status, 201, "{body}");
+    let accept_url = body["acceptUrl"].as_str().unwrap().to_string();
+    let token = token_of(&body["acceptUrl"]);
+    assert!(token.starts_with("hinv_"), "{accept_url}");
+    assert_eq!(
+        accept_url,
+        format!("{base}/invitations/accept?token={token}"),
+        "the answer's link is on HERALD_PUBLIC_URL, not the bound address"
+    );
+    settle(&server);
+
+    assert_eq!(emails_to(&mail, "newbie@example.com"), 1);
+    let email = mail.accepted().pop().unwrap();
+    let text = email.text.unwrap_or_default();
+    let text_links: Vec<&str> = text
+        .split_whitespace()
+        .filter(|w| w.contains("/invitations/accept"))
+        .collect();
+    assert_eq!(text_links, [accept_url.as_str()], "text part:\n{text}");
+    let html = email.html.unwrap_or_default();
+    let html_links: Vec<String> = hrefs(&html)
+        .into_iter()
+        .filter(|h| h.contains("/invitations/accept"))
+        .collect();
+    assert!(
+        !html_links.is_empty(),
+        "no accept link in the html:\n{html}"
+    );
+    for link in &html_links {
+        assert_eq!(link, &accept_url, "html part:\n{html}");
+    }
+    assert!(
+        !text.contains(server.base_url()) && !html.contains(server.base_url()),
+        "the email points at the bound address, not HERALD_PUBLIC_URL"
+    );
+
+    // The token the email carries is the invitation's own: it can be accepted.
+    let newbie = server.create_user("newbie", "newbie@example.com", "Newbie");
+    let (status, body) = server.post(
+        "/v1/invitations/accept",
+        Some(&newbie),
+        json!({ "token": token_of(&json!(text_links[0])) }),
+    );
+    assert_eq!(status, 200, "{body}");
+}
+
 #[test]
 fn inviting_a_member_or_a_pending_invitee_is_409_and_writes_nothing() {
     let mail = FakeResend::start();
