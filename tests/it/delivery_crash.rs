@@ -14,7 +14,10 @@ use crate::support::{wait_until, FakeResend, Mode, TestServer};
 const WAIT: Duration = Duration::from_secs(60);
 
 /// Each accepted email went to a distinct address (one per event here), and
-/// every key the provider saw is a delivery of this database.
+/// every key the provider saw is a delivery of this database. Acceptance is
+/// counted from the provider's request log: a resend after the crash under
+/// the same key is answered with the original response and is no second
+/// email, while a key accepted as a new email twice would be one.
 fn assert_each_recipient_once(mail: &FakeResend, server: &TestServer, emails: usize) {
     let ids = delivery_ids(server);
     assert_eq!(ids.len(), emails);
@@ -24,6 +27,7 @@ fn assert_each_recipient_once(mail: &FakeResend, server: &TestServer, emails: us
         "one accepted email per delivery id"
     );
     assert_eq!(mail.accepted_count(), emails, "no email accepted twice");
+    assert_eq!(mail.check_one_email_per_key(&ids), Ok(()));
     let recipients: BTreeSet<Vec<String>> = mail.accepted().into_iter().map(|a| a.to).collect();
     assert_eq!(recipients.len(), emails, "no recipient got two emails");
     for r in mail.requests() {

@@ -161,6 +161,9 @@ fn random_faults_deliver_every_email_exactly_once_and_never_hold_up_the_inbox() 
         events,
         "no email accepted twice"
     );
+    // From the request log: resends after an accepted-but-unanswered send
+    // got the original response, and no key became a second email.
+    assert_eq!(mail.check_one_email_per_key(&ids), Ok(()));
     assert_identical_bodies(&mail);
     let faults: Vec<Fault> = mail.requests().iter().filter_map(|r| r.fault).collect();
     for kind in Fault::ALL {
@@ -252,6 +255,10 @@ fn retries_back_off_exponentially_then_die_and_a_retry_rearms_them() {
     let sent = wait_delivery(&server, &event_id, "sent", WAIT);
     assert_eq!(sent["attempts"], 1, "a retry starts a fresh round");
     assert_eq!(mail.accepted_keys(), BTreeSet::from([id.clone()]));
+    assert_eq!(
+        mail.check_one_email_per_key(&BTreeSet::from([id.clone()])),
+        Ok(())
+    );
     assert_eq!(mail.requests_with_key(&id).len(), 6);
     assert_identical_bodies(&mail);
 
@@ -405,8 +412,10 @@ fn a_hanging_provider_never_slows_the_inbox_or_the_api_and_sends_time_out_and_re
     assert!(wait_until(WAIT, || server
         .count("SELECT COUNT(*) FROM deliveries WHERE status = 'sent'")
         == events));
-    assert_eq!(mail.accepted_keys(), delivery_ids(&server));
+    let ids = delivery_ids(&server);
+    assert_eq!(mail.accepted_keys(), ids);
     assert_eq!(mail.accepted_count() as i64, events);
+    assert_eq!(mail.check_one_email_per_key(&ids), Ok(()));
 }
 
 /// Most requests in any window of `width` starting at a request.
@@ -599,6 +608,8 @@ fn the_outbox_command_lists_dead_deliveries_and_rearms_them() {
     for event in &events {
         wait_delivery(&server, event, "sent", WAIT);
     }
-    assert_eq!(mail.accepted_keys(), dead.into_iter().collect());
+    let dead: BTreeSet<String> = dead.into_iter().collect();
+    assert_eq!(mail.accepted_keys(), dead);
     assert_eq!(mail.accepted_count(), 3);
+    assert_eq!(mail.check_one_email_per_key(&dead), Ok(()));
 }

@@ -2,9 +2,16 @@
 //! test process: auth, validation, idempotency keys and rate limits as Resend
 //! does them, told to fail, hang, delay or break the connection at will (also
 //! at random, for a ratio of requests), recording all it receives.
+//!
+//! "Sent twice" is judged the way Resend would send: a repeat of an accepted
+//! idempotency key gets the original response and is not a second email, so
+//! a client's resends after a crash count once. What the fake accepted is
+//! counted from its request log (`RecordedRequest::new_email_id`), where a
+//! key accepted as a new email twice shows up: after
+//! `forget_idempotency_keys`, as after Resend's 24 hours, it can.
 
 use serde_json::{json, Map, Value};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
@@ -89,6 +96,11 @@ pub struct RecordedRequest {
     /// True if the connection was broken instead of answered (`Mode::Close`,
     /// `Fault::Close`, `Fault::AcceptThenClose`).
     pub closed: bool,
+    /// The id of the email this request made the fake accept as a new one
+    /// (answered 2xx, or `Fault::AcceptThenClose`). `None` for everything
+    /// else, including a repeat of an accepted key: that gets the original
+    /// response (status 200, the same id) and sends nothing.
+    pub new_email_id: Option<String>,
 }
 
 impl RecordedRequest {
@@ -100,8 +112,8 @@ impl RecordedRequest {
     }
 }
 
-/// An email the fake actually accepted: one per idempotency key that got a 2xx
-/// the first time, plus one per accepted request without a key.
+/// An email the fake actually accepted: one per request accepted as a new
+/// email (see `RecordedRequest::new_email_id`).
 #[derive(Debug, Clone)]
 pub struct AcceptedEmail {
     /// The `id` answered to the client.
@@ -199,14 +211,89 @@ impl FakeResend {
         };
     }
 
-    /// Distinct idempotency keys among the accepted emails.
-    pub fn accepted_keys(&self) -> std::collections::BTreeSet<String> {
+    /// Distinct idempotency keys accepted as a new email, from the request log.
+    pub fn accepted_keys(&self) -> BTreeSet<String> {
+        self.new_emails_per_key().into_keys().collect()
+    }
+
+    /// Per idempotency key, how many requests were accepted as a new email,
+    /// from the request log. 1 for a key however often it was resent while
+    /// the fake remembered it; 2 or more means that address got the email
+    /// more than once.
+    pub fn new_emails_per_key(&self) -> BTreeMap<String, usize> {
+        let mut per_key = BTreeMap::new();
+        for r in self.shared.lock().requests.iter() {
+            if let (Some(key), Some(_)) = (&r.idempotency_key, &r.new_email_id) {
+                *per_key.entry(key.clone()).or_insert(0) += 1;
+            }
+        }
+        per_key
+    }
+
+    /// The provider's side of "exactly once", from the request log: the keys
+    /// accepted as a new email are exactly `keys`, each exactly once, and
+    /// every 2xx answered under a key (a resend after a crash or a lost
+    /// answer) carried that key's one email id, i.e. was the original
+    /// response, not a second email. `Err` says what broke.
+    pub fn check_one_email_per_key(&self, keys: &BTreeSet<String>) -> Result<(), String> {
+        let requests = self.requests();
+        let mut ids: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for r in &requests {
+            match (&r.idempotency_key, &r.new_email_id) {
+                (Some(key), Some(id)) => ids.entry(key).or_default().push(id),
+                (None, Some(id)) => {
+                    return Err(format!(
+                        "email {id} was accepted without an idempotency key"
+                    ))
+                }
+                (_, None) => {}
+            }
+        }
+        let twice: Vec<String> = ids
+            .iter()
+            .filter(|(_, emails)| emails.len() > 1)
+            .map(|(key, emails)| format!("{key} ({} emails)", emails.len()))
+            .collect();
+        if !twice.is_empty() {
+            return Err(format!(
+                "accepted as a new email more than once under one key: {}",
+                twice.join(", ")
+            ));
+        }
+        let accepted: BTreeSet<String> = ids.keys().map(|k| k.to_string()).collect();
+        if accepted != *keys {
+            let missing: Vec<&String> = keys.difference(&accepted).collect();
+            let extra: Vec<&String> = accepted.difference(keys).collect();
+            return Err(format!(
+                "keys accepted as new emails differ from the expected ones: \
+                 never accepted {missing:?}, not expected {extra:?}"
+            ));
+        }
+        for r in requests
+            .iter()
+            .filter(|r| r.status.is_some_and(|s| (200..300).contains(&s)))
+        {
+            let key = r.idempotency_key.as_deref().unwrap_or_default();
+            let answered = r.response["id"].as_str().unwrap_or_default();
+            let email = ids.get(key).map(|emails| emails[0]).unwrap_or_default();
+            if answered != email {
+                return Err(format!(
+                    "a 2xx under key {key:?} answered email {answered:?}, \
+                     but the key's email is {email:?}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets every accepted idempotency key, as Resend does 24 hours after
+    /// a key's first use: from now on a request under an old key is a new
+    /// email. Keys of requests still in flight are kept.
+    pub fn forget_idempotency_keys(&self) {
         self.shared
             .lock()
-            .accepted
-            .iter()
-            .filter_map(|a| a.idempotency_key.clone())
-            .collect()
+            .idempotency
+            .retain(|_, entry| matches!(entry, IdempotencyEntry::InFlight));
     }
 
     /// Requests received but neither answered nor broken off yet (held by
@@ -250,8 +337,15 @@ impl FakeResend {
         self.shared.lock().accepted.clone()
     }
 
+    /// Requests accepted as a new email, from the request log: a repeat of
+    /// an accepted key (answered with the original response) is not counted.
     pub fn accepted_count(&self) -> usize {
-        self.shared.lock().accepted.len()
+        self.shared
+            .lock()
+            .requests
+            .iter()
+            .filter(|r| r.new_email_id.is_some())
+            .count()
     }
 
     /// Polls until at least `n` emails were accepted; false at the deadline.
@@ -429,6 +523,7 @@ fn handle(shared: &Shared, mut request: tiny_http::Request) {
             received_at: incoming.received_at,
             fault: None,
             closed: false,
+            new_email_id: None,
         });
         state.requests.len() - 1
     };
@@ -455,7 +550,12 @@ fn handle(shared: &Shared, mut request: tiny_http::Request) {
                 return;
             }
             let close = send.close_after_accept;
-            let reply = accept(&mut shared.lock(), send);
+            let reply = {
+                let mut state = shared.lock();
+                let reply = accept(&mut state, send);
+                state.requests[index].new_email_id = reply.body["id"].as_str().map(String::from);
+                reply
+            };
             if close {
                 shared.lock().requests[index].closed = true;
                 break_connection(request);
@@ -1029,4 +1129,69 @@ fn uuid_v4() -> String {
         &hex[16..20],
         &hex[20..32]
     )
+}
+
+/// The fake's own bookkeeping, which the delivery tests' "exactly once"
+/// checks stand on: a same-key repeat is a replay, not a second email, and a
+/// key accepted twice (possible once keys are forgotten) is caught.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn post(fake: &FakeResend, key: &str, subject: &str) -> (u16, Value) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let body = json!({
+            "from": "herald <noreply@herald.test>",
+            "to": ["dave@example.com"],
+            "subject": subject,
+            "text": "hello"
+        });
+        let mut response = agent
+            .post(&format!("{}/emails", fake.url()))
+            .header("Authorization", "Bearer re_test")
+            .header("Idempotency-Key", key)
+            .header("Content-Type", "application/json")
+            .send(&serde_json::to_vec(&body).unwrap()[..])
+            .expect("the fake answers");
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or_default())
+    }
+
+    #[test]
+    fn a_repeat_is_a_replay_and_a_key_accepted_twice_is_caught() {
+        let fake = FakeResend::start();
+        let keys = BTreeSet::from(["dlv_a".to_string(), "dlv_b".to_string()]);
+        let (status, first) = post(&fake, "dlv_a", "Hi");
+        assert_eq!(status, 200, "{first}");
+        // A resend under the same key (the client never saw the answer, or
+        // crashed before recording it) gets the original response.
+        let (status, again) = post(&fake, "dlv_a", "Hi");
+        assert_eq!((status, &again), (200, &first));
+        // The same key with another body is refused, not sent.
+        let (status, refused) = post(&fake, "dlv_a", "Other");
+        assert_eq!(status, 409, "{refused}");
+        assert_eq!(post(&fake, "dlv_b", "Hi").0, 200);
+        assert_eq!(fake.request_count(), 4);
+        assert_eq!(fake.accepted_count(), 2);
+        assert_eq!(fake.accepted_keys(), keys);
+        assert_eq!(fake.check_one_email_per_key(&keys), Ok(()));
+        assert!(fake
+            .check_one_email_per_key(&BTreeSet::from(["dlv_a".to_string()]))
+            .is_err_and(|e| e.contains("dlv_b")));
+
+        // Once the keys are forgotten, as after Resend's 24 hours, the same
+        // request is a second email to the same address, and it is counted.
+        fake.forget_idempotency_keys();
+        let (status, second) = post(&fake, "dlv_a", "Hi");
+        assert_eq!(status, 200);
+        assert_ne!(second["id"], first["id"]);
+        assert_eq!(fake.new_emails_per_key()["dlv_a"], 2);
+        assert_eq!(fake.accepted_count(), 3);
+        let err = fake.check_one_email_per_key(&keys).unwrap_err();
+        assert!(err.contains("dlv_a (2 emails)"), "{err}");
+    }
 }
