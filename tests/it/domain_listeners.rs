@@ -1,13 +1,14 @@
 //! Domain-event listeners (SPEC 4.5) against the real binary: a listener that
 //! fails or panics is retried with backoff until it succeeds once, without
 //! holding up the other listeners or the notification dispatcher, and a crash
-//! between the accept's COMMIT and the listener run neither loses nor repeats
+//! between the accept's COMMIT and the listener run, or before the dispatcher
+//! even routed the domain events to the listeners, neither loses nor repeats
 //! the grant.
 
 use crate::domain_credits::{
     expected_ledger, granted_notifications, invite_and_accept, ledger, wait_runs_done,
 };
-use crate::support::app::{demo_builder, inbox_rows, settle, start_demo, WAIT};
+use crate::support::app::{demo_builder, inbox_rows, settle, start_demo, writable_db, WAIT};
 use crate::support::{wait_until, FakeResend, TestServer};
 
 fn run_stat(server: &TestServer, listener: &str, sql: &str) -> i64 {
@@ -131,4 +132,66 @@ fn a_crash_before_the_listener_runs_grants_exactly_once_after_restart() {
     settle(&server);
     assert_eq!(run_stat(&server, "billing.referral", "SUM(attempts)"), 2);
     assert_eq!(granted_notifications(&server), 2);
+}
+
+#[test]
+fn a_crash_before_the_domain_events_are_routed_grants_exactly_once_after_restart() {
+    let mail = FakeResend::start();
+    let (mut server, demo) = start_demo(demo_builder(&mail).env("HERALD_REFERRAL_CREDITS", "500"));
+    let dave = server.create_user("dave", "dave@example.com", "Dave");
+    // Routing writes the listener runs and marks the domain rows dispatched
+    // in one transaction; a trigger that refuses every run rolls it back, so
+    // the dispatcher cannot route however long the test takes to kill it,
+    // while the accept itself (which writes no run) commits as usual.
+    writable_db(&server)
+        .execute_batch(
+            "CREATE TRIGGER test_no_routing BEFORE INSERT ON listener_runs
+             BEGIN SELECT RAISE(ABORT, 'test: routing held off'); END;",
+        )
+        .unwrap();
+    let inv = invite_and_accept(&server, &demo.alice, "dave@example.com", &dave);
+    let tried = wait_until(WAIT, || {
+        server.logs().contains("cannot route") && server.logs().contains("routing held off")
+    });
+    assert!(
+        tried,
+        "the dispatcher never tried to route:\n{}",
+        server.logs()
+    );
+
+    server.kill9();
+    // On disk: the accept committed (member and both domain events), nothing
+    // routed, nothing granted.
+    assert_eq!(
+        server.count("SELECT COUNT(*) FROM members WHERE user_id = 'dave'"),
+        1
+    );
+    assert_eq!(
+        server.count(
+            "SELECT COUNT(*) FROM outbox WHERE kind = 'domain' AND status = 'pending'
+             AND type IN ('invitation.accepted', 'organization.provisioned')"
+        ),
+        2
+    );
+    assert_eq!(server.count("SELECT COUNT(*) FROM listener_runs"), 0);
+    assert_eq!(server.count("SELECT COUNT(*) FROM credit_ledger"), 0);
+    writable_db(&server)
+        .execute_batch("DROP TRIGGER test_no_routing;")
+        .unwrap();
+
+    let server = server.restart();
+    wait_runs_done(&server, "billing.referral", 2);
+    settle(&server);
+    assert_eq!(ledger(&server), expected_ledger(&inv, "dave", 500));
+    assert_eq!(granted_notifications(&server), 2);
+    assert_eq!(
+        run_stat(&server, "billing.referral", "SUM(attempts)"),
+        2,
+        "each run succeeded once, after the restart"
+    );
+    assert_eq!(inbox_rows(&server, "alice", "org.invitation.accepted"), 1);
+    assert_eq!(
+        server.count("SELECT COUNT(*) FROM outbox WHERE kind = 'domain' AND status = 'pending'"),
+        0
+    );
 }
