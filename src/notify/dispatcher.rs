@@ -98,8 +98,6 @@ struct Ready<'r> {
     event: Arc<Event>,
     def: &'r TypeDef,
     rendered: Rendered,
-    dedup_key: Option<String>,
-    digest_key: Option<String>,
 }
 
 /// What a dispatch transaction hands on after COMMIT.
@@ -239,22 +237,14 @@ fn prepare(shared: &Shared, event: Arc<Event>) -> Result<Ready<'_>, String> {
         .registry
         .get(&event.kind)
         .ok_or_else(|| format!("type {:?} is no longer in the registry", event.kind))?;
-    let templates = &shared.templates;
-    let rendered = templates
+    let rendered = shared
+        .templates
         .render(&event.kind, def, &event.payload)
-        .map_err(|e| e.to_string())?;
-    let dedup_key = templates
-        .dedup_key(&event.kind, def, &event.payload)
-        .map_err(|e| e.to_string())?;
-    let digest_key = templates
-        .digest_key(&event.kind, def, &event.payload)
         .map_err(|e| e.to_string())?;
     Ok(Ready {
         event,
         def,
         rendered,
-        dedup_key,
-        digest_key,
     })
 }
 
@@ -312,7 +302,7 @@ fn fan_out(
             }
             Recipient::Address { email } => email.clone(),
         };
-        let dedup = DedupKey::of(event, &key, ready.dedup_key.as_deref());
+        let dedup = DedupKey::of(event, &key, rendered.dedup_key.as_deref());
         if release.is_none() && policy::is_duplicate(tx, def, &dedup, now)? {
             result.deduped += 1;
             for channel in reachable(def, recipient) {
@@ -340,7 +330,7 @@ fn fan_out(
         if release.is_none() {
             policy::remember(tx, def, &dedup, now)?;
         }
-        if let (Some(spec), Some(digest_key), None) = (&def.digest, &ready.digest_key, release) {
+        if let (Some(spec), Some(digest_key), None) = (&def.digest, &rendered.digest_key, release) {
             let opened = digest::join(tx, seq, event, recipient, digest_key, spec, &channels, now)?;
             written.digest_opened |= opened.is_some();
             continue;

@@ -94,18 +94,17 @@ pub fn channels_for(
 ) -> StoreResult<(Vec<Channel>, i64)> {
     let mut allowed = Vec::new();
     let mut suppressed = 0;
+    let switches = match recipient {
+        Recipient::User(id) if !def.critical => preferences::switches(conn, id, &event.kind)?,
+        _ => preferences::Switches::default(),
+    };
     for channel in def.channels.iter().copied() {
         if only.is_some_and(|only| !only.contains(&channel)) {
             continue;
         }
         match recipient {
-            Recipient::User(id) => {
-                if preferences::allows(conn, id, &event.kind, def, channel)? {
-                    allowed.push(channel);
-                } else {
-                    suppressed += 1;
-                }
-            }
+            Recipient::User(_) if switches.allow(def, channel) => allowed.push(channel),
+            Recipient::User(_) => suppressed += 1,
             Recipient::Address { .. } if channel == Channel::Email => allowed.push(channel),
             Recipient::Address { .. } => {}
         }

@@ -31,39 +31,45 @@ pub fn set(
     Ok(())
 }
 
-/// Whether `user_id` receives type `kind` on `channel`. A `*` switched off
-/// wins over a type switched on: it is the "no emails at all" control.
-pub fn allows(
-    conn: &Connection,
-    user_id: &str,
-    kind: &str,
-    def: &TypeDef,
-    channel: Channel,
-) -> StoreResult<bool> {
-    if def.critical {
-        return Ok(true);
+/// A user's stored switches for one type and for `*`, by channel.
+#[derive(Debug, Default)]
+pub struct Switches {
+    own: [Option<bool>; 2],
+    all: [Option<bool>; 2],
+}
+
+impl Switches {
+    /// Whether type `def` reaches the user on `channel`. A `*` switched off
+    /// wins over a type switched on: it is the "no emails at all" control.
+    /// Critical types ignore every switch.
+    pub fn allow(&self, def: &TypeDef, channel: Channel) -> bool {
+        let i = channel as usize;
+        def.critical
+            || (self.all[i] != Some(false)
+                && self.own[i].unwrap_or_else(|| default_for(def, channel)))
     }
+}
+
+/// Reads `user_id`'s switches for type `kind` and for `*`: one query serves
+/// every channel of an event's recipient.
+pub fn switches(conn: &Connection, user_id: &str, kind: &str) -> StoreResult<Switches> {
     let mut stmt = conn.prepare_cached(
-        "SELECT type, enabled FROM preferences
-         WHERE user_id = ?1 AND channel = ?2 AND type IN (?3, '*')",
+        "SELECT type, channel, enabled FROM preferences WHERE user_id = ?1 AND type IN (?2, '*')",
     )?;
-    let mut own = None;
-    let mut all = None;
-    let rows = stmt.query_map(params![user_id, channel.as_str(), kind], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?))
-    })?;
-    for row in rows {
-        let (ty, enabled) = row?;
-        if ty == ALL_TYPES {
-            all = Some(enabled);
+    let mut rows = stmt.query(params![user_id, kind])?;
+    let mut switches = Switches::default();
+    while let Some(row) = rows.next()? {
+        let Some(channel) = Channel::parse(&row.get::<_, String>(1)?) else {
+            continue;
+        };
+        let slot = if row.get::<_, String>(0)? == ALL_TYPES {
+            &mut switches.all
         } else {
-            own = Some(enabled);
-        }
+            &mut switches.own
+        };
+        slot[channel as usize] = Some(row.get(2)?);
     }
-    if all == Some(false) {
-        return Ok(false);
-    }
-    Ok(own.unwrap_or_else(|| default_for(def, channel)))
+    Ok(switches)
 }
 
 fn default_for(def: &TypeDef, channel: Channel) -> bool {
@@ -169,8 +175,9 @@ mod tests {
             .unwrap();
         let allows = |kind: &str, c: Channel| {
             store
-                .read(|conn| allows(conn, "u", kind, r.get(kind).unwrap(), c))
+                .read(|conn| switches(conn, "u", kind))
                 .unwrap()
+                .allow(r.get(kind).unwrap(), c)
         };
         assert!(allows("plain", Channel::Email));
         assert!(!allows("quiet", Channel::Email));

@@ -24,6 +24,10 @@ const EMAIL_FILES: [&str; 3] = ["email_subject.txt", "email.html", "email.txt"];
 pub struct Rendered {
     pub inbox: Option<InboxContent>,
     pub email: Option<EmailContent>,
+    /// The rendered `dedupKey`, if the type declares one.
+    pub dedup_key: Option<String>,
+    /// The rendered digest key, if the type is digested.
+    pub digest_key: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -95,7 +99,7 @@ impl Templates {
             for (ty, def) in registry.types() {
                 if let Err(e) = templates.render(ty, def, &def.sample) {
                     problems.push(format!("type {ty}: sample does not render: {e}"));
-                } else if let Err(e) = templates.render_keys(ty, def, &only_required(def)) {
+                } else if let Err(e) = templates.render(ty, def, &only_required(def)) {
                     problems.push(templates.unrequired_problem(ty, def, &e));
                 }
             }
@@ -107,13 +111,16 @@ impl Templates {
         }
     }
 
-    /// Renders everything `def`'s channels need for one event's payload.
+    /// Renders everything one event needs: its channels' content and its
+    /// dedup and digest keys. The payload is converted to a template value
+    /// once, and that one value serves every template of the event.
     pub fn render(
         &self,
         ty: &str,
         def: &TypeDef,
         payload: &Value,
     ) -> Result<Rendered, NotifyError> {
+        let ctx = minijinja::Value::from_serialize(payload);
         let inbox = if def.has(Channel::Inbox) {
             let actions = def
                 .actions
@@ -122,16 +129,13 @@ impl Templates {
                 .map(|(i, a)| {
                     Ok(Action {
                         label: a.label.clone(),
-                        url: self.one_line(&inline_name(ty, &format!("action{i}")), payload)?,
+                        url: self.one_line(&inline_name(ty, &format!("action{i}")), &ctx)?,
                     })
                 })
                 .collect::<Result<_, NotifyError>>()?;
             Some(InboxContent {
-                title: self.one_line(&format!("{ty}/inbox_title.txt"), payload)?,
-                body: self
-                    .file(&format!("{ty}/inbox_body.txt"), payload)?
-                    .trim()
-                    .to_string(),
+                title: self.one_line(&format!("{ty}/inbox_title.txt"), &ctx)?,
+                body: self.one_line(&format!("{ty}/inbox_body.txt"), &ctx)?,
                 actions,
             })
         } else {
@@ -139,50 +143,24 @@ impl Templates {
         };
         let email = if def.has(Channel::Email) {
             Some(EmailContent {
-                subject: self.one_line(&format!("{ty}/email_subject.txt"), payload)?,
-                html: self.file(&format!("{ty}/email.html"), payload)?,
-                text: self.file(&format!("{ty}/email.txt"), payload)?,
+                subject: self.one_line(&format!("{ty}/email_subject.txt"), &ctx)?,
+                html: self.file(&format!("{ty}/email.html"), &ctx)?,
+                text: self.file(&format!("{ty}/email.txt"), &ctx)?,
             })
         } else {
             None
         };
-        Ok(Rendered { inbox, email })
-    }
-
-    /// The rendered dedup key of an event, if its type declares one.
-    pub fn dedup_key(
-        &self,
-        ty: &str,
-        def: &TypeDef,
-        payload: &Value,
-    ) -> Result<Option<String>, NotifyError> {
-        def.dedup_key
-            .as_ref()
-            .map(|_| self.one_line(&inline_name(ty, "dedupKey"), payload))
-            .transpose()
-    }
-
-    /// The rendered digest key of an event, if its type is digested.
-    pub fn digest_key(
-        &self,
-        ty: &str,
-        def: &TypeDef,
-        payload: &Value,
-    ) -> Result<Option<String>, NotifyError> {
-        def.digest
-            .as_ref()
-            .map(|_| self.one_line(&inline_name(ty, "digestKey"), payload))
-            .transpose()
-    }
-
-    /// Everything an event of `def` renders, keys included: what the
-    /// dispatcher will need from a payload that carries only the required
-    /// fields.
-    fn render_keys(&self, ty: &str, def: &TypeDef, payload: &Value) -> Result<(), NotifyError> {
-        self.render(ty, def, payload)?;
-        self.dedup_key(ty, def, payload)?;
-        self.digest_key(ty, def, payload)?;
-        Ok(())
+        let key = |declared: bool, name: &str| {
+            declared
+                .then(|| self.one_line(&inline_name(ty, name), &ctx))
+                .transpose()
+        };
+        Ok(Rendered {
+            inbox,
+            email,
+            dedup_key: key(def.dedup_key.is_some(), "dedupKey")?,
+            digest_key: key(def.digest.is_some(), "digestKey")?,
+        })
     }
 
     /// Names the fields a type's templates use without guarding them that
@@ -205,20 +183,20 @@ impl Templates {
         )
     }
 
-    fn file(&self, name: &str, payload: &Value) -> Result<String, NotifyError> {
+    fn file(&self, name: &str, ctx: &minijinja::Value) -> Result<String, NotifyError> {
         let template = self
             .env
             .get_template(name)
             .map_err(|e| NotifyError::Render(describe("templates", &e)))?;
         template
-            .render(payload)
+            .render(ctx)
             .map_err(|e| NotifyError::Render(describe("templates", &e)))
     }
 
     /// Titles, subjects, urls and keys are single lines: surrounding
     /// whitespace (a trailing newline in the file) is not part of them.
-    fn one_line(&self, name: &str, payload: &Value) -> Result<String, NotifyError> {
-        Ok(self.file(name, payload)?.trim().to_string())
+    fn one_line(&self, name: &str, ctx: &minijinja::Value) -> Result<String, NotifyError> {
+        Ok(self.file(name, ctx)?.trim().to_string())
     }
 }
 
