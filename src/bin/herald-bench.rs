@@ -31,8 +31,9 @@ usage: herald-bench [--scenario raw|dispatch|http|inbox|all] [--events N]
   --rate N         offered load for the commit-to-inbox latency phase, events/s (default 1000)
   --enqueue-batch N  events per enqueuing transaction in the dispatch scenario (default 100;
                    1 measures one commit per event, which the http scenario also does)
-  --http-batch N   events per request in the http scenario (default 1: POST /v1/events;
-                   more: POST /v1/events/bulk)
+  --http-batch N   events per request in the http scenario's bulk phase
+                   (POST /v1/events/bulk; default 100); its first phase posts
+                   one event per request (POST /v1/events)
 
 The http and inbox scenarios start the release `herald` binary found next to
 this one (cargo build --release first). The last stdout line is JSON.";
@@ -57,7 +58,7 @@ fn parse_opts() -> Result<Opts, String> {
         clients: 8,
         rate: 1000,
         enqueue_batch: 100,
-        http_batch: 1,
+        http_batch: 100,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -79,7 +80,7 @@ fn parse_opts() -> Result<Opts, String> {
             "--clients" => opts.clients = number()?.max(1),
             "--rate" => opts.rate = number()?.max(1),
             "--enqueue-batch" => opts.enqueue_batch = number()?.max(1),
-            "--http-batch" => opts.http_batch = number()?.clamp(1, 1000),
+            "--http-batch" => opts.http_batch = number()?.clamp(2, 1000),
             other => return Err(format!("unknown flag {other}\n\n{USAGE}")),
         }
     }
@@ -355,43 +356,72 @@ fn dispatch_scenario(dir: &Path, events: usize, users: usize, batch: usize) -> R
     Ok(per_s)
 }
 
-/// A fake Resend API on loopback that accepts every email at once.
+/// A fake Resend API on loopback that accepts every email at once: plain
+/// HTTP/1.1 keep-alive on std's TcpListener, a thread per connection. (Not
+/// tiny_http: its 0.12 task pool can lose a wake-up when connections arrive
+/// together, leaving a keep-alive connection unserved until another closes.)
 struct FakeResend {
     url: String,
     accepted: Arc<AtomicUsize>,
-    _server: Arc<tiny_http::Server>,
 }
 
 fn fake_resend() -> Result<FakeResend, String> {
-    let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").map_err(|e| e.to_string())?);
-    let port = server
-        .server_addr()
-        .to_ip()
-        .map(|a| a.port())
-        .ok_or("no port")?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
     let accepted = Arc::new(AtomicUsize::new(0));
-    for _ in 0..8 {
-        let (server, accepted) = (server.clone(), accepted.clone());
-        std::thread::spawn(move || {
-            while let Ok(mut rq) = server.recv() {
-                let mut body = Vec::new();
-                let _ = rq.as_reader().read_to_end(&mut body);
-                let n = accepted.fetch_add(1, Ordering::Relaxed);
-                let response =
-                    tiny_http::Response::from_string(format!("{{\"id\":\"bench-{n}\"}}"))
-                        .with_header(
-                            tiny_http::Header::from_bytes("Content-Type", "application/json")
-                                .unwrap(),
-                        );
-                let _ = rq.respond(response);
-            }
-        });
-    }
+    let counter = accepted.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let counter = counter.clone();
+            std::thread::spawn(move || serve_fake_connection(stream, &counter));
+        }
+    });
     Ok(FakeResend {
         url: format!("http://127.0.0.1:{port}"),
         accepted,
-        _server: server,
     })
+}
+
+/// Answers every request on one connection with 200 `{"id"}` until the
+/// client closes it.
+fn serve_fake_connection(stream: std::net::TcpStream, accepted: &AtomicUsize) {
+    use std::io::{BufRead, Read};
+    let _ = stream.set_nodelay(true);
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = std::io::BufReader::new(stream);
+    let mut line = String::new();
+    loop {
+        let mut length = 0usize;
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) if line == "\r\n" => break,
+                Ok(_) => {
+                    if let Some((name, value)) = line.split_once(':') {
+                        if name.eq_ignore_ascii_case("content-length") {
+                            length = value.trim().parse().unwrap_or(0);
+                        }
+                    }
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let n = accepted.fetch_add(1, Ordering::Relaxed);
+        let reply = format!("{{\"id\":\"bench-{n}\"}}");
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{reply}",
+            reply.len()
+        );
+        if writer.write_all(response.as_bytes()).is_err() {
+            return;
+        }
+    }
 }
 
 fn herald_binary() -> PathBuf {
@@ -498,7 +528,7 @@ fn count(conn: &Connection, sql: &str) -> i64 {
 fn http_scenario(dir: &Path, opts: &Opts, out: &mut Map<String, Value>) -> Result<(), String> {
     let users = opts.users.min(1000);
     eprintln!(
-        "http: {} events over HTTP from {} clients, {} per request, {users} users",
+        "http: {} events over HTTP from {} clients, one per request then {} per request, {users} users",
         opts.events, opts.clients, opts.http_batch
     );
     let db = dir.join("http.db");
@@ -514,79 +544,21 @@ fn http_scenario(dir: &Path, opts: &Opts, out: &mut Map<String, Value>) -> Resul
     conn.busy_timeout(Duration::from_secs(5))
         .map_err(|e| e.to_string())?;
 
-    let next = Arc::new(AtomicUsize::new(0));
-    let errors = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let clients: Vec<_> = (0..opts.clients)
-        .map(|_| {
-            let (next, errors, base, key) = (
-                next.clone(),
-                errors.clone(),
-                herald.base.clone(),
-                herald.key.clone(),
-            );
-            let (total, batch) = (opts.events, opts.http_batch);
-            std::thread::spawn(move || {
-                let agent = new_agent();
-                loop {
-                    let i = next.fetch_add(batch, Ordering::Relaxed);
-                    if i >= total {
-                        return;
-                    }
-                    let ok = match batch {
-                        1 => post_event(&agent, &base, &key, i, users),
-                        _ => post_bulk(&agent, &base, &key, i, (i + batch).min(total), users),
-                    };
-                    if !ok {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            })
-        })
-        .collect();
-    while !clients.iter().all(|c| c.is_finished()) {
-        progress(
-            "accepted",
-            next.load(Ordering::Relaxed).min(opts.events),
-            opts.events,
-            started,
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    for c in clients {
-        let _ = c.join();
-    }
-    let accept_s = started.elapsed().as_secs_f64();
-    eprintln!();
-    if errors.load(Ordering::Relaxed) > 0 {
-        return Err(format!(
-            "{} event posts failed",
-            errors.load(Ordering::Relaxed)
-        ));
-    }
-    while mail.accepted.load(Ordering::Relaxed) < opts.events
-        || count(
-            &conn,
-            "SELECT COUNT(*) FROM deliveries WHERE status = 'sent'",
-        ) < opts.events as i64
-    {
-        if started.elapsed() > Duration::from_secs(900) {
-            return Err("http drain did not finish within 15 minutes".into());
-        }
-        progress(
-            "emails accepted",
-            mail.accepted.load(Ordering::Relaxed),
-            opts.events,
-            started,
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let drain_s = started.elapsed().as_secs_f64();
-    eprintln!();
-    let http_per_s = opts.events as f64 / accept_s;
-    out.insert("http_events_per_s".into(), json!(round(http_per_s)));
+    let (per_s, drain_s) = load_phase(&herald, &mail, &conn, opts, 1, 0, users)?;
+    out.insert("http_events_per_s".into(), json!(round(per_s)));
     out.insert("http_drain_s".into(), json!(ratio(drain_s)));
-    eprintln!("  http: {http_per_s:.0} events/s accepted, drained in {drain_s:.2} s");
+    let (per_s, drain_s) = load_phase(
+        &herald,
+        &mail,
+        &conn,
+        opts,
+        opts.http_batch,
+        opts.events,
+        users,
+    )?;
+    out.insert("http_bulk_events_per_s".into(), json!(round(per_s)));
+    out.insert("http_bulk_drain_s".into(), json!(ratio(drain_s)));
+    let sent_before = 2 * opts.events;
 
     // Commit-to-inbox latency at a fixed offered load, from the stored
     // timestamps of the outbox row and its inbox row (same clock).
@@ -599,7 +571,7 @@ fn http_scenario(dir: &Path, opts: &Opts, out: &mut Map<String, Value>) -> Resul
         if let Some(wait) = due.checked_sub(paced.elapsed()) {
             std::thread::sleep(wait);
         }
-        post_event(&agent, &herald.base, &herald.key, opts.events + i, users);
+        post_event(&agent, &herald.base, &herald.key, sent_before + i, users);
     }
     std::thread::sleep(Duration::from_millis(500));
     let mut stmt = conn
@@ -631,9 +603,187 @@ fn http_scenario(dir: &Path, opts: &Opts, out: &mut Map<String, Value>) -> Resul
         percentile(&lat, 0.99),
         lat.len()
     );
+    stream_phase(&herald, &agent, out)?;
     if let Some(kb) = rss_kb(pid, "VmHWM:") {
         out.insert("peak_rss_mb".into(), json!(ratio(kb as f64 / 1024.0)));
     }
+    Ok(())
+}
+
+/// `opts.events` events over HTTP from `opts.clients` connections, `batch`
+/// per request (1: `POST /v1/events`, more: `POST /v1/events/bulk`), then
+/// waits until the fake provider accepted every email and herald recorded
+/// it sent. `before` events were sent by earlier phases. Returns events/s
+/// accepted and the seconds until everything was delivered.
+fn load_phase(
+    herald: &Herald,
+    mail: &FakeResend,
+    conn: &Connection,
+    opts: &Opts,
+    batch: usize,
+    before: usize,
+    users: usize,
+) -> Result<(f64, f64), String> {
+    let total = opts.events;
+    eprintln!("  {total} events, {batch} per request:");
+    let next = Arc::new(AtomicUsize::new(0));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let clients: Vec<_> = (0..opts.clients)
+        .map(|_| {
+            let (next, errors, base, key) = (
+                next.clone(),
+                errors.clone(),
+                herald.base.clone(),
+                herald.key.clone(),
+            );
+            std::thread::spawn(move || {
+                let agent = new_agent();
+                loop {
+                    let i = next.fetch_add(batch, Ordering::Relaxed);
+                    if i >= total {
+                        return;
+                    }
+                    let (first, end) = (before + i, before + (i + batch).min(total));
+                    let ok = match batch {
+                        1 => post_event(&agent, &base, &key, first, users),
+                        _ => post_bulk(&agent, &base, &key, first, end, users),
+                    };
+                    if !ok {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    while !clients.iter().all(|c| c.is_finished()) {
+        progress(
+            "accepted",
+            next.load(Ordering::Relaxed).min(total),
+            total,
+            started,
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for c in clients {
+        let _ = c.join();
+    }
+    let accept_s = started.elapsed().as_secs_f64();
+    eprintln!();
+    if errors.load(Ordering::Relaxed) > 0 {
+        return Err(format!(
+            "{} requests failed",
+            errors.load(Ordering::Relaxed)
+        ));
+    }
+    let delivered = (before + total) as i64;
+    while (mail.accepted.load(Ordering::Relaxed) as i64) < delivered
+        || count(
+            conn,
+            "SELECT COUNT(*) FROM deliveries WHERE status = 'sent'",
+        ) < delivered
+    {
+        if started.elapsed() > Duration::from_secs(900) {
+            return Err("http drain did not finish within 15 minutes".into());
+        }
+        progress(
+            "emails accepted",
+            mail.accepted.load(Ordering::Relaxed) - before,
+            total,
+            started,
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let drain_s = started.elapsed().as_secs_f64();
+    eprintln!();
+    let per_s = total as f64 / accept_s;
+    eprintln!("  {per_s:.0} events/s accepted, everything delivered in {drain_s:.2} s");
+    Ok((per_s, drain_s))
+}
+
+/// Push latency of the live inbox: one subscriber on `GET /v1/inbox/stream`
+/// while events for its user arrive at 100/s; each event carries the time
+/// its POST was sent, so a sample is POST-sent to pushed-item-read, an upper
+/// bound on commit-to-push.
+fn stream_phase(
+    herald: &Herald,
+    agent: &ureq::Agent,
+    out: &mut Map<String, Value>,
+) -> Result<(), String> {
+    use std::io::BufRead;
+    const EVENTS: usize = 300;
+    let mut response = agent
+        .post(format!("{}/v1/users/u0/tokens", herald.base))
+        .header("Authorization", format!("Bearer {}", herald.key))
+        .send_empty()
+        .map_err(|e| e.to_string())?;
+    let body: Value = serde_json::from_str(
+        &response
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    let token = body["token"].as_str().ok_or("no token")?.to_string();
+    let stream = agent
+        .get(format!("{}/v1/inbox/stream", herald.base))
+        .header("Authorization", format!("Bearer {token}"))
+        .call()
+        .map_err(|e| format!("cannot open the inbox stream: {e}"))?;
+    let reader = std::io::BufReader::new(stream.into_body().into_reader());
+    let epoch = Instant::now();
+    let listener = std::thread::spawn(move || {
+        let mut lat = Vec::new();
+        for line in reader.lines() {
+            let Ok(line) = line else { break };
+            let Some(data) = line.strip_prefix("data: ") else {
+                continue;
+            };
+            let Ok(item) = serde_json::from_str::<Value>(data) else {
+                continue;
+            };
+            if let Some(sent_us) = item["payload"]["body"]
+                .as_str()
+                .and_then(|b| b.parse::<u64>().ok())
+            {
+                lat.push(
+                    (epoch.elapsed().as_micros() as u64).saturating_sub(sent_us) as f64 / 1000.0,
+                );
+            }
+            if lat.len() == EVENTS {
+                break;
+            }
+        }
+        lat
+    });
+    for i in 0..EVENTS {
+        std::thread::sleep(Duration::from_millis(10));
+        let event = format!(
+            r#"{{"type":"system.announcement","recipients":["u0"],"subjectId":"push_{i}","payload":{{"title":"push {i}","body":"{}"}}}}"#,
+            epoch.elapsed().as_micros()
+        );
+        if !post(
+            agent,
+            &format!("{}/v1/events", herald.base),
+            &herald.key,
+            event,
+        ) {
+            return Err("stream phase: an event was refused".into());
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !listener.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if !listener.is_finished() {
+        return Err("stream phase: not every event reached the stream within 20 s".into());
+    }
+    let mut lat = listener.join().map_err(|_| "stream listener panicked")?;
+    lat.sort_by(f64::total_cmp);
+    let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
+    out.insert("stream_push_p50_ms".into(), json!(ratio(p50)));
+    out.insert("stream_push_p99_ms".into(), json!(ratio(p99)));
+    eprintln!("  stream: event POST to pushed item at 100/s: p50 {p50:.2} ms, p99 {p99:.2} ms ({} samples)", lat.len());
     Ok(())
 }
 
