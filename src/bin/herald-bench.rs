@@ -502,6 +502,23 @@ fn new_agent() -> ureq::Agent {
         .into()
 }
 
+/// A new API token for `user`, issued with the service key.
+fn issue_token(agent: &ureq::Agent, herald: &Herald, user: &str) -> Result<String, String> {
+    let mut response = agent
+        .post(format!("{}/v1/users/{user}/tokens", herald.base))
+        .header("Authorization", format!("Bearer {}", herald.key))
+        .send_empty()
+        .map_err(|e| e.to_string())?;
+    let body: Value = serde_json::from_str(
+        &response
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(body["token"].as_str().ok_or("no token")?.to_string())
+}
+
 fn rss_kb(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
@@ -712,19 +729,7 @@ fn stream_phase(
 ) -> Result<(), String> {
     use std::io::BufRead;
     const EVENTS: usize = 300;
-    let mut response = agent
-        .post(format!("{}/v1/users/u0/tokens", herald.base))
-        .header("Authorization", format!("Bearer {}", herald.key))
-        .send_empty()
-        .map_err(|e| e.to_string())?;
-    let body: Value = serde_json::from_str(
-        &response
-            .body_mut()
-            .read_to_string()
-            .map_err(|e| e.to_string())?,
-    )
-    .map_err(|e| e.to_string())?;
-    let token = body["token"].as_str().ok_or("no token")?.to_string();
+    let token = issue_token(agent, herald, "u0")?;
     let stream = agent
         .get(format!("{}/v1/inbox/stream", herald.base))
         .header("Authorization", format!("Bearer {token}"))
@@ -846,19 +851,7 @@ fn inbox_scenario(dir: &Path, opts: &Opts, out: &mut Map<String, Value>) -> Resu
     let mut tokens = Vec::new();
     for u in 0..sample_users {
         let user = (u * users / sample_users).min(users - 1);
-        let mut response = agent
-            .post(format!("{}/v1/users/u{user}/tokens", herald.base))
-            .header("Authorization", format!("Bearer {}", herald.key))
-            .send_empty()
-            .map_err(|e| e.to_string())?;
-        let body: Value = serde_json::from_str(
-            &response
-                .body_mut()
-                .read_to_string()
-                .map_err(|e| e.to_string())?,
-        )
-        .map_err(|e| e.to_string())?;
-        tokens.push(body["token"].as_str().ok_or("no token")?.to_string());
+        tokens.push(issue_token(&agent, &herald, &format!("u{user}"))?);
     }
     let measure = |path: &str, label: &str| -> Result<(f64, f64, f64), String> {
         let requests = 4000;

@@ -17,6 +17,20 @@ fn run_stat(server: &TestServer, listener: &str, sql: &str) -> i64 {
     ))
 }
 
+/// After a restart: both billing runs done, each in one attempt, and the
+/// invitation's two grants and two notifications there exactly once.
+fn granted_once_after_restart(server: &TestServer, inv: &str) {
+    wait_runs_done(server, "billing.referral", 2);
+    settle(server);
+    assert_eq!(ledger(server), expected_ledger(inv, "dave", 500));
+    assert_eq!(granted_notifications(server), 2);
+    assert_eq!(
+        run_stat(server, "billing.referral", "SUM(attempts)"),
+        2,
+        "each run succeeded once, after the restart"
+    );
+}
+
 /// `flaky` is the test hook's probe listener, forced to fail (or panic)
 /// twice with a 1 s backoff base; `billing.referral` runs beside it.
 fn failing_listener_is_retried_while_others_proceed(mode: &str) {
@@ -117,15 +131,7 @@ fn a_crash_before_the_listener_runs_grants_exactly_once_after_restart() {
         .restart_builder()
         .env_remove("HERALD_TEST_LISTENER_DELAY_MS")
         .start();
-    wait_runs_done(&server, "billing.referral", 2);
-    settle(&server);
-    assert_eq!(ledger(&server), expected_ledger(&inv, "dave", 500));
-    assert_eq!(granted_notifications(&server), 2);
-    assert_eq!(
-        run_stat(&server, "billing.referral", "SUM(attempts)"),
-        2,
-        "each run succeeded once, after the restart"
-    );
+    granted_once_after_restart(&server, &inv);
 
     // A further restart replays nothing: the runs are done.
     let server = server.restart();
@@ -180,15 +186,7 @@ fn a_crash_before_the_domain_events_are_routed_grants_exactly_once_after_restart
         .unwrap();
 
     let server = server.restart();
-    wait_runs_done(&server, "billing.referral", 2);
-    settle(&server);
-    assert_eq!(ledger(&server), expected_ledger(&inv, "dave", 500));
-    assert_eq!(granted_notifications(&server), 2);
-    assert_eq!(
-        run_stat(&server, "billing.referral", "SUM(attempts)"),
-        2,
-        "each run succeeded once, after the restart"
-    );
+    granted_once_after_restart(&server, &inv);
     assert_eq!(inbox_rows(&server, "alice", "org.invitation.accepted"), 1);
     assert_eq!(
         server.count("SELECT COUNT(*) FROM outbox WHERE kind = 'domain' AND status = 'pending'"),
