@@ -31,11 +31,11 @@ pub fn set(
     Ok(())
 }
 
-/// A user's stored switches for one type and for `*`, by channel.
+/// A user's stored switches for one type and for `*`, indexed by channel.
 #[derive(Debug, Default)]
 pub struct Switches {
-    own: [Option<bool>; 2],
-    all: [Option<bool>; 2],
+    own: [Option<bool>; Channel::ALL.len()],
+    all: [Option<bool>; Channel::ALL.len()],
 }
 
 impl Switches {
