@@ -182,6 +182,7 @@ impl Config {
             retry_cap: Duration::from_millis(number("HERALD_RETRY_CAP_MS", 3_600_000)?.max(1)),
             max_attempts: max_attempts as u32,
             rate_per_sec,
+            queue_capacity: number("HERALD_MAIL_QUEUE", 1024)?.clamp(1, 1_000_000) as usize,
         };
         let mail = MailConfig {
             provider: env("HERALD_MAIL_PROVIDER").unwrap_or_else(|| "console".into()),

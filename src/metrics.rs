@@ -244,6 +244,9 @@ pub struct QueueGauges {
     pub oldest_email_pending_secs: Option<f64>,
     /// Messages on the in-process bus not yet taken by the dispatcher.
     pub bus_len: usize,
+    /// Emails held in memory for the mail senders (at most
+    /// `HERALD_MAIL_QUEUE`; the rest of `email` waits in the database).
+    pub senders_len: usize,
 }
 
 impl QueueGauges {
@@ -266,13 +269,15 @@ impl QueueGauges {
             out,
             "herald_queue_depth",
             "gauge",
-            "Work waiting: outbox rows to dispatch, emails to send, emails to retry, bus messages.",
+            "Work waiting: outbox rows to dispatch, emails to send, emails to retry, bus messages, \
+             emails queued in memory for the senders.",
         );
         for (queue, n) in [
             ("outbox", self.outbox_pending),
             ("email", self.email_pending),
             ("retry", self.retry_queue),
             ("bus", self.bus_len as i64),
+            ("senders", self.senders_len as i64),
         ] {
             sample(out, "herald_queue_depth", &[("queue", queue)], n as f64);
         }

@@ -248,6 +248,7 @@ fn metrics(ctx: &Ctx) -> Result<Reply, ApiError> {
         .store()
         .read(crate::notify::stats::queue_gauges)?;
     gauges.bus_len = ctx.notifier.bus_len();
+    gauges.senders_len = ctx.notifier.mail_queue_len();
     Ok(Reply::text(
         200,
         "text/plain; version=0.0.4; charset=utf-8",

@@ -13,6 +13,7 @@ use rusqlite::Transaction;
 
 use super::email::{self, EmailJob, Outcome};
 use super::event::{Event, Recipient};
+use super::mail_queue::MailQueue;
 use super::outbox::{self, DispatchResult};
 use super::policy::{self, DedupKey};
 use super::registry::{Channel, TypeDef};
@@ -30,7 +31,7 @@ const MAX_BATCH: usize = 512;
 /// How long the dispatcher gathers messages before writing a batch.
 const GATHER: Duration = Duration::from_millis(1);
 
-pub(super) fn run(shared: &Arc<Shared>, jobs: Sender<EmailJob>, wake: Sender<Wake>) {
+pub(super) fn run(shared: &Arc<Shared>, queue: &MailQueue, wake: Sender<Wake>) {
     let rx = shared.bus_rx.clone();
     while let Ok(first) = rx.recv() {
         let mut seqs = Vec::new();
@@ -67,7 +68,7 @@ pub(super) fn run(shared: &Arc<Shared>, jobs: Sender<EmailJob>, wake: Sender<Wak
         // A bug here must cost one batch (left pending, re-driven by the
         // scheduler), never the dispatcher thread.
         let handled = catch_unwind(AssertUnwindSafe(|| {
-            handle_batch(shared, &seqs, &outcomes, &jobs, &wake);
+            handle_batch(shared, &seqs, &outcomes, queue, &wake);
         }));
         if handled.is_err() {
             log::error!("dispatcher batch panicked; its events stay pending and are re-driven");
@@ -119,7 +120,7 @@ fn handle_batch(
     shared: &Shared,
     seqs: &[Published],
     outcomes: &[Outcome],
-    jobs: &Sender<EmailJob>,
+    queue: &MailQueue,
     wake: &Sender<Wake>,
 ) {
     let prepared = prepare_batch(shared, seqs);
@@ -136,8 +137,9 @@ fn handle_batch(
             for o in outcomes {
                 METRICS.email_send(send_result(o, shared.policy.max_attempts));
             }
-            after_commit(shared, written, jobs, wake);
-            if retry_scheduled {
+            after_commit(shared, written, queue, wake);
+            let page_in = release(queue, outcomes);
+            if retry_scheduled || page_in {
                 let _ = wake.send(Wake::Retry);
             }
         }
@@ -149,12 +151,15 @@ fn handle_batch(
                     .store
                     .write(|tx| write_all(tx, std::slice::from_ref(p)))
                 {
-                    Ok(written) => after_commit(shared, written, jobs, wake),
+                    Ok(written) => after_commit(shared, written, queue, wake),
                     Err(e) => log::error!("event #{} not dispatched: {e}", p.seq),
                 }
             }
             if !outcomes.is_empty() {
                 record_outcomes(shared, outcomes, wake);
+                if release(queue, outcomes) {
+                    let _ = wake.send(Wake::Retry);
+                }
             }
         }
     }
@@ -163,17 +168,16 @@ fn handle_batch(
 /// Dispatches `seqs` on the calling thread and returns the emails to send:
 /// for one-shot commands that run no dispatcher thread.
 pub(super) fn dispatch_now(shared: &Shared, seqs: &[Published]) -> Vec<EmailJob> {
-    let (jobs, jobs_rx) = crossbeam_channel::unbounded();
+    let queue = MailQueue::unbounded();
     let (wake, _) = crossbeam_channel::unbounded();
-    handle_batch(shared, seqs, &[], &jobs, &wake);
-    jobs_rx.try_iter().collect()
+    handle_batch(shared, seqs, &[], &queue, &wake);
+    queue.receiver().try_iter().collect()
 }
 
 /// Records send outcomes on the calling thread (see `dispatch_now`).
 pub(super) fn record_now(shared: &Shared, outcomes: &[Outcome]) {
-    let (jobs, _) = crossbeam_channel::unbounded();
     let (wake, _) = crossbeam_channel::unbounded();
-    handle_batch(shared, &[], outcomes, &jobs, &wake);
+    handle_batch(shared, &[], outcomes, &MailQueue::unbounded(), &wake);
 }
 
 /// Reads the still-pending rows among `seqs` and renders them, outside any
@@ -217,9 +221,9 @@ fn prepare_batch<'s>(shared: &'s Shared, seqs: &[Published]) -> Vec<Prepared<'s>
         .collect()
 }
 
-/// Hands a committed batch's emails to the senders and its inbox rows to
-/// the live stream.
-fn after_commit(shared: &Shared, written: Written, jobs: &Sender<EmailJob>, wake: &Sender<Wake>) {
+/// Hands a committed batch's emails to the senders (those the queue has no
+/// room for wait in the database) and its inbox rows to the live stream.
+fn after_commit(shared: &Shared, written: Written, queue: &MailQueue, wake: &Sender<Wake>) {
     shared.announce_inbox(&written.inbox);
     for (kind, channel, fate) in &written.fates {
         METRICS.notification(kind, channel.as_str(), *fate);
@@ -228,8 +232,14 @@ fn after_commit(shared: &Shared, written: Written, jobs: &Sender<EmailJob>, wake
         let _ = wake.send(Wake::Retry);
     }
     for job in written.jobs {
-        let _ = jobs.send(job);
+        queue.offer(job);
     }
+}
+
+/// Frees the queue's hold on deliveries whose outcome is recorded; true
+/// when the scheduler should page in deliveries waiting in the database.
+fn release(queue: &MailQueue, outcomes: &[Outcome]) -> bool {
+    !outcomes.is_empty() && queue.release(outcomes.iter().map(|o| o.delivery_id.as_str()))
 }
 
 fn prepare(shared: &Shared, event: Arc<Event>) -> Result<Ready<'_>, String> {

@@ -85,13 +85,22 @@ fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EmailJob> {
     })
 }
 
-/// Every delivery waiting to be sent: what a previous run left behind.
-pub fn pending_jobs(conn: &Connection) -> StoreResult<Vec<EmailJob>> {
+/// The oldest `limit` deliveries waiting to be sent, for the mail queue to
+/// page in.
+pub fn pending_jobs(conn: &Connection, limit: usize) -> StoreResult<Vec<EmailJob>> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {JOB_COLUMNS} FROM {JOB_FROM} WHERE d.status = 'pending' ORDER BY d.created_at"
+        "SELECT {JOB_COLUMNS} FROM {JOB_FROM} WHERE d.status = 'pending'
+         ORDER BY d.created_at LIMIT ?1"
     ))?;
-    let rows = stmt.query_map([], job_from_row)?;
+    let rows = stmt.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], job_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// How many deliveries wait to be sent.
+pub fn pending_count(conn: &Connection) -> StoreResult<i64> {
+    Ok(conn
+        .prepare_cached("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'")?
+        .query_row([], |r| r.get(0))?)
 }
 
 /// Moves retries that are due back to pending and returns them as jobs.

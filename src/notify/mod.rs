@@ -11,6 +11,7 @@ pub mod email;
 pub mod event;
 pub mod inbox;
 pub mod listeners;
+mod mail_queue;
 pub mod outbox;
 mod pacer;
 pub mod policy;
@@ -95,6 +96,8 @@ pub struct DeliveryPolicy {
     /// Client-side cap on requests to the mail provider, shared by every
     /// sender thread; None sends as fast as the provider answers.
     pub rate_per_sec: Option<f64>,
+    /// Emails held in memory for the senders; the rest wait in the database.
+    pub queue_capacity: usize,
 }
 
 impl Default for DeliveryPolicy {
@@ -106,6 +109,7 @@ impl Default for DeliveryPolicy {
             retry_cap: Duration::from_secs(3600),
             max_attempts: 8,
             rate_per_sec: None,
+            queue_capacity: 1024,
         }
     }
 }
@@ -141,6 +145,8 @@ struct Shared {
     wake: Sender<scheduler::Wake>,
     wake_rx: Receiver<scheduler::Wake>,
     listeners: listeners::Listeners,
+    /// Emails waiting for a sender thread, bounded in memory.
+    mail_queue: Arc<mail_queue::MailQueue>,
     /// Who hears about committed inbox rows; a dropped receiver is forgotten
     /// at the next announcement.
     inbox_listeners: Mutex<Vec<Sender<InboxCommitted>>>,
@@ -211,6 +217,7 @@ impl Notifier {
     ) -> Notifier {
         let (bus, bus_rx) = crossbeam_channel::unbounded();
         let (wake, wake_rx) = crossbeam_channel::unbounded();
+        let mail_queue = Arc::new(mail_queue::MailQueue::bounded(policy.queue_capacity));
         Notifier {
             shared: Arc::new(Shared {
                 store,
@@ -222,6 +229,7 @@ impl Notifier {
                 wake,
                 wake_rx,
                 listeners: listeners::Listeners::default(),
+                mail_queue,
                 inbox_listeners: Mutex::new(Vec::new()),
             }),
         }
@@ -359,6 +367,11 @@ impl Notifier {
         rx
     }
 
+    /// Emails queued in memory for the mail senders.
+    pub fn mail_queue_len(&self) -> usize {
+        self.shared.mail_queue.len()
+    }
+
     /// Messages waiting on the bus (not yet taken by the dispatcher).
     pub fn bus_len(&self) -> usize {
         self.shared.bus_rx.len()
@@ -368,17 +381,17 @@ impl Notifier {
     /// re-drives everything a previous run left unfinished.
     pub fn start(&self, provider: Arc<dyn MailProvider>) -> Running {
         let shared = &self.shared;
-        let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded();
+        let queue = shared.mail_queue.clone();
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let pacer = Arc::new(pacer::Pacer::new(shared.policy.rate_per_sec));
-        scheduler::redrive(self, &jobs_tx);
+        scheduler::redrive(self);
 
         let mut senders = Vec::new();
         for i in 0..shared.policy.sender_threads.max(1) {
             let ctx = email::SenderContext {
                 provider: provider.clone(),
                 from: shared.policy.from.clone(),
-                jobs: jobs_rx.clone(),
+                jobs: queue.receiver(),
                 outcomes: shared.bus.clone(),
                 pacer: pacer.clone(),
                 stop: stop_rx.clone(),
@@ -389,9 +402,9 @@ impl Notifier {
         }
         let dispatcher = {
             let shared = self.shared.clone();
-            let (jobs, wake) = (jobs_tx.clone(), shared.wake.clone());
+            let (queue, wake) = (queue.clone(), shared.wake.clone());
             spawn("herald-dispatcher", move || {
-                dispatcher::run(&shared, jobs, wake)
+                dispatcher::run(&shared, &queue, wake)
             })
         };
         let listeners = shared.listeners.start(
@@ -403,14 +416,13 @@ impl Notifier {
         );
         let scheduler = {
             let notifier = self.clone();
-            let (jobs, wake) = (jobs_tx.clone(), shared.wake_rx.clone());
+            let wake = shared.wake_rx.clone();
             spawn("herald-scheduler", move || {
-                scheduler::run(&notifier, jobs, wake)
+                scheduler::run(&notifier, &queue, wake)
             })
         };
         Running {
             notifier: self.clone(),
-            jobs: Some(jobs_tx),
             stop_senders: Some(stop_tx),
             dispatcher: Some(dispatcher),
             scheduler: Some(scheduler),
@@ -430,7 +442,6 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
 /// The running delivery machinery; `shutdown` stops it in order.
 pub struct Running {
     notifier: Notifier,
-    jobs: Option<Sender<email::EmailJob>>,
     /// Dropped to stop the senders (see `email::SenderContext::stop`).
     stop_senders: Option<Sender<()>>,
     dispatcher: Option<JoinHandle<()>>,
@@ -459,7 +470,6 @@ impl Running {
         let _ = self.notifier.shared.wake.send(scheduler::Wake::Stop);
         join_until(self.scheduler.take(), deadline);
         self.stop_senders.take();
-        self.jobs.take();
         for sender in self.senders.drain(..) {
             join_until(Some(sender), deadline);
         }

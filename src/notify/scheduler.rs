@@ -8,9 +8,10 @@
 
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use super::email::{self, EmailJob};
+use super::email;
+use super::mail_queue::MailQueue;
 use super::{digest, outbox, Notifier};
 use crate::store::now_ms;
 
@@ -28,17 +29,24 @@ pub(crate) enum Wake {
     Stop,
 }
 
-pub(super) fn run(notifier: &Notifier, jobs: Sender<EmailJob>, wake: Receiver<Wake>) {
+pub(super) fn run(notifier: &Notifier, queue: &MailQueue, wake: Receiver<Wake>) {
     let store = notifier.store();
     let mut next_sweep = now_ms() + SWEEP_EVERY_MS;
     loop {
         let now = now_ms();
         let mut next_wake = next_sweep;
+        if queue.behind() {
+            if let Err(e) = queue.page_in(store) {
+                log::error!("scheduler cannot page in pending deliveries: {e}");
+            }
+        }
         match store.write(|tx| email::claim_due(tx, now, CLAIM_BATCH)) {
             Ok(due) => {
                 let full = due.len() == CLAIM_BATCH;
+                // A due retry the queue has no room for is pending again in
+                // the database, and is paged in like any other.
                 for job in due {
-                    let _ = jobs.send(job);
+                    queue.offer(job);
                 }
                 if full {
                     continue;
@@ -76,25 +84,17 @@ pub(super) fn run(notifier: &Notifier, jobs: Sender<EmailJob>, wake: Receiver<Wa
     }
 }
 
-/// Everything a previous run (or a crash) left unfinished goes back in.
-/// Runs before the dispatcher starts, so the pending deliveries it loads
-/// cannot include ones this run creates (which would be sent twice).
-pub(super) fn redrive(notifier: &Notifier, jobs: &Sender<EmailJob>) {
-    let store = notifier.store();
+/// Everything a previous run (or a crash) left unfinished goes back in:
+/// undispatched events onto the bus now, unsent emails through the mail
+/// queue, which starts behind and pages them in from the database.
+pub(super) fn redrive(notifier: &Notifier) {
     let events = publish_stale(notifier, i64::MAX);
-    match store.read(email::pending_jobs) {
-        Ok(pending) => {
-            if events > 0 || !pending.is_empty() {
-                log::info!(
-                    "re-driving {events} undispatched events and {} unsent emails",
-                    pending.len()
-                );
-            }
-            for job in pending {
-                let _ = jobs.send(job);
-            }
+    match notifier.store().read(email::pending_count) {
+        Ok(emails) if events > 0 || emails > 0 => {
+            log::info!("re-driving {events} undispatched events and {emails} unsent emails");
         }
-        Err(e) => log::error!("cannot load pending deliveries: {e}"),
+        Ok(_) => {}
+        Err(e) => log::error!("cannot count pending deliveries: {e}"),
     }
 }
 

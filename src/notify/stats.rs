@@ -37,5 +37,6 @@ pub fn queue_gauges(conn: &Connection) -> StoreResult<QueueGauges> {
         oldest_outbox_pending_secs: age(oldest_outbox),
         oldest_email_pending_secs: age(oldest_email),
         bus_len: 0,
+        senders_len: 0,
     })
 }

@@ -613,3 +613,67 @@ fn the_outbox_command_lists_dead_deliveries_and_rearms_them() {
     assert_eq!(mail.accepted_count(), 3);
     assert_eq!(mail.check_one_email_per_key(&dead), Ok(()));
 }
+
+/// The mail queue holds 4 emails in memory; a backlog of many more waits in
+/// the database as pending deliveries and is paged in as the senders drain
+/// it. Every email goes out exactly once, also when a kill -9 leaves most of
+/// the backlog unsent and the restarted server pages it in.
+#[test]
+fn a_backlog_larger_than_the_mail_queue_waits_in_the_database_and_goes_out_once() {
+    let mail = FakeResend::start();
+    mail.set_mode(Mode::Delay(Duration::from_millis(5)));
+    let mut server = engine(&mail)
+        .env("HERALD_MAIL_QUEUE", "4")
+        .env("HERALD_MAIL_SENDERS", "2")
+        .start();
+    for i in 0..60 {
+        post_email(&server, i);
+    }
+    let sent =
+        |server: &TestServer| server.count("SELECT COUNT(*) FROM deliveries WHERE status = 'sent'");
+    assert!(
+        wait_until(WAIT, || sent(&server) == 60),
+        "only {} of 60 sent",
+        sent(&server)
+    );
+    mail.check_one_email_per_key(&delivery_ids(&server))
+        .unwrap_or_else(|e| server.fail(&e));
+
+    // Sends hang: the queue fills, the rest of a new burst stays pending in
+    // the database, and the process dies with it there.
+    mail.set_mode(Mode::Hang);
+    for i in 60..100 {
+        post_email(&server, i);
+    }
+    assert!(
+        wait_until(WAIT, || server.count("SELECT COUNT(*) FROM deliveries")
+            == 100),
+        "the burst was not dispatched"
+    );
+    // Two sends hang and four emails wait in memory; the other 34 wait
+    // only in the database.
+    assert_eq!(
+        server.count("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'"),
+        40
+    );
+    let in_memory =
+        || crate::metrics::scrape(&server).value("herald_queue_depth", &[("queue", "senders")]);
+    assert!(
+        wait_until(WAIT, || in_memory() == 4.0),
+        "the senders' queue never filled: {}",
+        in_memory()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(in_memory(), 4.0, "the queue never holds more than 4");
+    server.kill9();
+    mail.set_mode(Mode::Ok);
+    let server = server.restart();
+    assert!(
+        wait_until(WAIT, || sent(&server) == 100),
+        "only {} of 100 sent after the restart",
+        sent(&server)
+    );
+    mail.check_one_email_per_key(&delivery_ids(&server))
+        .unwrap_or_else(|e| server.fail(&e));
+    assert_eq!(mail.accepted_keys(), delivery_ids(&server));
+}

@@ -24,7 +24,7 @@ struct Sample {
 }
 
 #[derive(Debug, Default)]
-struct Scrape {
+pub struct Scrape {
     /// Family name -> declared type.
     types: BTreeMap<String, String>,
     samples: Vec<Sample>,
@@ -33,7 +33,7 @@ struct Scrape {
 impl Scrape {
     /// The value of the one series with exactly these labels, 0 if absent
     /// (a labelled counter appears on first use).
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         let want: Labels = labels
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -282,7 +282,7 @@ fn check_histograms(scrape: &Scrape) -> Result<(), String> {
     Ok(())
 }
 
-fn scrape(server: &TestServer) -> Scrape {
+pub fn scrape(server: &TestServer) -> Scrape {
     let response = server.request_raw("GET", "/metrics", &[], None);
     assert_eq!(response.status, 200, "{}", response.text());
     let content_type = response.header("content-type").unwrap_or("");
