@@ -1,10 +1,11 @@
 //! The scheduler: at start it re-drives every unfinished outbox row and
 //! pending delivery; then its thread sleeps until the earliest due retry or
 //! digest (woken early when a sooner one is scheduled or a delivery is
-//! re-armed), releases due digests and, rarely, sweeps for work another
-//! process wrote (outbox rows whose bus message never arrived, deliveries
-//! re-armed by `herald outbox retry`). An idle server wakes this thread once
-//! per sweep, and nothing else.
+//! re-armed, or when the senders' queue has room for deliveries waiting in
+//! the database), releases due digests, pages those deliveries in and,
+//! rarely, sweeps for work another process wrote (outbox rows whose bus
+//! message never arrived, deliveries re-armed by `herald outbox retry`). An
+//! idle server wakes this thread once per sweep, and nothing else.
 
 use std::time::Duration;
 
