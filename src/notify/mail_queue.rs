@@ -184,6 +184,18 @@ mod tests {
         (store, jobs)
     }
 
+    /// Records deliveries as sent, as the dispatcher does with outcomes.
+    fn record_sent(store: &Store, ids: &BTreeSet<String>) {
+        store
+            .write(|tx| {
+                for id in ids {
+                    tx.execute("UPDATE deliveries SET status = 'sent' WHERE id = ?1", [id])?;
+                }
+                Ok::<_, crate::store::StoreError>(())
+            })
+            .unwrap();
+    }
+
     /// The ids waiting in the queue, taken out as senders would.
     fn drain(queue: &MailQueue) -> BTreeSet<String> {
         queue.receiver().try_iter().map(|j| j.delivery_id).collect()
@@ -214,14 +226,7 @@ mod tests {
         assert!(first.is_disjoint(&second));
 
         // Record the first four as sent, then release them.
-        store
-            .write(|tx| {
-                for id in &first {
-                    tx.execute("UPDATE deliveries SET status = 'sent' WHERE id = ?1", [id])?;
-                }
-                Ok::<_, crate::store::StoreError>(())
-            })
-            .unwrap();
+        record_sent(&store, &first);
         assert!(queue.release(first.iter().map(String::as_str)));
         assert_eq!(queue.page_in(&store).unwrap(), 2);
         let third = drain(&queue);
@@ -248,14 +253,7 @@ mod tests {
         assert!(!queue.offer(third.clone()));
         assert_eq!(queue.len(), 2);
         let sent = drain(&queue);
-        store
-            .write(|tx| {
-                for id in &sent {
-                    tx.execute("UPDATE deliveries SET status = 'sent' WHERE id = ?1", [id])?;
-                }
-                Ok::<_, crate::store::StoreError>(())
-            })
-            .unwrap();
+        record_sent(&store, &sent);
         assert!(queue.release(sent.iter().map(String::as_str)));
         assert_eq!(queue.page_in(&store).unwrap(), 1);
         assert_eq!(drain(&queue), BTreeSet::from([third.delivery_id.clone()]));

@@ -629,15 +629,7 @@ fn a_backlog_larger_than_the_mail_queue_waits_in_the_database_and_goes_out_once(
     for i in 0..60 {
         post_email(&server, i);
     }
-    let sent =
-        |server: &TestServer| server.count("SELECT COUNT(*) FROM deliveries WHERE status = 'sent'");
-    assert!(
-        wait_until(WAIT, || sent(&server) == 60),
-        "only {} of 60 sent",
-        sent(&server)
-    );
-    mail.check_one_email_per_key(&delivery_ids(&server))
-        .unwrap_or_else(|e| server.fail(&e));
+    all_sent_once(&server, &mail, 60);
 
     // Sends hang: the queue fills, the rest of a new burst stays pending in
     // the database, and the process dies with it there.
@@ -668,12 +660,19 @@ fn a_backlog_larger_than_the_mail_queue_waits_in_the_database_and_goes_out_once(
     server.kill9();
     mail.set_mode(Mode::Ok);
     let server = server.restart();
-    assert!(
-        wait_until(WAIT, || sent(&server) == 100),
-        "only {} of 100 sent after the restart",
-        sent(&server)
-    );
-    mail.check_one_email_per_key(&delivery_ids(&server))
-        .unwrap_or_else(|e| server.fail(&e));
+    all_sent_once(&server, &mail, 100);
     assert_eq!(mail.accepted_keys(), delivery_ids(&server));
+}
+
+/// Waits until `n` deliveries are recorded sent, then checks the provider
+/// accepted each delivery's email exactly once.
+fn all_sent_once(server: &TestServer, mail: &FakeResend, n: i64) {
+    let sent = || server.count("SELECT COUNT(*) FROM deliveries WHERE status = 'sent'");
+    assert!(
+        wait_until(WAIT, || sent() == n),
+        "only {} of {n} sent",
+        sent()
+    );
+    mail.check_one_email_per_key(&delivery_ids(server))
+        .unwrap_or_else(|e| server.fail(&e));
 }
