@@ -54,6 +54,37 @@ pub fn is_duplicate(
     Ok(last.is_some_and(|at| now.saturating_sub(at) < window_ms))
 }
 
+/// A dedup mark's key columns, as stored.
+type MarkKey = (String, String, String, String);
+
+/// Up to `limit` marks last notified before `before`, read without the write
+/// lock (the scan is the expensive part of pruning).
+pub fn expired_marks(conn: &Connection, before: i64, limit: usize) -> StoreResult<Vec<MarkKey>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT type, recipient, subject_id, dedup_key FROM dedup_marks
+         WHERE notified_at < ?1 LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![before, limit as i64], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Deletes the given marks if they are still older than `before` (one may
+/// have been renewed since it was read). A mark older than the longest
+/// dedup window can no longer make any event a duplicate.
+pub fn delete_marks(tx: &Transaction<'_>, marks: &[MarkKey], before: i64) -> StoreResult<usize> {
+    let mut stmt = tx.prepare_cached(
+        "DELETE FROM dedup_marks WHERE type = ?1 AND recipient = ?2 AND subject_id = ?3
+         AND dedup_key = ?4 AND notified_at < ?5",
+    )?;
+    let mut deleted = 0;
+    for (kind, recipient, subject_id, key) in marks {
+        deleted += stmt.execute(params![kind, recipient, subject_id, key, before])?;
+    }
+    Ok(deleted)
+}
+
 /// Records that the notification went out now: the window runs from the
 /// last notification, and duplicates (which send nothing) do not extend it.
 pub fn remember(
@@ -110,4 +141,46 @@ pub fn channels_for(
         }
     }
     Ok((allowed, suppressed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::notify::Registry;
+    use crate::store::{Store, Synchronous};
+
+    #[test]
+    fn expired_marks_are_pruned_and_a_renewed_one_survives() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("p.db"), Synchronous::Normal).unwrap();
+        let registry =
+            Registry::parse("r", r#"{"types": {"t": {"channels": ["inbox"]}}}"#).unwrap();
+        let def = registry.get("t").unwrap();
+        let mark = |recipient: &'static str, at: i64| {
+            let key = DedupKey {
+                kind: "t",
+                recipient,
+                subject_id: "s",
+                key: "",
+            };
+            store.write(|tx| remember(tx, def, &key, at)).unwrap();
+        };
+        mark("old", 1_000);
+        mark("renewed", 1_000);
+        mark("fresh", 9_000);
+        let expired = store.read(|c| expired_marks(c, 5_000, 10)).unwrap();
+        assert_eq!(expired.len(), 2);
+        // Notified again between the read and the delete: kept.
+        mark("renewed", 8_000);
+        let deleted = store.write(|tx| delete_marks(tx, &expired, 5_000)).unwrap();
+        assert_eq!(deleted, 1);
+        let left: Vec<String> = store
+            .read(|c| {
+                let mut stmt = c.prepare("SELECT recipient FROM dedup_marks ORDER BY recipient")?;
+                let rows = stmt.query_map([], |r| r.get(0))?;
+                Ok::<_, crate::store::StoreError>(rows.collect::<Result<_, _>>()?)
+            })
+            .unwrap();
+        assert_eq!(left, ["fresh", "renewed"]);
+    }
 }

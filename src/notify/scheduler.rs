@@ -13,7 +13,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::email;
 use super::mail_queue::MailQueue;
-use super::{digest, outbox, Notifier};
+use super::{digest, outbox, policy, Notifier};
 use crate::store::now_ms;
 
 /// How often the database is looked at for work this process was not told
@@ -23,6 +23,10 @@ const SWEEP_EVERY_MS: i64 = super::SWEEP_EVERY_SECS * 1000;
 /// Rows younger than this are probably still on the bus.
 const STALE_AFTER_MS: i64 = 1_000;
 const CLAIM_BATCH: usize = 500;
+/// Dedup marks deleted per write transaction, and chunks per sweep: pruning
+/// keeps up with any realistic rate while never holding the write lock long.
+const PRUNE_CHUNK: usize = 1_000;
+const PRUNE_CHUNKS_PER_SWEEP: usize = 50;
 
 pub(crate) enum Wake {
     /// A retry was scheduled; look again for the earliest one.
@@ -59,6 +63,7 @@ pub(super) fn run(notifier: &Notifier, queue: &MailQueue, wake: Receiver<Wake>) 
             if notifier.bus_len() == 0 {
                 publish_stale(notifier, now - STALE_AFTER_MS);
             }
+            prune_dedup_marks(notifier, now);
             next_sweep = now + SWEEP_EVERY_MS;
             next_wake = next_sweep;
         }
@@ -96,6 +101,42 @@ pub(super) fn redrive(notifier: &Notifier) {
         }
         Ok(_) => {}
         Err(e) => log::error!("cannot count pending deliveries: {e}"),
+    }
+}
+
+/// Deletes dedup marks older than the longest window of any type: they can
+/// no longer make anything a duplicate, and without this the table would
+/// grow by a row for nearly every notification, forever.
+fn prune_dedup_marks(notifier: &Notifier, now: i64) {
+    let longest_secs = notifier
+        .registry()
+        .types()
+        .map(|(_, def)| def.dedup_window_secs)
+        .max()
+        .unwrap_or(0);
+    let before =
+        now.saturating_sub(i64::try_from(longest_secs.saturating_mul(1000)).unwrap_or(i64::MAX));
+    let store = notifier.store();
+    for _ in 0..PRUNE_CHUNKS_PER_SWEEP {
+        let pruned = store
+            .read(|c| policy::expired_marks(c, before, PRUNE_CHUNK))
+            .and_then(|marks| {
+                if marks.is_empty() {
+                    return Ok(false);
+                }
+                let full = marks.len() == PRUNE_CHUNK;
+                store
+                    .write(|tx| policy::delete_marks(tx, &marks, before))
+                    .map(|_| full)
+            });
+        match pruned {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                log::error!("scheduler cannot prune dedup marks: {e}");
+                return;
+            }
+        }
     }
 }
 
