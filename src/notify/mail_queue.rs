@@ -64,22 +64,25 @@ impl MailQueue {
         self.rx.len()
     }
 
-    /// Queues `job` unless it is already in memory. When the queue is full
-    /// the job is dropped here and stays pending in the database for
-    /// `page_in`; returns false then.
+    /// Queues `job`, or leaves it pending in the database for `page_in` and
+    /// returns false: when the queue is full, and when the delivery is still
+    /// held. A hold outlives its send until the outcome's release, so a
+    /// retry claimed in between must wait for the page-in that follows the
+    /// release rather than be dropped as a duplicate.
     pub fn offer(&self, job: EmailJob) -> bool {
         let id = job.delivery_id.clone();
-        if !self.held().insert(id.clone()) {
-            return true;
+        let queued = self.held().insert(id.clone())
+            && match self.tx.try_send(job) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                    self.held().remove(&id);
+                    false
+                }
+            };
+        if !queued {
+            self.spills.fetch_add(1, Ordering::AcqRel);
         }
-        match self.tx.try_send(job) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.held().remove(&id);
-                self.spills.fetch_add(1, Ordering::AcqRel);
-                false
-            }
-        }
+        queued
     }
 
     /// Forgets deliveries whose outcome is now recorded. True when the
@@ -215,7 +218,7 @@ mod tests {
             .iter()
             .find(|j| queue.held().contains(&j.delivery_id))
             .unwrap();
-        assert!(queue.offer(paged.clone()));
+        assert!(!queue.offer(paged.clone()));
         assert_eq!(queue.len(), 4);
 
         let first = drain(&queue);
@@ -257,6 +260,25 @@ mod tests {
         assert!(queue.release(sent.iter().map(String::as_str)));
         assert_eq!(queue.page_in(&store).unwrap(), 1);
         assert_eq!(drain(&queue), BTreeSet::from([third.delivery_id.clone()]));
+        assert!(!queue.behind());
+    }
+
+    /// A failed send's outcome is committed (the delivery is `retrying`) but
+    /// not yet released when the scheduler claims the retry: the offer finds
+    /// the delivery still held. It must come back through a page-in once
+    /// released, not be dropped as a duplicate.
+    #[test]
+    fn a_retry_claimed_before_its_release_is_paged_in_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = store_with_pending(dir.path(), 1);
+        let queue = MailQueue::bounded(4);
+        assert_eq!(queue.page_in(&store).unwrap(), 1);
+        let sent = drain(&queue);
+        let job = store.read(|c| email::pending_jobs(c, 1)).unwrap().remove(0);
+        assert!(!queue.offer(job), "still held: left in the database");
+        assert!(queue.release(sent.iter().map(String::as_str)));
+        assert_eq!(queue.page_in(&store).unwrap(), 1);
+        assert_eq!(drain(&queue), sent);
         assert!(!queue.behind());
     }
 
