@@ -70,12 +70,18 @@ impl MailQueue {
     /// retry claimed in between must wait for the page-in that follows the
     /// release rather than be dropped as a duplicate.
     pub fn offer(&self, job: EmailJob) -> bool {
+        self.push(&mut self.held(), job)
+    }
+
+    /// Holds and queues `job` under the caller's lock of the held set; a job
+    /// that is already held or finds no room counts as a spill.
+    fn push(&self, held: &mut HashSet<String>, job: EmailJob) -> bool {
         let id = job.delivery_id.clone();
-        let queued = self.held().insert(id.clone())
+        let queued = held.insert(id.clone())
             && match self.tx.try_send(job) {
                 Ok(()) => true,
                 Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                    self.held().remove(&id);
+                    held.remove(&id);
                     false
                 }
             };
@@ -126,12 +132,9 @@ impl MailQueue {
             if held.contains(&job.delivery_id) {
                 continue;
             }
-            let id = job.delivery_id.clone();
-            if self.tx.try_send(job).is_err() {
-                self.spills.fetch_add(1, Ordering::AcqRel);
+            if !self.push(&mut held, job) {
                 return Ok(queued);
             }
-            held.insert(id);
             queued += 1;
         }
         if everything {
