@@ -50,12 +50,17 @@ impl Switches {
     }
 }
 
+const SWITCHES_SQL: &str =
+    "SELECT type, channel, enabled FROM preferences WHERE user_id = ?1 AND type = ?2
+     UNION ALL
+     SELECT type, channel, enabled FROM preferences WHERE user_id = ?1 AND type = '*'";
+
 /// Reads `user_id`'s switches for type `kind` and for `*`: one query serves
-/// every channel of an event's recipient.
+/// every channel of an event's recipient. Two seeks joined by UNION ALL,
+/// because `type IN (?2, '*')` makes SQLite build a temporary B-tree on
+/// every run, and this runs once per notification.
 pub fn switches(conn: &Connection, user_id: &str, kind: &str) -> StoreResult<Switches> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT type, channel, enabled FROM preferences WHERE user_id = ?1 AND type IN (?2, '*')",
-    )?;
+    let mut stmt = conn.prepare_cached(SWITCHES_SQL)?;
     let mut rows = stmt.query(params![user_id, kind])?;
     let mut switches = Switches::default();
     while let Some(row) = rows.next()? {
@@ -143,7 +148,7 @@ pub fn list(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{users, Store, Synchronous};
+    use crate::store::{users, Store, StoreError, Synchronous};
 
     fn registry() -> Registry {
         Registry::parse(
@@ -205,5 +210,23 @@ mod tests {
         assert!(!listed[0].channels["email"]);
         let quiet = listed.iter().find(|p| p.kind == "quiet").unwrap();
         assert!(quiet.channels["email"]);
+    }
+
+    /// The lookup runs once per notification: it must seek, not build a
+    /// temporary B-tree as `type IN (?2, '*')` did.
+    #[test]
+    fn the_switches_lookup_builds_no_temporary_btree() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db"), Synchronous::Normal).unwrap();
+        let ops: Vec<String> = store
+            .read(|c| {
+                let mut stmt = c.prepare(&format!("EXPLAIN {SWITCHES_SQL}"))?;
+                let nulls = vec![rusqlite::types::Null; stmt.parameter_count()];
+                let ops = stmt.query_map(rusqlite::params_from_iter(nulls), |r| r.get(1))?;
+                ops.collect::<Result<_, _>>().map_err(StoreError::from)
+            })
+            .unwrap();
+        assert!(ops.iter().any(|op| op == "SeekGE"), "{ops:?}");
+        assert!(!ops.iter().any(|op| op == "OpenEphemeral"), "{ops:?}");
     }
 }

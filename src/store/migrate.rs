@@ -72,4 +72,63 @@ mod tests {
             Err(StoreError::TooNew { found: 99, .. })
         ));
     }
+
+    /// SQLite evaluates `CHECK (x IN ('a', 'b', 'c'))` by building a
+    /// temporary B-tree on every write; the schema spells such checks out
+    /// with OR so that no insert pays for one.
+    #[test]
+    fn no_insert_builds_a_temporary_btree() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        apply(&mut conn).unwrap();
+        let tables: Vec<String> = conn
+            .prepare(
+                "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(tables.len() > 10, "{tables:?}");
+        for table in tables {
+            let columns: i64 = conn
+                .query_row(
+                    &format!("SELECT COUNT(*) FROM pragma_table_info('{table}')"),
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            let sql = format!(
+                "INSERT INTO {table} VALUES ({})",
+                vec!["?"; columns as usize].join(", ")
+            );
+            let mut explain = conn.prepare(&format!("EXPLAIN {sql}")).unwrap();
+            let ops: Vec<String> = explain
+                .query_map(
+                    rusqlite::params_from_iter(vec![rusqlite::types::Null; columns as usize]),
+                    |r| r.get(1),
+                )
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert!(
+                !ops.iter().any(|op| op == "OpenEphemeral"),
+                "{sql} builds a temporary B-tree"
+            );
+        }
+    }
+
+    #[test]
+    fn checks_still_refuse_unknown_values() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        apply(&mut conn).unwrap();
+        let insert = |status: &str| {
+            conn.execute(
+                "INSERT INTO outbox (id, type, body, status, created_at) VALUES (?1, 't', '{}', ?2, 0)",
+                [format!("evt_{status}"), status.to_string()],
+            )
+        };
+        assert!(insert("dispatched").is_ok());
+        assert!(insert("dispatchd").is_err());
+    }
 }
