@@ -494,6 +494,91 @@ fn first_line_then_drain(stdout: std::process::ChildStdout) -> std::io::Result<S
     Ok(line)
 }
 
+/// A minimal keep-alive HTTP/1.1 client for the load phases: on two cores
+/// the load generator shares the CPU with herald, so it must cost as little
+/// as wrk does (a ureq agent costs several times more per request). It
+/// expects `Content-Length` responses, which is all herald sends outside
+/// the stream.
+struct LoadClient {
+    addr: String,
+    host: String,
+    conn: Option<std::io::BufReader<std::net::TcpStream>>,
+    request: Vec<u8>,
+}
+
+impl LoadClient {
+    fn new(base: &str) -> LoadClient {
+        let host = base.trim_start_matches("http://").to_string();
+        LoadClient {
+            addr: host.clone(),
+            host,
+            conn: None,
+            request: Vec::with_capacity(16 * 1024),
+        }
+    }
+
+    /// Sends one request and reads the whole response; the status code, or
+    /// None when the connection failed (the next call reconnects).
+    fn call(&mut self, method: &str, path: &str, token: &str, body: &[u8]) -> Option<u16> {
+        self.request.clear();
+        let _ = write!(
+            self.request,
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n",
+            self.host
+        );
+        if !body.is_empty() {
+            let _ = write!(
+                self.request,
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            );
+        }
+        self.request.extend_from_slice(b"\r\n");
+        self.request.extend_from_slice(body);
+        let status = self.exchange();
+        if status.is_none() {
+            self.conn = None;
+        }
+        status
+    }
+
+    fn exchange(&mut self) -> Option<u16> {
+        use std::io::{BufRead, Read};
+        if self.conn.is_none() {
+            let stream = std::net::TcpStream::connect(&self.addr).ok()?;
+            stream.set_nodelay(true).ok()?;
+            stream
+                .set_read_timeout(Some(Duration::from_secs(30)))
+                .ok()?;
+            self.conn = Some(std::io::BufReader::with_capacity(64 * 1024, stream));
+        }
+        let conn = self.conn.as_mut()?;
+        conn.get_mut().write_all(&self.request).ok()?;
+        let mut line = String::new();
+        conn.read_line(&mut line).ok()?;
+        let status = line.split(' ').nth(1)?.parse().ok()?;
+        let mut length = 0usize;
+        loop {
+            line.clear();
+            if conn.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().ok()?;
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        conn.read_exact(&mut body).ok()?;
+        Some(status)
+    }
+}
+
 fn new_agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -655,18 +740,18 @@ fn load_phase(
                 herald.key.clone(),
             );
             std::thread::spawn(move || {
-                let agent = new_agent();
+                let mut client = LoadClient::new(&base);
                 loop {
                     let i = next.fetch_add(batch, Ordering::Relaxed);
                     if i >= total {
                         return;
                     }
                     let (first, end) = (before + i, before + (i + batch).min(total));
-                    let ok = match batch {
-                        1 => post_event(&agent, &base, &key, first, users),
-                        _ => post_bulk(&agent, &base, &key, first, end, users),
+                    let (path, body) = match batch {
+                        1 => ("/v1/events", event_json(first, users)),
+                        _ => ("/v1/events/bulk", bulk_json(first, end, users)),
                     };
-                    if !ok {
+                    if client.call("POST", path, &key, body.as_bytes()) != Some(202) {
                         errors.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -808,18 +893,10 @@ fn post_event(agent: &ureq::Agent, base: &str, key: &str, i: usize, users: usize
     )
 }
 
-/// Events `first..end` in one `POST /v1/events/bulk`.
-fn post_bulk(
-    agent: &ureq::Agent,
-    base: &str,
-    key: &str,
-    first: usize,
-    end: usize,
-    users: usize,
-) -> bool {
+/// Events `first..end` as one `POST /v1/events/bulk` body.
+fn bulk_json(first: usize, end: usize, users: usize) -> String {
     let events: Vec<String> = (first..end).map(|i| event_json(i, users)).collect();
-    let body = format!(r#"{{"events":[{}]}}"#, events.join(","));
-    post(agent, &format!("{base}/v1/events/bulk"), key, body)
+    format!(r#"{{"events":[{}]}}"#, events.join(","))
 }
 
 fn post(agent: &ureq::Agent, url: &str, key: &str, body: String) -> bool {
@@ -876,17 +953,11 @@ fn inbox_scenario(dir: &Path, opts: &Opts, out: &mut Map<String, Value>) -> Resu
                     path.to_string(),
                 );
                 std::thread::spawn(move || {
-                    let agent = new_agent();
+                    let mut client = LoadClient::new(&base);
                     for i in (t..requests).step_by(clients) {
                         let token = &tokens[i % tokens.len()];
                         let t0 = Instant::now();
-                        let ok = agent
-                            .get(format!("{base}{path}"))
-                            .header("Authorization", format!("Bearer {token}"))
-                            .call()
-                            .is_ok_and(|mut r| {
-                                r.status().as_u16() == 200 && r.body_mut().read_to_vec().is_ok()
-                            });
+                        let ok = client.call("GET", &path, token, b"") == Some(200);
                         let ms = t0.elapsed().as_secs_f64() * 1000.0;
                         if ok {
                             lat.lock().unwrap_or_else(|p| p.into_inner()).push(ms);
