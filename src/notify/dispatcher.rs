@@ -1,8 +1,9 @@
-//! The dispatcher thread: the one writer of delivery state. It drains the
-//! bus in batches, renders each committed event once (outside any
-//! transaction), then in one transaction claims the outbox rows and writes
-//! their inbox rows and email deliveries; only after COMMIT are the emails
-//! handed to the senders. It also records the senders' outcomes.
+//! The dispatcher: the one writer of delivery state. One thread drains the
+//! bus in batches and renders each committed event once (outside any
+//! transaction); a second writes each batch in one transaction that claims
+//! the outbox rows and writes their inbox rows and email deliveries. Only
+//! after COMMIT are the emails handed to the senders. It also records the
+//! senders' outcomes.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -31,7 +32,47 @@ const MAX_BATCH: usize = 512;
 /// How long the dispatcher gathers messages before writing a batch.
 const GATHER: Duration = Duration::from_millis(1);
 
+/// Runs the dispatcher as a two-stage pipeline on two threads: this one
+/// gathers bus messages and renders each batch (reads and CPU only), the
+/// writer thread writes the previous batch meanwhile. On two cores the
+/// write transaction no longer waits for rendering. Batches stay in bus
+/// order, so a flush is acknowledged only once everything before it is
+/// written.
 pub(super) fn run(shared: &Arc<Shared>, queue: &MailQueue, wake: Sender<Wake>) {
+    // One batch rendered ahead of the one being written, no more: rendering
+    // must not run away from the writer.
+    let (to_writer, batches) = crossbeam_channel::bounded::<Batch<'_>>(1);
+    std::thread::scope(|scope| {
+        let writer = std::thread::Builder::new()
+            .name("herald-dispatch-write".into())
+            .spawn_scoped(scope, || {
+                for batch in batches {
+                    write_batch(shared, batch, queue, &wake);
+                }
+            });
+        if let Err(e) = writer {
+            log::error!("cannot start the dispatch writer ({e}); dispatching on one thread");
+            gather(shared, |batch| write_batch(shared, batch, queue, &wake));
+            return;
+        }
+        gather(shared, |batch| {
+            let _ = to_writer.send(batch);
+        });
+        drop(to_writer);
+    });
+}
+
+/// One gathered batch, rendered and ready for its write transaction.
+struct Batch<'s> {
+    prepared: Vec<Prepared<'s>>,
+    outcomes: Vec<Outcome>,
+    /// Flushes to acknowledge once this batch is written.
+    acks: Vec<Sender<()>>,
+}
+
+/// Drains the bus into batches, prepares each and hands it to `write`,
+/// until the bus closes or says stop.
+fn gather<'s>(shared: &'s Shared, mut write: impl FnMut(Batch<'s>)) {
     let rx = shared.bus_rx.clone();
     while let Ok(first) = rx.recv() {
         let mut seqs = Vec::new();
@@ -65,20 +106,37 @@ pub(super) fn run(shared: &Arc<Shared>, queue: &MailQueue, wake: Sender<Wake>) {
                     .ok(),
             };
         }
-        // A bug here must cost one batch (left pending, re-driven by the
-        // scheduler), never the dispatcher thread.
-        let handled = catch_unwind(AssertUnwindSafe(|| {
-            handle_batch(shared, &seqs, &outcomes, queue, &wake);
-        }));
-        if handled.is_err() {
-            log::error!("dispatcher batch panicked; its events stay pending and are re-driven");
-        }
-        for ack in acks {
-            let _ = ack.send(());
-        }
+        // A bug in rendering must cost one batch (left pending, re-driven
+        // by the scheduler), never the dispatcher thread.
+        let prepared = catch_unwind(AssertUnwindSafe(|| prepare_batch(shared, &seqs)))
+            .unwrap_or_else(|_| {
+                log::error!(
+                    "rendering a batch panicked; its events stay pending and are re-driven"
+                );
+                Vec::new()
+            });
+        write(Batch {
+            prepared,
+            outcomes,
+            acks,
+        });
         if stop {
             return;
         }
+    }
+}
+
+/// Writes one batch, then acknowledges its flushes.
+fn write_batch(shared: &Shared, batch: Batch<'_>, queue: &MailQueue, wake: &Sender<Wake>) {
+    // A bug here must cost one batch, never the writer thread.
+    let handled = catch_unwind(AssertUnwindSafe(|| {
+        handle_batch(shared, &batch.prepared, &batch.outcomes, queue, wake);
+    }));
+    if handled.is_err() {
+        log::error!("dispatcher batch panicked; its events stay pending and are re-driven");
+    }
+    for ack in batch.acks {
+        let _ = ack.send(());
     }
 }
 
@@ -114,21 +172,20 @@ struct Written {
     fates: Vec<(String, Channel, Fate)>,
 }
 
-/// Dispatches `seqs` and records `outcomes` in one write transaction: the
-/// commit, not the rows, is what costs, so a batch shares one.
+/// Dispatches `prepared` and records `outcomes` in one write transaction:
+/// the commit, not the rows, is what costs, so a batch shares one.
 fn handle_batch(
     shared: &Shared,
-    seqs: &[Published],
+    prepared: &[Prepared<'_>],
     outcomes: &[Outcome],
     queue: &MailQueue,
     wake: &Sender<Wake>,
 ) {
-    let prepared = prepare_batch(shared, seqs);
     if prepared.is_empty() && outcomes.is_empty() {
         return;
     }
     let batch = shared.store.write(|tx| {
-        let written = write_all(tx, &prepared)?;
+        let written = write_all(tx, prepared)?;
         let retry_scheduled = email::record(tx, outcomes, &shared.policy)?.is_some();
         Ok::<_, crate::store::StoreError>((written, retry_scheduled))
     });
@@ -146,7 +203,7 @@ fn handle_batch(
         Err(e) => {
             // One bad event must not hold the batch hostage: retry one by one.
             log::warn!("dispatch batch failed ({e}); retrying its parts one at a time");
-            for p in &prepared {
+            for p in prepared {
                 match shared
                     .store
                     .write(|tx| write_all(tx, std::slice::from_ref(p)))
@@ -170,7 +227,7 @@ fn handle_batch(
 pub(super) fn dispatch_now(shared: &Shared, seqs: &[Published]) -> Vec<EmailJob> {
     let queue = MailQueue::unbounded();
     let (wake, _) = crossbeam_channel::unbounded();
-    handle_batch(shared, seqs, &[], &queue, &wake);
+    handle_batch(shared, &prepare_batch(shared, seqs), &[], &queue, &wake);
     queue.receiver().try_iter().collect()
 }
 
