@@ -17,6 +17,7 @@ use super::event::{Event, Recipient};
 use super::mail_queue::MailQueue;
 use super::outbox::{self, DispatchResult};
 use super::policy::{self, DedupKey};
+use super::preferences::Switches;
 use super::registry::{Channel, TypeDef};
 use super::scheduler::Wake;
 use super::templates::Rendered;
@@ -157,6 +158,19 @@ struct Ready<'r> {
     event: Arc<Event>,
     def: &'r TypeDef,
     rendered: Rendered,
+    /// The payload as stored on inbox rows.
+    payload: String,
+    /// Per recipient, in order: its address and preference switches, read
+    /// before the write transaction; None for a user that no longer exists.
+    reach: Vec<Option<Reach>>,
+}
+
+/// Where a recipient is reached and what it allows, as read while the
+/// batch was prepared. A preference changed in between applies from the
+/// next batch, as if it had been changed a moment later.
+struct Reach {
+    address: String,
+    switches: Switches,
 }
 
 /// What a dispatch transaction hands on after COMMIT.
@@ -264,18 +278,30 @@ fn prepare_batch<'s>(shared: &'s Shared, seqs: &[Published]) -> Vec<Prepared<'s>
         }
     }
     // In publication order, so inbox rows keep the order of their events.
-    seqs.iter()
-        .filter_map(|(seq, event)| {
-            let event = match event {
-                Some(event) => Ok(event.clone()),
-                None => loaded.remove(seq)?.map(Arc::new),
-            };
-            Some(Prepared {
-                seq: *seq,
-                ready: event.and_then(|event| prepare(shared, event)),
-            })
+    let events: Vec<(i64, Result<Arc<Event>, String>)> = seqs
+        .iter()
+        .filter_map(|(seq, event)| match event {
+            Some(event) => Some((*seq, Ok(event.clone()))),
+            None => Some((*seq, loaded.remove(seq)?.map(Arc::new))),
         })
-        .collect()
+        .collect();
+    let prepared = shared.store.read(|c| {
+        events
+            .into_iter()
+            .map(|(seq, event)| {
+                let ready = match event {
+                    Ok(event) => prepare(shared, c, event)?,
+                    Err(reason) => Err(reason),
+                };
+                Ok(Prepared { seq, ready })
+            })
+            .collect::<StoreResult<Vec<_>>>()
+    });
+    prepared.unwrap_or_else(|e| {
+        // Not the events' fault: they stay pending for the re-drive.
+        log::error!("dispatcher cannot read recipients: {e}; the scheduler will re-drive");
+        Vec::new()
+    })
 }
 
 /// Hands a committed batch's emails to the senders (those the queue has no
@@ -299,20 +325,46 @@ fn release(queue: &MailQueue, outcomes: &[Outcome]) -> bool {
     !outcomes.is_empty() && queue.release(outcomes.iter().map(|o| o.delivery_id.as_str()))
 }
 
-fn prepare(shared: &Shared, event: Arc<Event>) -> Result<Ready<'_>, String> {
-    let def = shared
-        .registry
-        .get(&event.kind)
-        .ok_or_else(|| format!("type {:?} is no longer in the registry", event.kind))?;
-    let rendered = shared
-        .templates
-        .render(&event.kind, def, &event.payload)
-        .map_err(|e| e.to_string())?;
-    Ok(Ready {
+/// Renders one event and looks up its recipients. The outer error is the
+/// database's (the batch is retried later); the inner one is the event's
+/// own, and fails it for good.
+fn prepare<'s>(
+    shared: &'s Shared,
+    conn: &rusqlite::Connection,
+    event: Arc<Event>,
+) -> StoreResult<Result<Ready<'s>, String>> {
+    let Some(def) = shared.registry.get(&event.kind) else {
+        return Ok(Err(format!(
+            "type {:?} is no longer in the registry",
+            event.kind
+        )));
+    };
+    let rendered = match shared.templates.render(&event.kind, def, &event.payload) {
+        Ok(rendered) => rendered,
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    let reach = event
+        .recipients
+        .iter()
+        .map(|recipient| {
+            let address = match recipient {
+                Recipient::User(id) => match users::find(conn, id)? {
+                    Some(user) => user.email,
+                    None => return Ok(None),
+                },
+                Recipient::Address { email } => email.clone(),
+            };
+            let switches = policy::switches_for(conn, &event, def, recipient)?;
+            Ok(Some(Reach { address, switches }))
+        })
+        .collect::<StoreResult<_>>()?;
+    Ok(Ok(Ready {
+        payload: event.payload.to_string(),
         event,
         def,
         rendered,
-    })
+        reach,
+    }))
 }
 
 fn write_all(tx: &Transaction<'_>, prepared: &[Prepared<'_>]) -> StoreResult<Written> {
@@ -351,23 +403,17 @@ fn fan_out(
         event,
         def,
         rendered,
-        ..
+        payload,
+        reach,
     } = ready;
     let mut result = DispatchResult::default();
-    let payload = event.payload.to_string();
     let now = now_ms();
     let release = event.from_digest.as_ref();
-    for recipient in &event.recipients {
+    for (recipient, reach) in event.recipients.iter().zip(reach) {
         let key = recipient.key();
-        let address = match recipient {
-            Recipient::User(id) => {
-                let Some(user) = users::find(tx, id)? else {
-                    log::warn!("event #{seq}: user {id:?} no longer exists; skipped");
-                    continue;
-                };
-                user.email
-            }
-            Recipient::Address { email } => email.clone(),
+        let Some(Reach { address, switches }) = reach else {
+            log::warn!("event #{seq}: user {key:?} no longer exists; skipped");
+            continue;
         };
         let dedup = DedupKey::of(event, &key, rendered.dedup_key.as_deref());
         if release.is_none() && policy::is_duplicate(tx, def, &dedup, now)? {
@@ -380,7 +426,7 @@ fn fan_out(
             continue;
         }
         let only = release.map(|r| r.channels.as_slice());
-        let (channels, suppressed) = policy::channels_for(tx, event, def, recipient, only)?;
+        let (channels, suppressed) = policy::channels_for(switches, def, recipient, only);
         result.suppressed_by_prefs += suppressed;
         if suppressed > 0 {
             let off = reachable(def, recipient)
@@ -405,7 +451,7 @@ fn fan_out(
         for channel in channels {
             let wrote = match (channel, recipient, &rendered.inbox, &rendered.email) {
                 (Channel::Inbox, Recipient::User(id), Some(content), _) => {
-                    let row = inbox::insert(tx, seq, id, &event.kind, content, &payload)?;
+                    let row = inbox::insert(tx, seq, id, &event.kind, content, payload)?;
                     written.inbox.extend(row.map(|row_id| InboxCommitted {
                         user_id: id.clone(),
                         id: row_id,
@@ -413,7 +459,7 @@ fn fan_out(
                     row.is_some()
                 }
                 (Channel::Email, _, _, Some(content)) => {
-                    let job = email::insert_delivery(tx, seq, &key, &address, content)?;
+                    let job = email::insert_delivery(tx, seq, &key, address, content)?;
                     let wrote = job.is_some();
                     written.jobs.extend(job);
                     wrote

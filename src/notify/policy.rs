@@ -5,7 +5,7 @@
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::event::{Event, Recipient};
-use super::preferences;
+use super::preferences::{self, Switches};
 use super::registry::{Channel, TypeDef};
 use crate::store::StoreResult;
 
@@ -112,23 +112,33 @@ pub fn remember(
     Ok(())
 }
 
+/// A recipient's preference switches for an event's type; none for
+/// address-only recipients (they have no preferences) and critical types
+/// (they ignore them).
+pub fn switches_for(
+    conn: &Connection,
+    event: &Event,
+    def: &TypeDef,
+    recipient: &Recipient,
+) -> StoreResult<Switches> {
+    match recipient {
+        Recipient::User(id) if !def.critical => preferences::switches(conn, id, &event.kind),
+        _ => Ok(Switches::default()),
+    }
+}
+
 /// The channels a recipient gets this event on, and how many were switched
 /// off by preferences. Address-only recipients have no inbox and no
 /// preferences. `only` narrows to the channels a digest's events were
 /// allowed (a released digest must not reach a channel they were not).
 pub fn channels_for(
-    conn: &Connection,
-    event: &Event,
+    switches: &Switches,
     def: &TypeDef,
     recipient: &Recipient,
     only: Option<&[Channel]>,
-) -> StoreResult<(Vec<Channel>, i64)> {
+) -> (Vec<Channel>, i64) {
     let mut allowed = Vec::new();
     let mut suppressed = 0;
-    let switches = match recipient {
-        Recipient::User(id) if !def.critical => preferences::switches(conn, id, &event.kind)?,
-        _ => preferences::Switches::default(),
-    };
     for channel in def.channels.iter().copied() {
         if only.is_some_and(|only| !only.contains(&channel)) {
             continue;
@@ -140,7 +150,7 @@ pub fn channels_for(
             Recipient::Address { .. } => {}
         }
     }
-    Ok((allowed, suppressed))
+    (allowed, suppressed)
 }
 
 #[cfg(test)]
