@@ -14,7 +14,7 @@ use herald::mail::{Email, MailError, MailProvider, RateHint, Sent};
 use herald::notify::inbox;
 use herald::notify::templates::InboxContent;
 use herald::notify::{DeliveryPolicy, Event, Notifier, Recipient, Registry, Templates};
-use herald::store::{Store, Synchronous};
+use herald::store::{Store, Synchronous, Tx};
 use rusqlite::{params, Connection};
 use serde_json::{json, Map, Value};
 
@@ -233,10 +233,11 @@ fn insert_inbox_rows(
     let mut done = 0;
     while done < rows {
         let tx = conn.transaction().map_err(|e| e.to_string())?;
+        let in_tx = Tx::of(&tx);
         for i in done..(done + 1000).min(rows) {
             let seq = (i / users + 1) as i64;
             inbox::insert(
-                &tx,
+                &in_tx,
                 seq,
                 &format!("u{}", i % users),
                 "bench",

@@ -4,10 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{params, Connection, Transaction};
+use rusqlite::{params, Connection};
 use serde::Serialize;
 
 use super::registry::{Channel, Registry, TypeDef};
+use crate::store::Tx;
 use crate::store::{now_ms, StoreResult};
 
 /// The preference type that stands for every non-critical type.
@@ -15,7 +16,7 @@ pub const ALL_TYPES: &str = "*";
 
 /// Stores one switch, replacing any earlier value.
 pub fn set(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     user_id: &str,
     kind: &str,
     channel: Channel,
