@@ -8,7 +8,6 @@ use super::tenant::{self, Role, Tenant};
 use super::{AppError, AppResult};
 use crate::ids;
 use crate::notify::Notifier;
-use crate::store::Tx;
 use crate::store::{now_ms, users::User};
 
 pub const MAX_NAME: usize = 200;
@@ -49,7 +48,7 @@ pub fn create(notifier: &Notifier, user: &User, name: &str) -> AppResult<Created
     })
 }
 
-pub fn insert(tx: &Tx<'_>, id: &str, name: &str) -> AppResult<()> {
+pub fn insert(tx: &rusqlite::Transaction<'_>, id: &str, name: &str) -> AppResult<()> {
     tx.prepare_cached("INSERT INTO organizations (id, name, created_at) VALUES (?1, ?2, ?3)")?
         .execute(rusqlite::params![id, name, now_ms()])?;
     Ok(())

@@ -5,12 +5,11 @@
 //! like an org that does not exist, so ids never leak. Org-scoped queries take
 //! a `Scope`, whose org id they must filter on.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde_json::Value;
 
 use super::{AppError, AppResult};
 use crate::notify::{Enqueued, Event, Notifier, Outbox};
-use crate::store::Tx;
 use crate::store::{now_ms, users::User, Store};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -90,7 +89,7 @@ impl<'t, 'a, 'c> Tenant<'t, 'a, 'c> {
         Ok(Tenant { outbox, org })
     }
 
-    pub fn tx(&self) -> &Tx<'c> {
+    pub fn tx(&self) -> &Transaction<'c> {
         self.outbox.tx()
     }
 

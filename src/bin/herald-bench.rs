@@ -14,7 +14,7 @@ use herald::mail::{Email, MailError, MailProvider, RateHint, Sent};
 use herald::notify::inbox;
 use herald::notify::templates::InboxContent;
 use herald::notify::{DeliveryPolicy, Event, Notifier, Recipient, Registry, Templates};
-use herald::store::{Store, Synchronous, Tx};
+use herald::store::{Store, Synchronous};
 use rusqlite::{params, Connection};
 use serde_json::{json, Map, Value};
 
@@ -233,11 +233,10 @@ fn insert_inbox_rows(
     let mut done = 0;
     while done < rows {
         let tx = conn.transaction().map_err(|e| e.to_string())?;
-        let in_tx = Tx::of(&tx);
         for i in done..(done + 1000).min(rows) {
             let seq = (i / users + 1) as i64;
             inbox::insert(
-                &in_tx,
+                &tx,
                 seq,
                 &format!("u{}", i % users),
                 "bench",

@@ -2,14 +2,13 @@
 //! wait from the first event until the window ends, then the scheduler releases
 //! them as one outbox row written in the transaction that closes the digest.
 
-use rusqlite::{params, OptionalExtension};
+use rusqlite::{params, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::event::{Event, Recipient};
 use super::registry::{Channel, DigestDef};
 use super::{outbox, Notifier, NotifyError};
-use crate::store::Tx;
 use crate::store::{now_ms, StoreResult};
 
 /// Digests closed per transaction, so a backlog never holds the write lock
@@ -30,7 +29,7 @@ pub struct Release {
 /// newly opened digest, so the scheduler can be told to wake for it.
 #[allow(clippy::too_many_arguments)]
 pub fn join(
-    tx: &Tx<'_>,
+    tx: &Transaction<'_>,
     seq: i64,
     event: &Event,
     recipient: &Recipient,
@@ -154,7 +153,7 @@ struct Due {
 /// Closes up to `CLOSE_BATCH` due digests, each into one outbox row;
 /// returns the rows' seqs (one digest can yield none if its stored state is
 /// unreadable, which is logged and closed rather than retried forever).
-fn close_due(tx: &Tx<'_>, now: i64) -> Result<Vec<i64>, NotifyError> {
+fn close_due(tx: &Transaction<'_>, now: i64) -> Result<Vec<i64>, NotifyError> {
     let due: Vec<Due> = tx
         .prepare_cached(
             "SELECT id, type, batch_type, recipient, channels FROM digests
@@ -187,7 +186,7 @@ fn close_due(tx: &Tx<'_>, now: i64) -> Result<Vec<i64>, NotifyError> {
 }
 
 /// The event a due digest turns into.
-fn release(tx: &Tx<'_>, d: &Due) -> StoreResult<Option<Event>> {
+fn release(tx: &Transaction<'_>, d: &Due) -> StoreResult<Option<Event>> {
     let mut held: Vec<(Option<String>, String)> = tx
         .prepare_cached(
             "SELECT subject_id, payload FROM digest_events WHERE digest_id = ?1 ORDER BY event_seq",
@@ -277,7 +276,7 @@ mod tests {
         }
     }
 
-    fn upload(tx: &Tx<'_>, n: i64, now: i64) -> StoreResult<Option<i64>> {
+    fn upload(tx: &Transaction<'_>, n: i64, now: i64) -> StoreResult<Option<i64>> {
         let event = Event::new("up", vec![Recipient::User("u".into())], json!({ "n": n }));
         let seq = outbox::enqueue(tx, &event).map_err(|e| match e {
             NotifyError::Store(e) => e,

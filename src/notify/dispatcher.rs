@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
+use rusqlite::Transaction;
 
 use super::email::{self, EmailJob, Outcome};
 use super::event::{Event, Recipient};
@@ -24,7 +25,6 @@ use super::{digest, inbox};
 use super::{BusMsg, InboxCommitted, Shared};
 use crate::mail::MailError;
 use crate::metrics::{Fate, SendResult, METRICS};
-use crate::store::Tx;
 use crate::store::{now_ms, users, StoreResult};
 
 /// Events per dispatch transaction: large enough to amortise the commit,
@@ -367,7 +367,7 @@ fn prepare<'s>(
     }))
 }
 
-fn write_all(tx: &Tx<'_>, prepared: &[Prepared<'_>]) -> StoreResult<Written> {
+fn write_all(tx: &Transaction<'_>, prepared: &[Prepared<'_>]) -> StoreResult<Written> {
     let mut written = Written::default();
     for p in prepared {
         if !outbox::claim(tx, p.seq)? {
@@ -394,7 +394,7 @@ fn write_all(tx: &Tx<'_>, prepared: &[Prepared<'_>]) -> StoreResult<Written> {
 /// delivery per user and per address-only recipient (`sent` counts both).
 /// A released digest skips dedup and digest: it was checked on the way in.
 fn fan_out(
-    tx: &Tx<'_>,
+    tx: &Transaction<'_>,
     seq: i64,
     ready: &Ready<'_>,
     written: &mut Written,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde::Serialize;
 
 use super::pacer::Pacer;
@@ -16,7 +16,6 @@ use super::templates::EmailContent;
 use super::{BusMsg, DeliveryPolicy};
 use crate::ids;
 use crate::mail::{Email, MailError, MailProvider, RateHint, Sent};
-use crate::store::Tx;
 use crate::store::{now_ms, StoreError, StoreResult};
 use crate::time::rfc3339;
 
@@ -35,7 +34,7 @@ pub struct EmailJob {
 /// Creates the email delivery for (event, recipient), rendered now and sent
 /// identically on every attempt. None if it already exists.
 pub fn insert_delivery(
-    tx: &Tx<'_>,
+    tx: &Transaction<'_>,
     event_seq: i64,
     recipient: &str,
     address: &str,
@@ -105,7 +104,7 @@ pub fn pending_count(conn: &Connection) -> StoreResult<i64> {
 }
 
 /// Moves retries that are due back to pending and returns them as jobs.
-pub fn claim_due(tx: &Tx<'_>, now: i64, limit: usize) -> StoreResult<Vec<EmailJob>> {
+pub fn claim_due(tx: &Transaction<'_>, now: i64, limit: usize) -> StoreResult<Vec<EmailJob>> {
     let jobs: Vec<EmailJob> = tx
         .prepare_cached(&format!(
             "SELECT {JOB_COLUMNS} FROM {JOB_FROM}
@@ -143,7 +142,7 @@ pub struct Outcome {
 /// Records outcomes in the caller's transaction; returns the earliest retry
 /// it scheduled, so the scheduler can be woken for it.
 pub fn record(
-    tx: &Tx<'_>,
+    tx: &Transaction<'_>,
     outcomes: &[Outcome],
     policy: &DeliveryPolicy,
 ) -> StoreResult<Option<i64>> {
@@ -208,7 +207,7 @@ pub fn record(
 }
 
 fn set_failed(
-    tx: &Tx<'_>,
+    tx: &Transaction<'_>,
     id: &str,
     status: &str,
     attempts: u32,
@@ -364,7 +363,7 @@ pub fn counts(conn: &Connection) -> StoreResult<Vec<(&'static str, i64)>> {
 /// the same id (so the same Idempotency-Key) and the same stored body. The
 /// last error stays visible until the next attempt. `Err(status)` if the
 /// delivery is in any other state.
-pub fn rearm(tx: &Tx<'_>, id: &str) -> StoreResult<Result<DeliveryView, String>> {
+pub fn rearm(tx: &Transaction<'_>, id: &str) -> StoreResult<Result<DeliveryView, String>> {
     let status: String = tx
         .prepare_cached("SELECT status FROM deliveries WHERE id = ?1")?
         .query_row([id], |r| r.get(0))
@@ -388,7 +387,7 @@ pub fn rearm(tx: &Tx<'_>, id: &str) -> StoreResult<Result<DeliveryView, String>>
 }
 
 /// Re-arms every dead delivery (see `rearm`); returns how many.
-pub fn rearm_dead(tx: &Tx<'_>) -> StoreResult<usize> {
+pub fn rearm_dead(tx: &Transaction<'_>) -> StoreResult<usize> {
     Ok(tx
         .prepare_cached(
             "UPDATE deliveries SET status = 'retrying', attempts = 0, next_attempt_at = ?1,

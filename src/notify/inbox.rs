@@ -3,13 +3,12 @@
 //! takes the user id, so one user can never see or change another's rows.
 //! Pages are keyset-paginated on (created_at, id), newest first.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde::Serialize;
 use serde_json::Value;
 
 use super::email::DeliveryView;
 use super::templates::InboxContent;
-use crate::store::Tx;
 use crate::store::{now_ms, StoreError, StoreResult};
 use crate::time::rfc3339;
 
@@ -18,7 +17,7 @@ pub const MAX_PAGE: usize = 100;
 /// Writes the inbox row for (event, user); false if it already exists, which
 /// is what makes a re-driven dispatch harmless.
 pub fn insert(
-    tx: &Tx<'_>,
+    tx: &Transaction<'_>,
     event_seq: i64,
     user_id: &str,
     kind: &str,
@@ -203,7 +202,7 @@ pub fn unseen_count(conn: &Connection, user_id: &str) -> StoreResult<i64> {
 /// Marks one of the user's rows seen (and, with `read`, read as well).
 /// Already-marked rows keep their first timestamp. NotFound if the row is
 /// not the user's.
-pub fn mark(tx: &Tx<'_>, user_id: &str, id: i64, read: bool) -> StoreResult<()> {
+pub fn mark(tx: &Transaction<'_>, user_id: &str, id: i64, read: bool) -> StoreResult<()> {
     let found = tx
         .prepare_cached("SELECT 1 FROM notifications WHERE id = ?1 AND user_id = ?2")?
         .query_row(params![id, user_id], |_| Ok(()))
@@ -221,7 +220,7 @@ pub fn mark(tx: &Tx<'_>, user_id: &str, id: i64, read: bool) -> StoreResult<()> 
 }
 
 /// Marks every unseen row of the user seen; returns how many changed.
-pub fn mark_all_seen(tx: &Tx<'_>, user_id: &str) -> StoreResult<usize> {
+pub fn mark_all_seen(tx: &Transaction<'_>, user_id: &str) -> StoreResult<usize> {
     Ok(tx
         .prepare_cached(
             "UPDATE notifications SET seen_at = ?2 WHERE user_id = ?1 AND seen_at IS NULL",
@@ -231,7 +230,7 @@ pub fn mark_all_seen(tx: &Tx<'_>, user_id: &str) -> StoreResult<usize> {
 
 /// Marks every unread row of the user read (and seen); returns how many
 /// changed.
-pub fn mark_all_read(tx: &Tx<'_>, user_id: &str) -> StoreResult<usize> {
+pub fn mark_all_read(tx: &Transaction<'_>, user_id: &str) -> StoreResult<usize> {
     Ok(tx
         .prepare_cached(
             "UPDATE notifications SET seen_at = COALESCE(seen_at, ?2), read_at = ?2
@@ -240,7 +239,7 @@ pub fn mark_all_read(tx: &Tx<'_>, user_id: &str) -> StoreResult<usize> {
         .execute(params![user_id, now_ms()])?)
 }
 
-pub fn delete(tx: &Tx<'_>, user_id: &str, id: i64) -> StoreResult<()> {
+pub fn delete(tx: &Transaction<'_>, user_id: &str, id: i64) -> StoreResult<()> {
     let changed = tx
         .prepare_cached("DELETE FROM notifications WHERE id = ?1 AND user_id = ?2")?
         .execute(params![id, user_id])?;

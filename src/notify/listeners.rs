@@ -15,12 +15,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde_json::Value;
 
 use super::outbox::{self, DispatchResult};
 use super::{Notifier, NotifyError, Outbox};
-use crate::store::Tx;
 use crate::store::{now_ms, Store, StoreError, StoreResult};
 
 /// A committed domain event as a listener sees it.
@@ -483,7 +482,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
-fn insert_run(tx: &Tx<'_>, seq: i64, listener: &str) -> StoreResult<()> {
+fn insert_run(tx: &Transaction<'_>, seq: i64, listener: &str) -> StoreResult<()> {
     let now = now_ms();
     tx.prepare_cached(
         "INSERT OR IGNORE INTO listener_runs (event_seq, listener, next_attempt_at, created_at)
@@ -512,7 +511,7 @@ fn next_due_at(conn: &Connection, listener: &str) -> StoreResult<Option<i64>> {
         .query_row([listener], |r| r.get(0))?)
 }
 
-fn is_open(tx: &Tx<'_>, seq: i64, listener: &str) -> StoreResult<bool> {
+fn is_open(tx: &Transaction<'_>, seq: i64, listener: &str) -> StoreResult<bool> {
     let status: Option<String> = tx
         .prepare_cached("SELECT status FROM listener_runs WHERE event_seq = ?1 AND listener = ?2")?
         .query_row(params![seq, listener], |r| r.get(0))
@@ -520,7 +519,7 @@ fn is_open(tx: &Tx<'_>, seq: i64, listener: &str) -> StoreResult<bool> {
     Ok(status.is_some_and(|s| s != "done"))
 }
 
-fn mark_done(tx: &Tx<'_>, seq: i64, listener: &str) -> StoreResult<()> {
+fn mark_done(tx: &Transaction<'_>, seq: i64, listener: &str) -> StoreResult<()> {
     tx.prepare_cached(
         "UPDATE listener_runs SET status = 'done', attempts = attempts + 1, done_at = ?3,
                 last_error = NULL

@@ -26,9 +26,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
+use rusqlite::Transaction;
 
 use crate::mail::MailProvider;
-use crate::store::Tx;
 use crate::store::{users, Store, StoreError};
 pub use event::{Event, Recipient};
 pub use listeners::{DomainEvent, Listener, ListenerError, ListenerHooks};
@@ -175,13 +175,13 @@ pub struct Notifier {
 
 /// The events one transaction enqueued; published after it commits.
 pub struct Outbox<'a, 'c> {
-    tx: &'a Tx<'c>,
+    tx: &'a Transaction<'c>,
     notifier: &'a Notifier,
     committed_later: Vec<(i64, Option<Arc<Event>>)>,
 }
 
 impl<'c> Outbox<'_, 'c> {
-    pub fn tx(&self) -> &Tx<'c> {
+    pub fn tx(&self) -> &Transaction<'c> {
         self.tx
     }
 
@@ -248,7 +248,7 @@ impl Notifier {
     /// a rolled-back transaction therefore notifies nobody. An event whose
     /// idempotency key was seen before returns the first event's id with
     /// `created: false`.
-    pub fn enqueue(&self, tx: &Tx<'_>, event: &Event) -> Result<Enqueued, NotifyError> {
+    pub fn enqueue(&self, tx: &Transaction<'_>, event: &Event) -> Result<Enqueued, NotifyError> {
         event.validate(&self.shared.registry)?;
         for (i, recipient) in event.recipients.iter().enumerate() {
             if let Recipient::User(id) = recipient {

@@ -3,13 +3,12 @@
 //! in the same transaction as its inbox rows and deliveries), and read back
 //! with its result for `GET /v1/events/{id}`.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde::Serialize;
 
 use super::event::Event;
 use super::NotifyError;
 use crate::ids;
-use crate::store::Tx;
 use crate::store::{now_ms, StoreError, StoreResult};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,7 +23,7 @@ pub struct Enqueued {
 
 /// Writes `event` (already validated) as a pending outbox row, unless its
 /// idempotency key names an earlier event.
-pub fn enqueue(tx: &Tx<'_>, event: &Event) -> Result<Enqueued, NotifyError> {
+pub fn enqueue(tx: &Transaction<'_>, event: &Event) -> Result<Enqueued, NotifyError> {
     if let Some(key) = &event.idempotency_key {
         let existing = tx
             .prepare_cached("SELECT seq, id FROM outbox WHERE idempotency_key = ?1")?
@@ -59,7 +58,7 @@ pub const KIND_DOMAIN: &str = "domain";
 /// recipients) as a pending outbox row of kind `domain`; the dispatcher
 /// hands it to the listeners.
 pub fn enqueue_domain(
-    tx: &Tx<'_>,
+    tx: &Transaction<'_>,
     kind: &str,
     payload: &serde_json::Value,
 ) -> Result<Enqueued, NotifyError> {
@@ -117,7 +116,7 @@ pub fn load_pending_split(
 
 /// Claims a pending row for dispatch inside the dispatcher's transaction.
 /// False if another dispatcher (or an earlier run) already took it.
-pub fn claim(tx: &Tx<'_>, seq: i64) -> StoreResult<bool> {
+pub fn claim(tx: &Transaction<'_>, seq: i64) -> StoreResult<bool> {
     let status: Option<String> = tx
         .prepare_cached("SELECT status FROM outbox WHERE seq = ?1")?
         .query_row([seq], |r| r.get(0))
@@ -133,7 +132,7 @@ pub struct DispatchResult {
     pub suppressed_by_prefs: i64,
 }
 
-pub fn mark_dispatched(tx: &Tx<'_>, seq: i64, result: DispatchResult) -> StoreResult<()> {
+pub fn mark_dispatched(tx: &Transaction<'_>, seq: i64, result: DispatchResult) -> StoreResult<()> {
     tx.prepare_cached(
         "UPDATE outbox SET status = 'dispatched', dispatched_at = ?2, sent = ?3, deduped = ?4,
                            suppressed = ?5
@@ -151,7 +150,7 @@ pub fn mark_dispatched(tx: &Tx<'_>, seq: i64, result: DispatchResult) -> StoreRe
 
 /// An event that can never be dispatched (its type left the registry, a
 /// template no longer renders) is parked with the reason, visible in the API.
-pub fn mark_failed(tx: &Tx<'_>, seq: i64, error: &str) -> StoreResult<()> {
+pub fn mark_failed(tx: &Transaction<'_>, seq: i64, error: &str) -> StoreResult<()> {
     tx.prepare_cached(
         "UPDATE outbox SET status = 'failed', dispatched_at = ?2, error = ?3 WHERE seq = ?1",
     )?

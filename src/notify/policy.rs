@@ -2,13 +2,12 @@
 //! preferences per channel. Dedup marks are written in the dispatcher's
 //! transaction, so they commit exactly when the notification they stand for does.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::event::{Event, Recipient};
 use super::preferences::{self, Switches};
 use super::registry::{Channel, TypeDef};
 use crate::store::StoreResult;
-use crate::store::Tx;
 
 /// The identity of "the same notification" for dedup: type, recipient,
 /// subject and rendered dedup key.
@@ -74,7 +73,7 @@ pub fn expired_marks(conn: &Connection, before: i64, limit: usize) -> StoreResul
 /// Deletes the given marks if they are still older than `before` (one may
 /// have been renewed since it was read). A mark older than the longest
 /// dedup window can no longer make any event a duplicate.
-pub fn delete_marks(tx: &Tx<'_>, marks: &[MarkKey], before: i64) -> StoreResult<usize> {
+pub fn delete_marks(tx: &Transaction<'_>, marks: &[MarkKey], before: i64) -> StoreResult<usize> {
     let mut stmt = tx.prepare_cached(
         "DELETE FROM dedup_marks WHERE type = ?1 AND recipient = ?2 AND subject_id = ?3
          AND dedup_key = ?4 AND notified_at < ?5",
@@ -88,7 +87,12 @@ pub fn delete_marks(tx: &Tx<'_>, marks: &[MarkKey], before: i64) -> StoreResult<
 
 /// Records that the notification went out now: the window runs from the
 /// last notification, and duplicates (which send nothing) do not extend it.
-pub fn remember(tx: &Tx<'_>, def: &TypeDef, key: &DedupKey<'_>, now: i64) -> StoreResult<()> {
+pub fn remember(
+    tx: &Transaction<'_>,
+    def: &TypeDef,
+    key: &DedupKey<'_>,
+    now: i64,
+) -> StoreResult<()> {
     if def.dedup_window_secs == 0 {
         return Ok(());
     }

@@ -4,11 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, Transaction};
 use serde::Serialize;
 
 use super::registry::{Channel, Registry, TypeDef};
-use crate::store::Tx;
 use crate::store::{now_ms, StoreResult};
 
 /// The preference type that stands for every non-critical type.
@@ -16,7 +15,7 @@ pub const ALL_TYPES: &str = "*";
 
 /// Stores one switch, replacing any earlier value.
 pub fn set(
-    tx: &Tx<'_>,
+    tx: &Transaction<'_>,
     user_id: &str,
     kind: &str,
     channel: Channel,

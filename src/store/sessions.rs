@@ -2,10 +2,9 @@
 //! only its SHA-256 is stored, so a copy of the database signs nobody in, and
 //! deleting the row (logout) revokes the session at once.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::users::User;
-use super::Tx;
 use super::{now_ms, StoreResult};
 use crate::ids;
 
@@ -13,7 +12,7 @@ use crate::ids;
 pub const LIFETIME_MS: i64 = 30 * 24 * 3600 * 1000;
 
 /// Starts a session for `user_id`; returns the secret for the cookie.
-pub fn create(tx: &Tx<'_>, user_id: &str) -> StoreResult<String> {
+pub fn create(tx: &Transaction<'_>, user_id: &str) -> StoreResult<String> {
     let secret = ids::new_token().replacen("hrld_", "hses_", 1);
     let now = now_ms();
     // Expired rows of this user go with each sign-in, so the table stays small
@@ -50,7 +49,7 @@ pub fn user(conn: &Connection, secret: &str) -> StoreResult<Option<User>> {
 }
 
 /// Ends a session; unknown secrets are ignored (logging out twice is fine).
-pub fn delete(tx: &Tx<'_>, secret: &str) -> StoreResult<()> {
+pub fn delete(tx: &Transaction<'_>, secret: &str) -> StoreResult<()> {
     tx.prepare_cached("DELETE FROM sessions WHERE id_hash = ?1")?
         .execute([ids::hash_secret(secret)])?;
     Ok(())

@@ -2,10 +2,9 @@
 //! the embedding application under its own ids; tokens are stored as SHA-256
 //! hashes and the secret is returned exactly once.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde::Serialize;
 
-use super::Tx;
 use super::{now_ms, StoreResult};
 use crate::ids;
 
@@ -18,7 +17,7 @@ pub struct User {
 }
 
 /// Creates or updates a user; returns true when the user is new.
-pub fn upsert(tx: &Tx<'_>, user: &User) -> StoreResult<bool> {
+pub fn upsert(tx: &Transaction<'_>, user: &User) -> StoreResult<bool> {
     let now = now_ms();
     let existed = exists(tx, &user.id)?;
     tx.prepare_cached(
@@ -58,7 +57,7 @@ pub fn count(conn: &Connection) -> StoreResult<i64> {
 }
 
 /// Issues a new token for `user_id` and returns the secret (never stored).
-pub fn issue_token(tx: &Tx<'_>, user_id: &str) -> StoreResult<String> {
+pub fn issue_token(tx: &Transaction<'_>, user_id: &str) -> StoreResult<String> {
     let token = ids::new_token();
     tx.prepare_cached(
         "INSERT INTO api_tokens (token_hash, user_id, created_at) VALUES (?1, ?2, ?3)",
