@@ -615,6 +615,16 @@ fn rss_kb(pid: u32, field: &str) -> Option<u64> {
         .ok()
 }
 
+/// CPU seconds (user + system) the process has used so far; Linux only.
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -646,9 +656,21 @@ fn http_scenario(dir: &Path, opts: &Opts, out: &mut Map<String, Value>) -> Resul
     conn.busy_timeout(Duration::from_secs(5))
         .map_err(|e| e.to_string())?;
 
+    // herald's own CPU per event delivered (parsing, committing,
+    // dispatching and sending it): steadier than throughput on a shared
+    // machine, and what an A/B comparison of a change should look at.
+    let cpu_us_per_event = |before: Option<f64>| {
+        let used = cpu_secs(pid)
+            .zip(before)
+            .map(|(after, before)| after - before);
+        json!(used.map(|s| round(s * 1e6 / opts.events as f64)))
+    };
+    let cpu = cpu_secs(pid);
     let (per_s, drain_s) = load_phase(&herald, &mail, &conn, opts, 1, 0, users)?;
     out.insert("http_events_per_s".into(), json!(round(per_s)));
     out.insert("http_drain_s".into(), json!(ratio(drain_s)));
+    out.insert("http_cpu_us_per_event".into(), cpu_us_per_event(cpu));
+    let cpu = cpu_secs(pid);
     let (per_s, drain_s) = load_phase(
         &herald,
         &mail,
@@ -660,6 +682,7 @@ fn http_scenario(dir: &Path, opts: &Opts, out: &mut Map<String, Value>) -> Resul
     )?;
     out.insert("http_bulk_events_per_s".into(), json!(round(per_s)));
     out.insert("http_bulk_drain_s".into(), json!(ratio(drain_s)));
+    out.insert("http_bulk_cpu_us_per_event".into(), cpu_us_per_event(cpu));
     let sent_before = 2 * opts.events;
 
     // Commit-to-inbox latency at a fixed offered load, from the stored

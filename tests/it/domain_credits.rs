@@ -221,7 +221,10 @@ fn the_serve_sweep_grants_what_a_lost_event_missed() {
     let swept = wait_until(WAIT, || ledger_rows(&server) == 2);
     assert!(swept, "the periodic sweep granted the missing credits");
     assert_eq!(ledger(&server), expected_ledger(&inv, "dave", 7));
-    assert!(server.logs().contains("reconcile sweep granted 2"));
+    // The sweep logs once its transaction has committed, a moment after
+    // the rows became visible.
+    let logged = wait_until(WAIT, || server.logs().contains("reconcile sweep granted 2"));
+    assert!(logged, "{}", server.logs());
 }
 
 #[test]
