@@ -2,10 +2,13 @@
 //! body of Resend's `SendEmailRequest`, and `Idempotency-Key` set to the
 //! delivery id. Maps Resend's answers onto sent / retryable / permanent.
 
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
-use ureq::http::Response;
+use ureq::http::{Response, Uri};
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 use super::{Email, MailError, MailProvider, RateHint, Sent};
 
@@ -44,8 +47,62 @@ impl Resend {
         Resend {
             endpoint: format!("{}/emails", api_url.trim_end_matches('/')),
             auth: format!("Bearer {api_key}"),
-            agent: config.into(),
+            agent: ureq::Agent::with_parts(
+                config,
+                DefaultConnector::default(),
+                CachedResolver::<DefaultResolver>::default(),
+            ),
         }
+    }
+}
+
+/// How long a resolved mail API address is reused.
+const RESOLVED_FOR: Duration = Duration::from_secs(60);
+
+/// ureq resolves the host before every request, even one that then reuses
+/// a pooled connection, and with a timeout set it resolves on a new thread
+/// each time. At thousands of emails a second, creating those threads took
+/// half of herald's CPU (perf), and against a real API it is a DNS lookup
+/// per email. The one mail API host is resolved (with the timeout) once a
+/// minute instead.
+#[derive(Debug, Default)]
+struct CachedResolver<R = DefaultResolver> {
+    inner: R,
+    last: Mutex<Option<(String, ResolvedSocketAddrs, Instant)>>,
+}
+
+impl<R: Resolver> Resolver for CachedResolver<R> {
+    fn resolve(
+        &self,
+        uri: &Uri,
+        config: &ureq::config::Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let key = format!(
+            "{}://{}",
+            uri.scheme_str().unwrap_or(""),
+            uri.authority().map_or("", |a| a.as_str())
+        );
+        let cached = |last: &Option<(String, ResolvedSocketAddrs, Instant)>| match last {
+            Some((host, addrs, at)) if *host == key && at.elapsed() < RESOLVED_FOR => {
+                Some(addrs.clone())
+            }
+            _ => None,
+        };
+        if let Some(addrs) = cached(&self.lock()) {
+            return Ok(addrs);
+        }
+        // Resolved outside the lock: a slow lookup must not hold up senders
+        // that could use the cached answer for another host.
+        let addrs = self.inner.resolve(uri, config, timeout)?;
+        *self.lock() = Some((key, addrs.clone(), Instant::now()));
+        Ok(addrs)
+    }
+}
+
+impl<R> CachedResolver<R> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(String, ResolvedSocketAddrs, Instant)>> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -232,5 +289,49 @@ mod tests {
         assert!(!is_retryable(409, "invalid_idempotent_request"));
         assert!(!is_retryable(422, "validation_error"));
         assert!(!is_retryable(403, "invalid_api_key"));
+    }
+
+    /// Counts lookups and answers one loopback address.
+    #[derive(Debug, Default)]
+    struct Counting(std::sync::atomic::AtomicUsize);
+
+    impl Resolver for Counting {
+        fn resolve(
+            &self,
+            _uri: &Uri,
+            _config: &ureq::config::Config,
+            _timeout: NextTimeout,
+        ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut addrs = self.empty();
+            addrs.push("127.0.0.1:1".parse().unwrap());
+            Ok(addrs)
+        }
+    }
+
+    #[test]
+    fn the_mail_api_host_is_resolved_once_not_per_email() {
+        let resolver = CachedResolver::<Counting>::default();
+        let config = ureq::config::Config::default();
+        let resolve = |url: &str| {
+            let uri: Uri = url.parse().unwrap();
+            resolver
+                .resolve(&uri, &config, NextTimeout::default())
+                .unwrap()
+        };
+        for _ in 0..100 {
+            assert_eq!(resolve("https://api.resend.com/emails")[0].port(), 1);
+        }
+        assert_eq!(
+            resolver.inner.0.load(std::sync::atomic::Ordering::SeqCst),
+            1
+        );
+        resolve("http://127.0.0.1:9/emails");
+        resolve("https://api.resend.com/emails");
+        assert_eq!(
+            resolver.inner.0.load(std::sync::atomic::Ordering::SeqCst),
+            3,
+            "a different host is looked up, and replaces the cached one"
+        );
     }
 }
