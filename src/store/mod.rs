@@ -325,6 +325,20 @@ mod tests {
         assert_eq!(ids, vec!["u2".to_string()]);
     }
 
+    /// Commits one user row `u{i}` with a name of `name_len` bytes.
+    fn insert_user(store: &Store, i: usize, name_len: usize) {
+        store
+            .write(|tx| {
+                tx.execute(
+                    "INSERT INTO users (id, email, name, created_at, updated_at)
+                     VALUES (?1, 'a@b.c', ?2, 0, 0)",
+                    rusqlite::params![format!("u{i}"), "x".repeat(name_len)],
+                )
+                .map_err(StoreError::from)
+            })
+            .unwrap();
+    }
+
     #[test]
     fn the_checkpointer_copies_the_wal_back_off_the_writers_path() {
         let dir = tempfile::tempdir().unwrap();
@@ -333,16 +347,7 @@ mod tests {
         let size = || std::fs::metadata(&path).unwrap().len();
         let before = size();
         for i in 0..512 {
-            store
-                .write(|tx| {
-                    tx.execute(
-                        "INSERT INTO users (id, email, name, created_at, updated_at)
-                         VALUES (?1, 'a@b.c', ?2, 0, 0)",
-                        rusqlite::params![format!("u{i}"), "x".repeat(500)],
-                    )
-                    .map_err(StoreError::from)
-                })
-                .unwrap();
+            insert_user(&store, i, 500);
         }
         // Commits no longer checkpoint themselves (wal_autocheckpoint = 0):
         // the database file only grows once the checkpointer has run.
@@ -388,16 +393,7 @@ mod tests {
                 });
             }
             for i in 0..3000 {
-                store
-                    .write(|tx| {
-                        tx.execute(
-                            "INSERT INTO users (id, email, name, created_at, updated_at)
-                             VALUES (?1, 'a@b.c', ?2, 0, 0)",
-                            rusqlite::params![format!("u{i}"), "x".repeat(2000)],
-                        )
-                        .map_err(StoreError::from)
-                    })
-                    .unwrap();
+                insert_user(&store, i, 2000);
                 largest = largest.max(wal_size());
             }
             stop.store(true, Ordering::Relaxed);
