@@ -492,27 +492,35 @@ fn the_providers_ratelimit_headers_pace_the_senders_without_a_client_side_rate()
     );
 }
 
-/// Voluntary plus involuntary context switches of every thread of `pid`:
-/// each wakeup of a sleeping thread counts one, so a polling loop shows up
-/// here long before it shows up as CPU ticks.
-fn context_switches(pid: u32) -> u64 {
-    let mut total = 0;
+/// Voluntary plus involuntary context switches of each thread of `pid`, by
+/// thread id: each wakeup of a sleeping thread counts one, so a polling
+/// loop shows up here long before it shows up as CPU ticks.
+fn context_switches(pid: u32) -> std::collections::HashMap<String, u64> {
+    let mut by_thread = std::collections::HashMap::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let status =
-            std::fs::read_to_string(task.unwrap().path().join("status")).unwrap_or_default();
-        for line in status.lines() {
-            if line.starts_with("voluntary_ctxt_switches")
-                || line.starts_with("nonvoluntary_ctxt_switches")
-            {
-                total += line
-                    .split_whitespace()
-                    .last()
-                    .and_then(|n| n.parse::<u64>().ok())
-                    .unwrap_or(0);
-            }
-        }
+        let task = task.unwrap();
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let switches: u64 = status
+            .lines()
+            .filter(|l| {
+                l.starts_with("voluntary_ctxt_switches")
+                    || l.starts_with("nonvoluntary_ctxt_switches")
+            })
+            .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+            .sum();
+        by_thread.insert(task.file_name().to_string_lossy().into_owned(), switches);
     }
-    total
+    by_thread
+}
+
+/// Context switches since `before`, over the threads alive now: a thread
+/// that exited in between (tiny_http retires idle connection threads)
+/// takes its count with it, and must not make the total go backwards.
+fn switches_since(pid: u32, before: &std::collections::HashMap<String, u64>) -> u64 {
+    context_switches(pid)
+        .iter()
+        .map(|(tid, now)| now.saturating_sub(before.get(tid).copied().unwrap_or(0)))
+        .sum()
 }
 
 /// utime + stime of `pid`, in clock ticks (fields 14 and 15 of stat).
@@ -534,7 +542,7 @@ fn an_idle_server_sleeps() {
 
     let (switches, ticks) = (context_switches(pid), cpu_ticks(pid));
     std::thread::sleep(Duration::from_secs(10));
-    let (switches, ticks) = (context_switches(pid) - switches, cpu_ticks(pid) - ticks);
+    let (switches, ticks) = (switches_since(pid, &switches), cpu_ticks(pid) - ticks);
     eprintln!("idle for 10 s: {ticks} CPU ticks, {switches} context switches");
     // Eight senders polling every 200 ms would be 400 wakeups here.
     assert!(
