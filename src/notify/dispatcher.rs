@@ -416,7 +416,17 @@ fn fan_out(
             continue;
         };
         let dedup = DedupKey::of(event, &key, rendered.dedup_key.as_deref());
-        if release.is_none() && policy::is_duplicate(tx, def, &dedup, now)? {
+        let only = release.map(|r| r.channels.as_slice());
+        let (channels, suppressed) = policy::channels_for(switches, def, recipient, only);
+        // Dedup comes first in SPEC 2.3, but the preferences are already
+        // known: when something goes out, one upsert both checks the window
+        // and marks it; when nothing does, only the check runs.
+        let duplicate = match (release, channels.is_empty()) {
+            (Some(_), _) => false,
+            (None, true) => policy::is_duplicate(tx, def, &dedup, now)?,
+            (None, false) => !policy::mark_unless_duplicate(tx, def, &dedup, now)?,
+        };
+        if duplicate {
             result.deduped += 1;
             for channel in reachable(def, recipient) {
                 written
@@ -425,8 +435,6 @@ fn fan_out(
             }
             continue;
         }
-        let only = release.map(|r| r.channels.as_slice());
-        let (channels, suppressed) = policy::channels_for(switches, def, recipient, only);
         result.suppressed_by_prefs += suppressed;
         if suppressed > 0 {
             let off = reachable(def, recipient)
@@ -439,9 +447,6 @@ fn fan_out(
         }
         if channels.is_empty() {
             continue;
-        }
-        if release.is_none() {
-            policy::remember(tx, def, &dedup, now)?;
         }
         if let (Some(spec), Some(digest_key), None) = (&def.digest, &rendered.digest_key, release) {
             let opened = digest::join(tx, seq, event, recipient, digest_key, spec, &channels, now)?;

@@ -50,8 +50,11 @@ pub fn is_duplicate(
             |r| r.get(0),
         )
         .optional()?;
-    let window_ms = i64::try_from(def.dedup_window_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
-    Ok(last.is_some_and(|at| now.saturating_sub(at) < window_ms))
+    Ok(last.is_some_and(|at| now.saturating_sub(at) < window_ms(def)))
+}
+
+fn window_ms(def: &TypeDef) -> i64 {
+    i64::try_from(def.dedup_window_secs.saturating_mul(1000)).unwrap_or(i64::MAX)
 }
 
 /// A dedup mark's key columns, as stored.
@@ -85,31 +88,37 @@ pub fn delete_marks(tx: &Transaction<'_>, marks: &[MarkKey], before: i64) -> Sto
     Ok(deleted)
 }
 
-/// Records that the notification went out now: the window runs from the
-/// last notification, and duplicates (which send nothing) do not extend it.
-pub fn remember(
+/// Records that the notification goes out now, unless the same one went
+/// out less than the type's window ago: false for such a duplicate, which
+/// writes nothing. The window runs from the last notification, and
+/// duplicates do not extend it. One upsert does both, because this runs
+/// for every notification.
+pub fn mark_unless_duplicate(
     tx: &Transaction<'_>,
     def: &TypeDef,
     key: &DedupKey<'_>,
     now: i64,
-) -> StoreResult<()> {
+) -> StoreResult<bool> {
     if def.dedup_window_secs == 0 {
-        return Ok(());
+        return Ok(true);
     }
-    tx.prepare_cached(
-        "INSERT INTO dedup_marks (type, recipient, subject_id, dedup_key, notified_at)
-         VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (type, recipient, subject_id, dedup_key)
-         DO UPDATE SET notified_at = excluded.notified_at",
-    )?
-    .execute(params![
-        key.kind,
-        key.recipient,
-        key.subject_id,
-        key.key,
-        now
-    ])?;
-    Ok(())
+    let changed = tx
+        .prepare_cached(
+            "INSERT INTO dedup_marks (type, recipient, subject_id, dedup_key, notified_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (type, recipient, subject_id, dedup_key)
+             DO UPDATE SET notified_at = excluded.notified_at
+             WHERE dedup_marks.notified_at <= ?6",
+        )?
+        .execute(params![
+            key.kind,
+            key.recipient,
+            key.subject_id,
+            key.key,
+            now,
+            now.saturating_sub(window_ms(def))
+        ])?;
+    Ok(changed == 1)
 }
 
 /// A recipient's preference switches for an event's type; none for
@@ -163,8 +172,11 @@ mod tests {
     fn expired_marks_are_pruned_and_a_renewed_one_survives() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("p.db"), Synchronous::Normal).unwrap();
-        let registry =
-            Registry::parse("r", r#"{"types": {"t": {"channels": ["inbox"]}}}"#).unwrap();
+        let registry = Registry::parse(
+            "r",
+            r#"{"types": {"t": {"channels": ["inbox"], "dedupWindowSecs": 1}}}"#,
+        )
+        .unwrap();
         let def = registry.get("t").unwrap();
         let mark = |recipient: &'static str, at: i64| {
             let key = DedupKey {
@@ -173,7 +185,9 @@ mod tests {
                 subject_id: "s",
                 key: "",
             };
-            store.write(|tx| remember(tx, def, &key, at)).unwrap();
+            store
+                .write(|tx| mark_unless_duplicate(tx, def, &key, at))
+                .unwrap();
         };
         mark("old", 1_000);
         mark("renewed", 1_000);
@@ -192,5 +206,42 @@ mod tests {
             })
             .unwrap();
         assert_eq!(left, ["fresh", "renewed"]);
+    }
+
+    #[test]
+    fn a_mark_within_the_window_is_a_duplicate_and_does_not_extend_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("p.db"), Synchronous::Normal).unwrap();
+        let registry = Registry::parse(
+            "r",
+            r#"{"types": {"t": {"channels": ["inbox"], "dedupWindowSecs": 10},
+                          "off": {"channels": ["inbox"], "dedupWindowSecs": 0}}}"#,
+        )
+        .unwrap();
+        let key = DedupKey {
+            kind: "t",
+            recipient: "u",
+            subject_id: "s",
+            key: "k",
+        };
+        let goes_out = |kind: &str, at: i64| {
+            let def = registry.get(kind).unwrap();
+            store
+                .write(|tx| mark_unless_duplicate(tx, def, &key, at))
+                .unwrap()
+        };
+        let duplicate = |at: i64| {
+            let def = registry.get("t").unwrap();
+            store.read(|c| is_duplicate(c, def, &key, at)).unwrap()
+        };
+        assert!(goes_out("t", 100_000));
+        assert!(duplicate(105_000));
+        assert!(!goes_out("t", 105_000), "5 s into a 10 s window");
+        // The duplicate did not extend the window: it still ends at 110 s.
+        assert!(!duplicate(110_000));
+        assert!(goes_out("t", 110_000));
+        assert!(duplicate(119_999));
+        assert!(goes_out("off", 110_001), "a window of 0 turns dedup off");
+        assert!(goes_out("off", 110_002));
     }
 }
