@@ -168,15 +168,19 @@ mod tests {
     use crate::notify::Registry;
     use crate::store::{Store, Synchronous};
 
-    #[test]
-    fn expired_marks_are_pruned_and_a_renewed_one_survives() {
+    /// A fresh database and a registry of `types` (the registry's JSON
+    /// `types` object).
+    fn setup(types: &str) -> (tempfile::TempDir, Store, Registry) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("p.db"), Synchronous::Normal).unwrap();
-        let registry = Registry::parse(
-            "r",
-            r#"{"types": {"t": {"channels": ["inbox"], "dedupWindowSecs": 1}}}"#,
-        )
-        .unwrap();
+        let registry = Registry::parse("r", &format!(r#"{{"types": {types}}}"#)).unwrap();
+        (dir, store, registry)
+    }
+
+    #[test]
+    fn expired_marks_are_pruned_and_a_renewed_one_survives() {
+        let (_dir, store, registry) =
+            setup(r#"{"t": {"channels": ["inbox"], "dedupWindowSecs": 1}}"#);
         let def = registry.get("t").unwrap();
         let mark = |recipient: &'static str, at: i64| {
             let key = DedupKey {
@@ -210,14 +214,10 @@ mod tests {
 
     #[test]
     fn a_mark_within_the_window_is_a_duplicate_and_does_not_extend_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("p.db"), Synchronous::Normal).unwrap();
-        let registry = Registry::parse(
-            "r",
-            r#"{"types": {"t": {"channels": ["inbox"], "dedupWindowSecs": 10},
-                          "off": {"channels": ["inbox"], "dedupWindowSecs": 0}}}"#,
-        )
-        .unwrap();
+        let (_dir, store, registry) = setup(
+            r#"{"t": {"channels": ["inbox"], "dedupWindowSecs": 10},
+                "off": {"channels": ["inbox"], "dedupWindowSecs": 0}}"#,
+        );
         let key = DedupKey {
             kind: "t",
             recipient: "u",
