@@ -500,7 +500,6 @@ fn first_line_then_drain(stdout: std::process::ChildStdout) -> std::io::Result<S
 /// expects `Content-Length` responses, which is all herald sends outside
 /// the stream.
 struct LoadClient {
-    addr: String,
     host: String,
     conn: Option<std::io::BufReader<std::net::TcpStream>>,
     request: Vec<u8>,
@@ -510,7 +509,6 @@ impl LoadClient {
     fn new(base: &str) -> LoadClient {
         let host = base.trim_start_matches("http://").to_string();
         LoadClient {
-            addr: host.clone(),
             host,
             conn: None,
             request: Vec::with_capacity(16 * 1024),
@@ -545,7 +543,7 @@ impl LoadClient {
     fn exchange(&mut self) -> Option<u16> {
         use std::io::{BufRead, Read};
         if self.conn.is_none() {
-            let stream = std::net::TcpStream::connect(&self.addr).ok()?;
+            let stream = std::net::TcpStream::connect(&self.host).ok()?;
             stream.set_nodelay(true).ok()?;
             stream
                 .set_read_timeout(Some(Duration::from_secs(30)))
@@ -689,14 +687,15 @@ fn http_scenario(dir: &Path, opts: &Opts, out: &mut Map<String, Value>) -> Resul
     // timestamps of the outbox row and its inbox row (same clock).
     let total = opts.rate * 3;
     let first_seq = count(&conn, "SELECT COALESCE(MAX(seq), 0) FROM outbox");
-    let agent = new_agent();
+    let mut client = LoadClient::new(&herald.base);
     let paced = Instant::now();
     for i in 0..total {
         let due = Duration::from_secs_f64(i as f64 / opts.rate as f64);
         if let Some(wait) = due.checked_sub(paced.elapsed()) {
             std::thread::sleep(wait);
         }
-        post_event(&agent, &herald.base, &herald.key, sent_before + i, users);
+        let event = event_json(sent_before + i, users);
+        let _ = client.call("POST", "/v1/events", &herald.key, event.as_bytes());
     }
     std::thread::sleep(Duration::from_millis(500));
     let mut stmt = conn
@@ -728,7 +727,7 @@ fn http_scenario(dir: &Path, opts: &Opts, out: &mut Map<String, Value>) -> Resul
         percentile(&lat, 0.99),
         lat.len()
     );
-    stream_phase(&herald, &agent, out)?;
+    stream_phase(&herald, out)?;
     if let Some(kb) = rss_kb(pid, "VmHWM:") {
         out.insert("peak_rss_mb".into(), json!(ratio(kb as f64 / 1024.0)));
     }
@@ -830,14 +829,11 @@ fn load_phase(
 /// while events for its user arrive at 100/s; each event carries the time
 /// its POST was sent, so a sample is POST-sent to pushed-item-read, an upper
 /// bound on commit-to-push.
-fn stream_phase(
-    herald: &Herald,
-    agent: &ureq::Agent,
-    out: &mut Map<String, Value>,
-) -> Result<(), String> {
+fn stream_phase(herald: &Herald, out: &mut Map<String, Value>) -> Result<(), String> {
     use std::io::BufRead;
     const EVENTS: usize = 300;
-    let token = issue_token(agent, herald, "u0")?;
+    let agent = new_agent();
+    let token = issue_token(&agent, herald, "u0")?;
     let stream = agent
         .get(format!("{}/v1/inbox/stream", herald.base))
         .header("Authorization", format!("Bearer {token}"))
@@ -869,18 +865,14 @@ fn stream_phase(
         }
         lat
     });
+    let mut client = LoadClient::new(&herald.base);
     for i in 0..EVENTS {
         std::thread::sleep(Duration::from_millis(10));
         let event = format!(
             r#"{{"type":"system.announcement","recipients":["u0"],"subjectId":"push_{i}","payload":{{"title":"push {i}","body":"{}"}}}}"#,
             epoch.elapsed().as_micros()
         );
-        if !post(
-            agent,
-            &format!("{}/v1/events", herald.base),
-            &herald.key,
-            event,
-        ) {
+        if client.call("POST", "/v1/events", &herald.key, event.as_bytes()) != Some(202) {
             return Err("stream phase: an event was refused".into());
         }
     }
@@ -907,28 +899,10 @@ fn event_json(i: usize, users: usize) -> String {
     )
 }
 
-fn post_event(agent: &ureq::Agent, base: &str, key: &str, i: usize, users: usize) -> bool {
-    post(
-        agent,
-        &format!("{base}/v1/events"),
-        key,
-        event_json(i, users),
-    )
-}
-
 /// Events `first..end` as one `POST /v1/events/bulk` body.
 fn bulk_json(first: usize, end: usize, users: usize) -> String {
     let events: Vec<String> = (first..end).map(|i| event_json(i, users)).collect();
     format!(r#"{{"events":[{}]}}"#, events.join(","))
-}
-
-fn post(agent: &ureq::Agent, url: &str, key: &str, body: String) -> bool {
-    agent
-        .post(url)
-        .header("Authorization", format!("Bearer {key}"))
-        .header("Content-Type", "application/json")
-        .send(body.as_bytes())
-        .is_ok_and(|r| r.status().as_u16() == 202)
 }
 
 /// Read latency percentiles and throughput of one measured run.
