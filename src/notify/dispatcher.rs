@@ -278,24 +278,24 @@ fn prepare_batch<'s>(shared: &'s Shared, seqs: &[Published]) -> Vec<Prepared<'s>
         }
     }
     // In publication order, so inbox rows keep the order of their events.
-    let events: Vec<(i64, Result<Arc<Event>, String>)> = seqs
-        .iter()
-        .filter_map(|(seq, event)| match event {
-            Some(event) => Some((*seq, Ok(event.clone()))),
-            None => Some((*seq, loaded.remove(seq)?.map(Arc::new))),
-        })
-        .collect();
     let prepared = shared.store.read(|c| {
-        events
-            .into_iter()
-            .map(|(seq, event)| {
-                let ready = match event {
-                    Ok(event) => prepare(shared, c, event)?,
-                    Err(reason) => Err(reason),
-                };
-                Ok(Prepared { seq, ready })
-            })
-            .collect::<StoreResult<Vec<_>>>()
+        let mut prepared = Vec::with_capacity(seqs.len());
+        for (seq, event) in seqs {
+            let event = match event {
+                Some(event) => Ok(event.clone()),
+                // No longer pending, or a domain event routed above.
+                None => match loaded.remove(seq) {
+                    Some(event) => event.map(Arc::new),
+                    None => continue,
+                },
+            };
+            let ready = match event {
+                Ok(event) => prepare(shared, c, event)?,
+                Err(reason) => Err(reason),
+            };
+            prepared.push(Prepared { seq: *seq, ready });
+        }
+        Ok::<_, crate::store::StoreError>(prepared)
     });
     prepared.unwrap_or_else(|e| {
         // Not the events' fault: they stay pending for the re-drive.
