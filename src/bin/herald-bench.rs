@@ -283,6 +283,16 @@ impl MailProvider for Counter {
             RateHint::default(),
         )
     }
+
+    fn send_batch(&self, emails: &[Email], key: &str) -> (Result<Vec<Sent>, MailError>, RateHint) {
+        self.accepted.fetch_add(emails.len(), Ordering::Relaxed);
+        let sent = (0..emails.len())
+            .map(|i| Sent {
+                provider_id: format!("{key}.{i}"),
+            })
+            .collect();
+        (Ok(sent), RateHint::default())
+    }
 }
 
 fn role_changed(i: usize, users: usize) -> Event {

@@ -27,4 +27,20 @@ impl MailProvider for Console {
         };
         (Ok(sent), RateHint::default())
     }
+
+    fn send_batch(
+        &self,
+        emails: &[Email],
+        idempotency_key: &str,
+    ) -> (Result<Vec<Sent>, MailError>, RateHint) {
+        let sent = emails
+            .iter()
+            .enumerate()
+            .map(|(i, email)| {
+                let key = format!("{idempotency_key}.{i}");
+                self.send_email(email, &key).0
+            })
+            .collect();
+        (sent, RateHint::default())
+    }
 }

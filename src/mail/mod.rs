@@ -1,6 +1,7 @@
 //! Mail providers: the one IO edge herald fakes in tests. A provider sends one
-//! rendered email under an idempotency key and classifies the outcome as sent,
-//! worth retrying, or permanently refused. Only `notify::email` calls them.
+//! rendered email, or a batch of them in one request, under an idempotency
+//! key and classifies the outcome as sent, worth retrying, or refused for
+//! good. Only `notify::email` calls them.
 
 mod console;
 mod resend;
@@ -30,16 +31,21 @@ pub enum MailError {
         message: String,
         retry_after: Option<Duration>,
     },
-    /// The provider refused this email for good (other 4xx).
+    /// The provider refused this request for good (other 4xx): nothing
+    /// went out, so the emails of a refused batch may still go one by one.
     Permanent { message: String },
+    /// The key was used before with a different request (Resend's 409
+    /// `invalid_idempotent_request`): something may have gone out under it,
+    /// so nothing in this request may ever be sent under another key.
+    KeyConflict { message: String },
 }
 
 impl std::fmt::Display for MailError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            MailError::Retryable { message, .. } | MailError::Permanent { message } => {
-                f.write_str(message)
-            }
+            MailError::Retryable { message, .. }
+            | MailError::Permanent { message }
+            | MailError::KeyConflict { message } => f.write_str(message),
         }
     }
 }
@@ -67,7 +73,17 @@ pub trait MailProvider: Send + Sync {
         email: &Email,
         idempotency_key: &str,
     ) -> (Result<Sent, MailError>, RateHint);
+    /// Sends `emails` in one request under one key: all of them or, on any
+    /// error, none. `Ok` holds one `Sent` per email, in order.
+    fn send_batch(
+        &self,
+        emails: &[Email],
+        idempotency_key: &str,
+    ) -> (Result<Vec<Sent>, MailError>, RateHint);
 }
+
+/// Most emails one batch request may carry (Resend's limit).
+pub const MAX_BATCH: usize = 100;
 
 #[derive(Clone)]
 pub struct MailConfig {

@@ -1,6 +1,7 @@
-//! The Resend provider: `POST {api}/emails` with a bearer key, the request
-//! body of Resend's `SendEmailRequest`, and `Idempotency-Key` set to the
-//! delivery id. Maps Resend's answers onto sent / retryable / permanent.
+//! The Resend provider: `POST {api}/emails` with a bearer key and the body
+//! of Resend's `SendEmailRequest`, or `POST {api}/emails/batch` with an
+//! array of them; `Idempotency-Key` is the delivery's or the batch's id.
+//! Maps Resend's answers onto sent / retryable / refused.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -14,6 +15,7 @@ use super::{Email, MailError, MailProvider, RateHint, Sent};
 
 pub struct Resend {
     endpoint: String,
+    batch_endpoint: String,
     auth: String,
     agent: ureq::Agent,
 }
@@ -32,6 +34,12 @@ struct SendResponse {
     id: String,
 }
 
+/// Resend's `CreateBatchEmailsResponse`: one id per email, in order.
+#[derive(Deserialize)]
+struct BatchResponse {
+    data: Vec<SendResponse>,
+}
+
 impl Resend {
     /// Every call is bounded: `connect` to open the connection, `timeout`
     /// for the whole exchange, so a hanging provider costs one sender
@@ -44,8 +52,10 @@ impl Resend {
             .max_idle_connections_per_host(64)
             .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
             .build();
+        let api = api_url.trim_end_matches('/');
         Resend {
-            endpoint: format!("{}/emails", api_url.trim_end_matches('/')),
+            endpoint: format!("{api}/emails"),
+            batch_endpoint: format!("{api}/emails/batch"),
             auth: format!("Bearer {api_key}"),
             agent: ureq::Agent::with_parts(
                 config,
@@ -116,7 +126,49 @@ impl MailProvider for Resend {
         email: &Email,
         idempotency_key: &str,
     ) -> (Result<Sent, MailError>, RateHint) {
-        let body = match serde_json::to_vec(email) {
+        let (answer, hint) = self.post(&self.endpoint, email, idempotency_key);
+        let sent = answer.map(|text| Sent {
+            // The provider took the email; a body we cannot read must not
+            // make herald send it again.
+            provider_id: serde_json::from_str::<SendResponse>(&text)
+                .map(|r| r.id)
+                .unwrap_or_default(),
+        });
+        (sent, hint)
+    }
+
+    fn send_batch(
+        &self,
+        emails: &[Email],
+        idempotency_key: &str,
+    ) -> (Result<Vec<Sent>, MailError>, RateHint) {
+        let (answer, hint) = self.post(&self.batch_endpoint, emails, idempotency_key);
+        let sent = answer.map(|text| {
+            // As for one email: taken is taken, ids or not.
+            let mut ids = serde_json::from_str::<BatchResponse>(&text)
+                .map(|r| r.data)
+                .unwrap_or_default()
+                .into_iter();
+            emails
+                .iter()
+                .map(|_| Sent {
+                    provider_id: ids.next().map(|r| r.id).unwrap_or_default(),
+                })
+                .collect()
+        });
+        (sent, hint)
+    }
+}
+
+impl Resend {
+    /// POSTs `body` as JSON under the key; the answer's text on a 2xx.
+    fn post(
+        &self,
+        endpoint: &str,
+        body: &(impl serde::Serialize + ?Sized),
+        idempotency_key: &str,
+    ) -> (Result<String, MailError>, RateHint) {
+        let body = match serde_json::to_vec(body) {
             Ok(body) => body,
             Err(e) => {
                 let message = format!("cannot encode email: {e}");
@@ -125,7 +177,7 @@ impl MailProvider for Resend {
         };
         let response = self
             .agent
-            .post(&self.endpoint)
+            .post(endpoint)
             .header("Authorization", &self.auth)
             .header("Idempotency-Key", idempotency_key)
             .header("Content-Type", "application/json")
@@ -146,7 +198,8 @@ impl MailProvider for Resend {
     }
 }
 
-fn classify(mut response: Response<ureq::Body>) -> (Result<Sent, MailError>, RateHint) {
+/// The answer's text on a 2xx; otherwise the error, classified.
+fn classify(mut response: Response<ureq::Body>) -> (Result<String, MailError>, RateHint) {
     let status = response.status().as_u16();
     let header = |name: &str| {
         response
@@ -171,22 +224,7 @@ fn classify(mut response: Response<ureq::Body>) -> (Result<Sent, MailError>, Rat
         .read_to_string()
         .unwrap_or_default();
     if (200..300).contains(&status) {
-        return match serde_json::from_str::<SendResponse>(&text) {
-            Ok(sent) => (
-                Ok(Sent {
-                    provider_id: sent.id,
-                }),
-                hint,
-            ),
-            // The provider took the email; a body we cannot read must not
-            // make herald send it again.
-            Err(_) => (
-                Ok(Sent {
-                    provider_id: String::new(),
-                }),
-                hint,
-            ),
-        };
+        return (Ok(text), hint);
     }
     let error: ErrorBody = serde_json::from_str(&text).unwrap_or_default();
     let message = if error.name.is_empty() {
@@ -202,6 +240,8 @@ fn classify(mut response: Response<ureq::Body>) -> (Result<Sent, MailError>, Rat
             message,
             retry_after,
         }
+    } else if status == 409 {
+        MailError::KeyConflict { message }
     } else {
         MailError::Permanent { message }
     };

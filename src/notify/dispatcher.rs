@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use rusqlite::Transaction;
 
-use super::email::{self, EmailJob, Outcome};
+use super::email::{self, Batcher, EmailJob, MailJob, Outcome};
 use super::event::{Event, Recipient};
 use super::mail_queue::MailQueue;
 use super::outbox::{self, DispatchResult};
@@ -176,7 +176,8 @@ struct Reach {
 /// What a dispatch transaction hands on after COMMIT.
 #[derive(Default)]
 struct Written {
-    jobs: Vec<EmailJob>,
+    /// Email deliveries created, each with the batch it joined.
+    emails: Vec<(Option<String>, EmailJob)>,
     /// Inbox rows written, announced to the live stream after COMMIT.
     inbox: Vec<InboxCommitted>,
     /// A digest was opened: the scheduler must look at its due time.
@@ -199,15 +200,13 @@ fn handle_batch(
         return;
     }
     let batch = shared.store.write(|tx| {
-        let written = write_all(tx, prepared)?;
+        let written = write_all(tx, prepared, shared.policy.mail_batch)?;
         let retry_scheduled = email::record(tx, outcomes, &shared.policy)?.is_some();
         Ok::<_, crate::store::StoreError>((written, retry_scheduled))
     });
     match batch {
         Ok((written, retry_scheduled)) => {
-            for o in outcomes {
-                METRICS.email_send(send_result(o, shared.policy.max_attempts));
-            }
+            count_sends(outcomes, shared.policy.max_attempts);
             after_commit(shared, written, queue, wake);
             let page_in = release(queue, outcomes);
             if retry_scheduled || page_in {
@@ -220,7 +219,7 @@ fn handle_batch(
             for p in prepared {
                 match shared
                     .store
-                    .write(|tx| write_all(tx, std::slice::from_ref(p)))
+                    .write(|tx| write_all(tx, std::slice::from_ref(p), shared.policy.mail_batch))
                 {
                     Ok(written) => after_commit(shared, written, queue, wake),
                     Err(e) => log::error!("event #{} not dispatched: {e}", p.seq),
@@ -238,7 +237,7 @@ fn handle_batch(
 
 /// Dispatches `seqs` on the calling thread and returns the emails to send:
 /// for one-shot commands that run no dispatcher thread.
-pub(super) fn dispatch_now(shared: &Shared, seqs: &[Published]) -> Vec<EmailJob> {
+pub(super) fn dispatch_now(shared: &Shared, seqs: &[Published]) -> Vec<MailJob> {
     let queue = MailQueue::unbounded();
     let (wake, _) = crossbeam_channel::unbounded();
     handle_batch(shared, &prepare_batch(shared, seqs), &[], &queue, &wake);
@@ -314,7 +313,7 @@ fn after_commit(shared: &Shared, written: Written, queue: &MailQueue, wake: &Sen
     if written.digest_opened {
         let _ = wake.send(Wake::Retry);
     }
-    for job in written.jobs {
+    for job in MailJob::group(written.emails) {
         queue.offer(job);
     }
 }
@@ -322,7 +321,12 @@ fn after_commit(shared: &Shared, written: Written, queue: &MailQueue, wake: &Sen
 /// Frees the queue's hold on deliveries whose outcome is recorded; true
 /// when the scheduler should page in deliveries waiting in the database.
 fn release(queue: &MailQueue, outcomes: &[Outcome]) -> bool {
-    !outcomes.is_empty() && queue.release(outcomes.iter().map(|o| o.delivery_id.as_str()))
+    !outcomes.is_empty()
+        && queue.release(
+            outcomes
+                .iter()
+                .flat_map(|o| o.delivery_ids.iter().map(String::as_str)),
+        )
 }
 
 /// Renders one event and looks up its recipients. The outer error is the
@@ -367,15 +371,22 @@ fn prepare<'s>(
     }))
 }
 
-fn write_all(tx: &Transaction<'_>, prepared: &[Prepared<'_>]) -> StoreResult<Written> {
+/// Writes `prepared` in the caller's transaction. Email deliveries created
+/// together go out together: up to `mail_batch` of them share one request.
+fn write_all(
+    tx: &Transaction<'_>,
+    prepared: &[Prepared<'_>],
+    mail_batch: usize,
+) -> StoreResult<Written> {
     let mut written = Written::default();
+    let mut batcher = Batcher::new(mail_batch, expected_emails(prepared));
     for p in prepared {
         if !outbox::claim(tx, p.seq)? {
             continue;
         }
         match &p.ready {
             Ok(ready) => {
-                let result = fan_out(tx, p.seq, ready, &mut written)?;
+                let result = fan_out(tx, p.seq, ready, &mut batcher, &mut written)?;
                 outbox::mark_dispatched(tx, p.seq, result)?;
             }
             Err(reason) => {
@@ -397,6 +408,7 @@ fn fan_out(
     tx: &Transaction<'_>,
     seq: i64,
     ready: &Ready<'_>,
+    batcher: &mut Batcher,
     written: &mut Written,
 ) -> StoreResult<DispatchResult> {
     let Ready {
@@ -464,9 +476,11 @@ fn fan_out(
                     row.is_some()
                 }
                 (Channel::Email, _, _, Some(content)) => {
-                    let job = email::insert_delivery(tx, seq, &key, address, content)?;
+                    let batch = batcher.join();
+                    let job =
+                        email::insert_delivery(tx, seq, &key, address, content, batch.as_deref())?;
                     let wrote = job.is_some();
-                    written.jobs.extend(job);
+                    written.emails.extend(job.map(|job| (batch, job)));
                     wrote
                 }
                 _ => false,
@@ -480,6 +494,19 @@ fn fan_out(
         }
     }
     Ok(result)
+}
+
+/// At most how many emails `prepared` creates: before preferences, dedup
+/// and digests, which only ever take some away.
+fn expected_emails(prepared: &[Prepared<'_>]) -> usize {
+    prepared
+        .iter()
+        .filter_map(|p| p.ready.as_ref().ok())
+        .filter(|ready| {
+            ready.rendered.email.is_some() && ready.def.channels.contains(&Channel::Email)
+        })
+        .map(|ready| ready.reach.iter().flatten().count())
+        .sum()
 }
 
 /// The channels of `def` a recipient can receive at all: an address-only
@@ -500,9 +527,7 @@ fn record_outcomes(shared: &Shared, outcomes: &[Outcome], wake: &Sender<Wake>) {
             .write(|tx| email::record(tx, outcomes, &shared.policy))
         {
             Ok(scheduled) => {
-                for o in outcomes {
-                    METRICS.email_send(send_result(o, shared.policy.max_attempts));
-                }
+                count_sends(outcomes, shared.policy.max_attempts);
                 if scheduled.is_some() {
                     let _ = wake.send(Wake::Retry);
                 }
@@ -519,11 +544,23 @@ fn record_outcomes(shared: &Shared, outcomes: &[Outcome], wake: &Sender<Wake>) {
     }
 }
 
+/// Counts each email of `outcomes` as `email::record` classified it.
+fn count_sends(outcomes: &[Outcome], max_attempts: u32) {
+    for o in outcomes {
+        let result = send_result(o, max_attempts);
+        for _ in &o.delivery_ids {
+            METRICS.email_send(result);
+        }
+    }
+}
+
 /// How `email::record` classified an outcome, for the metrics.
 fn send_result(o: &Outcome, max_attempts: u32) -> SendResult {
     match &o.result {
         Ok(_) => SendResult::Sent,
-        Err(MailError::Permanent { .. }) => SendResult::Failed,
+        // Broken up and tried again at once, each email alone.
+        Err(MailError::Permanent { .. }) if o.batched => SendResult::Retry,
+        Err(MailError::Permanent { .. } | MailError::KeyConflict { .. }) => SendResult::Failed,
         Err(MailError::Retryable { .. }) if o.attempts_before + 1 >= max_attempts => {
             SendResult::Dead
         }

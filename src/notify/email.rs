@@ -11,6 +11,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde::Serialize;
 
+use super::mail_queue::MailQueue;
 use super::pacer::Pacer;
 use super::templates::EmailContent;
 use super::{BusMsg, DeliveryPolicy};
@@ -27,18 +28,66 @@ pub struct EmailJob {
     pub subject: String,
     pub html: String,
     pub text: String,
-    /// Attempts made before this one.
+}
+
+/// One request to the mail provider: a delivery alone under its own id as
+/// Idempotency-Key, or a batch of deliveries under the batch id. A batch's
+/// members are fixed when its deliveries are created and always sent
+/// together, in id order, so that every attempt is the identical request
+/// under the same key.
+#[derive(Debug, Clone)]
+pub struct MailJob {
+    /// The Idempotency-Key: the batch id, or the lone delivery's id.
+    pub key: String,
+    /// Sent through the provider's batch request (even with one member).
+    pub batched: bool,
+    pub emails: Vec<EmailJob>,
+    /// Attempts made before this one (the same for every member).
     pub attempts: u32,
 }
 
+impl MailJob {
+    pub fn delivery_ids(&self) -> impl Iterator<Item = &str> {
+        self.emails.iter().map(|e| e.delivery_id.as_str())
+    }
+
+    /// Groups freshly created deliveries into requests: members of a batch
+    /// are adjacent (they were created in a row), the rest go alone. A
+    /// batch's members are put in id order, the order every later read of
+    /// the batch gives, so the first request is the one any resend repeats.
+    pub fn group(created: Vec<(Option<String>, EmailJob)>) -> Vec<MailJob> {
+        let mut jobs: Vec<MailJob> = Vec::new();
+        for (batch, email) in created {
+            match (batch, jobs.last_mut()) {
+                (Some(batch), Some(last)) if last.batched && last.key == batch => {
+                    last.emails.push(email);
+                }
+                (batch, _) => jobs.push(MailJob {
+                    batched: batch.is_some(),
+                    key: batch.unwrap_or_else(|| email.delivery_id.clone()),
+                    emails: vec![email],
+                    attempts: 0,
+                }),
+            }
+        }
+        for job in &mut jobs {
+            job.emails
+                .sort_unstable_by(|a, b| a.delivery_id.cmp(&b.delivery_id));
+        }
+        jobs
+    }
+}
+
 /// Creates the email delivery for (event, recipient), rendered now and sent
-/// identically on every attempt. None if it already exists.
+/// identically on every attempt, as a member of `batch` if given. None if
+/// it already exists.
 pub fn insert_delivery(
     tx: &Transaction<'_>,
     event_seq: i64,
     recipient: &str,
     address: &str,
     content: &EmailContent,
+    batch: Option<&str>,
 ) -> StoreResult<Option<EmailJob>> {
     let id = ids::new_id("dlv");
     let now = now_ms();
@@ -56,44 +105,124 @@ pub fn insert_delivery(
     let changed = tx
         .prepare_cached(
             "INSERT OR IGNORE INTO deliveries
-                 (id, event_seq, recipient, channel, address, status, created_at, updated_at)
-             VALUES (?1, ?2, ?3, 'email', ?4, 'pending', ?5, ?5)",
+                 (id, event_seq, recipient, channel, address, status, created_at, updated_at,
+                  batch_id)
+             VALUES (?1, ?2, ?3, 'email', ?4, 'pending', ?5, ?5, ?6)",
         )?
-        .execute(params![id, event_seq, recipient, address, now])?;
+        .execute(params![id, event_seq, recipient, address, now, batch])?;
     Ok((changed == 1).then(|| EmailJob {
         delivery_id: id,
         address: address.to_string(),
         subject: content.subject.clone(),
         html: content.html.clone(),
         text: content.text.clone(),
-        attempts: 0,
     }))
 }
 
+/// Hands out batch ids to the email deliveries one dispatch transaction
+/// creates: up to `max` in a row share one. Off (every delivery alone) when
+/// the transaction is expected to create fewer than two emails, so a quiet
+/// server sends each email under its own delivery id.
+pub struct Batcher {
+    max: usize,
+    current: Option<(String, usize)>,
+}
+
+impl Batcher {
+    pub fn new(max: usize, expected_emails: usize) -> Batcher {
+        let max = if expected_emails >= 2 { max } else { 1 };
+        Batcher { max, current: None }
+    }
+
+    /// The batch the next delivery joins, or None to send it alone.
+    pub fn join(&mut self) -> Option<String> {
+        if self.max < 2 {
+            return None;
+        }
+        match &mut self.current {
+            Some((id, members)) if *members < self.max => {
+                *members += 1;
+                Some(id.clone())
+            }
+            _ => {
+                let id = ids::new_id("bat");
+                self.current = Some((id.clone(), 1));
+                Some(id)
+            }
+        }
+    }
+}
+
 /// A job's columns, from `deliveries d` joined with `email_bodies b`.
-const JOB_COLUMNS: &str = "d.id, d.address, b.subject, b.html, b.text, d.attempts";
+const JOB_COLUMNS: &str = "d.id, d.address, b.subject, b.html, b.text, d.attempts, d.batch_id";
 const JOB_FROM: &str = "deliveries d JOIN email_bodies b ON b.event_seq = d.event_seq";
 
-fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EmailJob> {
-    Ok(EmailJob {
+/// A delivery row as read: its email, attempts and batch.
+type JobRow = (EmailJob, u32, Option<String>);
+
+fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
+    let email = EmailJob {
         delivery_id: r.get(0)?,
         address: r.get(1)?,
         subject: r.get(2)?,
         html: r.get(3)?,
         text: r.get(4)?,
-        attempts: r.get(5)?,
+    };
+    Ok((email, r.get(5)?, r.get(6)?))
+}
+
+/// Turns rows into requests: a lone delivery as it is, a batch member as
+/// its whole batch, read by batch id (once however many of its members the
+/// rows hold).
+fn jobs_from_rows(conn: &Connection, rows: Vec<JobRow>) -> StoreResult<Vec<MailJob>> {
+    let mut seen = std::collections::HashSet::new();
+    let mut jobs = Vec::with_capacity(rows.len());
+    for (email, attempts, batch) in rows {
+        match batch {
+            None => jobs.push(MailJob {
+                key: email.delivery_id.clone(),
+                batched: false,
+                emails: vec![email],
+                attempts,
+            }),
+            Some(batch) if seen.insert(batch.clone()) => {
+                jobs.push(batch_job(conn, batch, attempts)?);
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(jobs)
+}
+
+/// Every member of a batch, in id order: the identical request each time.
+fn batch_job(conn: &Connection, batch: String, attempts: u32) -> StoreResult<MailJob> {
+    let emails = conn
+        .prepare_cached(&format!(
+            "SELECT {JOB_COLUMNS} FROM {JOB_FROM} WHERE d.batch_id = ?1 ORDER BY d.id"
+        ))?
+        .query_map([&batch], job_from_row)?
+        .map(|row| row.map(|(email, _, _)| email))
+        .collect::<Result<_, _>>()?;
+    Ok(MailJob {
+        key: batch,
+        batched: true,
+        emails,
+        attempts,
     })
 }
 
-/// The oldest `limit` deliveries waiting to be sent, for the mail queue to
-/// page in.
-pub fn pending_jobs(conn: &Connection, limit: usize) -> StoreResult<Vec<EmailJob>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {JOB_COLUMNS} FROM {JOB_FROM} WHERE d.status = 'pending'
-         ORDER BY d.created_at LIMIT ?1"
-    ))?;
-    let rows = stmt.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], job_from_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+/// The oldest deliveries waiting to be sent, at most `limit` rows read, as
+/// requests for the mail queue to page in; also how many rows were read.
+pub fn pending_jobs(conn: &Connection, limit: usize) -> StoreResult<(Vec<MailJob>, usize)> {
+    let rows: Vec<JobRow> = conn
+        .prepare_cached(&format!(
+            "SELECT {JOB_COLUMNS} FROM {JOB_FROM} WHERE d.status = 'pending'
+             ORDER BY d.created_at LIMIT ?1"
+        ))?
+        .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], job_from_row)?
+        .collect::<Result<_, _>>()?;
+    let read = rows.len();
+    Ok((jobs_from_rows(conn, rows)?, read))
 }
 
 /// How many deliveries wait to be sent.
@@ -103,9 +232,10 @@ pub fn pending_count(conn: &Connection) -> StoreResult<i64> {
         .query_row([], |r| r.get(0))?)
 }
 
-/// Moves retries that are due back to pending and returns them as jobs.
-pub fn claim_due(tx: &Transaction<'_>, now: i64, limit: usize) -> StoreResult<Vec<EmailJob>> {
-    let jobs: Vec<EmailJob> = tx
+/// Moves retries that are due back to pending (a batch whole) and returns
+/// them as requests.
+pub fn claim_due(tx: &Transaction<'_>, now: i64, limit: usize) -> StoreResult<Vec<MailJob>> {
+    let rows: Vec<JobRow> = tx
         .prepare_cached(&format!(
             "SELECT {JOB_COLUMNS} FROM {JOB_FROM}
              WHERE d.status = 'retrying' AND d.next_attempt_at <= ?1
@@ -113,12 +243,13 @@ pub fn claim_due(tx: &Transaction<'_>, now: i64, limit: usize) -> StoreResult<Ve
         ))?
         .query_map(params![now, limit as i64], job_from_row)?
         .collect::<Result<_, _>>()?;
+    let jobs = jobs_from_rows(tx, rows)?;
     let mut claim = tx.prepare_cached(
         "UPDATE deliveries SET status = 'pending', next_attempt_at = NULL, updated_at = ?2
-         WHERE id = ?1",
+         WHERE id = ?1 AND status = 'retrying'",
     )?;
-    for job in &jobs {
-        claim.execute(params![job.delivery_id, now])?;
+    for id in jobs.iter().flat_map(MailJob::delivery_ids) {
+        claim.execute(params![id, now])?;
     }
     Ok(jobs)
 }
@@ -130,17 +261,24 @@ pub fn next_retry_at(conn: &Connection) -> StoreResult<Option<i64>> {
         .query_row([], |r| r.get(0))?)
 }
 
-/// The result of one send attempt, on its way to be recorded.
+/// The result of one request's attempt, on its way to be recorded.
 #[derive(Debug)]
 pub struct Outcome {
-    pub delivery_id: String,
+    /// The deliveries the request carried, in order.
+    pub delivery_ids: Vec<String>,
+    /// Whether they went as a batch, which a refusal breaks up.
+    pub batched: bool,
     pub attempts_before: u32,
     pub provider: &'static str,
-    pub result: Result<Sent, MailError>,
+    /// One `Sent` per delivery, in order.
+    pub result: Result<Vec<Sent>, MailError>,
 }
 
 /// Records outcomes in the caller's transaction; returns the earliest retry
-/// it scheduled, so the scheduler can be woken for it.
+/// it scheduled, so the scheduler can be woken for it. A batch's members
+/// share every outcome but a refused batch's: nothing of it went out, so
+/// its members leave the batch and are retried at once, each alone under
+/// its own id, where only a bad one fails.
 pub fn record(
     tx: &Transaction<'_>,
     outcomes: &[Outcome],
@@ -150,56 +288,55 @@ pub fn record(
     let mut earliest: Option<i64> = None;
     for o in outcomes {
         let attempts = o.attempts_before + 1;
+        let ids = o.delivery_ids.iter();
         match &o.result {
             Ok(sent) => {
-                tx.prepare_cached(
+                let mut update = tx.prepare_cached(
                     "UPDATE deliveries SET status = 'sent', attempts = ?2, provider = ?3,
                          provider_id = ?4, last_error = NULL, next_attempt_at = NULL, updated_at = ?5
                      WHERE id = ?1",
-                )?
-                .execute(params![o.delivery_id, attempts, o.provider, sent.provider_id, now])?;
-            }
-            Err(MailError::Permanent { message }) => {
-                set_failed(
-                    tx,
-                    &o.delivery_id,
-                    "failed",
-                    attempts,
-                    o.provider,
-                    message,
-                    now,
                 )?;
+                for (i, id) in ids.enumerate() {
+                    let provider_id = sent.get(i).map_or("", |s| s.provider_id.as_str());
+                    update.execute(params![id, attempts, o.provider, provider_id, now])?;
+                }
+            }
+            Err(MailError::Permanent { message }) if o.batched => {
+                earliest = Some(now);
+                let mut unbatch = tx.prepare_cached(
+                    "UPDATE deliveries SET status = 'retrying', batch_id = NULL, attempts = ?2,
+                         provider = ?3, last_error = ?4, next_attempt_at = ?5, updated_at = ?5
+                     WHERE id = ?1",
+                )?;
+                for id in ids {
+                    unbatch.execute(params![id, attempts, o.provider, message, now])?;
+                }
+            }
+            Err(MailError::Permanent { message } | MailError::KeyConflict { message }) => {
+                for id in ids {
+                    set_failed(tx, id, "failed", attempts, o.provider, message, now)?;
+                }
             }
             Err(MailError::Retryable { message, .. }) if attempts >= policy.max_attempts => {
-                set_failed(
-                    tx,
-                    &o.delivery_id,
-                    "dead",
-                    attempts,
-                    o.provider,
-                    message,
-                    now,
-                )?;
+                for id in ids {
+                    set_failed(tx, id, "dead", attempts, o.provider, message, now)?;
+                }
             }
             Err(MailError::Retryable {
                 message,
                 retry_after,
             }) => {
+                // One time for the whole batch: it goes out again together.
                 let at = now + backoff(policy, attempts, *retry_after).as_millis() as i64;
                 earliest = Some(earliest.map_or(at, |e| e.min(at)));
-                tx.prepare_cached(
+                let mut update = tx.prepare_cached(
                     "UPDATE deliveries SET status = 'retrying', attempts = ?2, provider = ?3,
                          last_error = ?4, next_attempt_at = ?5, updated_at = ?6
                      WHERE id = ?1",
-                )?
-                .execute(params![
-                    o.delivery_id,
-                    attempts,
-                    o.provider,
-                    message,
-                    at,
-                    now
-                ])?;
+                )?;
+                for id in ids {
+                    update.execute(params![id, attempts, o.provider, message, at, now])?;
+                }
             }
         }
     }
@@ -360,24 +497,25 @@ pub fn counts(conn: &Connection) -> StoreResult<Vec<(&'static str, i64)>> {
 }
 
 /// Gives a dead or failed delivery a fresh round of attempts, due now, under
-/// the same id (so the same Idempotency-Key) and the same stored body. The
-/// last error stays visible until the next attempt. `Err(status)` if the
-/// delivery is in any other state.
+/// the same id (so the same Idempotency-Key) and the same stored body; a
+/// batch member takes its whole batch along, as the batch is one request.
+/// The last error stays visible until the next attempt. `Err(status)` if
+/// the delivery is in any other state.
 pub fn rearm(tx: &Transaction<'_>, id: &str) -> StoreResult<Result<DeliveryView, String>> {
-    let status: String = tx
-        .prepare_cached("SELECT status FROM deliveries WHERE id = ?1")?
-        .query_row([id], |r| r.get(0))
+    let (status, batch): (String, Option<String>) = tx
+        .prepare_cached("SELECT status, batch_id FROM deliveries WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?
         .ok_or(StoreError::NotFound)?;
     if status != "dead" && status != "failed" {
         return Ok(Err(status));
     }
     tx.prepare_cached(
-        "UPDATE deliveries SET status = 'retrying', attempts = 0, next_attempt_at = ?2,
-             updated_at = ?2
-         WHERE id = ?1",
+        "UPDATE deliveries SET status = 'retrying', attempts = 0, next_attempt_at = ?3,
+             updated_at = ?3
+         WHERE (id = ?1 OR batch_id = ?2) AND (status = 'dead' OR status = 'failed')",
     )?
-    .execute(params![id, now_ms()])?;
+    .execute(params![id, batch, now_ms()])?;
     let view = tx
         .prepare_cached(&format!(
             "SELECT {VIEW_COLUMNS} FROM deliveries WHERE id = ?1"
@@ -400,7 +538,7 @@ pub fn rearm_dead(tx: &Transaction<'_>) -> StoreResult<usize> {
 pub(super) struct SenderContext {
     pub provider: Arc<dyn MailProvider>,
     pub from: String,
-    pub jobs: Receiver<EmailJob>,
+    pub queue: Arc<MailQueue>,
     pub outcomes: Sender<BusMsg>,
     pub pacer: Arc<Pacer>,
     /// Never carries a message: dropping its sender is the stop signal, which
@@ -408,33 +546,42 @@ pub(super) struct SenderContext {
     pub stop: Receiver<()>,
 }
 
-/// A mail sender thread: blocks until a job or the stop signal arrives,
-/// waits for its turn under the shared pacer, sends under the delivery id as
-/// Idempotency-Key, and hands the outcome back to be recorded. A job taken
-/// after the stop signal is left pending in the database for the next start.
-/// One send attempt of `job`, under its delivery id as Idempotency-Key.
+/// One attempt of `job`: one request under its key, a batch or one email.
 pub(super) fn attempt(
     provider: &dyn MailProvider,
     from: &str,
-    job: EmailJob,
+    job: MailJob,
 ) -> (Outcome, RateHint) {
-    let email = Email {
-        from: from.to_string(),
-        to: vec![job.address],
-        subject: job.subject,
-        html: job.html,
-        text: job.text,
+    let emails: Vec<Email> = job
+        .emails
+        .iter()
+        .map(|e| Email {
+            from: from.to_string(),
+            to: vec![e.address.clone()],
+            subject: e.subject.clone(),
+            html: e.html.clone(),
+            text: e.text.clone(),
+        })
+        .collect();
+    let (result, hint) = match (job.batched, emails.as_slice()) {
+        (false, [email]) => {
+            let (result, hint) = provider.send_email(email, &job.key);
+            (result.map(|sent| vec![sent]), hint)
+        }
+        _ => provider.send_batch(&emails, &job.key),
     };
-    let (result, hint) = provider.send_email(&email, &job.delivery_id);
     if let Err(e) = &result {
         log::warn!(
-            "delivery {} attempt {} failed: {e}",
-            job.delivery_id,
+            "{} {} ({} emails) attempt {} failed: {e}",
+            if job.batched { "batch" } else { "delivery" },
+            job.key,
+            job.emails.len(),
             job.attempts + 1
         );
     }
     let outcome = Outcome {
-        delivery_id: job.delivery_id,
+        delivery_ids: job.emails.into_iter().map(|e| e.delivery_id).collect(),
+        batched: job.batched,
         attempts_before: job.attempts,
         provider: provider.name(),
         result,
@@ -442,15 +589,21 @@ pub(super) fn attempt(
     (outcome, hint)
 }
 
+/// A mail sender thread: blocks until a job or the stop signal arrives,
+/// waits for its turn under the shared pacer (a batch is one request),
+/// sends, and hands the outcome back to be recorded. A job taken after the
+/// stop signal is left pending in the database for the next start.
 pub(super) fn run_sender(ctx: SenderContext) {
+    let jobs = ctx.queue.receiver();
     loop {
         let job = crossbeam_channel::select! {
             recv(ctx.stop) -> _ => return,
-            recv(ctx.jobs) -> job => match job {
+            recv(jobs) -> job => match job {
                 Ok(job) => job,
                 Err(_) => return,
             },
         };
+        ctx.queue.taken(&job);
         if stopped(&ctx.stop) || !ctx.pacer.wait_turn(&ctx.stop) {
             return;
         }
@@ -466,9 +619,201 @@ fn stopped(stop: &Receiver<()>) -> bool {
     matches!(stop.try_recv(), Err(TryRecvError::Disconnected) | Ok(()))
 }
 
+/// Deliveries for the email and mail queue tests.
+#[cfg(test)]
+pub(super) mod testing {
+    use super::*;
+    use crate::notify::templates::EmailContent;
+    use crate::store::{Store, Synchronous};
+
+    /// A store with `n` pending email deliveries, oldest first, in batches
+    /// of `per_batch` (1: each alone), as the requests they make.
+    pub fn store_with_pending(
+        dir: &std::path::Path,
+        n: usize,
+        per_batch: usize,
+    ) -> (Store, Vec<MailJob>) {
+        let store = Store::open(&dir.join("q.db"), Synchronous::Normal).unwrap();
+        let content = EmailContent {
+            subject: "s".into(),
+            html: "<p>h</p>".into(),
+            text: "t".into(),
+        };
+        let mut batcher = Batcher::new(per_batch, n);
+        let created = store
+            .write(|tx| {
+                (0..n)
+                    .map(|i| {
+                        tx.execute(
+                            "INSERT INTO outbox (seq, id, type, body, created_at)
+                             VALUES (?1, ?2, 't', '{}', 0)",
+                            rusqlite::params![i as i64 + 1, format!("evt_{i}")],
+                        )?;
+                        let batch = batcher.join();
+                        let job = insert_delivery(
+                            tx,
+                            i as i64 + 1,
+                            &format!("email:{i}@x.io"),
+                            &format!("{i}@x.io"),
+                            &content,
+                            batch.as_deref(),
+                        )?;
+                        Ok((batch, job.unwrap()))
+                    })
+                    .collect::<StoreResult<Vec<_>>>()
+            })
+            .unwrap();
+        (store, MailJob::group(created))
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::testing::store_with_pending;
     use super::*;
+    use crate::store::Store;
+
+    /// (status, attempts, next_attempt_at, batch_id) of each delivery.
+    fn states(store: &Store, ids: &[String]) -> Vec<(String, u32, Option<i64>, Option<String>)> {
+        store
+            .read(|c| {
+                ids.iter()
+                    .map(|id| {
+                        Ok(c.query_row(
+                            "SELECT status, attempts, next_attempt_at, batch_id
+                             FROM deliveries WHERE id = ?1",
+                            [id],
+                            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                        )?)
+                    })
+                    .collect::<StoreResult<Vec<_>>>()
+            })
+            .unwrap()
+    }
+
+    fn outcome(job: &MailJob, result: Result<Vec<Sent>, MailError>) -> Outcome {
+        Outcome {
+            delivery_ids: job.delivery_ids().map(str::to_string).collect(),
+            batched: job.batched,
+            attempts_before: job.attempts,
+            provider: "test",
+            result,
+        }
+    }
+
+    fn record_one(store: &Store, o: Outcome) -> Option<i64> {
+        store
+            .write(|tx| record(tx, &[o], &DeliveryPolicy::default()))
+            .unwrap()
+    }
+
+    fn ids(job: &MailJob) -> Vec<String> {
+        job.delivery_ids().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn a_batch_is_retried_whole_at_one_time_and_claimed_as_one_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, jobs) = store_with_pending(dir.path(), 3, 100);
+        let [job] = &jobs[..] else {
+            panic!("one batch expected, got {jobs:?}")
+        };
+        let retry_after = Some(Duration::from_millis(1));
+        let error = MailError::Retryable {
+            message: "HTTP 503".into(),
+            retry_after,
+        };
+        let at = record_one(&store, outcome(job, Err(error))).expect("a retry is scheduled");
+        let states = states(&store, &ids(job));
+        for state in &states {
+            assert_eq!(
+                (state.0.as_str(), state.1, state.2, state.3.as_deref()),
+                ("retrying", 1, Some(at), Some(job.key.as_str())),
+                "every member shares the batch's one retry time"
+            );
+        }
+        let due = store.write(|tx| claim_due(tx, at, 500)).unwrap();
+        assert_eq!(due.len(), 1, "the batch is claimed as one request");
+        assert_eq!(
+            (due[0].key.as_str(), due[0].batched),
+            (job.key.as_str(), true)
+        );
+        assert_eq!(ids(&due[0]), ids(job), "the same members in the same order");
+        assert_eq!(due[0].attempts, 1);
+    }
+
+    #[test]
+    fn a_refused_batch_breaks_up_and_its_members_go_alone_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, jobs) = store_with_pending(dir.path(), 2, 100);
+        let job = &jobs[0];
+        let refused = MailError::Permanent {
+            message: "HTTP 422 validation_error: Invalid `to` field at index 1".into(),
+        };
+        let before = crate::store::now_ms();
+        let at = record_one(&store, outcome(job, Err(refused))).expect("due again");
+        assert!(at >= before && at <= crate::store::now_ms());
+        let due = store.write(|tx| claim_due(tx, at, 500)).unwrap();
+        let mut alone: Vec<(String, bool)> =
+            due.iter().map(|j| (j.key.clone(), j.batched)).collect();
+        alone.sort();
+        let expected: Vec<(String, bool)> = ids(job).into_iter().map(|id| (id, false)).collect();
+        assert_eq!(alone, expected, "each member alone, under its own id");
+    }
+
+    #[test]
+    fn a_key_conflict_fails_the_whole_batch_and_a_retry_rearms_it_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, jobs) = store_with_pending(dir.path(), 3, 100);
+        let job = &jobs[0];
+        let conflict = MailError::KeyConflict {
+            message: "HTTP 409 invalid_idempotent_request".into(),
+        };
+        assert_eq!(record_one(&store, outcome(job, Err(conflict))), None);
+        let members = ids(job);
+        assert!(states(&store, &members)
+            .iter()
+            .all(|s| s.0 == "failed" && s.3.as_deref() == Some(job.key.as_str())));
+        // Re-arming one member re-arms the batch: it is one request.
+        let view = store.write(|tx| rearm(tx, &members[1])).unwrap().unwrap();
+        assert_eq!(view.status, "retrying");
+        assert!(states(&store, &members)
+            .iter()
+            .all(|s| s.0 == "retrying" && s.1 == 0));
+        let due = store
+            .write(|tx| claim_due(tx, crate::store::now_ms(), 500))
+            .unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(ids(&due[0]), members);
+    }
+
+    #[test]
+    fn a_sent_batch_stores_each_members_provider_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, jobs) = store_with_pending(dir.path(), 3, 100);
+        let job = &jobs[0];
+        let sent = (0..3)
+            .map(|i| Sent {
+                provider_id: format!("re_{i}"),
+            })
+            .collect();
+        assert_eq!(record_one(&store, outcome(job, Ok(sent))), None);
+        let provider_ids: Vec<String> = store
+            .read(|c| {
+                ids(job)
+                    .iter()
+                    .map(|id| {
+                        Ok(c.query_row(
+                            "SELECT provider_id FROM deliveries WHERE id = ?1 AND status = 'sent'",
+                            [id],
+                            |r| r.get(0),
+                        )?)
+                    })
+                    .collect::<StoreResult<Vec<_>>>()
+            })
+            .unwrap();
+        assert_eq!(provider_ids, ["re_0", "re_1", "re_2"]);
+    }
 
     #[test]
     fn backoff_doubles_caps_and_honours_longer_retry_after() {

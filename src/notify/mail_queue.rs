@@ -1,23 +1,27 @@
 //! The emails waiting for a sender thread, bounded in memory. At most
-//! `capacity` jobs wait here; past that, a delivery simply stays `pending` in
-//! the database and the scheduler pages it in once the senders have drained
-//! the queue, so a burst or a start-up backlog costs disk, not memory. Every
-//! delivery id in memory (queued, being sent, or sent with its outcome not
-//! yet recorded) is held in a set, so no path queues a delivery twice.
+//! `capacity` emails wait here, in requests (a lone email or a batch); past
+//! that, a delivery simply stays `pending` in the database and the scheduler
+//! pages it in once the senders have drained the queue, so a burst or a
+//! start-up backlog costs disk, not memory. Every delivery id in memory
+//! (queued, being sent, or sent with its outcome not yet recorded) is held
+//! in a set, so no path queues a delivery twice.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
 
-use super::email::{self, EmailJob};
+use super::email::{self, MailJob};
 use crate::store::{Store, StoreResult};
 
 pub(crate) struct MailQueue {
-    tx: Sender<EmailJob>,
-    rx: Receiver<EmailJob>,
+    tx: Sender<MailJob>,
+    rx: Receiver<MailJob>,
+    /// Emails, not requests: a batch counts for each of its members.
     capacity: usize,
+    /// Emails in the requests waiting for a sender.
+    queued: AtomicUsize,
     held: Mutex<HashSet<String>>,
     /// How many times a job was left in the database for lack of room.
     spills: AtomicU64,
@@ -30,38 +34,46 @@ impl MailQueue {
     /// A queue of at most `capacity` jobs. It starts behind: deliveries a
     /// previous run left pending are paged in by the first `page_in`.
     pub fn bounded(capacity: usize) -> MailQueue {
-        let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
-        MailQueue::new(tx, rx, capacity.max(1))
+        MailQueue::new(capacity.max(1))
     }
 
     /// A queue that never spills: for one-shot commands, which send only
     /// what they dispatched themselves.
     pub fn unbounded() -> MailQueue {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let queue = MailQueue::new(tx, rx, usize::MAX);
+        let queue = MailQueue::new(usize::MAX);
         queue.caught_up.store(1, Ordering::Release);
         queue
     }
 
-    fn new(tx: Sender<EmailJob>, rx: Receiver<EmailJob>, capacity: usize) -> MailQueue {
+    fn new(capacity: usize) -> MailQueue {
+        // The room is counted in emails by `queued`, under the held set's
+        // lock; the channel itself need not bound anything.
+        let (tx, rx) = crossbeam_channel::unbounded();
         MailQueue {
             tx,
             rx,
             capacity,
+            queued: AtomicUsize::new(0),
             held: Mutex::new(HashSet::new()),
             spills: AtomicU64::new(1),
             caught_up: AtomicU64::new(0),
         }
     }
 
-    /// Where the sender threads take their jobs.
-    pub fn receiver(&self) -> Receiver<EmailJob> {
+    /// Where the sender threads take their jobs; each job taken must be
+    /// reported to `taken`.
+    pub fn receiver(&self) -> Receiver<MailJob> {
         self.rx.clone()
     }
 
-    /// Jobs waiting for a sender now.
+    /// A sender took `job`: its emails no longer take up room.
+    pub fn taken(&self, job: &MailJob) {
+        self.queued.fetch_sub(job.emails.len(), Ordering::AcqRel);
+    }
+
+    /// Emails waiting for a sender now.
     pub fn len(&self) -> usize {
-        self.rx.len()
+        self.queued.load(Ordering::Acquire)
     }
 
     /// Queues `job`, or leaves it pending in the database for `page_in` and
@@ -69,26 +81,34 @@ impl MailQueue {
     /// held. A hold outlives its send until the outcome's release, so a
     /// retry claimed in between must wait for the page-in that follows the
     /// release rather than be dropped as a duplicate.
-    pub fn offer(&self, job: EmailJob) -> bool {
+    pub fn offer(&self, job: MailJob) -> bool {
         self.push(&mut self.held(), job)
     }
 
     /// Holds and queues `job` under the caller's lock of the held set; a job
-    /// that is already held or finds no room counts as a spill.
-    fn push(&self, held: &mut HashSet<String>, job: EmailJob) -> bool {
-        let id = job.delivery_id.clone();
-        let queued = held.insert(id.clone())
-            && match self.tx.try_send(job) {
-                Ok(()) => true,
-                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                    held.remove(&id);
-                    false
-                }
-            };
-        if !queued {
+    /// that is already held or finds no room counts as a spill. A job larger
+    /// than the whole queue still goes when the queue is empty.
+    fn push(&self, held: &mut HashSet<String>, job: MailJob) -> bool {
+        let emails = job.emails.len();
+        let waiting = self.len();
+        let room = waiting == 0 || waiting.saturating_add(emails) <= self.capacity;
+        let free = room && !job.delivery_ids().any(|id| held.contains(id));
+        if !free {
             self.spills.fetch_add(1, Ordering::AcqRel);
+            return false;
         }
-        queued
+        held.extend(job.delivery_ids().map(str::to_string));
+        self.queued.fetch_add(emails, Ordering::AcqRel);
+        if let Err(returned) = self.tx.send(job) {
+            // Only while shutting down: the deliveries stay pending.
+            for id in returned.0.delivery_ids() {
+                held.remove(id);
+            }
+            self.queued.fetch_sub(emails, Ordering::AcqRel);
+            self.spills.fetch_add(1, Ordering::AcqRel);
+            return false;
+        }
+        true
     }
 
     /// Forgets deliveries whose outcome is now recorded. True when the
@@ -109,7 +129,7 @@ impl MailQueue {
     }
 
     /// Fills the free room with the oldest pending deliveries not already in
-    /// memory; returns how many it queued. A page-in that saw every pending
+    /// memory; returns how many requests it queued. A page-in that saw every pending
     /// delivery, with no spill since it began, catches the queue up.
     ///
     /// The set stays locked across the read: a delivery is released only
@@ -125,11 +145,11 @@ impl MailQueue {
         // Held deliveries are still pending until their outcome is recorded:
         // read past them.
         let limit = room.saturating_add(held.len());
-        let pending = store.read(|c| email::pending_jobs(c, limit))?;
-        let everything = pending.len() < limit;
+        let (pending, read) = store.read(|c| email::pending_jobs(c, limit))?;
+        let everything = read < limit;
         let mut queued = 0;
         for job in pending {
-            if held.contains(&job.delivery_id) {
+            if job.delivery_ids().any(|id| held.contains(id)) {
                 continue;
             }
             if !self.push(&mut held, job) {
@@ -155,40 +175,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
-    use crate::notify::templates::EmailContent;
-    use crate::store::Synchronous;
-
-    /// A store with `n` pending email deliveries, oldest first.
-    fn store_with_pending(dir: &std::path::Path, n: usize) -> (Store, Vec<EmailJob>) {
-        let store = Store::open(&dir.join("q.db"), Synchronous::Normal).unwrap();
-        let content = EmailContent {
-            subject: "s".into(),
-            html: "<p>h</p>".into(),
-            text: "t".into(),
-        };
-        let jobs = store
-            .write(|tx| {
-                (0..n)
-                    .map(|i| {
-                        tx.execute(
-                            "INSERT INTO outbox (seq, id, type, body, created_at)
-                             VALUES (?1, ?2, 't', '{}', 0)",
-                            rusqlite::params![i as i64 + 1, format!("evt_{i}")],
-                        )?;
-                        let job = email::insert_delivery(
-                            tx,
-                            i as i64 + 1,
-                            &format!("email:{i}@x.io"),
-                            &format!("{i}@x.io"),
-                            &content,
-                        )?;
-                        Ok(job.unwrap())
-                    })
-                    .collect::<StoreResult<Vec<_>>>()
-            })
-            .unwrap();
-        (store, jobs)
-    }
+    use crate::notify::email::testing::store_with_pending;
 
     /// Records deliveries as sent, as the dispatcher does with outcomes.
     fn record_sent(store: &Store, ids: &BTreeSet<String>) {
@@ -204,23 +191,25 @@ mod tests {
 
     /// The ids waiting in the queue, taken out as senders would.
     fn drain(queue: &MailQueue) -> BTreeSet<String> {
-        queue.receiver().try_iter().map(|j| j.delivery_id).collect()
+        let jobs: Vec<MailJob> = queue.receiver().try_iter().collect();
+        jobs.iter().for_each(|job| queue.taken(job));
+        jobs.iter()
+            .flat_map(MailJob::delivery_ids)
+            .map(str::to_string)
+            .collect()
     }
 
     #[test]
     fn a_full_queue_leaves_jobs_in_the_database_and_pages_them_in_once() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, jobs) = store_with_pending(dir.path(), 10);
+        let (store, jobs) = store_with_pending(dir.path(), 10, 1);
         let queue = MailQueue::bounded(4);
         // A fresh queue is behind: a previous run may have left work.
         assert!(queue.behind());
         assert_eq!(queue.page_in(&store).unwrap(), 4);
         assert!(queue.behind(), "six deliveries were not seen yet");
         // The dispatcher offers a delivery already paged in: not queued twice.
-        let paged = jobs
-            .iter()
-            .find(|j| queue.held().contains(&j.delivery_id))
-            .unwrap();
+        let paged = jobs.iter().find(|j| queue.held().contains(&j.key)).unwrap();
         assert!(!queue.offer(paged.clone()));
         assert_eq!(queue.len(), 4);
 
@@ -236,7 +225,7 @@ mod tests {
         assert!(queue.release(first.iter().map(String::as_str)));
         assert_eq!(queue.page_in(&store).unwrap(), 2);
         let third = drain(&queue);
-        let all: BTreeSet<String> = jobs.iter().map(|j| j.delivery_id.clone()).collect();
+        let all: BTreeSet<String> = jobs.iter().map(|j| j.key.clone()).collect();
         let seen: BTreeSet<String> = first.iter().chain(&second).chain(&third).cloned().collect();
         assert_eq!(seen, all, "each delivery paged in exactly once");
         assert_eq!(first.len() + second.len() + third.len(), all.len());
@@ -246,7 +235,7 @@ mod tests {
     #[test]
     fn an_offer_past_capacity_spills_and_a_later_page_in_finds_it() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, jobs) = store_with_pending(dir.path(), 3);
+        let (store, jobs) = store_with_pending(dir.path(), 3, 1);
         let queue = MailQueue::bounded(2);
         assert_eq!(queue.page_in(&store).unwrap(), 2);
         assert!(queue.behind());
@@ -254,7 +243,7 @@ mod tests {
         // database.
         let third = jobs
             .iter()
-            .find(|j| !queue.held().contains(&j.delivery_id))
+            .find(|j| !queue.held().contains(&j.key))
             .unwrap();
         assert!(!queue.offer(third.clone()));
         assert_eq!(queue.len(), 2);
@@ -262,7 +251,7 @@ mod tests {
         record_sent(&store, &sent);
         assert!(queue.release(sent.iter().map(String::as_str)));
         assert_eq!(queue.page_in(&store).unwrap(), 1);
-        assert_eq!(drain(&queue), BTreeSet::from([third.delivery_id.clone()]));
+        assert_eq!(drain(&queue), BTreeSet::from([third.key.clone()]));
         assert!(!queue.behind());
     }
 
@@ -273,16 +262,73 @@ mod tests {
     #[test]
     fn a_retry_claimed_before_its_release_is_paged_in_after_it() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = store_with_pending(dir.path(), 1);
+        let (store, _) = store_with_pending(dir.path(), 1, 1);
         let queue = MailQueue::bounded(4);
         assert_eq!(queue.page_in(&store).unwrap(), 1);
         let sent = drain(&queue);
-        let job = store.read(|c| email::pending_jobs(c, 1)).unwrap().remove(0);
+        let job = store
+            .read(|c| email::pending_jobs(c, 1))
+            .unwrap()
+            .0
+            .remove(0);
         assert!(!queue.offer(job), "still held: left in the database");
         assert!(queue.release(sent.iter().map(String::as_str)));
         assert_eq!(queue.page_in(&store).unwrap(), 1);
         assert_eq!(drain(&queue), sent);
         assert!(!queue.behind());
+    }
+
+    /// A batch is one request: it pages in whole, members never split
+    /// across requests, and it takes room for each of its emails.
+    #[test]
+    fn batches_page_in_whole_and_count_each_email() {
+        let dir = tempfile::tempdir().unwrap();
+        // 7 deliveries in batches of 3: two batches of 3 and one of 1.
+        let (store, jobs) = store_with_pending(dir.path(), 7, 3);
+        let sizes: Vec<usize> = jobs.iter().map(|j| j.emails.len()).collect();
+        assert_eq!(sizes, [3, 3, 1]);
+        assert!(jobs.iter().all(|j| j.batched && j.key.starts_with("bat_")));
+        // Created within one millisecond, the batches would page in in the
+        // random order of their ids: make them a millisecond apart.
+        store
+            .write(|tx| {
+                for (at, job) in jobs.iter().enumerate() {
+                    tx.execute(
+                        "UPDATE deliveries SET created_at = ?1 WHERE batch_id = ?2",
+                        rusqlite::params![at as i64, job.key],
+                    )?;
+                }
+                Ok::<_, crate::store::StoreError>(())
+            })
+            .unwrap();
+
+        let queue = MailQueue::bounded(4);
+        assert_eq!(
+            queue.page_in(&store).unwrap(),
+            1,
+            "a second batch of 3 does not fit"
+        );
+        assert_eq!(queue.len(), 3);
+        let taken: Vec<MailJob> = queue.receiver().try_iter().collect();
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].key, jobs[0].key);
+        let members: Vec<&str> = taken[0].delivery_ids().collect();
+        assert_eq!(
+            members,
+            jobs[0].delivery_ids().collect::<Vec<_>>(),
+            "in id order"
+        );
+        queue.taken(&taken[0]);
+        assert_eq!(queue.len(), 0);
+
+        // The first batch is held (sent, not recorded): the next page-in
+        // brings the other two requests and none of its members again.
+        assert_eq!(queue.page_in(&store).unwrap(), 2);
+        let rest = drain(&queue);
+        assert_eq!(rest.len(), 4);
+        assert!(rest.iter().all(|id| !members.contains(&id.as_str())));
+        // A batch offered again while held is not queued twice.
+        assert!(!queue.offer(jobs[1].clone()));
     }
 
     #[test]

@@ -98,6 +98,9 @@ pub struct DeliveryPolicy {
     pub rate_per_sec: Option<f64>,
     /// Emails held in memory for the senders; the rest wait in the database.
     pub queue_capacity: usize,
+    /// Most emails sent in one request (the provider's batch); emails
+    /// created together go together. 1 sends every email alone.
+    pub mail_batch: usize,
 }
 
 impl Default for DeliveryPolicy {
@@ -110,6 +113,7 @@ impl Default for DeliveryPolicy {
             max_attempts: 8,
             rate_per_sec: None,
             queue_capacity: 1024,
+            mail_batch: crate::mail::MAX_BATCH,
         }
     }
 }
@@ -391,7 +395,7 @@ impl Notifier {
             let ctx = email::SenderContext {
                 provider: provider.clone(),
                 from: shared.policy.from.clone(),
-                jobs: queue.receiver(),
+                queue: queue.clone(),
                 outcomes: shared.bus.clone(),
                 pacer: pacer.clone(),
                 stop: stop_rx.clone(),

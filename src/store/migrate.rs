@@ -8,7 +8,10 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use super::{StoreError, StoreResult};
 
 /// Step `i` takes the schema from version `i` to `i + 1`.
-const STEPS: &[&str] = &[include_str!("../../schema.sql")];
+const STEPS: &[&str] = &[
+    include_str!("../../schema.sql"),
+    include_str!("schema_v2.sql"),
+];
 
 pub const SCHEMA_VERSION: i64 = STEPS.len() as i64;
 

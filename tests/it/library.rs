@@ -33,6 +33,15 @@ impl MailProvider for Recorder {
         };
         (Ok(sent), RateHint::default())
     }
+
+    fn send_batch(&self, emails: &[Email], key: &str) -> (Result<Vec<Sent>, MailError>, RateHint) {
+        let sent = emails
+            .iter()
+            .enumerate()
+            .map(|(i, email)| self.send_email(email, &format!("{key}.{i}")).0)
+            .collect();
+        (sent, RateHint::default())
+    }
 }
 
 fn setup() -> (tempfile::TempDir, Notifier) {
