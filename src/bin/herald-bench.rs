@@ -392,9 +392,13 @@ fn fake_resend() -> Result<FakeResend, String> {
     })
 }
 
-/// Answers every request on one connection with 200 `{"id"}` until the
-/// client closes it.
+/// Answers every request on one connection until the client closes it:
+/// `POST /emails/batch` with 200 `{"data":[{"id"},...]}`, one id per item of
+/// the body's JSON array (422 and nothing counted if it is not one),
+/// anything else with 200 `{"id"}`. Every email answered is counted in
+/// `accepted`. Buffers are reused across requests: this is load generation.
 fn serve_fake_connection(stream: std::net::TcpStream, accepted: &AtomicUsize) {
+    use std::fmt::Write as _;
     use std::io::{BufRead, Read};
     let _ = stream.set_nodelay(true);
     let Ok(mut writer) = stream.try_clone() else {
@@ -402,7 +406,17 @@ fn serve_fake_connection(stream: std::net::TcpStream, accepted: &AtomicUsize) {
     };
     let mut reader = std::io::BufReader::new(stream);
     let mut line = String::new();
+    let mut body = Vec::new();
+    let mut reply = String::new();
+    let mut response = String::new();
     loop {
+        line.clear();
+        if matches!(reader.read_line(&mut line), Ok(0) | Err(_)) {
+            return;
+        }
+        // Request line: METHOD SP PATH SP VERSION.
+        let path = line.split(' ').nth(1).unwrap_or("");
+        let batch = path.split('?').next() == Some("/emails/batch");
         let mut length = 0usize;
         loop {
             line.clear();
@@ -418,14 +432,43 @@ fn serve_fake_connection(stream: std::net::TcpStream, accepted: &AtomicUsize) {
                 }
             }
         }
-        let mut body = vec![0; length];
+        body.clear();
+        body.resize(length, 0);
         if reader.read_exact(&mut body).is_err() {
             return;
         }
-        let n = accepted.fetch_add(1, Ordering::Relaxed);
-        let reply = format!("{{\"id\":\"bench-{n}\"}}");
-        let response = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{reply}",
+        reply.clear();
+        let status = if batch {
+            match serde_json::from_slice::<Vec<Value>>(&body) {
+                Ok(items) => {
+                    let first = accepted.fetch_add(items.len(), Ordering::Relaxed);
+                    reply.push_str("{\"data\":[");
+                    for n in first..first + items.len() {
+                        if n > first {
+                            reply.push(',');
+                        }
+                        let _ = write!(reply, "{{\"id\":\"bench-{n}\"}}");
+                    }
+                    reply.push_str("]}");
+                    "200 OK"
+                }
+                Err(_) => {
+                    reply.push_str(
+                        "{\"statusCode\":422,\"name\":\"validation_error\",\
+                         \"message\":\"The request body must be a JSON array of emails.\"}",
+                    );
+                    "422 Unprocessable Entity"
+                }
+            }
+        } else {
+            let n = accepted.fetch_add(1, Ordering::Relaxed);
+            let _ = write!(reply, "{{\"id\":\"bench-{n}\"}}");
+            "200 OK"
+        };
+        response.clear();
+        let _ = write!(
+            response,
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{reply}",
             reply.len()
         );
         if writer.write_all(response.as_bytes()).is_err() {

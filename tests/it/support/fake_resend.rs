@@ -1,14 +1,22 @@
-//! `FakeResend`: a Resend-compatible `POST /emails` on 127.0.0.1, run inside the
-//! test process: auth, validation, idempotency keys and rate limits as Resend
-//! does them, told to fail, hang, delay or break the connection at will (also
-//! at random, for a ratio of requests), recording all it receives.
+//! `FakeResend`: a Resend-compatible `POST /emails` and `POST /emails/batch`
+//! on 127.0.0.1, run inside the test process: auth, validation, idempotency
+//! keys and rate limits as Resend does them, told to fail, hang, delay or
+//! break the connection at will (also at random, for a ratio of requests),
+//! recording all it receives.
 //!
-//! "Sent twice" is judged the way Resend would send: a repeat of an accepted
-//! idempotency key gets the original response and is not a second email, so
-//! a client's resends after a crash count once. What the fake accepted is
-//! counted from its request log (`RecordedRequest::new_email_id`), where a
-//! key accepted as a new email twice shows up: after
-//! `forget_idempotency_keys`, as after Resend's 24 hours, it can.
+//! Both endpoints go through the same steps; a batch differs only in what is
+//! validated and accepted. Invariants:
+//! - A batch is all or nothing: one invalid item (or `attachments` /
+//!   `scheduled_at`, or not 1..=100 items) refuses the whole request with 422
+//!   naming the index, and nothing is accepted or remembered.
+//! - An idempotency key covers the whole request body: a batch accepted
+//!   under a key is replayed whole (the same ids, in order), never in part.
+//! - "Sent twice" is judged the way Resend would send: a repeat of an
+//!   accepted key gets the original response and is not a second email, so a
+//!   client's resends after a crash count once. What the fake accepted is
+//!   counted from its request log (`RecordedRequest::new_email_ids`), where a
+//!   key accepted as new twice shows up: after `forget_idempotency_keys`, as
+//!   after Resend's 24 hours, it can.
 
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -23,11 +31,15 @@ const POLL: Duration = Duration::from_millis(10);
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
 /// Resend's limit on recipients in `to`.
 const MAX_RECIPIENTS: usize = 50;
+/// Resend's limit on emails in one `POST /emails/batch`.
+const MAX_BATCH: usize = 100;
 
-/// What `POST /emails` does with a request that passed auth and rate limiting.
+/// What `POST /emails` and `POST /emails/batch` do with a request that passed
+/// auth and rate limiting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// Validate, apply idempotency, accept and answer 200 `{id}`.
+    /// Validate, apply idempotency, accept and answer 200 `{id}` (a batch:
+    /// `{data: [{id}, ...]}`).
     Ok,
     /// Answer with this status and Resend's error shape; nothing is accepted
     /// and nothing is remembered for idempotency.
@@ -56,9 +68,10 @@ pub enum Fault {
     RateLimited,
     /// The connection breaks before the email is accepted.
     Close,
-    /// The email is accepted (its key remembered), then the connection
-    /// breaks: the client never learns it went out, and must retry under the
-    /// same key to get the original answer instead of a second email.
+    /// The email (every email of a batch) is accepted and its key
+    /// remembered, then the connection breaks: the client never learns it
+    /// went out, and must retry under the same key to get the original
+    /// answer instead of a second email.
     AcceptThenClose,
 }
 
@@ -96,11 +109,12 @@ pub struct RecordedRequest {
     /// True if the connection was broken instead of answered (`Mode::Close`,
     /// `Fault::Close`, `Fault::AcceptThenClose`).
     pub closed: bool,
-    /// The id of the email this request made the fake accept as a new one
-    /// (answered 2xx, or `Fault::AcceptThenClose`). `None` for everything
-    /// else, including a repeat of an accepted key: that gets the original
-    /// response (status 200, the same id) and sends nothing.
-    pub new_email_id: Option<String>,
+    /// The ids of the emails this request made the fake accept as new
+    /// (answered 2xx, or `Fault::AcceptThenClose`): one for `/emails`, one
+    /// per item, in order, for `/emails/batch`. Empty for everything else,
+    /// including a repeat of an accepted key: that gets the original
+    /// response (status 200, the same ids) and sends nothing.
+    pub new_email_ids: Vec<String>,
 }
 
 impl RecordedRequest {
@@ -112,12 +126,13 @@ impl RecordedRequest {
     }
 }
 
-/// An email the fake actually accepted: one per request accepted as a new
-/// email (see `RecordedRequest::new_email_id`).
+/// An email the fake actually accepted: one per id in some request's
+/// `RecordedRequest::new_email_ids` (so a batch of n makes n).
 #[derive(Debug, Clone)]
 pub struct AcceptedEmail {
     /// The `id` answered to the client.
     pub id: String,
+    /// The request's key; every email of a batch shares it.
     pub idempotency_key: Option<String>,
     pub from: String,
     /// `to` normalised to a list (Resend also takes a single string).
@@ -127,7 +142,8 @@ pub struct AcceptedEmail {
     pub text: Option<String>,
     /// The full `Authorization` header value, e.g. `Bearer re_test_key`.
     pub authorization: String,
-    /// The whole JSON body, for fields not broken out above.
+    /// The email's JSON object, for fields not broken out above: the whole
+    /// body for `/emails`, the email's own item for `/emails/batch`.
     pub body: Value,
     pub accepted_at: Instant,
 }
@@ -211,61 +227,83 @@ impl FakeResend {
         };
     }
 
-    /// Distinct idempotency keys accepted as a new email, from the request log.
+    /// Distinct idempotency keys accepted as new, from the request log.
     pub fn accepted_keys(&self) -> BTreeSet<String> {
         self.new_emails_per_key().into_keys().collect()
     }
 
-    /// Per idempotency key, how many requests were accepted as a new email,
-    /// from the request log. 1 for a key however often it was resent while
-    /// the fake remembered it; 2 or more means that address got the email
-    /// more than once.
+    /// Per idempotency key, how many requests were accepted as new (a batch
+    /// counts once), from the request log. 1 for a key however often it was
+    /// resent while the fake remembered it; 2 or more means its recipients
+    /// got the email (or the batch) more than once.
     pub fn new_emails_per_key(&self) -> BTreeMap<String, usize> {
         let mut per_key = BTreeMap::new();
         for r in self.shared.lock().requests.iter() {
-            if let (Some(key), Some(_)) = (&r.idempotency_key, &r.new_email_id) {
-                *per_key.entry(key.clone()).or_insert(0) += 1;
+            if let Some(key) = &r.idempotency_key {
+                if !r.new_email_ids.is_empty() {
+                    *per_key.entry(key.clone()).or_insert(0) += 1;
+                }
+            }
+        }
+        per_key
+    }
+
+    /// Per idempotency key, how many emails were accepted under it (summed
+    /// over the requests accepted as new), from the request log: a batch of
+    /// 5 accepted once is 5, accepted twice 10.
+    pub fn emails_per_key(&self) -> BTreeMap<String, usize> {
+        let mut per_key = BTreeMap::new();
+        for r in self.shared.lock().requests.iter() {
+            if let Some(key) = &r.idempotency_key {
+                if !r.new_email_ids.is_empty() {
+                    *per_key.entry(key.clone()).or_insert(0) += r.new_email_ids.len();
+                }
             }
         }
         per_key
     }
 
     /// The provider's side of "exactly once", from the request log: the keys
-    /// accepted as a new email are exactly `keys`, each exactly once, and
+    /// accepted as new are exactly `keys`, each by exactly one request, and
     /// every 2xx answered under a key (a resend after a crash or a lost
-    /// answer) carried that key's one email id, i.e. was the original
-    /// response, not a second email. `Err` says what broke.
+    /// answer) carried that key's original ids (for a batch, all of them in
+    /// order), i.e. was the original response, not a second send. `Err`
+    /// says what broke.
     pub fn check_one_email_per_key(&self, keys: &BTreeSet<String>) -> Result<(), String> {
         let requests = self.requests();
-        let mut ids: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-        for r in &requests {
-            match (&r.idempotency_key, &r.new_email_id) {
-                (Some(key), Some(id)) => ids.entry(key).or_default().push(id),
-                (None, Some(id)) => {
+        // Per key, the ids of each request accepted as new under it.
+        let mut sends: BTreeMap<&str, Vec<&[String]>> = BTreeMap::new();
+        for r in requests.iter().filter(|r| !r.new_email_ids.is_empty()) {
+            match &r.idempotency_key {
+                Some(key) => sends.entry(key).or_default().push(&r.new_email_ids),
+                None => {
                     return Err(format!(
-                        "email {id} was accepted without an idempotency key"
+                        "{} {:?} accepted without an idempotency key: {:?}",
+                        r.method, r.path, r.new_email_ids
                     ))
                 }
-                (_, None) => {}
             }
         }
-        let twice: Vec<String> = ids
+        let twice: Vec<String> = sends
             .iter()
-            .filter(|(_, emails)| emails.len() > 1)
-            .map(|(key, emails)| format!("{key} ({} emails)", emails.len()))
+            .filter(|(_, accepted)| accepted.len() > 1)
+            .map(|(key, accepted)| {
+                let emails: usize = accepted.iter().map(|ids| ids.len()).sum();
+                format!("{key} ({} requests, {emails} emails)", accepted.len())
+            })
             .collect();
         if !twice.is_empty() {
             return Err(format!(
-                "accepted as a new email more than once under one key: {}",
+                "accepted as new more than once under one key: {}",
                 twice.join(", ")
             ));
         }
-        let accepted: BTreeSet<String> = ids.keys().map(|k| k.to_string()).collect();
+        let accepted: BTreeSet<String> = sends.keys().map(|k| k.to_string()).collect();
         if accepted != *keys {
             let missing: Vec<&String> = keys.difference(&accepted).collect();
             let extra: Vec<&String> = accepted.difference(keys).collect();
             return Err(format!(
-                "keys accepted as new emails differ from the expected ones: \
+                "keys accepted as new differ from the expected ones: \
                  never accepted {missing:?}, not expected {extra:?}"
             ));
         }
@@ -274,12 +312,13 @@ impl FakeResend {
             .filter(|r| r.status.is_some_and(|s| (200..300).contains(&s)))
         {
             let key = r.idempotency_key.as_deref().unwrap_or_default();
-            let answered = r.response["id"].as_str().unwrap_or_default();
-            let email = ids.get(key).map(|emails| emails[0]).unwrap_or_default();
-            if answered != email {
+            let answered = answered_ids(&r.response);
+            let original: &[String] = sends.get(key).map(|s| s[0]).unwrap_or_default();
+            if answered != original {
                 return Err(format!(
-                    "a 2xx under key {key:?} answered email {answered:?}, \
-                     but the key's email is {email:?}"
+                    "a 2xx to {} under key {key:?} answered ids {answered:?}, \
+                     but the key's original ids are {original:?}",
+                    r.path
                 ));
             }
         }
@@ -337,15 +376,16 @@ impl FakeResend {
         self.shared.lock().accepted.clone()
     }
 
-    /// Requests accepted as a new email, from the request log: a repeat of
-    /// an accepted key (answered with the original response) is not counted.
+    /// Emails accepted as new (a batch of 5 counts 5), from the request log:
+    /// a repeat of an accepted key (answered with the original response) is
+    /// not counted.
     pub fn accepted_count(&self) -> usize {
         self.shared
             .lock()
             .requests
             .iter()
-            .filter(|r| r.new_email_id.is_some())
-            .count()
+            .map(|r| r.new_email_ids.len())
+            .sum()
     }
 
     /// Polls until at least `n` emails were accepted; false at the deadline.
@@ -476,12 +516,12 @@ impl Reply {
 /// A valid send that passed every check and holds its idempotency key (if any).
 struct PendingSend {
     key: Option<String>,
-    from: String,
-    to: Vec<String>,
-    subject: String,
-    html: Option<String>,
-    text: Option<String>,
+    /// The one email of `/emails`, or a batch's emails in request order.
+    emails: Vec<ValidEmail>,
+    /// Answer `{data: [{id}, ...]}` instead of `{id}`.
+    batch: bool,
     authorization: String,
+    /// The request body as a whole, what the key's replays are compared with.
     body: Value,
     rate_headers: Vec<(String, String)>,
     mode: Mode,
@@ -523,7 +563,7 @@ fn handle(shared: &Shared, mut request: tiny_http::Request) {
             received_at: incoming.received_at,
             fault: None,
             closed: false,
-            new_email_id: None,
+            new_email_ids: Vec::new(),
         });
         state.requests.len() - 1
     };
@@ -552,8 +592,8 @@ fn handle(shared: &Shared, mut request: tiny_http::Request) {
             let close = send.close_after_accept;
             let reply = {
                 let mut state = shared.lock();
-                let reply = accept(&mut state, send);
-                state.requests[index].new_email_id = reply.body["id"].as_str().map(String::from);
+                let (reply, ids) = accept(&mut state, send);
+                state.requests[index].new_email_ids = ids;
                 reply
             };
             if close {
@@ -608,13 +648,17 @@ fn read_request(request: &mut tiny_http::Request) -> Incoming {
 /// A repeat of a key already answered is replayed even in `Hang`/`Delay`.
 /// `fault` is set to the random fault drawn for this request, if any.
 fn decide(state: &mut State, incoming: &Incoming, fault: &mut Option<Fault>) -> Decision {
-    if incoming.path != "/emails" {
-        return Decision::Reply(Reply::error(
-            404,
-            "not_found",
-            "The requested endpoint does not exist.",
-        ));
-    }
+    let batch = match incoming.path.as_str() {
+        "/emails" => false,
+        "/emails/batch" => true,
+        _ => {
+            return Decision::Reply(Reply::error(
+                404,
+                "not_found",
+                "The requested endpoint does not exist.",
+            ))
+        }
+    };
     if incoming.method != "POST" {
         return Decision::Reply(Reply::error(
             405,
@@ -669,8 +713,12 @@ fn decide(state: &mut State, incoming: &Incoming, fault: &mut Option<Fault>) -> 
             );
         }
     }
-    let email = match validate(&incoming.body) {
-        Ok(email) => email,
+    let emails = match batch {
+        true => validate_batch(&incoming.body),
+        false => validate(&incoming.body, None).map(|email| vec![email]),
+    };
+    let emails = match emails {
+        Ok(emails) => emails,
         Err(reply) => return Decision::Reply(reply.with_headers(&rate_headers)),
     };
     if let Some(key) = &incoming.key {
@@ -680,11 +728,8 @@ fn decide(state: &mut State, incoming: &Incoming, fault: &mut Option<Fault>) -> 
     }
     Decision::Send(PendingSend {
         key: incoming.key.clone(),
-        from: email.from,
-        to: email.to,
-        subject: email.subject,
-        html: email.html,
-        text: email.text,
+        emails,
+        batch,
         authorization,
         body: incoming.body.clone(),
         rate_headers,
@@ -830,54 +875,104 @@ struct ValidEmail {
     subject: String,
     html: Option<String>,
     text: Option<String>,
+    /// The email's own JSON object.
+    body: Value,
+}
+
+/// A batch is all or nothing: a JSON array of 1..=100 emails, each a valid
+/// `SendEmailRequest` without `attachments` or `scheduled_at` (Resend's batch
+/// supports neither); the first bad item refuses the whole request.
+fn validate_batch(body: &Value) -> Result<Vec<ValidEmail>, Reply> {
+    let invalid = |message: &str| Reply::error(422, "validation_error", message);
+    let Some(items) = body.as_array() else {
+        return Err(invalid("The request body must be a JSON array of emails."));
+    };
+    if items.is_empty() || items.len() > MAX_BATCH {
+        return Err(invalid(&format!(
+            "A batch must contain between 1 and {MAX_BATCH} emails, got {}.",
+            items.len()
+        )));
+    }
+    let mut emails = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        for name in ["attachments", "scheduled_at"] {
+            if item.get(name).is_some() {
+                return Err(invalid(&format!(
+                    "Invalid {}. Batch emails do not support `{name}`.",
+                    field(name, Some(index))
+                )));
+            }
+        }
+        emails.push(validate(item, Some(index))?);
+    }
+    Ok(emails)
 }
 
 /// `SendEmailRequest` from Resend's OpenAPI description: `from`, `to`,
 /// `subject` required; `to` a string or 1..=50 strings; the rest typed.
-fn validate(body: &Value) -> Result<ValidEmail, Reply> {
+/// `index` is the email's place in a batch, named in every error.
+fn validate(body: &Value, index: Option<usize>) -> Result<ValidEmail, Reply> {
     let invalid = |message: &str| Reply::error(422, "validation_error", message);
     let Some(fields) = body.as_object() else {
-        return Err(invalid("The request body must be a JSON object."));
+        return Err(invalid(&match index {
+            None => "The request body must be a JSON object.".to_string(),
+            Some(i) => format!("The email at index {i} must be a JSON object."),
+        }));
     };
-    let from = required_string(fields, "from")?;
+    let from = required_string(fields, "from", index)?;
     if !is_mailbox(&from) {
+        // A batch reports every item's error as `validation_error`.
+        let name = match index {
+            None => "invalid_from_address",
+            Some(_) => "validation_error",
+        };
         return Err(Reply::error(
             422,
-            "invalid_from_address",
-            "Invalid `from` field. The email address needs to follow the \
-             `email@example.com` or `Name <email@example.com>` format.",
+            name,
+            &format!(
+                "Invalid {}. The email address needs to follow the \
+                 `email@example.com` or `Name <email@example.com>` format.",
+                field("from", index)
+            ),
         ));
     }
     let to = match fields.get("to") {
-        None | Some(Value::Null) => return Err(invalid("Missing `to` field.")),
-        Some(value) => address_list(value, "to", 1)?,
+        None | Some(Value::Null) => {
+            return Err(invalid(&format!("Missing {}.", field("to", index))))
+        }
+        Some(value) => address_list(value, "to", 1, index)?,
     };
     if to.len() > MAX_RECIPIENTS {
-        return Err(invalid(
-            "Invalid `to` field. You can send to at most 50 recipients.",
-        ));
+        return Err(invalid(&format!(
+            "Invalid {}. You can send to at most 50 recipients.",
+            field("to", index)
+        )));
     }
-    let subject = required_string(fields, "subject")?;
-    let html = optional_string(fields, "html")?;
-    let text = optional_string(fields, "text")?;
+    let subject = required_string(fields, "subject", index)?;
+    let html = optional_string(fields, "html", index)?;
+    let text = optional_string(fields, "text", index)?;
     for name in ["cc", "bcc", "reply_to"] {
         if let Some(value) = fields.get(name) {
-            address_list(value, name, 0)?;
+            address_list(value, name, 0, index)?;
         }
     }
     for name in ["scheduled_at", "topic_id"] {
-        optional_string(fields, name)?;
+        optional_string(fields, name, index)?;
     }
     if let Some(value) = fields.get("headers") {
         if !value.is_object() {
-            return Err(invalid("Invalid `headers` field. Expected an object."));
+            return Err(invalid(&format!(
+                "Invalid {}. Expected an object.",
+                field("headers", index)
+            )));
         }
     }
     for name in ["attachments", "tags"] {
         if let Some(value) = fields.get(name) {
             if !value.is_array() {
                 return Err(invalid(&format!(
-                    "Invalid `{name}` field. Expected an array."
+                    "Invalid {}. Expected an array.",
+                    field(name, index)
                 )));
             }
         }
@@ -888,45 +983,67 @@ fn validate(body: &Value) -> Result<ValidEmail, Reply> {
         subject,
         html,
         text,
+        body: body.clone(),
     })
 }
 
-fn required_string(fields: &Map<String, Value>, name: &str) -> Result<String, Reply> {
+/// "`to` field", or "`to` field at index 3" for a batch's email.
+fn field(name: &str, index: Option<usize>) -> String {
+    match index {
+        None => format!("`{name}` field"),
+        Some(i) => format!("`{name}` field at index {i}"),
+    }
+}
+
+fn required_string(
+    fields: &Map<String, Value>,
+    name: &str,
+    index: Option<usize>,
+) -> Result<String, Reply> {
     match fields.get(name) {
         None | Some(Value::Null) => Err(Reply::error(
             422,
             "validation_error",
-            &format!("Missing `{name}` field."),
+            &format!("Missing {}.", field(name, index)),
         )),
         Some(Value::String(s)) => Ok(s.clone()),
         Some(_) => Err(Reply::error(
             422,
             "validation_error",
-            &format!("Invalid `{name}` field. Expected a string."),
+            &format!("Invalid {}. Expected a string.", field(name, index)),
         )),
     }
 }
 
 /// Present means it must be a string: the schema does not allow `null`.
-fn optional_string(fields: &Map<String, Value>, name: &str) -> Result<Option<String>, Reply> {
+fn optional_string(
+    fields: &Map<String, Value>,
+    name: &str,
+    index: Option<usize>,
+) -> Result<Option<String>, Reply> {
     match fields.get(name) {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(_) => Err(Reply::error(
             422,
             "validation_error",
-            &format!("Invalid `{name}` field. Expected a string."),
+            &format!("Invalid {}. Expected a string.", field(name, index)),
         )),
     }
 }
 
 /// A string or an array of strings, each an address.
-fn address_list(value: &Value, name: &str, min: usize) -> Result<Vec<String>, Reply> {
+fn address_list(
+    value: &Value,
+    name: &str,
+    min: usize,
+    index: Option<usize>,
+) -> Result<Vec<String>, Reply> {
     let invalid = |detail: &str| {
         Reply::error(
             422,
             "validation_error",
-            &format!("Invalid `{name}` field. {detail}"),
+            &format!("Invalid {}. {detail}", field(name, index)),
         )
     };
     let list = match value {
@@ -1041,35 +1158,56 @@ fn hold(shared: &Shared, send: &PendingSend) -> bool {
     }
 }
 
-fn accept(state: &mut State, send: PendingSend) -> Reply {
-    let id = uuid_v4();
-    let response = json!({ "id": id });
+/// Accepts every email of the send at once, remembers the answer under the
+/// key, and returns it with the new ids in request order.
+fn accept(state: &mut State, send: PendingSend) -> (Reply, Vec<String>) {
+    let ids: Vec<String> = send.emails.iter().map(|_| uuid_v4()).collect();
+    let response = match send.batch {
+        true => json!({ "data": ids.iter().map(|id| json!({ "id": id })).collect::<Vec<_>>() }),
+        false => json!({ "id": ids.first() }),
+    };
     if let Some(key) = &send.key {
         state.idempotency.insert(
             key.clone(),
             IdempotencyEntry::Done {
-                body: send.body.clone(),
+                body: send.body,
                 response: response.clone(),
             },
         );
     }
-    state.accepted.push(AcceptedEmail {
-        id,
-        idempotency_key: send.key,
-        from: send.from,
-        to: send.to,
-        subject: send.subject,
-        html: send.html,
-        text: send.text,
-        authorization: send.authorization,
-        body: send.body,
-        accepted_at: Instant::now(),
-    });
-    Reply {
+    let accepted_at = Instant::now();
+    for (email, id) in send.emails.into_iter().zip(&ids) {
+        state.accepted.push(AcceptedEmail {
+            id: id.clone(),
+            idempotency_key: send.key.clone(),
+            from: email.from,
+            to: email.to,
+            subject: email.subject,
+            html: email.html,
+            text: email.text,
+            authorization: send.authorization.clone(),
+            body: email.body,
+            accepted_at,
+        });
+    }
+    let reply = Reply {
         status: 200,
         body: response,
         headers: send.rate_headers,
+    };
+    (reply, ids)
+}
+
+/// The email ids in a 2xx answer: `{id}` from `/emails`, `{data: [{id}, ...]}`
+/// from `/emails/batch`.
+fn answered_ids(response: &Value) -> Vec<&str> {
+    if let Some(id) = response["id"].as_str() {
+        return vec![id];
     }
+    response["data"]
+        .as_array()
+        .map(|data| data.iter().filter_map(|d| d["id"].as_str()).collect())
+        .unwrap_or_default()
 }
 
 /// Writes the reply by hand with `Connection: close` (tiny_http drops that
@@ -1138,27 +1276,81 @@ fn uuid_v4() -> String {
 mod tests {
     use super::*;
 
-    fn post(fake: &FakeResend, key: &str, subject: &str) -> (u16, Value) {
+    /// `body` as JSON to the fake at `url` + `path` under `key`; `Err` if
+    /// the connection broke.
+    fn send(url: &str, path: &str, key: &str, body: &Value) -> Result<(u16, Value), ureq::Error> {
+        send_within(Duration::from_secs(10), url, path, key, body)
+    }
+
+    /// `send`, giving up after `timeout` (a request the fake let go of
+    /// unanswered is only ended by the client's timeout).
+    fn send_within(
+        timeout: Duration,
+        url: &str,
+        path: &str,
+        key: &str,
+        body: &Value,
+    ) -> Result<(u16, Value), ureq::Error> {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            .timeout_global(Some(timeout))
             .build()
             .into();
-        let body = json!({
-            "from": "herald <noreply@herald.test>",
-            "to": ["dave@example.com"],
-            "subject": subject,
-            "text": "hello"
-        });
         let mut response = agent
-            .post(&format!("{}/emails", fake.url()))
+            .post(&format!("{url}{path}"))
             .header("Authorization", "Bearer re_test")
             .header("Idempotency-Key", key)
             .header("Content-Type", "application/json")
-            .send(&serde_json::to_vec(&body).unwrap()[..])
-            .expect("the fake answers");
+            .send(&serde_json::to_vec(body).expect("a JSON value serialises")[..])?;
         let status = response.status().as_u16();
         let text = response.body_mut().read_to_string().unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or_default())
+        Ok((status, serde_json::from_str(&text).unwrap_or_default()))
+    }
+
+    fn email(to: &str, subject: &str) -> Value {
+        json!({
+            "from": "herald <noreply@herald.test>",
+            "to": [to],
+            "subject": subject,
+            "text": "hello"
+        })
+    }
+
+    fn post(fake: &FakeResend, key: &str, subject: &str) -> (u16, Value) {
+        send(
+            &fake.url(),
+            "/emails",
+            key,
+            &email("dave@example.com", subject),
+        )
+        .expect("the fake answers")
+    }
+
+    /// `n` valid emails to user0@example.com, user1@example.com, ...
+    fn batch(n: usize) -> Value {
+        Value::Array(
+            (0..n)
+                .map(|i| email(&format!("user{i}@example.com"), "Hi"))
+                .collect(),
+        )
+    }
+
+    fn post_batch(fake: &FakeResend, key: &str, body: &Value) -> (u16, Value) {
+        send(&fake.url(), "/emails/batch", key, body).expect("the fake answers")
+    }
+
+    /// The ids of a batch answer, in order.
+    fn data_ids(answer: &Value) -> Vec<String> {
+        answered_ids(answer).into_iter().map(String::from).collect()
+    }
+
+    /// A 422 `validation_error` whose message contains `part`.
+    fn assert_invalid(answer: (u16, Value), part: &str) {
+        let (status, body) = answer;
+        assert_eq!(status, 422, "{body}");
+        assert_eq!(body["name"], "validation_error", "{body}");
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(message.contains(part), "{message:?} lacks {part:?}");
     }
 
     #[test]
@@ -1192,6 +1384,220 @@ mod tests {
         assert_eq!(fake.new_emails_per_key()["dlv_a"], 2);
         assert_eq!(fake.accepted_count(), 3);
         let err = fake.check_one_email_per_key(&keys).unwrap_err();
-        assert!(err.contains("dlv_a (2 emails)"), "{err}");
+        assert!(err.contains("dlv_a (2 requests, 2 emails)"), "{err}");
+    }
+
+    #[test]
+    fn a_batch_is_accepted_in_order_and_counted_per_email() {
+        let fake = FakeResend::start();
+        let body = batch(3);
+        let (status, answer) = post_batch(&fake, "bat_a", &body);
+        assert_eq!(status, 200, "{answer}");
+        let ids = data_ids(&answer);
+        assert_eq!(ids.len(), 3, "{answer}");
+        let accepted = fake.accepted();
+        let accepted_ids: Vec<String> = accepted.iter().map(|e| e.id.clone()).collect();
+        assert_eq!(accepted_ids, ids, "answered in request order");
+        for (i, email) in accepted.iter().enumerate() {
+            assert_eq!(email.to, vec![format!("user{i}@example.com")]);
+            assert_eq!(email.idempotency_key.as_deref(), Some("bat_a"));
+            assert_eq!(email.body, body[i], "each email keeps its own item");
+        }
+        assert_eq!(fake.requests()[0].new_email_ids, ids);
+        assert_eq!(fake.accepted_count(), 3);
+        assert_eq!(
+            fake.emails_per_key(),
+            BTreeMap::from([("bat_a".to_string(), 3)])
+        );
+        assert_eq!(
+            fake.new_emails_per_key(),
+            BTreeMap::from([("bat_a".to_string(), 1)])
+        );
+        // The largest batch Resend takes.
+        let (status, answer) = post_batch(&fake, "bat_b", &batch(MAX_BATCH));
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(data_ids(&answer).len(), MAX_BATCH);
+        assert_eq!(fake.accepted_count(), 3 + MAX_BATCH);
+    }
+
+    #[test]
+    fn one_invalid_email_refuses_the_whole_batch() {
+        let fake = FakeResend::start();
+        let mut body = batch(3);
+        body[1]["to"] = json!(["not an address"]);
+        assert_invalid(post_batch(&fake, "bat_a", &body), "`to` field at index 1");
+        assert_eq!(fake.accepted_count(), 0);
+        assert!(fake.accepted().is_empty());
+        assert!(fake.requests()[0].new_email_ids.is_empty());
+        // Nothing was remembered under the key: the corrected batch goes out.
+        assert_eq!(post_batch(&fake, "bat_a", &batch(3)).0, 200);
+        assert_eq!(fake.accepted_count(), 3);
+    }
+
+    #[test]
+    fn a_batch_must_hold_1_to_100_emails() {
+        let fake = FakeResend::start();
+        assert_invalid(post_batch(&fake, "bat_a", &batch(0)), "got 0");
+        assert_invalid(post_batch(&fake, "bat_b", &batch(MAX_BATCH + 1)), "got 101");
+        assert_invalid(
+            post_batch(&fake, "bat_c", &email("dave@example.com", "Hi")),
+            "JSON array",
+        );
+        assert_eq!(fake.accepted_count(), 0);
+    }
+
+    #[test]
+    fn a_batch_email_may_not_carry_attachments_or_scheduled_at() {
+        let fake = FakeResend::start();
+        let mut body = batch(2);
+        body[1]["attachments"] = json!([{ "filename": "a.txt", "content": "aGk=" }]);
+        assert_invalid(
+            post_batch(&fake, "bat_a", &body),
+            "`attachments` field at index 1",
+        );
+        let mut body = batch(2);
+        body[0]["scheduled_at"] = json!("2030-01-01T00:00:00Z");
+        assert_invalid(
+            post_batch(&fake, "bat_b", &body),
+            "`scheduled_at` field at index 0",
+        );
+        assert_eq!(fake.accepted_count(), 0);
+        // `POST /emails` takes both.
+        let mut single = email("dave@example.com", "Hi");
+        single["attachments"] = json!([{ "filename": "a.txt", "content": "aGk=" }]);
+        single["scheduled_at"] = json!("2030-01-01T00:00:00Z");
+        let (status, answer) =
+            send(&fake.url(), "/emails", "dlv_a", &single).expect("the fake answers");
+        assert_eq!(status, 200, "{answer}");
+    }
+
+    #[test]
+    fn a_batch_repeat_is_replayed_whole_and_another_body_is_refused() {
+        let fake = FakeResend::start();
+        let keys = BTreeSet::from(["bat_a".to_string()]);
+        let (status, first) = post_batch(&fake, "bat_a", &batch(3));
+        assert_eq!(status, 200, "{first}");
+        let (status, again) = post_batch(&fake, "bat_a", &batch(3));
+        assert_eq!(
+            (status, &again),
+            (200, &first),
+            "the same ids in the same order"
+        );
+        assert!(fake.requests()[1].new_email_ids.is_empty());
+        assert_eq!(fake.accepted_count(), 3);
+        assert_eq!(fake.emails_per_key()["bat_a"], 3);
+        assert_eq!(fake.check_one_email_per_key(&keys), Ok(()));
+
+        let (status, refused) = post_batch(&fake, "bat_a", &batch(2));
+        assert_eq!(status, 409, "{refused}");
+        assert_eq!(refused["name"], "invalid_idempotent_request");
+        // A key covers the request, whichever endpoint it was first used on.
+        let (status, refused) = post(&fake, "bat_a", "Hi");
+        assert_eq!(status, 409, "{refused}");
+        assert_eq!(fake.accepted_count(), 3);
+        assert_eq!(fake.check_one_email_per_key(&keys), Ok(()));
+    }
+
+    #[test]
+    fn a_batch_repeat_while_the_first_is_held_is_a_409() {
+        let fake = FakeResend::start();
+        fake.set_mode(Mode::Hang);
+        let url = fake.url();
+        let held = thread::spawn(move || {
+            send_within(
+                Duration::from_millis(500),
+                &url,
+                "/emails/batch",
+                "bat_a",
+                &batch(2),
+            )
+        });
+        assert!(crate::support::wait_until(Duration::from_secs(5), || {
+            fake.in_flight() == 1
+        }));
+        let (status, refused) = post_batch(&fake, "bat_a", &batch(2));
+        assert_eq!(status, 409, "{refused}");
+        assert_eq!(refused["name"], "concurrent_idempotent_requests");
+        // Let go of the held request unanswered: nothing was accepted, and
+        // the key is free again.
+        fake.set_mode(Mode::Ok);
+        assert!(crate::support::wait_until(Duration::from_secs(5), || {
+            !fake.shared.lock().idempotency.contains_key("bat_a")
+        }));
+        assert!(
+            held.join().is_ok_and(|sent| sent.is_err()),
+            "never answered"
+        );
+        assert_eq!(fake.accepted_count(), 0);
+        assert_eq!(post_batch(&fake, "bat_a", &batch(2)).0, 200);
+        assert_eq!(fake.accepted_count(), 2);
+    }
+
+    #[test]
+    fn a_batch_key_accepted_twice_is_caught() {
+        let fake = FakeResend::start();
+        let keys = BTreeSet::from(["bat_a".to_string(), "dlv_b".to_string()]);
+        let (status, first) = post_batch(&fake, "bat_a", &batch(3));
+        assert_eq!(status, 200, "{first}");
+        assert_eq!(post(&fake, "dlv_b", "Hi").0, 200);
+        assert_eq!(post_batch(&fake, "bat_a", &batch(3)).0, 200);
+        assert_eq!(fake.check_one_email_per_key(&keys), Ok(()));
+        let err = fake
+            .check_one_email_per_key(&BTreeSet::from(["dlv_b".to_string()]))
+            .unwrap_err();
+        assert!(err.contains("bat_a"), "{err}");
+
+        fake.forget_idempotency_keys();
+        let (status, second) = post_batch(&fake, "bat_a", &batch(3));
+        assert_eq!(status, 200, "{second}");
+        assert_ne!(data_ids(&second), data_ids(&first));
+        assert_eq!(fake.new_emails_per_key()["bat_a"], 2);
+        assert_eq!(fake.emails_per_key()["bat_a"], 6);
+        assert_eq!(fake.accepted_count(), 7);
+        let err = fake.check_one_email_per_key(&keys).unwrap_err();
+        assert!(err.contains("bat_a (2 requests, 6 emails)"), "{err}");
+    }
+
+    #[test]
+    fn accept_then_close_on_a_batch_accepts_every_email() {
+        let fake = FakeResend::start();
+        let keys = BTreeSet::from(["bat_a".to_string()]);
+        fake.set_random_faults(1.0, &[Fault::AcceptThenClose]);
+        assert!(
+            send(&fake.url(), "/emails/batch", "bat_a", &batch(3)).is_err(),
+            "the connection breaks instead of answering"
+        );
+        let requests = fake.requests();
+        let broken = &requests[0];
+        assert!(broken.closed && broken.status.is_none(), "{broken:?}");
+        assert_eq!(broken.new_email_ids.len(), 3);
+        assert_eq!(fake.accepted_count(), 3);
+        assert_eq!(fake.check_one_email_per_key(&keys), Ok(()));
+
+        // The client's retry under the same key learns the original ids.
+        fake.set_random_faults(0.0, &[]);
+        let (status, answer) = post_batch(&fake, "bat_a", &batch(3));
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(data_ids(&answer), broken.new_email_ids);
+        assert_eq!(fake.accepted_count(), 3);
+        assert_eq!(fake.check_one_email_per_key(&keys), Ok(()));
+    }
+
+    #[test]
+    fn a_replay_with_other_ids_is_caught() {
+        let fake = FakeResend::start();
+        let keys = BTreeSet::from(["bat_a".to_string()]);
+        assert_eq!(post_batch(&fake, "bat_a", &batch(2)).0, 200);
+        assert_eq!(post_batch(&fake, "bat_a", &batch(2)).0, 200);
+        // Doctor the replay's answer: the ids in another order are not the
+        // original response.
+        {
+            let mut state = fake.shared.lock();
+            if let Some(data) = state.requests[1].response["data"].as_array_mut() {
+                data.reverse();
+            }
+        }
+        let err = fake.check_one_email_per_key(&keys).unwrap_err();
+        assert!(err.contains("original ids"), "{err}");
     }
 }
