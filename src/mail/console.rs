@@ -16,16 +16,7 @@ impl MailProvider for Console {
         email: &Email,
         idempotency_key: &str,
     ) -> (Result<Sent, MailError>, RateHint) {
-        log::info!(
-            "email (console) to={} subject={:?} key={idempotency_key}\n{}",
-            email.to.join(", "),
-            email.subject,
-            email.text.trim_end()
-        );
-        let sent = Sent {
-            provider_id: format!("console-{idempotency_key}"),
-        };
-        (Ok(sent), RateHint::default())
+        (Ok(log(email, idempotency_key)), RateHint::default())
     }
 
     fn send_batch(
@@ -36,11 +27,20 @@ impl MailProvider for Console {
         let sent = emails
             .iter()
             .enumerate()
-            .map(|(i, email)| {
-                let key = format!("{idempotency_key}.{i}");
-                self.send_email(email, &key).0
-            })
+            .map(|(i, email)| log(email, &format!("{idempotency_key}.{i}")))
             .collect();
-        (sent, RateHint::default())
+        (Ok(sent), RateHint::default())
+    }
+}
+
+fn log(email: &Email, key: &str) -> Sent {
+    log::info!(
+        "email (console) to={} subject={:?} key={key}\n{}",
+        email.to.join(", "),
+        email.subject,
+        email.text.trim_end()
+    );
+    Sent {
+        provider_id: format!("console-{key}"),
     }
 }

@@ -196,13 +196,19 @@ fn herald_send_delivers_from_the_command_line_beside_a_running_server() {
     let view: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(view["status"], "dispatched");
     assert_eq!(view["result"]["sent"], 3, "{view}");
-    // The command sent the emails itself, before exiting.
+    // The command sent the emails itself, before exiting: created together,
+    // they went out in one batch request.
     assert_eq!(mail.accepted_count(), 2);
+    let requests = mail.requests();
+    assert_eq!(
+        (requests.len(), requests[0].path.as_str()),
+        (1, "/emails/batch")
+    );
     let (_, inbox) = server.get("/v1/inbox", Some(token.as_str()));
     assert_eq!(inbox["items"].as_array().unwrap().len(), 1);
     // The running server neither dispatches nor sends any of it again.
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(mail.request_count(), 2);
+    assert_eq!(mail.request_count(), 1);
     assert_eq!(server.count("SELECT COUNT(*) FROM notifications"), 1);
 
     let out = server.run_cli(&["send", "no.such.type", "--to", "frank"]);

@@ -8,31 +8,29 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::delivery_engine::{assert_identical_bodies, delivery_ids, post_email, role_changed};
+use crate::delivery_engine::{
+    assert_identical_bodies, check_one_email_per_delivery, delivery_ids, post_email,
+    post_to_addresses, role_changed, send_keys,
+};
 use crate::support::{wait_until, FakeResend, Mode, TestServer};
 
 const WAIT: Duration = Duration::from_secs(60);
 
 /// Each accepted email went to a distinct address (one per event here), and
-/// every key the provider saw is a delivery of this database. Acceptance is
-/// counted from the provider's request log: a resend after the crash under
-/// the same key is answered with the original response and is no second
-/// email, while a key accepted as a new email twice would be one.
+/// every key the provider saw is a batch or delivery of this database.
+/// Acceptance is counted from the provider's request log: a resend after
+/// the crash under the same key is answered with the original response and
+/// is no second email, while a key accepted as a new email twice would be.
 fn assert_each_recipient_once(mail: &FakeResend, server: &TestServer, emails: usize) {
-    let ids = delivery_ids(server);
-    assert_eq!(ids.len(), emails);
-    assert_eq!(
-        mail.accepted_keys(),
-        ids,
-        "one accepted email per delivery id"
-    );
+    assert_eq!(delivery_ids(server).len(), emails);
     assert_eq!(mail.accepted_count(), emails, "no email accepted twice");
-    assert_eq!(mail.check_one_email_per_key(&ids), Ok(()));
+    assert_eq!(check_one_email_per_delivery(mail, server), Ok(()));
     let recipients: BTreeSet<Vec<String>> = mail.accepted().into_iter().map(|a| a.to).collect();
     assert_eq!(recipients.len(), emails, "no recipient got two emails");
+    let keys = send_keys(server);
     for r in mail.requests() {
         let key = r.idempotency_key.unwrap_or_default();
-        assert!(ids.contains(&key), "a send under unknown key {key:?}");
+        assert!(keys.contains_key(&key), "a send under unknown key {key:?}");
     }
     assert_identical_bodies(mail);
 }
@@ -165,4 +163,47 @@ fn sigterm_under_load_exits_0_in_the_grace_period_and_the_rest_goes_out_after_re
 fn emails_unsent(server: &TestServer) -> i64 {
     let db_events = server.count("SELECT COUNT(*) FROM outbox WHERE status = 'pending'");
     db_events + server.count("SELECT COUNT(*) FROM deliveries WHERE status != 'sent'")
+}
+
+/// A kill -9 while a batch request is in flight: after the restart the
+/// identical batch (same members, same order, same bytes) goes again under
+/// the same key, and each of its emails is accepted once.
+#[test]
+fn kill_9_with_a_batch_in_flight_resends_the_identical_batch_under_its_key() {
+    let mail = FakeResend::start();
+    mail.set_mode(Mode::Hang);
+    let mut server = TestServer::builder().mail(&mail).start();
+    let emails = 10;
+    post_to_addresses(&server, 0..emails);
+    assert!(
+        mail.wait_for_requests(1, WAIT),
+        "the batch never reached the provider"
+    );
+    let first = mail.requests().remove(0);
+    assert_eq!(first.path, "/emails/batch");
+    assert_eq!(first.body.as_array().map(Vec::len), Some(emails));
+    server.kill9();
+    // The provider lets go of the hanging request: nothing went out.
+    mail.set_mode(Mode::Ok);
+
+    let server = server.restart_builder().start();
+    let sent = || server.count("SELECT COUNT(*) FROM deliveries WHERE status = 'sent'");
+    assert!(
+        wait_until(WAIT, || sent() == emails as i64),
+        "only {} of {emails} sent after the restart",
+        sent()
+    );
+    let key = first.idempotency_key.clone().expect("a batch has a key");
+    let under_key = mail.requests_with_key(&key);
+    assert_eq!(
+        under_key.len(),
+        2,
+        "the batch, and once more after the restart"
+    );
+    assert_eq!(
+        under_key[1].raw_body, first.raw_body,
+        "the identical request"
+    );
+    assert_eq!(mail.request_count(), 2);
+    assert_each_recipient_once(&mail, &server, emails);
 }
