@@ -395,6 +395,7 @@ fn write_all(
             }
         }
     }
+    batcher.write(tx)?;
     Ok(written)
 }
 
@@ -476,7 +477,7 @@ fn fan_out(
                     row.is_some()
                 }
                 (Channel::Email, _, _, Some(content)) => {
-                    let batch = batcher.join();
+                    let batch = batcher.join(seq);
                     let job =
                         email::insert_delivery(tx, seq, &key, address, content, batch.as_deref())?;
                     let wrote = job.is_some();

@@ -125,33 +125,58 @@ pub fn insert_delivery(
 /// server sends each email under its own delivery id.
 pub struct Batcher {
     max: usize,
-    current: Option<(String, usize)>,
+    /// Per batch: its id, members so far, and the range of their events.
+    batches: Vec<(String, usize, i64, i64)>,
 }
 
 impl Batcher {
     pub fn new(max: usize, expected_emails: usize) -> Batcher {
         let max = if expected_emails >= 2 { max } else { 1 };
-        Batcher { max, current: None }
+        Batcher {
+            max,
+            batches: Vec::new(),
+        }
     }
 
-    /// The batch the next delivery joins, or None to send it alone.
-    pub fn join(&mut self) -> Option<String> {
+    /// The batch the next delivery (of event `seq`) joins, or None to send
+    /// it alone.
+    pub fn join(&mut self, seq: i64) -> Option<String> {
         if self.max < 2 {
             return None;
         }
-        match &mut self.current {
-            Some((id, members)) if *members < self.max => {
+        match self.batches.last_mut() {
+            Some((id, members, first, last)) if *members < self.max => {
                 *members += 1;
+                (*first, *last) = ((*first).min(seq), (*last).max(seq));
                 Some(id.clone())
             }
             _ => {
                 let id = ids::new_id("bat");
-                self.current = Some((id.clone(), 1));
+                self.batches.push((id.clone(), 1, seq, seq));
                 Some(id)
             }
         }
     }
+
+    /// Records the batches handed out, in the transaction that created
+    /// their members: where to find them again without an index entry per
+    /// delivery (one per batch instead).
+    pub fn write(self, tx: &Transaction<'_>) -> StoreResult<()> {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO mail_batches (id, first_seq, last_seq) VALUES (?1, ?2, ?3)",
+        )?;
+        for (id, _, first, last) in &self.batches {
+            insert.execute(params![id, first, last])?;
+        }
+        Ok(())
+    }
 }
+
+/// The deliveries of batch `?1`: those of its events' range that name it,
+/// found through the (event, recipient, channel) key.
+const IN_BATCH: &str = "d.event_seq BETWEEN (SELECT first_seq FROM mail_batches WHERE id = ?1)
+         AND (SELECT last_seq FROM mail_batches WHERE id = ?1)
+     AND d.batch_id = ?1";
 
 /// A job's columns, from `deliveries d` joined with `email_bodies b`.
 const JOB_COLUMNS: &str = "d.id, d.address, b.subject, b.html, b.text, d.attempts, d.batch_id";
@@ -198,7 +223,7 @@ fn jobs_from_rows(conn: &Connection, rows: Vec<JobRow>) -> StoreResult<Vec<MailJ
 fn batch_job(conn: &Connection, batch: String, attempts: u32) -> StoreResult<MailJob> {
     let emails = conn
         .prepare_cached(&format!(
-            "SELECT {JOB_COLUMNS} FROM {JOB_FROM} WHERE d.batch_id = ?1 ORDER BY d.id"
+            "SELECT {JOB_COLUMNS} FROM {JOB_FROM} WHERE {IN_BATCH} ORDER BY d.id"
         ))?
         .query_map([&batch], job_from_row)?
         .map(|row| row.map(|(email, _, _)| email))
@@ -510,12 +535,22 @@ pub fn rearm(tx: &Transaction<'_>, id: &str) -> StoreResult<Result<DeliveryView,
     if status != "dead" && status != "failed" {
         return Ok(Err(status));
     }
-    tx.prepare_cached(
-        "UPDATE deliveries SET status = 'retrying', attempts = 0, next_attempt_at = ?3,
-             updated_at = ?3
-         WHERE (id = ?1 OR batch_id = ?2) AND (status = 'dead' OR status = 'failed')",
-    )?
-    .execute(params![id, batch, now_ms()])?;
+    let ids: Vec<String> = match &batch {
+        None => vec![id.to_string()],
+        Some(batch) => tx
+            .prepare_cached(&format!("SELECT d.id FROM deliveries d WHERE {IN_BATCH}"))?
+            .query_map([batch], |r| r.get(0))?
+            .collect::<Result<_, _>>()?,
+    };
+    let mut update = tx.prepare_cached(
+        "UPDATE deliveries SET status = 'retrying', attempts = 0, next_attempt_at = ?2,
+             updated_at = ?2
+         WHERE id = ?1 AND (status = 'dead' OR status = 'failed')",
+    )?;
+    let now = now_ms();
+    for id in &ids {
+        update.execute(params![id, now])?;
+    }
     let view = tx
         .prepare_cached(&format!(
             "SELECT {VIEW_COLUMNS} FROM deliveries WHERE id = ?1"
@@ -639,17 +674,17 @@ pub(super) mod testing {
             html: "<p>h</p>".into(),
             text: "t".into(),
         };
-        let mut batcher = Batcher::new(per_batch, n);
         let created = store
             .write(|tx| {
-                (0..n)
+                let mut batcher = Batcher::new(per_batch, n);
+                let created = (0..n)
                     .map(|i| {
                         tx.execute(
                             "INSERT INTO outbox (seq, id, type, body, created_at)
                              VALUES (?1, ?2, 't', '{}', 0)",
                             rusqlite::params![i as i64 + 1, format!("evt_{i}")],
                         )?;
-                        let batch = batcher.join();
+                        let batch = batcher.join(i as i64 + 1);
                         let job = insert_delivery(
                             tx,
                             i as i64 + 1,
@@ -660,7 +695,9 @@ pub(super) mod testing {
                         )?;
                         Ok((batch, job.unwrap()))
                     })
-                    .collect::<StoreResult<Vec<_>>>()
+                    .collect::<StoreResult<Vec<_>>>()?;
+                batcher.write(tx)?;
+                Ok::<_, StoreError>(created)
             })
             .unwrap();
         (store, MailJob::group(created))
@@ -785,6 +822,28 @@ mod tests {
             .unwrap();
         assert_eq!(due.len(), 1);
         assert_eq!(ids(&due[0]), members);
+    }
+
+    /// Members are found through the deliveries' event key within the
+    /// batch's range of events: no index entry per delivery, and no scan.
+    #[test]
+    fn a_batchs_members_are_found_by_its_events_not_by_a_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = store_with_pending(dir.path(), 2, 100);
+        let plan: Vec<String> = store
+            .read(|c| {
+                let sql = format!(
+                    "EXPLAIN QUERY PLAN SELECT {JOB_COLUMNS} FROM {JOB_FROM}
+                     WHERE {IN_BATCH} ORDER BY d.id"
+                );
+                let mut stmt = c.prepare(&sql)?;
+                let rows = stmt.query_map(["bat_x"], |r| r.get::<_, String>(3))?;
+                Ok::<_, StoreError>(rows.collect::<Result<_, _>>()?)
+            })
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(plan.contains("SEARCH d USING INDEX"), "{plan}");
+        assert!(!plan.contains("SCAN d"), "{plan}");
     }
 
     #[test]

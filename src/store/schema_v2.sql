@@ -6,4 +6,13 @@
 -- identical request; only a refused batch (nothing sent) is broken up, its
 -- members then going out alone under their own ids. NULL: sent alone.
 ALTER TABLE deliveries ADD COLUMN batch_id TEXT;
-CREATE INDEX deliveries_batch ON deliveries (batch_id) WHERE batch_id IS NOT NULL;
+
+-- Where a batch's members are: among the deliveries of events first_seq to
+-- last_seq, found through deliveries' (event_seq, recipient, channel) key.
+-- One row per batch instead of an index entry per delivery, which cost the
+-- dispatcher a twentieth of its time.
+CREATE TABLE mail_batches (
+    id         TEXT PRIMARY KEY,
+    first_seq  INTEGER NOT NULL,
+    last_seq   INTEGER NOT NULL
+) WITHOUT ROWID;
