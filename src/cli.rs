@@ -330,13 +330,14 @@ fn outbox_list(config: &Config) -> Result<(), String> {
     for d in &oldest {
         let v = &d.delivery;
         println!(
-            "  {}  {:<8}  attempts {:<2}  next {}  event {}  to {}  {}",
+            "  {}  {:<8}  attempts {:<2}  next {}  event {}  to {}  batch {}  {}",
             v.id,
             v.status,
             v.attempts,
             v.next_attempt_at.as_deref().unwrap_or("-"),
             d.event_id,
             v.recipient,
+            v.batch_id.as_deref().unwrap_or("-"),
             v.last_error.as_deref().unwrap_or("")
         );
     }

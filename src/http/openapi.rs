@@ -578,14 +578,17 @@ fn schemas(event_types: &[&str]) -> Value {
     );
     schemas.insert("Delivery".into(), json!({
             "type": "object",
-            "required": ["id", "recipient", "channel", "status", "attempts", "nextAttemptAt", "lastError"],
+            "required": ["id", "recipient", "channel", "status", "attempts", "nextAttemptAt", "lastError",
+                         "batchId"],
             "properties": {
                 "id": {"type": "string"}, "recipient": {"type": "string"},
                 "channel": {"type": "string"},
                 "status": {"type": "string", "enum": ["pending", "retrying", "sent", "failed", "dead", "delivered"],
                     "description": "Email: pending, retrying, sent, failed or dead; inbox rows read delivered."},
                 "attempts": {"type": "integer"},
-                "nextAttemptAt": nullable("string"), "lastError": nullable("string")
+                "nextAttemptAt": nullable("string"), "lastError": nullable("string"),
+                "batchId": {"type": ["string", "null"],
+                    "description": "The batch this email goes out in, under the batch id as Idempotency-Key; null when it goes alone, under its own id."}
             }
         }));
     schemas.insert(

@@ -410,6 +410,8 @@ pub struct DeliveryView {
     pub attempts: i64,
     pub next_attempt_at: Option<String>,
     pub last_error: Option<String>,
+    /// The batch the email goes out in (its Idempotency-Key); None alone.
+    pub batch_id: Option<String>,
 }
 
 /// An email as the console provider "sent" it, for `/dev/mail`.
@@ -453,7 +455,8 @@ pub fn deliveries_of(conn: &Connection, event_seq: i64) -> StoreResult<Vec<Deliv
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-const VIEW_COLUMNS: &str = "id, recipient, channel, status, attempts, next_attempt_at, last_error";
+const VIEW_COLUMNS: &str =
+    "id, recipient, channel, status, attempts, next_attempt_at, last_error, batch_id";
 
 fn view_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryView> {
     Ok(DeliveryView {
@@ -464,6 +467,7 @@ fn view_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryView> {
         attempts: r.get(4)?,
         next_attempt_at: r.get::<_, Option<i64>>(5)?.map(rfc3339),
         last_error: r.get(6)?,
+        batch_id: r.get(7)?,
     })
 }
 
@@ -491,7 +495,7 @@ pub fn list(
 ) -> StoreResult<Vec<DeliveryRecord>> {
     let mut stmt = conn.prepare_cached(
         "SELECT d.id, d.recipient, d.channel, d.status, d.attempts, d.next_attempt_at,
-                d.last_error, o.id, d.created_at, d.updated_at
+                d.last_error, d.batch_id, o.id, d.created_at, d.updated_at
          FROM deliveries d JOIN outbox o ON o.seq = d.event_seq
          WHERE (?1 IS NULL OR d.status = ?1) AND d.id > ?2
          ORDER BY d.id LIMIT ?3",
@@ -499,9 +503,9 @@ pub fn list(
     let rows = stmt.query_map(params![status, after.unwrap_or(""), limit as i64], |r| {
         Ok(DeliveryRecord {
             delivery: view_from_row(r)?,
-            event_id: r.get(7)?,
-            created_at: rfc3339(r.get(8)?),
-            updated_at: rfc3339(r.get(9)?),
+            event_id: r.get(8)?,
+            created_at: rfc3339(r.get(9)?),
+            updated_at: rfc3339(r.get(10)?),
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)

@@ -262,6 +262,7 @@ pub fn deliveries_of(conn: &Connection, event_seq: i64) -> StoreResult<Vec<Deliv
             attempts: 1,
             next_attempt_at: None,
             last_error: None,
+            batch_id: None,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)

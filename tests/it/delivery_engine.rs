@@ -684,7 +684,9 @@ fn the_outbox_command_lists_dead_deliveries_and_rearms_them() {
 /// The mail queue holds 4 emails in memory; a backlog of many more waits in
 /// the database as pending deliveries and is paged in as the senders drain
 /// it. Every email goes out exactly once, also when a kill -9 leaves most of
-/// the backlog unsent and the restarted server pages it in.
+/// the backlog unsent and the restarted server pages it in. Each email goes
+/// alone, so the count of emails in memory is exact whatever the timing
+/// (batches page in whole: `mail_queue`'s unit tests).
 #[test]
 fn a_backlog_larger_than_the_mail_queue_waits_in_the_database_and_goes_out_once() {
     let mail = FakeResend::start();
@@ -692,6 +694,7 @@ fn a_backlog_larger_than_the_mail_queue_waits_in_the_database_and_goes_out_once(
     let mut server = engine(&mail)
         .env("HERALD_MAIL_QUEUE", "4")
         .env("HERALD_MAIL_SENDERS", "2")
+        .env("HERALD_MAIL_BATCH", "1")
         .start();
     for i in 0..60 {
         post_email(&server, i);
@@ -780,6 +783,17 @@ fn a_burst_goes_out_in_batch_requests_each_email_once() {
     assert!(sizes.iter().all(|&n| n <= 100), "{sizes:?}");
     assert_eq!(mail.accepted_count(), emails);
     assert_eq!(check_one_email_per_delivery(&mail, &server), Ok(()));
+    // The operator sees each email's batch, which is its key at the provider.
+    let (status, page) = server.get("/v1/deliveries?limit=100", Some(server.service_key()));
+    assert_eq!(status, 200, "{page}");
+    let batch_keys: BTreeSet<String> = requests
+        .iter()
+        .filter_map(|r| r.idempotency_key.clone())
+        .collect();
+    for item in page["items"].as_array().unwrap() {
+        let batch = item["batchId"].as_str().unwrap_or_default();
+        assert!(batch_keys.contains(batch), "{item}");
+    }
     let to: BTreeSet<String> = mail.accepted().into_iter().flat_map(|a| a.to).collect();
     let expected: BTreeSet<String> = (0..emails).map(|i| format!("n{i}@example.com")).collect();
     assert_eq!(to, expected, "each address got its own email");
@@ -829,5 +843,9 @@ fn a_refused_batch_sends_each_email_alone_under_its_own_id() {
         server.count("SELECT COUNT(*) FROM deliveries WHERE batch_id IS NOT NULL"),
         0
     );
+    let (_, page) = server.get("/v1/deliveries", Some(server.service_key()));
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items.len(), 5);
+    assert!(items.iter().all(|d| d["batchId"].is_null()), "{page}");
     assert_eq!(check_one_email_per_delivery(&mail, &server), Ok(()));
 }
