@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::delivery_engine::{
     assert_identical_bodies, check_one_email_per_delivery, delivery_ids, post_email,
-    post_to_addresses, role_changed, send_keys,
+    post_to_addresses, role_changed, send_keys, wait_sent,
 };
 use crate::support::{wait_until, FakeResend, Mode, TestServer};
 
@@ -187,12 +187,7 @@ fn kill_9_with_a_batch_in_flight_resends_the_identical_batch_under_its_key() {
     mail.set_mode(Mode::Ok);
 
     let server = server.restart_builder().start();
-    let sent = || server.count("SELECT COUNT(*) FROM deliveries WHERE status = 'sent'");
-    assert!(
-        wait_until(WAIT, || sent() == emails as i64),
-        "only {} of {emails} sent after the restart",
-        sent()
-    );
+    wait_sent(&server, emails as i64);
     let key = first.idempotency_key.clone().expect("a batch has a key");
     let under_key = mail.requests_with_key(&key);
     assert_eq!(

@@ -736,13 +736,16 @@ fn a_backlog_larger_than_the_mail_queue_waits_in_the_database_and_goes_out_once(
 /// Waits until `n` deliveries are recorded sent, then checks the provider
 /// accepted each delivery's email exactly once.
 fn all_sent_once(server: &TestServer, mail: &FakeResend, n: i64) {
-    let sent = || server.count("SELECT COUNT(*) FROM deliveries WHERE status = 'sent'");
-    assert!(
-        wait_until(WAIT, || sent() == n),
-        "only {} of {n} sent",
-        sent()
-    );
+    wait_sent(server, n);
     check_one_email_per_delivery(mail, server).unwrap_or_else(|e| server.fail(&e));
+}
+
+/// Waits until `n` deliveries are recorded sent.
+pub fn wait_sent(server: &TestServer, n: i64) {
+    let sent = || server.count("SELECT COUNT(*) FROM deliveries WHERE status = 'sent'");
+    if !wait_until(WAIT, || sent() == n) {
+        server.fail(&format!("only {} of {n} sent", sent()));
+    }
 }
 
 /// Emails dispatched together go out together: a burst of 150 takes two
@@ -755,12 +758,7 @@ fn a_burst_goes_out_in_batch_requests_each_email_once() {
     let server = engine(&mail).env("HERALD_MAIL_RATE_PER_SEC", "2").start();
     let emails = 150;
     post_bulk_emails(&server, 0..emails);
-    let sent = || server.count("SELECT COUNT(*) FROM deliveries WHERE status = 'sent'");
-    assert!(
-        wait_until(WAIT, || sent() == emails as i64),
-        "only {} of {emails} sent",
-        sent()
-    );
+    wait_sent(&server, emails as i64);
     let requests = mail.requests();
     let sizes: Vec<usize> = requests.iter().map(|r| r.new_email_ids.len()).collect();
     assert!(
@@ -817,12 +815,7 @@ fn a_refused_batch_sends_each_email_alone_under_its_own_id() {
     mail.fail_next(1, 422);
     let server = engine(&mail).start();
     post_to_addresses(&server, 0..5);
-    let sent = || server.count("SELECT COUNT(*) FROM deliveries WHERE status = 'sent'");
-    assert!(
-        wait_until(WAIT, || sent() == 5),
-        "only {} of 5 sent",
-        sent()
-    );
+    wait_sent(&server, 5);
     let requests = mail.requests();
     assert_eq!(
         (requests[0].path.as_str(), requests[0].status),
