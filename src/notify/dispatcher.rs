@@ -27,8 +27,8 @@ use crate::mail::MailError;
 use crate::metrics::{Fate, SendResult, METRICS};
 use crate::store::{now_ms, users, StoreResult};
 
-/// Events per dispatch transaction: large enough to amortise the commit,
-/// small enough to keep the write lock short.
+/// Events and recorded emails per dispatch transaction: large enough to
+/// amortise the commit, small enough to keep the write lock short.
 const MAX_BATCH: usize = 512;
 /// How long the dispatcher gathers messages before writing a batch.
 const GATHER: Duration = Duration::from_millis(1);
@@ -77,7 +77,10 @@ fn gather<'s>(shared: &'s Shared, mut write: impl FnMut(Batch<'s>)) {
     let rx = shared.bus_rx.clone();
     while let Ok(first) = rx.recv() {
         let mut seqs = Vec::new();
-        let mut outcomes = Vec::new();
+        let mut outcomes: Vec<Outcome> = Vec::new();
+        // Rows the batch will write: an outcome of a batch request records
+        // each of its emails, and the write lock is held for all of them.
+        let mut rows = 0;
         let mut acks = Vec::new();
         let mut stop = false;
         // Gather what arrives within a short window: under load, taking the
@@ -89,15 +92,21 @@ fn gather<'s>(shared: &'s Shared, mut write: impl FnMut(Batch<'s>)) {
         let mut next = Some(first);
         while let Some(msg) = next {
             match msg {
-                BusMsg::Dispatch(seq, event) => seqs.push((seq, event)),
-                BusMsg::Outcome(o) => outcomes.push(o),
+                BusMsg::Dispatch(seq, event) => {
+                    rows += 1;
+                    seqs.push((seq, event));
+                }
+                BusMsg::Outcome(o) => {
+                    rows += o.delivery_ids.len();
+                    outcomes.push(o);
+                }
                 BusMsg::Flush(ack) => acks.push(ack),
                 BusMsg::Stop => {
                     stop = true;
                     break;
                 }
             }
-            let room = seqs.len() + outcomes.len() < MAX_BATCH;
+            let room = rows < MAX_BATCH;
             next = match (room, acks.is_empty()) {
                 (false, _) => None,
                 // Someone waits for a flush: no lingering.
