@@ -47,9 +47,12 @@ fn kill_9_during_a_burst_of_retries_loses_nothing_and_sends_nothing_twice() {
         .env("HERALD_MAX_ATTEMPTS", "100")
         .start();
     let emails = 200;
-    for i in 0..emails {
+    // Mostly one email per event, and one event to 50 addresses: a batch
+    // request under the same faults and the same crash.
+    for i in 0..150 {
         post_email(&server, i);
     }
+    post_to_addresses(&server, 150..emails);
     let in_the_middle = wait_until(WAIT, || {
         mail.accepted_count() >= 20
             && server.count("SELECT COUNT(*) FROM deliveries WHERE status = 'retrying'") > 0
@@ -71,6 +74,14 @@ fn kill_9_during_a_burst_of_retries_loses_nothing_and_sends_nothing_twice() {
     }
     std::thread::sleep(Duration::from_millis(300));
     assert_each_recipient_once(&mail, &server, emails);
+    // The 50 went in one batch, or, cut by its limit of 100, in a full one
+    // and the next.
+    assert!(
+        mail.requests()
+            .iter()
+            .any(|r| r.path == "/emails/batch" && r.new_email_ids.len() >= 50),
+        "no batch of 50 or more went out"
+    );
 }
 
 #[test]
