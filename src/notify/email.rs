@@ -1,8 +1,9 @@
-//! The email channel: delivery rows (rendered once, at creation), the mail
-//! sender threads (the only callers of the mail provider), and the recording
-//! of each attempt's outcome with exponential backoff and dead letters.
-//! Sending never happens inside a transaction: senders get jobs after commit
-//! and hand outcomes back to the dispatcher thread to write.
+//! The email channel: delivery rows (rendered once, at creation, and grouped
+//! into batches when created together), the mail sender threads (the only
+//! callers of the mail provider; one request per lone email or batch), and
+//! the recording of each attempt's outcome with exponential backoff and dead
+//! letters. Sending never happens inside a transaction: senders get jobs
+//! after commit and hand outcomes back to the dispatcher thread to write.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -326,6 +327,9 @@ pub fn record(
                     update.execute(params![id, attempts, o.provider, provider_id, now])?;
                 }
             }
+            // Safe even after an earlier attempt that timed out: had that
+            // one gone out, the provider would replay its answer to this
+            // identical request (a 2xx), not refuse it.
             Err(MailError::Permanent { message }) if o.batched => {
                 earliest = Some(now);
                 let mut unbatch = tx.prepare_cached(
