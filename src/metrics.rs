@@ -59,6 +59,8 @@ pub struct Metrics {
     /// (type, channel, fate) -> count.
     notifications: Family<(String, &'static str, Fate), AtomicU64>,
     email_sends: Family<SendResult, AtomicU64>,
+    /// Requests to the mail provider by kind: "single" or "batch".
+    mail_requests: Family<&'static str, AtomicU64>,
     /// (route pattern, method, status).
     http: Family<HttpKey, Histogram>,
 }
@@ -70,6 +72,7 @@ impl Metrics {
             retries: AtomicU64::new(0),
             notifications: Family::new(),
             email_sends: Family::new(),
+            mail_requests: Family::new(),
             http: Family::new(),
         }
     }
@@ -92,6 +95,15 @@ impl Metrics {
         if result == SendResult::Retry {
             self.retries.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// One request to the mail provider whose outcome was recorded: one
+    /// email alone, or a batch of them.
+    pub fn mail_request(&self, batched: bool) {
+        let kind = if batched { "batch" } else { "single" };
+        self.mail_requests
+            .get_or_insert(&kind)
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// One answered HTTP request, labelled by its route pattern.
@@ -167,6 +179,21 @@ impl Metrics {
                 &mut out,
                 "herald_email_sends_total",
                 &[("result", result.as_str())],
+                value,
+            );
+        });
+        header(
+            &mut out,
+            "herald_mail_requests_total",
+            "counter",
+            "Requests to the mail provider with a recorded outcome: one email alone, or a batch.",
+        );
+        self.mail_requests.for_each(|kind, count| {
+            let value = count.load(Ordering::Relaxed) as f64;
+            sample(
+                &mut out,
+                "herald_mail_requests_total",
+                &[("kind", kind)],
                 value,
             );
         });

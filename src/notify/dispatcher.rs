@@ -554,9 +554,11 @@ fn record_outcomes(shared: &Shared, outcomes: &[Outcome], wake: &Sender<Wake>) {
     }
 }
 
-/// Counts each email of `outcomes` as `email::record` classified it.
+/// Counts each request of `outcomes`, and each of its emails as
+/// `email::record` classified it.
 fn count_sends(outcomes: &[Outcome], max_attempts: u32) {
     for o in outcomes {
+        METRICS.mail_request(o.batched);
         let result = send_result(o, max_attempts);
         for _ in &o.delivery_ids {
             METRICS.email_send(result);

@@ -781,6 +781,21 @@ fn a_burst_goes_out_in_batch_requests_each_email_once() {
     assert!(sizes.iter().all(|&n| n <= 100), "{sizes:?}");
     assert_eq!(mail.accepted_count(), emails);
     assert_eq!(check_one_email_per_delivery(&mail, &server), Ok(()));
+    // The metrics count requests and emails apart (counted just after the
+    // outcomes commit).
+    let counted = || {
+        let metrics = crate::metrics::scrape(&server);
+        (
+            metrics.value("herald_mail_requests_total", &[("kind", "batch")]),
+            metrics.value("herald_email_sends_total", &[("result", "sent")]),
+        )
+    };
+    let expected = (requests.len() as f64, emails as f64);
+    assert!(
+        wait_until(WAIT, || counted() == expected),
+        "{:?} counted, {expected:?} expected",
+        counted()
+    );
     // The operator sees each email's batch, which is its key at the provider.
     let (status, page) = server.get("/v1/deliveries?limit=100", Some(server.service_key()));
     assert_eq!(status, 200, "{page}");
