@@ -167,36 +167,22 @@ impl Metrics {
             });
         }
 
-        header(
+        one_label_counter(
             &mut out,
             "herald_email_sends_total",
-            "counter",
             "Email send attempts recorded, by result.",
+            "result",
+            &self.email_sends,
+            |result| result.as_str(),
         );
-        self.email_sends.for_each(|result, count| {
-            let value = count.load(Ordering::Relaxed) as f64;
-            sample(
-                &mut out,
-                "herald_email_sends_total",
-                &[("result", result.as_str())],
-                value,
-            );
-        });
-        header(
+        one_label_counter(
             &mut out,
             "herald_mail_requests_total",
-            "counter",
             "Requests to the mail provider with a recorded outcome: one email alone, or a batch.",
+            "kind",
+            &self.mail_requests,
+            |kind| kind,
         );
-        self.mail_requests.for_each(|kind, count| {
-            let value = count.load(Ordering::Relaxed) as f64;
-            sample(
-                &mut out,
-                "herald_mail_requests_total",
-                &[("kind", kind)],
-                value,
-            );
-        });
         header(
             &mut out,
             "herald_delivery_retries_total",
@@ -409,6 +395,22 @@ impl Histogram {
         sample(out, &format!("{name}_sum"), labels, sum);
         sample(out, &format!("{name}_count"), labels, count as f64);
     }
+}
+
+/// A counter with one label: every series seen so far.
+fn one_label_counter<K: Ord + Clone>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    family: &Family<K, AtomicU64>,
+    value_of: fn(&K) -> &str,
+) {
+    header(out, name, "counter", help);
+    family.for_each(|key, count| {
+        let value = count.load(Ordering::Relaxed) as f64;
+        sample(out, name, &[(label, value_of(key))], value);
+    });
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
