@@ -362,6 +362,9 @@ fn outbox_retry(config: &Config, id: Option<&str>) -> Result<(), String> {
                     )
                 })?;
             println!("re-armed {} (to {})", view.id, view.recipient);
+            if let Some(batch) = &view.batch_id {
+                println!("with the rest of batch {batch}: a batch goes out as one request");
+            }
         }
         None => {
             let count = store.write(email::rearm_dead).map_err(|e| e.to_string())?;

@@ -663,6 +663,15 @@ fn the_outbox_command_lists_dead_deliveries_and_rearms_them() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let batched = server.count(&format!(
+        "SELECT COUNT(*) FROM deliveries WHERE id = '{}' AND batch_id IS NOT NULL",
+        dead[0]
+    ));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).contains("with the rest of batch bat_"),
+        batched == 1,
+        "the operator is told when a batch comes along"
+    );
     let out = server.run_cli(&["outbox", "retry-dead"]);
     let rest = format!("re-armed {} dead deliveries", 3 - with_first);
     assert!(String::from_utf8_lossy(&out.stdout).contains(&rest));
