@@ -33,7 +33,9 @@ usage: herald-bench [--scenario raw|dispatch|http|inbox|all] [--events N]
                    1 measures one commit per event, which the http scenario also does)
   --http-batch N   events per request in the http scenario's bulk phase
                    (POST /v1/events/bulk; default 100); its first phase posts
-                   one event per request (POST /v1/events)
+                   one event per request (POST /v1/events), and its last
+                   (paced_emails_per_s) sends 2,000 emails from a fresh server
+                   held to 2 mail requests a second, Resend's default limit
 
 The http and inbox scenarios start the release `herald` binary found next to
 this one (cargo build --release first). The last stdout line is JSON.";
@@ -497,6 +499,11 @@ impl Drop for Herald {
 }
 
 fn start_herald(db: &Path, mail_url: &str) -> Result<Herald, String> {
+    start_herald_with(db, mail_url, &[])
+}
+
+/// `start_herald` with more environment for the server.
+fn start_herald_with(db: &Path, mail_url: &str, env: &[(&str, &str)]) -> Result<Herald, String> {
     let bin = herald_binary();
     if !bin.exists() {
         return Err(format!(
@@ -513,6 +520,7 @@ fn start_herald(db: &Path, mail_url: &str) -> Result<Herald, String> {
         .env("HERALD_MAIL_API_URL", mail_url)
         .env("HERALD_MAIL_API_KEY", "re_bench")
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -784,6 +792,46 @@ fn http_scenario(dir: &Path, opts: &Opts, out: &mut Map<String, Value>) -> Resul
     if let Some(kb) = rss_kb(pid, "VmHWM:") {
         out.insert("peak_rss_mb".into(), json!(ratio(kb as f64 / 1024.0)));
     }
+    drop(herald);
+    paced_phase(dir, users, out)
+}
+
+/// Emails out per second while herald paces itself to Resend's default
+/// limit of 2 requests a second (`HERALD_MAIL_RATE_PER_SEC=2`): how fast a
+/// burst reaches its recipients on a provider's default plan. A fresh
+/// server and database, so nothing else is queued.
+fn paced_phase(dir: &Path, users: usize, out: &mut Map<String, Value>) -> Result<(), String> {
+    const EMAILS: usize = 2_000;
+    const PER_REQUEST: usize = 100;
+    eprintln!("  paced: {EMAILS} events in bulk, emails at most 2 requests a second");
+    let db = dir.join("paced.db");
+    drop(prepared_db(&db, users, 0)?);
+    let mail = fake_resend()?;
+    let herald = start_herald_with(&db, &mail.url, &[("HERALD_MAIL_RATE_PER_SEC", "2")])?;
+    let mut client = LoadClient::new(&herald.base);
+    let started = Instant::now();
+    for first in (0..EMAILS).step_by(PER_REQUEST) {
+        let body = bulk_json(first, first + PER_REQUEST, users);
+        if client.call("POST", "/v1/events/bulk", &herald.key, body.as_bytes()) != Some(202) {
+            return Err("a paced bulk request failed".into());
+        }
+    }
+    while mail.accepted.load(Ordering::Relaxed) < EMAILS {
+        if started.elapsed() > Duration::from_secs(1200) {
+            return Err("paced emails did not all go out within 20 minutes".into());
+        }
+        progress(
+            "emails accepted",
+            mail.accepted.load(Ordering::Relaxed),
+            EMAILS,
+            started,
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!();
+    let per_s = EMAILS as f64 / started.elapsed().as_secs_f64();
+    eprintln!("  paced: {per_s:.0} emails/s at 2 requests/s");
+    out.insert("paced_emails_per_s".into(), json!(round(per_s)));
     Ok(())
 }
 
