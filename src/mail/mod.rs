@@ -31,8 +31,14 @@ pub enum MailError {
         message: String,
         retry_after: Option<Duration>,
     },
-    /// The provider refused this request for good (other 4xx): nothing
-    /// went out, so the emails of a refused batch may still go one by one.
+    /// The provider found the request itself invalid (400, 422): a field
+    /// of some email. Checked before anything is sent, and the same for the
+    /// same bytes every time, so nothing of such a request ever went out
+    /// and the emails of a refused batch may still go one by one.
+    Invalid { message: String },
+    /// The provider refused this request for good (other 4xx, such as a
+    /// revoked key). A provider may check that before it replays a request
+    /// it already took, so this proves nothing about earlier attempts.
     Permanent { message: String },
     /// The key was used before with a different request (Resend's 409
     /// `invalid_idempotent_request`): something may have gone out under it,
@@ -44,6 +50,7 @@ impl std::fmt::Display for MailError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             MailError::Retryable { message, .. }
+            | MailError::Invalid { message }
             | MailError::Permanent { message }
             | MailError::KeyConflict { message } => f.write_str(message),
         }

@@ -242,6 +242,8 @@ fn classify(mut response: Response<ureq::Body>) -> (Result<String, MailError>, R
         }
     } else if status == 409 {
         MailError::KeyConflict { message }
+    } else if status == 400 || status == 422 {
+        MailError::Invalid { message }
     } else {
         MailError::Permanent { message }
     };

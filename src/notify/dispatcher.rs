@@ -571,8 +571,10 @@ fn send_result(o: &Outcome, max_attempts: u32) -> SendResult {
     match &o.result {
         Ok(_) => SendResult::Sent,
         // Broken up and tried again at once, each email alone.
-        Err(MailError::Permanent { .. }) if o.batched => SendResult::Retry,
-        Err(MailError::Permanent { .. } | MailError::KeyConflict { .. }) => SendResult::Failed,
+        Err(MailError::Invalid { .. }) if o.batched => SendResult::Retry,
+        Err(
+            MailError::Invalid { .. } | MailError::Permanent { .. } | MailError::KeyConflict { .. },
+        ) => SendResult::Failed,
         Err(MailError::Retryable { .. }) if o.attempts_before + 1 >= max_attempts => {
             SendResult::Dead
         }

@@ -302,7 +302,7 @@ pub struct Outcome {
 
 /// Records outcomes in the caller's transaction; returns the earliest retry
 /// it scheduled, so the scheduler can be woken for it. A batch's members
-/// share every outcome but a refused batch's: nothing of it went out, so
+/// share every outcome but an invalid batch's: nothing of it went out, so
 /// its members leave the batch and are retried at once, each alone under
 /// its own id, where only a bad one fails.
 pub fn record(
@@ -327,10 +327,10 @@ pub fn record(
                     update.execute(params![id, attempts, o.provider, provider_id, now])?;
                 }
             }
-            // Safe even after an earlier attempt that timed out: had that
-            // one gone out, the provider would replay its answer to this
-            // identical request (a 2xx), not refuse it.
-            Err(MailError::Permanent { message }) if o.batched => {
+            // Invalid bytes were refused before anything was sent, on every
+            // attempt alike; other refusals (a revoked key) may be checked
+            // before a replay and prove nothing, so they fail the batch whole.
+            Err(MailError::Invalid { message }) if o.batched => {
                 earliest = Some(now);
                 let mut unbatch = tx.prepare_cached(
                     "UPDATE deliveries SET status = 'retrying', batch_id = NULL, attempts = ?2,
@@ -341,7 +341,11 @@ pub fn record(
                     unbatch.execute(params![id, attempts, o.provider, message, now])?;
                 }
             }
-            Err(MailError::Permanent { message } | MailError::KeyConflict { message }) => {
+            Err(
+                MailError::Invalid { message }
+                | MailError::Permanent { message }
+                | MailError::KeyConflict { message },
+            ) => {
                 for id in ids {
                     set_failed(tx, id, "failed", attempts, o.provider, message, now)?;
                 }
@@ -792,7 +796,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, jobs) = store_with_pending(dir.path(), 2, 100);
         let job = &jobs[0];
-        let refused = MailError::Permanent {
+        let refused = MailError::Invalid {
             message: "HTTP 422 validation_error: Invalid `to` field at index 1".into(),
         };
         let before = crate::store::now_ms();
@@ -804,6 +808,23 @@ mod tests {
         alone.sort();
         let expected: Vec<(String, bool)> = ids(job).into_iter().map(|id| (id, false)).collect();
         assert_eq!(alone, expected, "each member alone, under its own id");
+    }
+
+    /// A refusal that is not about the request's bytes (a revoked key) may
+    /// come before the provider would replay an earlier attempt that went
+    /// out: the batch stays whole, and its members fail together.
+    #[test]
+    fn a_batch_refused_for_another_reason_fails_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, jobs) = store_with_pending(dir.path(), 2, 100);
+        let job = &jobs[0];
+        let refused = MailError::Permanent {
+            message: "HTTP 403 invalid_api_key: API key is invalid".into(),
+        };
+        assert_eq!(record_one(&store, outcome(job, Err(refused))), None);
+        assert!(states(&store, &ids(job))
+            .iter()
+            .all(|s| s.0 == "failed" && s.3.as_deref() == Some(job.key.as_str())));
     }
 
     #[test]

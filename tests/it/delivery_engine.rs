@@ -866,3 +866,32 @@ fn a_refused_batch_sends_each_email_alone_under_its_own_id() {
     assert!(items.iter().all(|d| d["batchId"].is_null()), "{page}");
     assert_eq!(check_one_email_per_delivery(&mail, &server), Ok(()));
 }
+
+/// A batch refused for a reason that is not its content (here a 403, as
+/// for a revoked key) is not broken up: the provider may check that before
+/// it would replay an earlier attempt that went out. The batch fails whole
+/// and nothing goes out under any other key.
+#[test]
+fn a_batch_refused_by_the_account_fails_whole_and_sends_nothing_alone() {
+    let mail = FakeResend::start();
+    mail.fail_next(1, 403);
+    let server = engine(&mail).start();
+    post_to_addresses(&server, 0..3);
+    let failed = || server.count("SELECT COUNT(*) FROM deliveries WHERE status = 'failed'");
+    assert!(
+        wait_until(WAIT, || failed() == 3),
+        "{} of 3 failed",
+        failed()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let requests = mail.requests();
+    assert_eq!(requests.len(), 1, "no email went again alone");
+    assert_eq!(
+        (requests[0].path.as_str(), requests[0].status),
+        ("/emails/batch", Some(403))
+    );
+    assert_eq!(
+        server.count("SELECT COUNT(DISTINCT batch_id) FROM deliveries WHERE batch_id IS NOT NULL"),
+        1
+    );
+}
