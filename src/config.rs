@@ -183,8 +183,8 @@ impl Config {
             max_attempts: max_attempts as u32,
             rate_per_sec,
             queue_capacity: number("HERALD_MAIL_QUEUE", 1024)?.clamp(1, 1_000_000) as usize,
-            mail_batch: number("HERALD_MAIL_BATCH", crate::mail::MAX_BATCH as u64)?
-                .clamp(1, crate::mail::MAX_BATCH as u64) as usize,
+            mail_batch: number("HERALD_MAIL_BATCH", crate::mail::MAX_BATCH_EMAILS as u64)?
+                .clamp(1, crate::mail::MAX_BATCH_EMAILS as u64) as usize,
         };
         let mail = MailConfig {
             provider: env("HERALD_MAIL_PROVIDER").unwrap_or_else(|| "console".into()),

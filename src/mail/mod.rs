@@ -90,7 +90,7 @@ pub trait MailProvider: Send + Sync {
 }
 
 /// Most emails one batch request may carry (Resend's limit).
-pub const MAX_BATCH: usize = 100;
+pub const MAX_BATCH_EMAILS: usize = 100;
 
 #[derive(Clone)]
 pub struct MailConfig {

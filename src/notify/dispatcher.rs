@@ -29,7 +29,7 @@ use crate::store::{now_ms, users, StoreResult};
 
 /// Events and recorded emails per dispatch transaction: large enough to
 /// amortise the commit, small enough to keep the write lock short.
-const MAX_BATCH: usize = 512;
+const MAX_ROWS_PER_WRITE: usize = 512;
 /// How long the dispatcher gathers messages before writing a batch.
 const GATHER: Duration = Duration::from_millis(1);
 
@@ -106,7 +106,7 @@ fn gather<'s>(shared: &'s Shared, mut write: impl FnMut(Batch<'s>)) {
                     break;
                 }
             }
-            let room = rows < MAX_BATCH;
+            let room = rows < MAX_ROWS_PER_WRITE;
             next = match (room, acks.is_empty()) {
                 (false, _) => None,
                 // Someone waits for a flush: no lingering.

@@ -113,7 +113,7 @@ impl Default for DeliveryPolicy {
             max_attempts: 8,
             rate_per_sec: None,
             queue_capacity: 1024,
-            mail_batch: crate::mail::MAX_BATCH,
+            mail_batch: crate::mail::MAX_BATCH_EMAILS,
         }
     }
 }
