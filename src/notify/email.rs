@@ -48,6 +48,16 @@ pub struct MailJob {
 }
 
 impl MailJob {
+    /// One delivery sent alone, under its own id.
+    fn alone(email: EmailJob, attempts: u32) -> MailJob {
+        MailJob {
+            key: email.delivery_id.clone(),
+            batched: false,
+            emails: vec![email],
+            attempts,
+        }
+    }
+
     pub fn delivery_ids(&self) -> impl Iterator<Item = &str> {
         self.emails.iter().map(|e| e.delivery_id.as_str())
     }
@@ -63,12 +73,13 @@ impl MailJob {
                 (Some(batch), Some(last)) if last.batched && last.key == batch => {
                     last.emails.push(email);
                 }
-                (batch, _) => jobs.push(MailJob {
-                    batched: batch.is_some(),
-                    key: batch.unwrap_or_else(|| email.delivery_id.clone()),
+                (Some(batch), _) => jobs.push(MailJob {
+                    key: batch,
+                    batched: true,
                     emails: vec![email],
                     attempts: 0,
                 }),
+                (None, _) => jobs.push(MailJob::alone(email, 0)),
             }
         }
         for job in &mut jobs {
@@ -205,12 +216,7 @@ fn jobs_from_rows(conn: &Connection, rows: Vec<JobRow>) -> StoreResult<Vec<MailJ
     let mut jobs = Vec::with_capacity(rows.len());
     for (email, attempts, batch) in rows {
         match batch {
-            None => jobs.push(MailJob {
-                key: email.delivery_id.clone(),
-                batched: false,
-                emails: vec![email],
-                attempts,
-            }),
+            None => jobs.push(MailJob::alone(email, attempts)),
             Some(batch) if seen.insert(batch.clone()) => {
                 jobs.push(batch_job(conn, batch, attempts)?);
             }
@@ -599,17 +605,22 @@ pub(super) fn attempt(
     from: &str,
     job: MailJob,
 ) -> (Outcome, RateHint) {
-    let emails: Vec<Email> = job
+    // The bodies move into the request: each email's bytes are copied
+    // once, when its job was built, not again per attempt.
+    let (delivery_ids, emails): (Vec<String>, Vec<Email>) = job
         .emails
-        .iter()
-        .map(|e| Email {
-            from: from.to_string(),
-            to: vec![e.address.clone()],
-            subject: e.subject.clone(),
-            html: e.html.clone(),
-            text: e.text.clone(),
+        .into_iter()
+        .map(|e| {
+            let email = Email {
+                from: from.to_string(),
+                to: vec![e.address],
+                subject: e.subject,
+                html: e.html,
+                text: e.text,
+            };
+            (e.delivery_id, email)
         })
-        .collect();
+        .unzip();
     let (result, hint) = match (job.batched, emails.as_slice()) {
         (false, [email]) => {
             let (result, hint) = provider.send_email(email, &job.key);
@@ -622,12 +633,12 @@ pub(super) fn attempt(
             "{} {} ({} emails) attempt {} failed: {e}",
             if job.batched { "batch" } else { "delivery" },
             job.key,
-            job.emails.len(),
+            emails.len(),
             job.attempts + 1
         );
     }
     let outcome = Outcome {
-        delivery_ids: job.emails.into_iter().map(|e| e.delivery_id).collect(),
+        delivery_ids,
         batched: job.batched,
         attempts_before: job.attempts,
         provider: provider.name(),
@@ -810,36 +821,39 @@ mod tests {
         assert_eq!(alone, expected, "each member alone, under its own id");
     }
 
+    /// Records `refusal` for a fresh batch of `n` and checks that every
+    /// member failed and kept its batch.
+    fn assert_fails_whole(n: usize, refusal: MailError) -> (tempfile::TempDir, Store, MailJob) {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, mut jobs) = store_with_pending(dir.path(), n, 100);
+        let job = jobs.remove(0);
+        assert_eq!(record_one(&store, outcome(&job, Err(refusal))), None);
+        assert!(states(&store, &ids(&job))
+            .iter()
+            .all(|s| s.0 == "failed" && s.3.as_deref() == Some(job.key.as_str())));
+        (dir, store, job)
+    }
+
     /// A refusal that is not about the request's bytes (a revoked key) may
     /// come before the provider would replay an earlier attempt that went
     /// out: the batch stays whole, and its members fail together.
     #[test]
     fn a_batch_refused_for_another_reason_fails_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, jobs) = store_with_pending(dir.path(), 2, 100);
-        let job = &jobs[0];
-        let refused = MailError::Permanent {
-            message: "HTTP 403 invalid_api_key: API key is invalid".into(),
-        };
-        assert_eq!(record_one(&store, outcome(job, Err(refused))), None);
-        assert!(states(&store, &ids(job))
-            .iter()
-            .all(|s| s.0 == "failed" && s.3.as_deref() == Some(job.key.as_str())));
+        assert_fails_whole(
+            2,
+            MailError::Permanent {
+                message: "HTTP 403 invalid_api_key: API key is invalid".into(),
+            },
+        );
     }
 
     #[test]
     fn a_key_conflict_fails_the_whole_batch_and_a_retry_rearms_it_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, jobs) = store_with_pending(dir.path(), 3, 100);
-        let job = &jobs[0];
         let conflict = MailError::KeyConflict {
             message: "HTTP 409 invalid_idempotent_request".into(),
         };
-        assert_eq!(record_one(&store, outcome(job, Err(conflict))), None);
-        let members = ids(job);
-        assert!(states(&store, &members)
-            .iter()
-            .all(|s| s.0 == "failed" && s.3.as_deref() == Some(job.key.as_str())));
+        let (_dir, store, job) = assert_fails_whole(3, conflict);
+        let members = ids(&job);
         // Re-arming one member re-arms the batch: it is one request.
         let view = store.write(|tx| rearm(tx, &members[1])).unwrap().unwrap();
         assert_eq!(view.status, "retrying");
