@@ -257,6 +257,31 @@ fn insert_inbox_rows(
     Ok(rows as f64 / started.elapsed().as_secs_f64())
 }
 
+/// Waits, with a progress line, until the fake provider has accepted
+/// `emails`; an error after `minutes` since `started`.
+fn wait_for_emails(
+    accepted: &AtomicUsize,
+    emails: usize,
+    started: Instant,
+    minutes: u64,
+) -> Result<(), String> {
+    while accepted.load(Ordering::Relaxed) < emails {
+        if started.elapsed() > Duration::from_secs(minutes * 60) {
+            return Err(format!(
+                "emails did not all go out within {minutes} minutes"
+            ));
+        }
+        progress(
+            "emails accepted",
+            accepted.load(Ordering::Relaxed),
+            emails,
+            started,
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
 fn raw_scenario(dir: &Path, events: usize, users: usize) -> Result<f64, String> {
     eprintln!("raw: {events} inbox-shaped rows straight into SQLite (same schema and indexes)");
     let mut conn = prepared_db(&dir.join("raw.db"), users, events)?;
@@ -338,18 +363,7 @@ fn dispatch_scenario(dir: &Path, events: usize, users: usize, batch: usize) -> R
         }
     }
     eprintln!();
-    while counter.accepted.load(Ordering::Relaxed) < events {
-        if started.elapsed() > Duration::from_secs(600) {
-            return Err("dispatch did not finish within 10 minutes".into());
-        }
-        progress(
-            "emails accepted",
-            counter.accepted.load(Ordering::Relaxed),
-            events,
-            started,
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_emails(&counter.accepted, events, started, 10)?;
     let inbox_done = |s: &Store| -> Result<i64, String> {
         s.read(|c| {
             c.query_row("SELECT COUNT(*) FROM notifications", [], |r| r.get(0))
@@ -816,18 +830,7 @@ fn paced_phase(dir: &Path, users: usize, out: &mut Map<String, Value>) -> Result
             return Err("a paced bulk request failed".into());
         }
     }
-    while mail.accepted.load(Ordering::Relaxed) < EMAILS {
-        if started.elapsed() > Duration::from_secs(1200) {
-            return Err("paced emails did not all go out within 20 minutes".into());
-        }
-        progress(
-            "emails accepted",
-            mail.accepted.load(Ordering::Relaxed),
-            EMAILS,
-            started,
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_emails(&mail.accepted, EMAILS, started, 20)?;
     eprintln!();
     let per_s = EMAILS as f64 / started.elapsed().as_secs_f64();
     eprintln!("  paced: {per_s:.0} emails/s at 2 requests/s");
