@@ -99,15 +99,9 @@ impl MailQueue {
         }
         held.extend(job.delivery_ids().map(str::to_string));
         self.queued.fetch_add(emails, Ordering::AcqRel);
-        if let Err(returned) = self.tx.send(job) {
-            // Only while shutting down: the deliveries stay pending.
-            for id in returned.0.delivery_ids() {
-                held.remove(id);
-            }
-            self.queued.fetch_sub(emails, Ordering::AcqRel);
-            self.spills.fetch_add(1, Ordering::AcqRel);
-            return false;
-        }
+        // Cannot fail: the queue keeps a receiver of its own, and the
+        // channel is unbounded (the room is `queued`'s to count).
+        let _ = self.tx.send(job);
         true
     }
 
