@@ -35,7 +35,9 @@ usage: herald-bench [--scenario raw|dispatch|http|inbox|all] [--events N]
                    (POST /v1/events/bulk; default 100); its first phase posts
                    one event per request (POST /v1/events), and its last
                    (paced_emails_per_s) sends 2,000 emails from a fresh server
-                   held to 2 mail requests a second, Resend's default limit
+                   held to 2 mail requests a second, Resend's default limit,
+                   then 1,000 single events at 100 a second
+                   (paced_trickle_emails_per_s, paced_trickle_lag_s)
 
 The http and inbox scenarios start the release `herald` binary found next to
 this one (cargo build --release first). The last stdout line is JSON.";
@@ -835,6 +837,32 @@ fn paced_phase(dir: &Path, users: usize, out: &mut Map<String, Value>) -> Result
     let per_s = EMAILS as f64 / started.elapsed().as_secs_f64();
     eprintln!("  paced: {per_s:.0} emails/s at 2 requests/s");
     out.insert("paced_emails_per_s".into(), json!(round(per_s)));
+
+    // A steady trickle: one event per POST, each dispatched (and its email
+    // created) alone, far faster than the provider takes requests.
+    const TRICKLE: usize = 1_000;
+    const TRICKLE_PER_S: f64 = 100.0;
+    eprintln!("  paced: {TRICKLE} single events at {TRICKLE_PER_S} a second");
+    let started = Instant::now();
+    for i in 0..TRICKLE {
+        let due = started + Duration::from_secs_f64(i as f64 / TRICKLE_PER_S);
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        let body = event_json(EMAILS + i, users);
+        if client.call("POST", "/v1/events", &herald.key, body.as_bytes()) != Some(202) {
+            return Err("a paced event failed".into());
+        }
+    }
+    let posted = started.elapsed().as_secs_f64();
+    wait_for_emails(&mail.accepted, EMAILS + TRICKLE, started, 20)?;
+    eprintln!();
+    let elapsed = started.elapsed().as_secs_f64();
+    let per_s = TRICKLE as f64 / elapsed;
+    eprintln!(
+        "  paced trickle: {per_s:.0} emails/s, the last {:.1} s after the last event",
+        elapsed - posted
+    );
+    out.insert("paced_trickle_emails_per_s".into(), json!(round(per_s)));
+    out.insert("paced_trickle_lag_s".into(), json!(ratio(elapsed - posted)));
     Ok(())
 }
 

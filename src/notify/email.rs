@@ -3,8 +3,11 @@
 //! callers of the mail provider; one request per lone email or batch), and
 //! the recording of each attempt's outcome with exponential backoff and dead
 //! letters. Sending never happens inside a transaction: senders get jobs
-//! after commit and hand outcomes back to the dispatcher thread to write.
+//! after commit and hand outcomes back to the dispatcher thread to write;
+//! the one thing a sender writes is a batch it makes of waiting lone
+//! emails, committed before the batch is sent.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +21,7 @@ use super::templates::EmailContent;
 use super::{BusMsg, DeliveryPolicy};
 use crate::ids;
 use crate::mail::{Email, MailError, MailProvider, RateHint, Sent};
-use crate::store::{now_ms, StoreError, StoreResult};
+use crate::store::{now_ms, Store, StoreError, StoreResult};
 use crate::time::rfc3339;
 
 /// One email to send: everything the provider needs, as stored.
@@ -45,6 +48,11 @@ pub struct MailJob {
     pub emails: Vec<EmailJob>,
     /// Attempts made before this one (the same for every member).
     pub attempts: u32,
+    /// Built by this run from deliveries it has just created, and not yet
+    /// taken by a sender: no request can have carried them, so lone ones
+    /// may still be put into a batch (`coalesce`). Jobs read back from the
+    /// database never are: a previous run may have sent them.
+    pub fresh: bool,
 }
 
 impl MailJob {
@@ -55,6 +63,7 @@ impl MailJob {
             batched: false,
             emails: vec![email],
             attempts,
+            fresh: false,
         }
     }
 
@@ -78,16 +87,29 @@ impl MailJob {
                     batched: true,
                     emails: vec![email],
                     attempts: 0,
+                    fresh: true,
                 }),
-                (None, _) => jobs.push(MailJob::alone(email, 0)),
+                (None, _) => jobs.push(MailJob {
+                    fresh: true,
+                    ..MailJob::alone(email, 0)
+                }),
             }
         }
         for job in &mut jobs {
-            job.emails
-                .sort_unstable_by(|a, b| a.delivery_id.cmp(&b.delivery_id));
+            sort_members(&mut job.emails);
         }
         jobs
     }
+
+    /// Whether `coalesce` may put this job into a batch.
+    fn coalescible(&self) -> bool {
+        self.fresh && !self.batched
+    }
+}
+
+/// A batch's members in the order every read of the batch gives.
+fn sort_members(emails: &mut [EmailJob]) {
+    emails.sort_unstable_by(|a, b| a.delivery_id.cmp(&b.delivery_id));
 }
 
 /// Creates the email delivery for (event, recipient), rendered now and sent
@@ -174,14 +196,39 @@ impl Batcher {
     /// their members: where to find them again without an index entry per
     /// delivery (one per batch instead).
     pub fn write(self, tx: &Transaction<'_>) -> StoreResult<()> {
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO mail_batches (id, first_seq, last_seq) VALUES (?1, ?2, ?3)",
-        )?;
+        let mut insert = tx.prepare_cached(INSERT_BATCH)?;
         for (id, _, first, last) in &self.batches {
             insert.execute(params![id, first, last])?;
         }
         Ok(())
     }
+}
+
+const INSERT_BATCH: &str = "INSERT INTO mail_batches (id, first_seq, last_seq) VALUES (?1, ?2, ?3)";
+
+/// Puts lone deliveries, created apart but waiting together, into one new
+/// batch, and returns its id. Only for deliveries no request has carried
+/// (see `MailJob::fresh`): once this commits, every attempt, after a crash
+/// too, is the batch's request. A member that is no longer a pending lone
+/// delivery fails the whole call (`NotFound`), which rolls it back.
+pub fn batch_lone(tx: &Transaction<'_>, emails: &[EmailJob]) -> StoreResult<String> {
+    let id = ids::new_id("bat");
+    let mut join = tx.prepare_cached(
+        "UPDATE deliveries SET batch_id = ?2
+         WHERE id = ?1 AND status = 'pending' AND batch_id IS NULL
+         RETURNING event_seq",
+    )?;
+    let (mut first, mut last) = (i64::MAX, i64::MIN);
+    for email in emails {
+        let seq: i64 = join
+            .query_row(params![email.delivery_id, id], |r| r.get(0))
+            .optional()?
+            .ok_or(StoreError::NotFound)?;
+        (first, last) = (first.min(seq), last.max(seq));
+    }
+    tx.prepare_cached(INSERT_BATCH)?
+        .execute(params![id, first, last])?;
+    Ok(id)
 }
 
 /// The deliveries of batch `?1`: those of its events' range that name it,
@@ -240,6 +287,7 @@ fn batch_job(conn: &Connection, batch: String, attempts: u32) -> StoreResult<Mai
         batched: true,
         emails,
         attempts,
+        fresh: false,
     })
 }
 
@@ -594,6 +642,10 @@ pub(super) struct SenderContext {
     pub queue: Arc<MailQueue>,
     pub outcomes: Sender<BusMsg>,
     pub pacer: Arc<Pacer>,
+    /// Where `coalesce` writes the batches it makes.
+    pub store: Arc<Store>,
+    /// At most this many emails per batch; below 2, no batches.
+    pub mail_batch: usize,
     /// Never carries a message: dropping its sender is the stop signal, which
     /// wakes every sender at once, even one waiting for its turn.
     pub stop: Receiver<()>,
@@ -653,22 +705,101 @@ pub(super) fn attempt(
 /// stop signal is left pending in the database for the next start.
 pub(super) fn run_sender(ctx: SenderContext) {
     let jobs = ctx.queue.receiver();
+    // Jobs this sender took from the queue but has not sent yet.
+    let mut taken: VecDeque<MailJob> = VecDeque::new();
     loop {
-        let job = crossbeam_channel::select! {
-            recv(ctx.stop) -> _ => return,
-            recv(jobs) -> job => match job {
-                Ok(job) => job,
-                Err(_) => return,
-            },
+        let job = match taken.pop_front() {
+            Some(job) => job,
+            None => {
+                let job = crossbeam_channel::select! {
+                    recv(ctx.stop) -> _ => return,
+                    recv(jobs) -> job => match job {
+                        Ok(job) => job,
+                        Err(_) => return,
+                    },
+                };
+                ctx.queue.taken(&job);
+                job
+            }
         };
-        ctx.queue.taken(&job);
-        if stopped(&ctx.stop) || !ctx.pacer.wait_turn(&ctx.stop) {
+        if stopped(&ctx.stop) {
             return;
         }
+        let job = if !job.coalescible() {
+            if !ctx.pacer.wait_turn(&ctx.stop) {
+                return;
+            }
+            job
+        } else if ctx.pacer.take_turn_now() {
+            job
+        } else {
+            // Held here through the wait, a lone email would miss the batch
+            // of the sender whose turn comes first: it waits in the queue,
+            // and this sender takes whatever waits there when its turn comes.
+            ctx.queue.put_back(job);
+            if !ctx.pacer.wait_turn(&ctx.stop) {
+                return;
+            }
+            let Ok(job) = jobs.try_recv() else { continue };
+            ctx.queue.taken(&job);
+            job
+        };
+        let job = coalesce(&ctx, &jobs, job, &mut taken);
         let (outcome, hint) = attempt(ctx.provider.as_ref(), &ctx.from, job);
         ctx.pacer.observe(&hint);
         if ctx.outcomes.send(BusMsg::Outcome(outcome)).is_err() {
             return;
+        }
+    }
+}
+
+/// Emails created one per dispatch (a steady trickle) go out alone. When
+/// they arrive faster than the provider takes requests (Resend: 2 a
+/// second), they wait in the queue, and one request each would never catch
+/// up. So a sender about to send a fresh lone email takes the fresh lone
+/// emails waiting right behind it into one batch, written down before the
+/// send (`batch_lone`) so that any resend is the same request under the
+/// same key. The first job it takes that cannot join is kept in `taken`.
+fn coalesce(
+    ctx: &SenderContext,
+    jobs: &Receiver<MailJob>,
+    first: MailJob,
+    taken: &mut VecDeque<MailJob>,
+) -> MailJob {
+    if !first.coalescible() || ctx.mail_batch < 2 {
+        return first;
+    }
+    let mut members = vec![first];
+    while members.len() < ctx.mail_batch {
+        let Ok(job) = jobs.try_recv() else { break };
+        ctx.queue.taken(&job);
+        if !job.coalescible() {
+            taken.push_back(job);
+            break;
+        }
+        members.push(job);
+    }
+    if members.len() < 2 {
+        return members.remove(0);
+    }
+    let mut emails: Vec<EmailJob> = members.into_iter().flat_map(|j| j.emails).collect();
+    sort_members(&mut emails);
+    match ctx.store.write(|tx| batch_lone(tx, &emails)) {
+        Ok(key) => MailJob {
+            key,
+            batched: true,
+            emails,
+            attempts: 0,
+            fresh: false,
+        },
+        Err(e) => {
+            // Nothing was written: each still goes alone, in its own turn,
+            // and is not offered to a batch again.
+            log::warn!("cannot batch {} waiting emails: {e}", emails.len());
+            let mut alone = emails.into_iter().map(|email| MailJob::alone(email, 0));
+            let first = alone.next();
+            taken.extend(alone);
+            first.expect("a batch has at least two members")
         }
     }
 }
@@ -955,5 +1086,108 @@ mod tests {
             backoff(&policy, 30, Some(Duration::from_secs(30))),
             Duration::from_secs(30)
         );
+    }
+
+    /// A sender's context over `store` and `queue`, for `coalesce`: it
+    /// never sends, so the provider and the channels are placeholders.
+    fn sender_context(store: Store, queue: Arc<MailQueue>) -> SenderContext {
+        SenderContext {
+            provider: Arc::new(crate::mail::Console),
+            from: "herald@x.io".into(),
+            queue,
+            outcomes: crossbeam_channel::unbounded().0,
+            pacer: Arc::new(Pacer::new(None)),
+            store: Arc::new(store),
+            mail_batch: 100,
+            stop: crossbeam_channel::never(),
+        }
+    }
+
+    /// Queues `jobs` and takes the first, as a sender would.
+    fn queued(jobs: &[MailJob]) -> (Arc<MailQueue>, Receiver<MailJob>, MailJob) {
+        let queue = Arc::new(MailQueue::bounded(100));
+        for job in jobs {
+            assert!(queue.offer(job.clone()));
+        }
+        let rx = queue.receiver();
+        let first = rx.try_recv().unwrap();
+        queue.taken(&first);
+        (queue, rx, first)
+    }
+
+    #[test]
+    fn a_sender_batches_the_fresh_lone_emails_waiting_behind_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, mut jobs) = store_with_pending(dir.path(), 5, 1);
+        assert!(jobs.iter().all(MailJob::coalescible));
+        // Read back from the database: a previous run may have sent it.
+        jobs[3].fresh = false;
+        let (queue, rx, first) = queued(&jobs);
+        let ctx = sender_context(store, queue.clone());
+        let mut taken = VecDeque::new();
+        let batch = coalesce(&ctx, &rx, first, &mut taken);
+
+        let mut expected: Vec<String> = jobs[..3].iter().flat_map(ids).collect();
+        expected.sort();
+        assert!(batch.batched, "{batch:?}");
+        assert_eq!(ids(&batch), expected, "the three in front, in id order");
+        assert_eq!(
+            taken.iter().flat_map(ids).collect::<Vec<_>>(),
+            ids(&jobs[3])
+        );
+        assert_eq!(queue.len(), 1, "the job behind it waits for any sender");
+        assert_eq!(ctx.mail_batch, 100);
+
+        let (pending, _) = ctx.store.read(|c| pending_jobs(c, 10)).unwrap();
+        let read = pending
+            .iter()
+            .find(|j| j.batched)
+            .expect("the batch is stored");
+        assert_eq!(
+            (&read.key, ids(read), read.fresh),
+            (&batch.key, ids(&batch), false),
+            "a restart sends the identical request under the same key"
+        );
+        assert_eq!(pending.len(), 3, "the batch and the two lone ones");
+    }
+
+    #[test]
+    fn a_member_no_longer_waiting_leaves_every_email_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, jobs) = store_with_pending(dir.path(), 3, 1);
+        let gone = ids(&jobs[2]).remove(0);
+        store
+            .write(|tx| {
+                tx.execute(
+                    "UPDATE deliveries SET status = 'sent' WHERE id = ?1",
+                    [&gone],
+                )
+                .map_err(StoreError::from)
+            })
+            .unwrap();
+        let (queue, rx, first) = queued(&jobs);
+        let ctx = sender_context(store, queue);
+        let mut taken = VecDeque::new();
+        let job = coalesce(&ctx, &rx, first, &mut taken);
+
+        assert!(!job.batched, "{job:?}");
+        assert_eq!(job.emails.len() + taken.len(), 3, "every email still goes");
+        assert!(taken.iter().all(|j| !j.batched && j.emails.len() == 1));
+        let all: Vec<String> = jobs.iter().flat_map(ids).collect();
+        let states = states(&ctx.store, &all);
+        assert!(
+            states.iter().all(|s| s.3.is_none()),
+            "nothing written: {states:?}"
+        );
+        let batches = ctx
+            .store
+            .read(|c| {
+                c.query_row("SELECT COUNT(*) FROM mail_batches", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .map_err(StoreError::from)
+            })
+            .unwrap();
+        assert_eq!(batches, 0);
     }
 }

@@ -105,6 +105,14 @@ impl MailQueue {
         true
     }
 
+    /// Queues again a job a sender took but will not send yet: it stays
+    /// held, and any sender may take it.
+    pub fn put_back(&self, job: MailJob) {
+        self.queued.fetch_add(job.emails.len(), Ordering::AcqRel);
+        // Cannot fail, as in `push`.
+        let _ = self.tx.send(job);
+    }
+
     /// Forgets deliveries whose outcome is now recorded. True when the
     /// scheduler should page in more: deliveries wait in the database and
     /// the queue is at most half full.
@@ -247,6 +255,26 @@ mod tests {
         assert_eq!(queue.page_in(&store).unwrap(), 1);
         assert_eq!(drain(&queue), BTreeSet::from([third.key.clone()]));
         assert!(!queue.behind());
+    }
+
+    #[test]
+    fn a_job_put_back_waits_again_and_stays_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, jobs) = store_with_pending(dir.path(), 1, 1);
+        let queue = MailQueue::bounded(4);
+        assert!(queue.offer(jobs[0].clone()));
+        let rx = queue.receiver();
+        let job = rx.try_recv().unwrap();
+        queue.taken(&job);
+        assert_eq!(queue.len(), 0);
+        queue.put_back(job);
+        assert_eq!(queue.len(), 1, "it takes up room again");
+        assert!(
+            !queue.offer(jobs[0].clone()),
+            "still held: not queued twice"
+        );
+        assert_eq!(rx.try_recv().unwrap().key, jobs[0].key);
+        assert!(rx.try_recv().is_err());
     }
 
     /// A failed send's outcome is committed (the delivery is `retrying`) but

@@ -398,6 +398,8 @@ impl Notifier {
                 queue: queue.clone(),
                 outcomes: shared.bus.clone(),
                 pacer: pacer.clone(),
+                store: shared.store.clone(),
+                mail_batch: shared.policy.mail_batch,
                 stop: stop_rx.clone(),
             };
             senders.push(spawn(&format!("herald-mail-{i}"), move || {

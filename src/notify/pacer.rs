@@ -57,6 +57,11 @@ impl Pacer {
         }
     }
 
+    /// Takes a turn if one is free now; false (nothing taken) if not.
+    pub fn take_turn_now(&self) -> bool {
+        self.try_take(Instant::now()).is_none()
+    }
+
     /// Takes a turn at `now` (None) or says how long to wait for one.
     fn try_take(&self, now: Instant) -> Option<Duration> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());

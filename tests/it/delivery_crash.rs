@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::delivery_engine::{
     assert_identical_bodies, check_one_email_per_delivery, delivery_ids, post_email,
-    post_to_addresses, role_changed, send_keys, wait_sent,
+    post_emails_one_by_one, post_to_addresses, role_changed, send_keys, wait_sent,
 };
 use crate::support::{wait_until, FakeResend, Mode, TestServer};
 
@@ -211,5 +211,53 @@ fn kill_9_with_a_batch_in_flight_resends_the_identical_batch_under_its_key() {
         "the identical request"
     );
     assert_eq!(mail.request_count(), 2);
+    assert_each_recipient_once(&mail, &server, emails);
+}
+
+/// A batch a sender made of waiting lone emails is written down before it
+/// is sent: after a kill -9 with it in flight, the restart resends that
+/// batch, byte for byte under its key, and none of its emails alone.
+#[test]
+fn kill_9_with_a_batch_of_lone_emails_in_flight_resends_that_batch() {
+    let mail = FakeResend::start();
+    let mut server = TestServer::builder()
+        .mail(&mail)
+        .env("HERALD_MAIL_SENDERS", "1")
+        .env("HERALD_MAIL_RATE_PER_SEC", "1")
+        .start();
+    post_emails_one_by_one(&server, 0..1);
+    assert!(
+        mail.wait_for_requests(1, WAIT),
+        "the first email never left"
+    );
+    // The next ones wait a second for their turn: long enough to queue up
+    // behind the first of them, which takes them into its batch.
+    mail.set_mode(Mode::Hang);
+    let emails = 11;
+    post_emails_one_by_one(&server, 1..emails);
+    assert!(
+        mail.wait_for_requests(2, WAIT),
+        "the batch never reached the provider"
+    );
+    let batch = mail.requests().remove(1);
+    assert_eq!(batch.path, "/emails/batch");
+    let members = batch.body.as_array().map_or(0, Vec::len);
+    assert!(members >= 2, "{}", batch.raw_body);
+    server.kill9();
+    mail.set_mode(Mode::Ok);
+
+    let server = server.restart_builder().start();
+    wait_sent(&server, emails as i64);
+    let key = batch.idempotency_key.clone().expect("a batch has a key");
+    let under_key = mail.requests_with_key(&key);
+    assert_eq!(
+        under_key.len(),
+        2,
+        "the batch, and once more after the restart"
+    );
+    assert_eq!(
+        under_key[1].raw_body, batch.raw_body,
+        "the identical request"
+    );
     assert_each_recipient_once(&mail, &server, emails);
 }

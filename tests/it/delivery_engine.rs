@@ -33,6 +33,20 @@ pub fn post_email(server: &TestServer, i: usize) -> String {
     body["eventId"].as_str().unwrap().to_string()
 }
 
+/// Posts an address-only event to `n{i}@example.com` for every `i`, each
+/// once the one before is dispatched: each email is created alone, as a
+/// steady trickle of events creates them.
+pub fn post_emails_one_by_one(server: &TestServer, range: std::ops::Range<usize>) {
+    for i in range {
+        post_email(server, i);
+        let created = || server.count("SELECT COUNT(*) FROM deliveries WHERE address LIKE 'n%'");
+        let expected = i as i64 + 1;
+        if !wait_until(WAIT, || created() >= expected) {
+            server.fail(&format!("event {i} was never dispatched"));
+        }
+    }
+}
+
 /// Posts address-only events to `n{i}@example.com` for every `i` in one
 /// bulk request, so they commit, and are dispatched, together.
 fn post_bulk_emails(server: &TestServer, range: std::ops::Range<usize>) {
@@ -755,6 +769,42 @@ pub fn wait_sent(server: &TestServer, n: i64) {
     if !wait_until(WAIT, || sent() == n) {
         server.fail(&format!("only {} of {n} sent", sent()));
     }
+}
+
+/// Emails created one at a time (a steady trickle of events) catch up with
+/// the provider's rate too: while they wait for it, the sender whose turn
+/// comes takes all that wait into one batch. No sender keeps one to itself
+/// through the wait, so 40 lone emails at one request every two seconds
+/// take the first request alone and then one batch a turn (3 requests
+/// here), not one per sender that happened to take one, nor 40.
+#[test]
+fn a_trickle_above_the_rate_limit_goes_out_in_batches_each_email_once() {
+    let mail = FakeResend::start();
+    mail.set_rate_limit(2);
+    let server = engine(&mail).env("HERALD_MAIL_RATE_PER_SEC", "0.5").start();
+    let emails = 40;
+    post_emails_one_by_one(&server, 0..emails);
+    wait_sent(&server, emails as i64);
+    let requests = mail.requests();
+    let sizes: Vec<usize> = requests.iter().map(|r| r.new_email_ids.len()).collect();
+    assert!(
+        requests.iter().all(|r| r.status == Some(200)),
+        "none refused or throttled: {:?}",
+        requests.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    assert!(
+        requests.len() <= 5,
+        "{} requests for {emails} lone emails: {sizes:?}",
+        requests.len()
+    );
+    assert!(
+        requests.iter().any(|r| r.path == "/emails/batch"),
+        "{sizes:?}"
+    );
+    assert_eq!(mail.accepted_count(), emails);
+    assert_eq!(check_one_email_per_delivery(&mail, &server), Ok(()));
+    let to: BTreeSet<String> = mail.accepted().into_iter().flat_map(|a| a.to).collect();
+    assert_eq!(to.len(), emails, "each address got its own email");
 }
 
 /// Emails dispatched together go out together: a burst of 150 takes two
