@@ -165,3 +165,26 @@ fn rolled_back_delivers_nothing_and_committed_delivers_once() {
         1
     );
 }
+
+/// The bus may carry a seq twice (a re-drive racing its first publish):
+/// dispatched in one batch, the event is still claimed once, so its stored
+/// result counts what its first dispatch sent rather than a second, empty
+/// one.
+#[test]
+fn a_seq_published_twice_in_one_batch_is_dispatched_once() {
+    let (_dir, notifier) = setup();
+    // Published with its event at COMMIT, then again by seq alone.
+    let seq = notifier
+        .transaction(|outbox| outbox.enqueue(&event()).map(|e| e.seq))
+        .unwrap();
+    notifier.publish(seq);
+    let recorder = Recorder::default();
+    assert_eq!(notifier.deliver_published(&recorder), 2);
+    assert_eq!(recorder.sent.lock().unwrap().len(), 1, "exactly one email");
+    assert_eq!(count(&notifier, "SELECT COUNT(*) FROM notifications"), 1);
+    assert_eq!(
+        count(&notifier, "SELECT sent FROM outbox WHERE status = 'dispatched'"),
+        2,
+        "the inbox row and the email"
+    );
+}
