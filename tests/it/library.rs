@@ -183,7 +183,10 @@ fn a_seq_published_twice_in_one_batch_is_dispatched_once() {
     assert_eq!(recorder.sent.lock().unwrap().len(), 1, "exactly one email");
     assert_eq!(count(&notifier, "SELECT COUNT(*) FROM notifications"), 1);
     assert_eq!(
-        count(&notifier, "SELECT sent FROM outbox WHERE status = 'dispatched'"),
+        count(
+            &notifier,
+            "SELECT sent FROM outbox WHERE status = 'dispatched'"
+        ),
         2,
         "the inbox row and the email"
     );
