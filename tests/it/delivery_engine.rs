@@ -807,6 +807,28 @@ fn a_trickle_above_the_rate_limit_goes_out_in_batches_each_email_once() {
     assert_eq!(to.len(), emails, "each address got its own email");
 }
 
+/// The same trickle with herald's default configuration (no client-side
+/// rate): the provider's `ratelimit-remaining: 0` and 429s pause every
+/// sender, the lone emails wait in the queue meanwhile, and the first
+/// sender after the pause takes them into one batch.
+#[test]
+fn a_trickle_against_the_providers_own_limit_is_batched_too() {
+    let mail = FakeResend::start();
+    mail.set_rate_limit(2);
+    let server = engine(&mail).start();
+    let emails = 40;
+    post_emails_one_by_one(&server, 0..emails);
+    wait_sent(&server, emails as i64);
+    let requests = mail.requests();
+    let sizes: Vec<(usize, Option<u16>)> = requests
+        .iter()
+        .map(|r| (r.new_email_ids.len(), r.status))
+        .collect();
+    assert!(requests.len() <= 8, "{sizes:?}");
+    assert_eq!(mail.accepted_count(), emails);
+    assert_eq!(check_one_email_per_delivery(&mail, &server), Ok(()));
+}
+
 /// Emails dispatched together go out together: a burst of 150 takes two
 /// batch requests (100 + 50) instead of 150, so at Resend's default limit of
 /// 2 requests a second it leaves at once instead of over 75 seconds.
