@@ -179,7 +179,13 @@ fn random_faults_deliver_every_email_exactly_once_and_never_hold_up_the_inbox() 
     // ...and later throttles with `retry-after: 0`, so 429s mix in without
     // pausing the run for a second each (Retry-After timing has its own test).
     mail.set_retry_after(Some(0));
-    let server = engine(&mail).env("HERALD_MAX_ATTEMPTS", "100").start();
+    // Batches of at most 5: emails still go out in batches, alone and
+    // batched late, but in enough requests (100 or more) that every kind
+    // of fault turns up.
+    let server = engine(&mail)
+        .env("HERALD_MAX_ATTEMPTS", "100")
+        .env("HERALD_MAIL_BATCH", "5")
+        .start();
     let users = 5;
     for u in 0..users {
         server.create_user(&format!("u{u}"), &format!("u{u}@acme.test"), "U");
@@ -424,9 +430,14 @@ fn retry_after_is_honoured_and_pauses_every_sender() {
 fn a_hanging_provider_never_slows_the_inbox_or_the_api_and_sends_time_out_and_retry() {
     let mail = FakeResend::start();
     mail.set_mode(Mode::Hang);
+    // One email per request: the test follows single sends through the
+    // hang. (Batched, all twenty would share one request, and its retries,
+    // answered 409 while the first still hangs, overwrite the transport
+    // error this test looks for.)
     let server = engine(&mail)
         .env("HERALD_MAIL_SENDERS", "2")
         .env("HERALD_MAIL_TIMEOUT_MS", "1000")
+        .env("HERALD_MAIL_BATCH", "1")
         .start();
     let token = server.create_user("carol", "carol@acme.test", "Carol");
     let events = 20;
@@ -824,7 +835,7 @@ fn a_trickle_against_the_providers_own_limit_is_batched_too() {
         .iter()
         .map(|r| (r.new_email_ids.len(), r.status))
         .collect();
-    assert!(requests.len() <= 8, "{sizes:?}");
+    assert!(requests.len() <= emails / 4, "{sizes:?}");
     assert_eq!(mail.accepted_count(), emails);
     assert_eq!(check_one_email_per_delivery(&mail, &server), Ok(()));
 }
