@@ -12,7 +12,7 @@ use crate::delivery_engine::{
     assert_identical_bodies, check_one_email_per_delivery, delivery_ids, post_email,
     post_emails_one_by_one, post_to_addresses, role_changed, send_keys, wait_sent,
 };
-use crate::support::{wait_until, FakeResend, Mode, TestServer};
+use crate::support::{wait_until, FakeResend, Mode, RecordedRequest, TestServer};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -202,12 +202,24 @@ fn kill_9_with_a_batch_in_flight_resends_the_identical_batch_under_its_key() {
     assert_eq!(first.path, "/emails/batch");
     assert_eq!(first.body.as_array().map(Vec::len), Some(emails));
     server.kill9();
-    // The provider lets go of the hanging request: nothing went out.
-    mail.set_mode(Mode::Ok);
+    restart_and_check_resent(&mail, &server, &first, emails);
+    assert_eq!(mail.request_count(), 2);
+}
 
-    let server = server.restart_builder().start();
+/// After a kill -9 with `batch` hanging at the provider: the provider lets
+/// go of it (nothing went out), and the restart sends it once more, the
+/// identical request under its key; each of the `emails` recipients gets
+/// one email.
+fn restart_and_check_resent(
+    mail: &FakeResend,
+    killed: &TestServer,
+    batch: &RecordedRequest,
+    emails: usize,
+) {
+    mail.set_mode(Mode::Ok);
+    let server = killed.restart_builder().start();
     wait_sent(&server, emails as i64);
-    let key = first.idempotency_key.clone().expect("a batch has a key");
+    let key = batch.idempotency_key.clone().expect("a batch has a key");
     let under_key = mail.requests_with_key(&key);
     assert_eq!(
         under_key.len(),
@@ -215,11 +227,10 @@ fn kill_9_with_a_batch_in_flight_resends_the_identical_batch_under_its_key() {
         "the batch, and once more after the restart"
     );
     assert_eq!(
-        under_key[1].raw_body, first.raw_body,
+        under_key[1].raw_body, batch.raw_body,
         "the identical request"
     );
-    assert_eq!(mail.request_count(), 2);
-    assert_each_recipient_once(&mail, &server, emails);
+    assert_each_recipient_once(mail, &server, emails);
 }
 
 /// A batch a sender made of waiting lone emails is written down before it
@@ -252,20 +263,5 @@ fn kill_9_with_a_batch_of_lone_emails_in_flight_resends_that_batch() {
     let members = batch.body.as_array().map_or(0, Vec::len);
     assert!(members >= 2, "{}", batch.raw_body);
     server.kill9();
-    mail.set_mode(Mode::Ok);
-
-    let server = server.restart_builder().start();
-    wait_sent(&server, emails as i64);
-    let key = batch.idempotency_key.clone().expect("a batch has a key");
-    let under_key = mail.requests_with_key(&key);
-    assert_eq!(
-        under_key.len(),
-        2,
-        "the batch, and once more after the restart"
-    );
-    assert_eq!(
-        under_key[1].raw_body, batch.raw_body,
-        "the identical request"
-    );
-    assert_each_recipient_once(&mail, &server, emails);
+    restart_and_check_resent(&mail, &server, &batch, emails);
 }
