@@ -99,7 +99,8 @@ pub struct DeliveryPolicy {
     /// Emails held in memory for the senders; the rest wait in the database.
     pub queue_capacity: usize,
     /// Most emails sent in one request (the provider's batch); emails
-    /// created together go together. 1 sends every email alone.
+    /// created together go together, and so do lone ones waiting together
+    /// for a sender. 1 sends every email alone.
     pub mail_batch: usize,
 }
 
