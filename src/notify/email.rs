@@ -100,11 +100,6 @@ impl MailJob {
         }
         jobs
     }
-
-    /// Whether `coalesce` may put this job into a batch.
-    fn coalescible(&self) -> bool {
-        self.fresh && !self.batched
-    }
 }
 
 /// A batch's members in the order every read of the batch gives.
@@ -651,6 +646,14 @@ pub(super) struct SenderContext {
     pub stop: Receiver<()>,
 }
 
+impl SenderContext {
+    /// Whether `job` may still join a batch (`coalesce`): a fresh lone
+    /// email, with batches on.
+    fn may_batch(&self, job: &MailJob) -> bool {
+        self.mail_batch >= 2 && job.fresh && !job.batched
+    }
+}
+
 /// One attempt of `job`: one request under its key, a batch or one email.
 pub(super) fn attempt(
     provider: &dyn MailProvider,
@@ -725,7 +728,7 @@ pub(super) fn run_sender(ctx: SenderContext) {
         if stopped(&ctx.stop) {
             return;
         }
-        let job = if !job.coalescible() {
+        let job = if !ctx.may_batch(&job) {
             if !ctx.pacer.wait_turn(&ctx.stop) {
                 return;
             }
@@ -766,14 +769,14 @@ fn coalesce(
     first: MailJob,
     taken: &mut VecDeque<MailJob>,
 ) -> MailJob {
-    if !first.coalescible() || ctx.mail_batch < 2 {
+    if !ctx.may_batch(&first) {
         return first;
     }
     let mut members = vec![first];
     while members.len() < ctx.mail_batch {
         let Ok(job) = jobs.try_recv() else { break };
         ctx.queue.taken(&job);
-        if !job.coalescible() {
+        if !ctx.may_batch(&job) {
             taken.push_back(job);
             break;
         }
@@ -796,10 +799,9 @@ fn coalesce(
             // Nothing was written: each still goes alone, in its own turn,
             // and is not offered to a batch again.
             log::warn!("cannot batch {} waiting emails: {e}", emails.len());
-            let mut alone = emails.into_iter().map(|email| MailJob::alone(email, 0));
-            let first = alone.next();
-            taken.extend(alone);
-            first.expect("a batch has at least two members")
+            let first = MailJob::alone(emails.remove(0), 0);
+            taken.extend(emails.into_iter().map(|email| MailJob::alone(email, 0)));
+            first
         }
     }
 }
@@ -1119,11 +1121,12 @@ mod tests {
     fn a_sender_batches_the_fresh_lone_emails_waiting_behind_it() {
         let dir = tempfile::tempdir().unwrap();
         let (store, mut jobs) = store_with_pending(dir.path(), 5, 1);
-        assert!(jobs.iter().all(MailJob::coalescible));
         // Read back from the database: a previous run may have sent it.
         jobs[3].fresh = false;
         let (queue, rx, first) = queued(&jobs);
         let ctx = sender_context(store, queue.clone());
+        let may_batch: Vec<bool> = jobs.iter().map(|j| ctx.may_batch(j)).collect();
+        assert_eq!(may_batch, [true, true, true, false, true]);
         let mut taken = VecDeque::new();
         let batch = coalesce(&ctx, &rx, first, &mut taken);
 
@@ -1149,6 +1152,14 @@ mod tests {
             "a restart sends the identical request under the same key"
         );
         assert_eq!(pending.len(), 3, "the batch and the two lone ones");
+        let off = SenderContext {
+            mail_batch: 1,
+            ..ctx
+        };
+        assert!(
+            !off.may_batch(&jobs[0]),
+            "HERALD_MAIL_BATCH=1: never batched"
+        );
     }
 
     #[test]
