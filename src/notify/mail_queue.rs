@@ -98,18 +98,21 @@ impl MailQueue {
             return false;
         }
         held.extend(job.delivery_ids().map(str::to_string));
-        self.queued.fetch_add(emails, Ordering::AcqRel);
-        // Cannot fail: the queue keeps a receiver of its own, and the
-        // channel is unbounded (the room is `queued`'s to count).
-        let _ = self.tx.send(job);
+        self.send(job);
         true
     }
 
     /// Queues again a job a sender took but will not send yet: it stays
     /// held, and any sender may take it.
     pub fn put_back(&self, job: MailJob) {
+        self.send(job);
+    }
+
+    /// Counts `job`'s emails as waiting and hands it to the senders.
+    fn send(&self, job: MailJob) {
         self.queued.fetch_add(job.emails.len(), Ordering::AcqRel);
-        // Cannot fail, as in `push`.
+        // Cannot fail: the queue keeps a receiver of its own, and the
+        // channel is unbounded (the room is `queued`'s to count).
         let _ = self.tx.send(job);
     }
 
