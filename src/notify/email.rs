@@ -858,11 +858,23 @@ pub(super) mod testing {
             .unwrap();
         (store, MailJob::group(created))
     }
+
+    /// Records deliveries as sent, as the dispatcher does with outcomes.
+    pub fn record_sent<'a>(store: &Store, ids: impl IntoIterator<Item = &'a String>) {
+        store
+            .write(|tx| {
+                for id in ids {
+                    tx.execute("UPDATE deliveries SET status = 'sent' WHERE id = ?1", [id])?;
+                }
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::testing::store_with_pending;
+    use super::testing::{record_sent, store_with_pending};
     use super::*;
     use crate::store::Store;
 
@@ -1165,16 +1177,7 @@ mod tests {
     fn a_member_no_longer_waiting_leaves_every_email_alone() {
         let dir = tempfile::tempdir().unwrap();
         let (store, jobs) = store_with_pending(dir.path(), 3, 1);
-        let gone = ids(&jobs[2]).remove(0);
-        store
-            .write(|tx| {
-                tx.execute(
-                    "UPDATE deliveries SET status = 'sent' WHERE id = ?1",
-                    [&gone],
-                )
-                .map_err(StoreError::from)
-            })
-            .unwrap();
+        record_sent(&store, &ids(&jobs[2]));
         let (queue, rx, first) = queued(&jobs);
         let ctx = sender_context(store, queue);
         let mut taken = VecDeque::new();

@@ -180,19 +180,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
-    use crate::notify::email::testing::store_with_pending;
-
-    /// Records deliveries as sent, as the dispatcher does with outcomes.
-    fn record_sent(store: &Store, ids: &BTreeSet<String>) {
-        store
-            .write(|tx| {
-                for id in ids {
-                    tx.execute("UPDATE deliveries SET status = 'sent' WHERE id = ?1", [id])?;
-                }
-                Ok::<_, crate::store::StoreError>(())
-            })
-            .unwrap();
-    }
+    use crate::notify::email::testing::{record_sent, store_with_pending};
 
     /// The ids waiting in the queue, taken out as senders would.
     fn drain(queue: &MailQueue) -> BTreeSet<String> {
