@@ -49,9 +49,9 @@ pub struct MailJob {
     /// Attempts made before this one (the same for every member).
     pub attempts: u32,
     /// Built by this run from deliveries it has just created, and not yet
-    /// taken by a sender: no request can have carried them, so lone ones
-    /// may still be put into a batch (`coalesce`). Jobs read back from the
-    /// database never are: a previous run may have sent them.
+    /// sent: no request can have carried them, so they may still be put
+    /// into a bigger batch (`coalesce`). Jobs read back from the database
+    /// never are: a previous run may have sent them.
     pub fresh: bool,
 }
 
@@ -201,25 +201,34 @@ impl Batcher {
 
 const INSERT_BATCH: &str = "INSERT INTO mail_batches (id, first_seq, last_seq) VALUES (?1, ?2, ?3)";
 
-/// Puts lone deliveries, created apart but waiting together, into one new
-/// batch, and returns its id. Only for deliveries no request has carried
-/// (see `MailJob::fresh`): once this commits, every attempt, after a crash
-/// too, is the batch's request. A member that is no longer a pending lone
-/// delivery fails the whole call (`NotFound`), which rolls it back.
-pub fn batch_lone(tx: &Transaction<'_>, emails: &[EmailJob]) -> StoreResult<String> {
+/// Puts the deliveries of `jobs` (lone ones and batches, created apart but
+/// waiting together) into one new batch, and returns its id; the batches
+/// merged into it are gone. Only for jobs no request has carried (see
+/// `MailJob::fresh`): once this commits, every attempt, after a crash too,
+/// is the new batch's request. A member that is no longer pending in the
+/// request its job names fails the whole call (`NotFound`), which rolls it
+/// back.
+pub fn merge_fresh(tx: &Transaction<'_>, jobs: &[MailJob]) -> StoreResult<String> {
     let id = ids::new_id("bat");
     let mut join = tx.prepare_cached(
         "UPDATE deliveries SET batch_id = ?2
-         WHERE id = ?1 AND status = 'pending' AND batch_id IS NULL
+         WHERE id = ?1 AND status = 'pending' AND batch_id IS ?3
          RETURNING event_seq",
     )?;
+    let mut drop_batch = tx.prepare_cached("DELETE FROM mail_batches WHERE id = ?1")?;
     let (mut first, mut last) = (i64::MAX, i64::MIN);
-    for email in emails {
-        let seq: i64 = join
-            .query_row(params![email.delivery_id, id], |r| r.get(0))
-            .optional()?
-            .ok_or(StoreError::NotFound)?;
-        (first, last) = (first.min(seq), last.max(seq));
+    for job in jobs {
+        let was = job.batched.then_some(&job.key);
+        for email in &job.emails {
+            let seq: i64 = join
+                .query_row(params![email.delivery_id, id, was], |r| r.get(0))
+                .optional()?
+                .ok_or(StoreError::NotFound)?;
+            (first, last) = (first.min(seq), last.max(seq));
+        }
+        if let Some(was) = was {
+            drop_batch.execute([was])?;
+        }
     }
     tx.prepare_cached(INSERT_BATCH)?
         .execute(params![id, first, last])?;
@@ -647,10 +656,10 @@ pub(super) struct SenderContext {
 }
 
 impl SenderContext {
-    /// Whether `job` may still join a batch (`coalesce`): a fresh lone
-    /// email, with batches on.
+    /// Whether `job` may still join a bigger batch (`coalesce`): a fresh
+    /// lone email or batch with room left, with batches on.
     fn may_batch(&self, job: &MailJob) -> bool {
-        self.mail_batch >= 2 && job.fresh && !job.batched
+        self.mail_batch >= 2 && job.fresh && job.emails.len() < self.mail_batch
     }
 }
 
@@ -736,9 +745,9 @@ pub(super) fn run_sender(ctx: SenderContext) {
         } else if ctx.pacer.take_turn_now() {
             job
         } else {
-            // Held here through the wait, a lone email would miss the batch
-            // of the sender whose turn comes first: it waits in the queue,
-            // and this sender takes whatever waits there when its turn comes.
+            // Held here through the wait, the job would miss the batch of
+            // the sender whose turn comes first: it waits in the queue, and
+            // this sender takes whatever waits there when its turn comes.
             ctx.queue.put_back(job);
             if !ctx.pacer.wait_turn(&ctx.stop) {
                 return;
@@ -756,13 +765,15 @@ pub(super) fn run_sender(ctx: SenderContext) {
     }
 }
 
-/// Emails created one per dispatch (a steady trickle) go out alone. When
+/// Emails created one per dispatch (a steady trickle) go out alone, or in
+/// batches of a few when the dispatcher took a few events together. When
 /// they arrive faster than the provider takes requests (Resend: 2 a
 /// second), they wait in the queue, and one request each would never catch
-/// up. So a sender about to send a fresh lone email takes the fresh lone
-/// emails waiting right behind it into one batch, written down before the
-/// send (`batch_lone`) so that any resend is the same request under the
-/// same key. The first job it takes that cannot join is kept in `taken`.
+/// up. So a sender about to send a fresh job takes the fresh jobs waiting
+/// right behind it into one batch of up to `mail_batch` emails, written
+/// down before the send (`merge_fresh`) so that any resend is the same
+/// request under the same key. The first job it takes that cannot join is
+/// kept in `taken`.
 fn coalesce(
     ctx: &SenderContext,
     jobs: &Receiver<MailJob>,
@@ -772,35 +783,42 @@ fn coalesce(
     if !ctx.may_batch(&first) {
         return first;
     }
+    let mut emails = first.emails.len();
     let mut members = vec![first];
-    while members.len() < ctx.mail_batch {
+    while emails < ctx.mail_batch {
         let Ok(job) = jobs.try_recv() else { break };
         ctx.queue.taken(&job);
-        if !ctx.may_batch(&job) {
+        if !ctx.may_batch(&job) || emails + job.emails.len() > ctx.mail_batch {
             taken.push_back(job);
             break;
         }
+        emails += job.emails.len();
         members.push(job);
     }
     if members.len() < 2 {
         return members.remove(0);
     }
-    let mut emails: Vec<EmailJob> = members.into_iter().flat_map(|j| j.emails).collect();
-    sort_members(&mut emails);
-    match ctx.store.write(|tx| batch_lone(tx, &emails)) {
-        Ok(key) => MailJob {
-            key,
-            batched: true,
-            emails,
-            attempts: 0,
-            fresh: false,
-        },
+    match ctx.store.write(|tx| merge_fresh(tx, &members)) {
+        Ok(key) => {
+            let mut emails: Vec<EmailJob> = members.into_iter().flat_map(|j| j.emails).collect();
+            sort_members(&mut emails);
+            MailJob {
+                key,
+                batched: true,
+                emails,
+                attempts: 0,
+                fresh: false,
+            }
+        }
         Err(e) => {
-            // Nothing was written: each still goes alone, in its own turn,
-            // and is not offered to a batch again.
-            log::warn!("cannot batch {} waiting emails: {e}", emails.len());
-            let first = MailJob::alone(emails.remove(0), 0);
-            taken.extend(emails.into_iter().map(|email| MailJob::alone(email, 0)));
+            // Nothing was written: each job goes as it was, in its own
+            // turn, and is not offered to a batch again.
+            log::warn!("cannot batch {emails} waiting emails: {e}");
+            for job in &mut members {
+                job.fresh = false;
+            }
+            let first = members.remove(0);
+            taken.extend(members);
             first
         }
     }
@@ -1171,6 +1189,86 @@ mod tests {
             !off.may_batch(&jobs[0]),
             "HERALD_MAIL_BATCH=1: never batched"
         );
+    }
+
+    #[test]
+    fn a_sender_merges_fresh_batches_waiting_behind_it_up_to_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        // Batches of 2, 2, 2 and 1, as four dispatches of two events make.
+        let (store, jobs) = store_with_pending(dir.path(), 7, 2);
+        let sizes: Vec<usize> = jobs.iter().map(|j| j.emails.len()).collect();
+        assert_eq!(sizes, [2, 2, 2, 1]);
+        let (queue, rx, first) = queued(&jobs);
+        let ctx = SenderContext {
+            mail_batch: 5,
+            ..sender_context(store, queue.clone())
+        };
+        let mut taken = VecDeque::new();
+        let batch = coalesce(&ctx, &rx, first, &mut taken);
+
+        let mut expected: Vec<String> = jobs[..2].iter().flat_map(ids).collect();
+        expected.sort();
+        assert_eq!(ids(&batch), expected, "2 + 2: the third would make 6");
+        assert!(batch.batched && !batch.fresh);
+        assert_eq!(
+            taken.iter().map(|j| &j.key).collect::<Vec<_>>(),
+            [&jobs[2].key]
+        );
+        assert_eq!(queue.len(), 1);
+
+        let (pending, _) = ctx.store.read(|c| pending_jobs(c, 10)).unwrap();
+        let requests: Vec<(&String, Vec<String>)> =
+            pending.iter().map(|j| (&j.key, ids(j))).collect();
+        assert_eq!(
+            requests,
+            [
+                (&batch.key, ids(&batch)),
+                (&jobs[2].key, ids(&jobs[2])),
+                (&jobs[3].key, ids(&jobs[3]))
+            ],
+            "a restart sends the merged batch, identical, and the rest as they were"
+        );
+        let batches = ctx
+            .store
+            .read(|c| {
+                c.query_row("SELECT COUNT(*) FROM mail_batches", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .map_err(StoreError::from)
+            })
+            .unwrap();
+        assert_eq!(batches, 3, "the two merged batches are gone");
+    }
+
+    #[test]
+    fn a_batch_that_cannot_merge_goes_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, jobs) = store_with_pending(dir.path(), 4, 2);
+        record_sent(&store, &ids(&jobs[1])[..1]);
+        let (queue, rx, first) = queued(&jobs);
+        let ctx = sender_context(store, queue);
+        let mut taken = VecDeque::new();
+        let job = coalesce(&ctx, &rx, first, &mut taken);
+
+        let as_they_were: Vec<(&String, Vec<String>, bool)> = [&job]
+            .into_iter()
+            .chain(&taken)
+            .map(|j| (&j.key, ids(j), j.fresh))
+            .collect();
+        assert_eq!(
+            as_they_were,
+            [
+                (&jobs[0].key, ids(&jobs[0]), false),
+                (&jobs[1].key, ids(&jobs[1]), false)
+            ]
+        );
+        let all: Vec<String> = jobs.iter().flat_map(ids).collect();
+        let kept: Vec<Option<String>> = states(&ctx.store, &all).into_iter().map(|s| s.3).collect();
+        let before: Vec<Option<String>> = jobs
+            .iter()
+            .flat_map(|j| j.emails.iter().map(|_| Some(j.key.clone())))
+            .collect();
+        assert_eq!(kept, before, "nothing written");
     }
 
     #[test]

@@ -36,13 +36,24 @@ pub fn post_email(server: &TestServer, i: usize) -> String {
 /// Posts an address-only event to `n{i}@example.com` for every `i`, each
 /// once the one before is dispatched: each email is created alone, as a
 /// steady trickle of events creates them.
-pub fn post_emails_one_by_one(server: &TestServer, range: std::ops::Range<usize>) {
-    for i in range {
-        post_email(server, i);
+fn post_emails_one_by_one(server: &TestServer, range: std::ops::Range<usize>) {
+    post_trickle(server, range, 1);
+}
+
+/// Posts events to `n{i}@example.com` for every `i`, `per_event` addresses
+/// an event, each once the one before is dispatched: every dispatch
+/// creates its event's emails, alone (one address) or as a small batch.
+pub fn post_trickle(server: &TestServer, range: std::ops::Range<usize>, per_event: usize) {
+    for first in range.clone().step_by(per_event) {
+        let end = (first + per_event).min(range.end);
+        let to: Vec<Value> = (first..end)
+            .map(|i| json!({ "email": format!("n{i}@example.com") }))
+            .collect();
+        let (status, body) = server.post_event(role_changed(json!(to), &format!("s{first}")));
+        assert_eq!(status, 202, "{body}");
         let created = || server.count("SELECT COUNT(*) FROM deliveries WHERE address LIKE 'n%'");
-        let expected = i as i64 + 1;
-        if !wait_until(WAIT, || created() >= expected) {
-            server.fail(&format!("event {i} was never dispatched"));
+        if !wait_until(WAIT, || created() >= end as i64) {
+            server.fail(&format!("event {first} was never dispatched"));
         }
     }
 }
@@ -816,6 +827,35 @@ fn a_trickle_above_the_rate_limit_goes_out_in_batches_each_email_once() {
     assert_eq!(check_one_email_per_delivery(&mail, &server), Ok(()));
     let to: BTreeSet<String> = mail.accepted().into_iter().flat_map(|a| a.to).collect();
     assert_eq!(to.len(), emails, "each address got its own email");
+}
+
+/// A trickle of events with two recipients each: every dispatch makes a
+/// batch of two, and at one request every two seconds one request per
+/// batch would never catch up. Batches still waiting, never sent, merge
+/// into the batch of the sender whose turn comes: 2 requests here (the
+/// first batch alone, then the other 19 as one), not 20.
+#[test]
+fn a_trickle_of_small_batches_above_the_rate_limit_merges_them_each_email_once() {
+    let mail = FakeResend::start();
+    mail.set_rate_limit(2);
+    let server = engine(&mail).env("HERALD_MAIL_RATE_PER_SEC", "0.5").start();
+    let emails = 40;
+    post_trickle(&server, 0..emails, 2);
+    wait_sent(&server, emails as i64);
+    let requests = mail.requests();
+    let sizes: Vec<(usize, Option<u16>)> = requests
+        .iter()
+        .map(|r| (r.new_email_ids.len(), r.status))
+        .collect();
+    assert!(requests.len() <= 5, "{sizes:?}");
+    assert!(requests.iter().all(|r| r.status == Some(200)), "{sizes:?}");
+    assert_eq!(mail.accepted_count(), emails);
+    assert_eq!(check_one_email_per_delivery(&mail, &server), Ok(()));
+    assert_eq!(
+        server.count("SELECT COUNT(*) FROM mail_batches WHERE id NOT IN (SELECT batch_id FROM deliveries WHERE batch_id IS NOT NULL)"),
+        0,
+        "no batch is left without members"
+    );
 }
 
 /// The same trickle with herald's default configuration (no client-side
