@@ -37,7 +37,9 @@ usage: herald-bench [--scenario raw|dispatch|http|inbox|all] [--events N]
                    (paced_emails_per_s) sends 2,000 emails from a fresh server
                    held to 2 mail requests a second, Resend's default limit,
                    then 1,000 single events at 100 a second
-                   (paced_trickle_emails_per_s, paced_trickle_lag_s)
+                   (paced_trickle_emails_per_s, paced_trickle_lag_s), then
+                   500 events of two recipients at 50 a second
+                   (paced_pairs_emails_per_s, paced_pairs_lag_s)
 
 The http and inbox scenarios start the release `herald` binary found next to
 this one (cargo build --release first). The last stdout line is JSON.";
@@ -838,32 +840,81 @@ fn paced_phase(dir: &Path, users: usize, out: &mut Map<String, Value>) -> Result
     eprintln!("  paced: {per_s:.0} emails/s at 2 requests/s");
     out.insert("paced_emails_per_s".into(), json!(round(per_s)));
 
-    // A steady trickle: one event per POST, each dispatched (and its email
-    // created) alone, far faster than the provider takes requests.
-    const TRICKLE: usize = 1_000;
-    const TRICKLE_PER_S: f64 = 100.0;
-    eprintln!("  paced: {TRICKLE} single events at {TRICKLE_PER_S} a second");
-    let started = Instant::now();
-    for i in 0..TRICKLE {
-        let due = started + Duration::from_secs_f64(i as f64 / TRICKLE_PER_S);
-        std::thread::sleep(due.saturating_duration_since(Instant::now()));
-        let body = event_json(EMAILS + i, users);
-        if client.call("POST", "/v1/events", &herald.key, body.as_bytes()) != Some(202) {
-            return Err("a paced event failed".into());
+    // Steady trickles, far faster than the provider takes requests: one
+    // event per POST, each dispatched (and its emails created) alone.
+    let mut trickle = Trickle {
+        client: &mut client,
+        key: &herald.key,
+        mail: &mail,
+        users,
+        sent: EMAILS,
+    };
+    trickle.run(1, "trickle", out)?;
+    trickle.run(2, "pairs", out)
+}
+
+/// Posts trickles of events to a paced server, counting the emails sent.
+struct Trickle<'a> {
+    client: &'a mut LoadClient,
+    key: &'a str,
+    mail: &'a FakeResend,
+    users: usize,
+    sent: usize,
+}
+
+impl Trickle<'_> {
+    /// 1,000 emails in events of `recipients` each, posted one event at a
+    /// time at 100 emails a second: each dispatch creates its emails alone
+    /// (one recipient) or as a small batch. Reports
+    /// `paced_{name}_emails_per_s` and `paced_{name}_lag_s` (the last email
+    /// accepted after the last event posted).
+    fn run(
+        &mut self,
+        recipients: usize,
+        name: &str,
+        out: &mut Map<String, Value>,
+    ) -> Result<(), String> {
+        const EMAILS: usize = 1_000;
+        const EMAILS_PER_S: f64 = 100.0;
+        let events = EMAILS / recipients;
+        eprintln!(
+            "  paced: {events} events of {recipients} recipients at {} a second",
+            EMAILS_PER_S / recipients as f64
+        );
+        let started = Instant::now();
+        for i in 0..events {
+            let first = i * recipients;
+            let due = started + Duration::from_secs_f64(first as f64 / EMAILS_PER_S);
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            let to: Vec<String> = (first..first + recipients)
+                .map(|r| format!("u{}", (self.sent + r) % self.users))
+                .collect();
+            let body = event_to(&format!("{name}_{i}"), &to);
+            if self
+                .client
+                .call("POST", "/v1/events", self.key, body.as_bytes())
+                != Some(202)
+            {
+                return Err("a paced event failed".into());
+            }
         }
+        let posted = started.elapsed().as_secs_f64();
+        self.sent += EMAILS;
+        wait_for_emails(&self.mail.accepted, self.sent, started, 20)?;
+        eprintln!();
+        let elapsed = started.elapsed().as_secs_f64();
+        let per_s = EMAILS as f64 / elapsed;
+        eprintln!(
+            "  paced {name}: {per_s:.0} emails/s, the last {:.1} s after the last event",
+            elapsed - posted
+        );
+        out.insert(format!("paced_{name}_emails_per_s"), json!(round(per_s)));
+        out.insert(
+            format!("paced_{name}_lag_s"),
+            json!(ratio(elapsed - posted)),
+        );
+        Ok(())
     }
-    let posted = started.elapsed().as_secs_f64();
-    wait_for_emails(&mail.accepted, EMAILS + TRICKLE, started, 20)?;
-    eprintln!();
-    let elapsed = started.elapsed().as_secs_f64();
-    let per_s = TRICKLE as f64 / elapsed;
-    eprintln!(
-        "  paced trickle: {per_s:.0} emails/s, the last {:.1} s after the last event",
-        elapsed - posted
-    );
-    out.insert("paced_trickle_emails_per_s".into(), json!(round(per_s)));
-    out.insert("paced_trickle_lag_s".into(), json!(ratio(elapsed - posted)));
-    Ok(())
 }
 
 /// `opts.events` events over HTTP from `opts.clients` connections, `batch`
@@ -1025,9 +1076,14 @@ fn stream_phase(herald: &Herald, out: &mut Map<String, Value>) -> Result<(), Str
 }
 
 fn event_json(i: usize, users: usize) -> String {
+    event_to(&format!("bench_{i}"), &[format!("u{}", i % users)])
+}
+
+/// An event about `subject` to the users `to`.
+fn event_to(subject: &str, to: &[String]) -> String {
     format!(
-        r#"{{"type":"org.member.role_changed","recipients":["u{}"],"subjectId":"bench_{i}","payload":{{"newRole":"admin","before":"member","orgName":"Acme","actorName":"Alice"}}}}"#,
-        i % users
+        r#"{{"type":"org.member.role_changed","recipients":{},"subjectId":"{subject}","payload":{{"newRole":"admin","before":"member","orgName":"Acme","actorName":"Alice"}}}}"#,
+        json!(to)
     )
 }
 
