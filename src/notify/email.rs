@@ -737,13 +737,13 @@ pub(super) fn run_sender(ctx: SenderContext) {
         if stopped(&ctx.stop) {
             return;
         }
-        let job = if !ctx.may_batch(&job) {
+        let (job, waited) = if !ctx.may_batch(&job) {
             if !ctx.pacer.wait_turn(&ctx.stop) {
                 return;
             }
-            job
+            (job, false)
         } else if ctx.pacer.take_turn_now() {
-            job
+            (job, false)
         } else {
             // Held here through the wait, the job would miss the batch of
             // the sender whose turn comes first: it waits in the queue, and
@@ -754,9 +754,9 @@ pub(super) fn run_sender(ctx: SenderContext) {
             }
             let Ok(job) = jobs.try_recv() else { continue };
             ctx.queue.taken(&job);
-            job
+            (job, true)
         };
-        let job = coalesce(&ctx, &jobs, job, &mut taken);
+        let job = coalesce(&ctx, &jobs, job, waited, &mut taken);
         let (outcome, hint) = attempt(ctx.provider.as_ref(), &ctx.from, job);
         ctx.pacer.observe(&hint);
         if ctx.outcomes.send(BusMsg::Outcome(outcome)).is_err() {
@@ -774,13 +774,19 @@ pub(super) fn run_sender(ctx: SenderContext) {
 /// down before the send (`merge_fresh`) so that any resend is the same
 /// request under the same key. The first job it takes that cannot join is
 /// kept in `taken`.
+///
+/// Merging batches costs the write a row per member, and saves a request
+/// per batch: worth it only when requests are what is short, that is when
+/// the sender `waited` for its turn. Lone emails are merged either way.
 fn coalesce(
     ctx: &SenderContext,
     jobs: &Receiver<MailJob>,
     first: MailJob,
+    waited: bool,
     taken: &mut VecDeque<MailJob>,
 ) -> MailJob {
-    if !ctx.may_batch(&first) {
+    let joins = |job: &MailJob| ctx.may_batch(job) && (waited || !job.batched);
+    if !joins(&first) {
         return first;
     }
     let mut emails = first.emails.len();
@@ -788,7 +794,7 @@ fn coalesce(
     while emails < ctx.mail_batch {
         let Ok(job) = jobs.try_recv() else { break };
         ctx.queue.taken(&job);
-        if !ctx.may_batch(&job) || emails + job.emails.len() > ctx.mail_batch {
+        if !joins(&job) || emails + job.emails.len() > ctx.mail_batch {
             taken.push_back(job);
             break;
         }
@@ -892,6 +898,8 @@ pub(super) mod testing {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::testing::{record_sent, store_with_pending};
     use super::*;
     use crate::store::Store;
@@ -1158,7 +1166,7 @@ mod tests {
         let may_batch: Vec<bool> = jobs.iter().map(|j| ctx.may_batch(j)).collect();
         assert_eq!(may_batch, [true, true, true, false, true]);
         let mut taken = VecDeque::new();
-        let batch = coalesce(&ctx, &rx, first, &mut taken);
+        let batch = coalesce(&ctx, &rx, first, false, &mut taken);
 
         let mut expected: Vec<String> = jobs[..3].iter().flat_map(ids).collect();
         expected.sort();
@@ -1204,7 +1212,7 @@ mod tests {
             ..sender_context(store, queue.clone())
         };
         let mut taken = VecDeque::new();
-        let batch = coalesce(&ctx, &rx, first, &mut taken);
+        let batch = coalesce(&ctx, &rx, first, true, &mut taken);
 
         let mut expected: Vec<String> = jobs[..2].iter().flat_map(ids).collect();
         expected.sort();
@@ -1217,15 +1225,15 @@ mod tests {
         assert_eq!(queue.len(), 1);
 
         let (pending, _) = ctx.store.read(|c| pending_jobs(c, 10)).unwrap();
-        let requests: Vec<(&String, Vec<String>)> =
+        let requests: BTreeSet<(&String, Vec<String>)> =
             pending.iter().map(|j| (&j.key, ids(j))).collect();
+        let expected = BTreeSet::from([
+            (&batch.key, ids(&batch)),
+            (&jobs[2].key, ids(&jobs[2])),
+            (&jobs[3].key, ids(&jobs[3])),
+        ]);
         assert_eq!(
-            requests,
-            [
-                (&batch.key, ids(&batch)),
-                (&jobs[2].key, ids(&jobs[2])),
-                (&jobs[3].key, ids(&jobs[3]))
-            ],
+            requests, expected,
             "a restart sends the merged batch, identical, and the rest as they were"
         );
         let batches = ctx
@@ -1241,6 +1249,21 @@ mod tests {
     }
 
     #[test]
+    fn with_a_free_turn_a_fresh_batch_goes_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, jobs) = store_with_pending(dir.path(), 4, 2);
+        let (queue, rx, first) = queued(&jobs);
+        let ctx = sender_context(store, queue);
+        let mut taken = VecDeque::new();
+        let job = coalesce(&ctx, &rx, first, false, &mut taken);
+
+        assert_eq!((&job.key, ids(&job)), (&jobs[0].key, ids(&jobs[0])));
+        assert!(taken.is_empty(), "{taken:?}");
+        let behind = rx.try_recv().expect("the batch behind still waits");
+        assert_eq!(behind.key, jobs[1].key);
+    }
+
+    #[test]
     fn a_batch_that_cannot_merge_goes_as_it_was() {
         let dir = tempfile::tempdir().unwrap();
         let (store, jobs) = store_with_pending(dir.path(), 4, 2);
@@ -1248,7 +1271,7 @@ mod tests {
         let (queue, rx, first) = queued(&jobs);
         let ctx = sender_context(store, queue);
         let mut taken = VecDeque::new();
-        let job = coalesce(&ctx, &rx, first, &mut taken);
+        let job = coalesce(&ctx, &rx, first, true, &mut taken);
 
         let as_they_were: Vec<(&String, Vec<String>, bool)> = [&job]
             .into_iter()
@@ -1279,7 +1302,7 @@ mod tests {
         let (queue, rx, first) = queued(&jobs);
         let ctx = sender_context(store, queue);
         let mut taken = VecDeque::new();
-        let job = coalesce(&ctx, &rx, first, &mut taken);
+        let job = coalesce(&ctx, &rx, first, false, &mut taken);
 
         assert!(!job.batched, "{job:?}");
         assert_eq!(job.emails.len() + taken.len(), 3, "every email still goes");
