@@ -4,8 +4,8 @@
 //! the recording of each attempt's outcome with exponential backoff and dead
 //! letters. Sending never happens inside a transaction: senders get jobs
 //! after commit and hand outcomes back to the dispatcher thread to write;
-//! the one thing a sender writes is a batch it makes of waiting lone
-//! emails, committed before the batch is sent.
+//! the one thing a sender writes is a batch it makes of emails waiting
+//! for their turn, committed before the batch is sent.
 
 use std::collections::VecDeque;
 use std::sync::Arc;

@@ -99,8 +99,9 @@ pub struct DeliveryPolicy {
     /// Emails held in memory for the senders; the rest wait in the database.
     pub queue_capacity: usize,
     /// Most emails sent in one request (the provider's batch); emails
-    /// created together go together, and so do lone ones waiting together
-    /// for a sender. 1 sends every email alone.
+    /// created together go together, and emails waiting together for the
+    /// provider's rate (alone or in small batches) are merged into one.
+    /// 1 sends every email alone.
     pub mail_batch: usize,
 }
 
