@@ -361,8 +361,8 @@ fn prepare<'s>(
         .iter()
         .map(|recipient| {
             let address = match recipient {
-                Recipient::User(id) => match users::find(conn, id)? {
-                    Some(user) => user.email,
+                Recipient::User(id) => match users::email_of(conn, id)? {
+                    Some(email) => email,
                     None => return Ok(None),
                 },
                 Recipient::Address { email } => email.clone(),

@@ -37,10 +37,12 @@ pub fn exists(conn: &Connection, id: &str) -> StoreResult<bool> {
         .is_some())
 }
 
-pub fn find(conn: &Connection, id: &str) -> StoreResult<Option<User>> {
+/// A user's address, or None for an unknown id: all the dispatcher needs
+/// of a recipient, read without the rest of the row.
+pub fn email_of(conn: &Connection, id: &str) -> StoreResult<Option<String>> {
     Ok(conn
-        .prepare_cached("SELECT id, email, name FROM users WHERE id = ?1")?
-        .query_row([id], user_from_row)
+        .prepare_cached("SELECT email FROM users WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
         .optional()?)
 }
 
