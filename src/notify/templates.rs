@@ -3,6 +3,7 @@
 //! undefined variables as errors and `.html` auto-escaped. Loading checks that
 //! each type has the templates its channels need and that its sample renders.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use minijinja::{Environment, UndefinedBehavior};
@@ -52,6 +53,38 @@ pub struct EmailContent {
 
 pub struct Templates {
     env: Environment<'static>,
+    /// Each registry type's template names, spelled once at load rather
+    /// than formatted for every event.
+    names: HashMap<String, Names>,
+}
+
+/// The names of one type's templates in the environment.
+struct Names {
+    inbox_title: String,
+    inbox_body: String,
+    email_subject: String,
+    email_html: String,
+    email_text: String,
+    actions: Vec<String>,
+    dedup_key: String,
+    digest_key: String,
+}
+
+impl Names {
+    fn of(ty: &str, def: &TypeDef) -> Names {
+        Names {
+            inbox_title: format!("{ty}/inbox_title.txt"),
+            inbox_body: format!("{ty}/inbox_body.txt"),
+            email_subject: format!("{ty}/email_subject.txt"),
+            email_html: format!("{ty}/email.html"),
+            email_text: format!("{ty}/email.txt"),
+            actions: (0..def.actions.len())
+                .map(|i| inline_name(ty, &format!("action{i}")))
+                .collect(),
+            dedup_key: inline_name(ty, "dedupKey"),
+            digest_key: inline_name(ty, "digestKey"),
+        }
+    }
 }
 
 impl Templates {
@@ -94,7 +127,11 @@ impl Templates {
                 }
             }
         }
-        let templates = Templates { env };
+        let names = registry
+            .types()
+            .map(|(ty, def)| (ty.to_string(), Names::of(ty, def)))
+            .collect();
+        let templates = Templates { env, names };
         if problems.is_empty() {
             for (ty, def) in registry.types() {
                 if let Err(e) = templates.render(ty, def, &def.sample) {
@@ -120,22 +157,30 @@ impl Templates {
         def: &TypeDef,
         payload: &Value,
     ) -> Result<Rendered, NotifyError> {
+        let spelled;
+        let names = match self.names.get(ty) {
+            Some(names) => names,
+            None => {
+                spelled = Names::of(ty, def);
+                &spelled
+            }
+        };
         let ctx = minijinja::Value::from_serialize(payload);
         let inbox = if def.has(Channel::Inbox) {
             let actions = def
                 .actions
                 .iter()
-                .enumerate()
-                .map(|(i, a)| {
+                .zip(&names.actions)
+                .map(|(a, name)| {
                     Ok(Action {
                         label: a.label.clone(),
-                        url: self.one_line(&inline_name(ty, &format!("action{i}")), &ctx)?,
+                        url: self.one_line(name, &ctx)?,
                     })
                 })
                 .collect::<Result<_, NotifyError>>()?;
             Some(InboxContent {
-                title: self.one_line(&format!("{ty}/inbox_title.txt"), &ctx)?,
-                body: self.one_line(&format!("{ty}/inbox_body.txt"), &ctx)?,
+                title: self.one_line(&names.inbox_title, &ctx)?,
+                body: self.one_line(&names.inbox_body, &ctx)?,
                 actions,
             })
         } else {
@@ -143,23 +188,20 @@ impl Templates {
         };
         let email = if def.has(Channel::Email) {
             Some(EmailContent {
-                subject: self.one_line(&format!("{ty}/email_subject.txt"), &ctx)?,
-                html: self.file(&format!("{ty}/email.html"), &ctx)?,
-                text: self.file(&format!("{ty}/email.txt"), &ctx)?,
+                subject: self.one_line(&names.email_subject, &ctx)?,
+                html: self.file(&names.email_html, &ctx)?,
+                text: self.file(&names.email_text, &ctx)?,
             })
         } else {
             None
         };
-        let key = |declared: bool, name: &str| {
-            declared
-                .then(|| self.one_line(&inline_name(ty, name), &ctx))
-                .transpose()
-        };
+        let key =
+            |declared: bool, name: &str| declared.then(|| self.one_line(name, &ctx)).transpose();
         Ok(Rendered {
             inbox,
             email,
-            dedup_key: key(def.dedup_key.is_some(), "dedupKey")?,
-            digest_key: key(def.digest.is_some(), "digestKey")?,
+            dedup_key: key(def.dedup_key.is_some(), &names.dedup_key)?,
+            digest_key: key(def.digest.is_some(), &names.digest_key)?,
         })
     }
 
