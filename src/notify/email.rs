@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
@@ -53,6 +53,8 @@ pub struct MailJob {
     /// into a bigger batch (`coalesce`). Jobs read back from the database
     /// never are: a previous run may have sent them.
     pub fresh: bool,
+    /// When the mail queue last took it in.
+    pub queued_at: Option<Instant>,
 }
 
 impl MailJob {
@@ -64,6 +66,7 @@ impl MailJob {
             emails: vec![email],
             attempts,
             fresh: false,
+            queued_at: None,
         }
     }
 
@@ -88,6 +91,7 @@ impl MailJob {
                     emails: vec![email],
                     attempts: 0,
                     fresh: true,
+                    queued_at: None,
                 }),
                 (None, _) => jobs.push(MailJob {
                     fresh: true,
@@ -292,6 +296,7 @@ fn batch_job(conn: &Connection, batch: String, attempts: u32) -> StoreResult<Mai
         emails,
         attempts,
         fresh: false,
+        queued_at: None,
     })
 }
 
@@ -756,7 +761,8 @@ pub(super) fn run_sender(ctx: SenderContext) {
             ctx.queue.taken(&job);
             (job, true)
         };
-        let job = coalesce(&ctx, &jobs, job, waited, &mut taken);
+        let backlog = job.queued_at.is_some_and(|at| at.elapsed() >= BACKLOG);
+        let job = coalesce(&ctx, &jobs, job, waited || backlog, &mut taken);
         let (outcome, hint) = attempt(ctx.provider.as_ref(), &ctx.from, job);
         ctx.pacer.observe(&hint);
         if ctx.outcomes.send(BusMsg::Outcome(outcome)).is_err() {
@@ -776,16 +782,17 @@ pub(super) fn run_sender(ctx: SenderContext) {
 /// kept in `taken`.
 ///
 /// Merging batches costs the write a row per member, and saves a request
-/// per batch: worth it only when requests are what is short, that is when
-/// the sender `waited` for its turn. Lone emails are merged either way.
+/// per batch: worth it only when requests are `short`, that is when the
+/// sender waited for its turn at the provider's rate, or the job waited in
+/// the queue for a sender (`BACKLOG`). Lone emails are merged either way.
 fn coalesce(
     ctx: &SenderContext,
     jobs: &Receiver<MailJob>,
     first: MailJob,
-    waited: bool,
+    short: bool,
     taken: &mut VecDeque<MailJob>,
 ) -> MailJob {
-    let joins = |job: &MailJob| ctx.may_batch(job) && (waited || !job.batched);
+    let joins = |job: &MailJob| ctx.may_batch(job) && (short || !job.batched);
     if !joins(&first) {
         return first;
     }
@@ -814,6 +821,7 @@ fn coalesce(
                 emails,
                 attempts: 0,
                 fresh: false,
+                queued_at: None,
             }
         }
         Err(e) => {
@@ -829,6 +837,11 @@ fn coalesce(
         }
     }
 }
+
+/// A job that waited this long in the queue found every sender busy: the
+/// provider's requests, not herald, are what is short. Far above the few
+/// milliseconds a busy machine keeps a sender thread from running.
+const BACKLOG: Duration = Duration::from_millis(100);
 
 fn stopped(stop: &Receiver<()>) -> bool {
     matches!(stop.try_recv(), Err(TryRecvError::Disconnected) | Ok(()))

@@ -9,6 +9,7 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -109,7 +110,8 @@ impl MailQueue {
     }
 
     /// Counts `job`'s emails as waiting and hands it to the senders.
-    fn send(&self, job: MailJob) {
+    fn send(&self, mut job: MailJob) {
+        job.queued_at = Some(Instant::now());
         self.queued.fetch_add(job.emails.len(), Ordering::AcqRel);
         // Cannot fail: the queue keeps a receiver of its own, and the
         // channel is unbounded (the room is `queued`'s to count).

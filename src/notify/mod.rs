@@ -100,7 +100,7 @@ pub struct DeliveryPolicy {
     pub queue_capacity: usize,
     /// Most emails sent in one request (the provider's batch); emails
     /// created together go together, and emails waiting together for the
-    /// provider's rate (alone or in small batches) are merged into one.
+    /// provider (alone or in small batches) are merged into one.
     /// 1 sends every email alone.
     pub mail_batch: usize,
 }

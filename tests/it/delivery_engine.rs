@@ -858,6 +858,27 @@ fn a_trickle_of_small_batches_above_the_rate_limit_merges_them_each_email_once()
     );
 }
 
+/// The same trickle to a slow provider with no rate limit: the one sender
+/// is busy for 300 ms a request, and the batches that wait for it meanwhile
+/// are merged too (about 3 requests, not 20).
+#[test]
+fn a_trickle_of_small_batches_to_a_slow_provider_merges_them_each_email_once() {
+    let mail = FakeResend::start();
+    mail.set_mode(Mode::Delay(Duration::from_millis(300)));
+    let server = engine(&mail).env("HERALD_MAIL_SENDERS", "1").start();
+    let emails = 40;
+    post_trickle(&server, 0..emails, 2);
+    wait_sent(&server, emails as i64);
+    let sizes: Vec<usize> = mail
+        .requests()
+        .iter()
+        .map(|r| r.new_email_ids.len())
+        .collect();
+    assert!(sizes.len() <= 8, "{sizes:?}");
+    assert_eq!(mail.accepted_count(), emails);
+    assert_eq!(check_one_email_per_delivery(&mail, &server), Ok(()));
+}
+
 /// The same trickle with herald's default configuration (no client-side
 /// rate): the provider's `ratelimit-remaining: 0` and 429s pause every
 /// sender, the lone emails wait in the queue meanwhile, and the first
