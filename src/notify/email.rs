@@ -951,6 +951,15 @@ mod tests {
             .unwrap()
     }
 
+    fn batch_rows(store: &Store) -> i64 {
+        store
+            .read(|c| {
+                c.query_row("SELECT COUNT(*) FROM mail_batches", [], |r| r.get(0))
+                    .map_err(StoreError::from)
+            })
+            .unwrap()
+    }
+
     fn ids(job: &MailJob) -> Vec<String> {
         job.delivery_ids().map(str::to_string).collect()
     }
@@ -1249,15 +1258,7 @@ mod tests {
             requests, expected,
             "a restart sends the merged batch, identical, and the rest as they were"
         );
-        let batches = ctx
-            .store
-            .read(|c| {
-                c.query_row("SELECT COUNT(*) FROM mail_batches", [], |r| {
-                    r.get::<_, i64>(0)
-                })
-                .map_err(StoreError::from)
-            })
-            .unwrap();
+        let batches = batch_rows(&ctx.store);
         assert_eq!(batches, 3, "the two merged batches are gone");
     }
 
@@ -1326,15 +1327,7 @@ mod tests {
             states.iter().all(|s| s.3.is_none()),
             "nothing written: {states:?}"
         );
-        let batches = ctx
-            .store
-            .read(|c| {
-                c.query_row("SELECT COUNT(*) FROM mail_batches", [], |r| {
-                    r.get::<_, i64>(0)
-                })
-                .map_err(StoreError::from)
-            })
-            .unwrap();
+        let batches = batch_rows(&ctx.store);
         assert_eq!(batches, 0);
     }
 }
