@@ -157,14 +157,11 @@ impl Templates {
         def: &TypeDef,
         payload: &Value,
     ) -> Result<Rendered, NotifyError> {
-        let spelled;
-        let names = match self.names.get(ty) {
-            Some(names) => names,
-            None => {
-                spelled = Names::of(ty, def);
-                &spelled
-            }
-        };
+        // A type the templates were not loaded for has none in `env` either.
+        let names = self
+            .names
+            .get(ty)
+            .ok_or_else(|| NotifyError::Render(format!("no templates loaded for type {ty:?}")))?;
         let ctx = minijinja::Value::from_serialize(payload);
         let inbox = if def.has(Channel::Inbox) {
             let actions = def
