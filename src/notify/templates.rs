@@ -17,9 +17,6 @@ mod embedded {
     include!(concat!(env!("OUT_DIR"), "/embedded_templates.rs"));
 }
 
-const INBOX_FILES: [&str; 2] = ["inbox_title.txt", "inbox_body.txt"];
-const EMAIL_FILES: [&str; 3] = ["email_subject.txt", "email.html", "email.txt"];
-
 /// What an event renders to, once, before any row is written.
 #[derive(Debug, Clone)]
 pub struct Rendered {
@@ -85,6 +82,16 @@ impl Names {
             digest_key: inline_name(ty, "digestKey"),
         }
     }
+
+    /// The files a type with the inbox channel must have.
+    fn inbox_files(&self) -> [&str; 2] {
+        [&self.inbox_title, &self.inbox_body]
+    }
+
+    /// The files a type with the email channel must have.
+    fn email_files(&self) -> [&str; 3] {
+        [&self.email_subject, &self.email_html, &self.email_text]
+    }
 }
 
 impl Templates {
@@ -110,27 +117,28 @@ impl Templates {
                 problems.push(describe(&origin, &e));
             }
         }
+        let names: HashMap<String, Names> = registry
+            .types()
+            .map(|(ty, def)| (ty.to_string(), Names::of(ty, def)))
+            .collect();
         for (ty, def) in registry.types() {
             for (field, source) in inline_templates(def) {
                 if let Err(e) = env.add_template_owned(inline_name(ty, &field), source) {
                     problems.push(describe(&registry.source, &e));
                 }
             }
+            let names = &names[ty];
             for (channel, files) in [
-                (Channel::Inbox, &INBOX_FILES[..]),
-                (Channel::Email, &EMAIL_FILES[..]),
+                (Channel::Inbox, &names.inbox_files()[..]),
+                (Channel::Email, &names.email_files()[..]),
             ] {
                 for file in files.iter().filter(|_| def.has(channel)) {
-                    if env.get_template(&format!("{ty}/{file}")).is_err() {
-                        problems.push(format!("{origin}: type {ty}: missing template {ty}/{file}"));
+                    if env.get_template(file).is_err() {
+                        problems.push(format!("{origin}: type {ty}: missing template {file}"));
                     }
                 }
             }
         }
-        let names = registry
-            .types()
-            .map(|(ty, def)| (ty.to_string(), Names::of(ty, def)))
-            .collect();
         let templates = Templates { env, names };
         if problems.is_empty() {
             for (ty, def) in registry.types() {
