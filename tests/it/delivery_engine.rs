@@ -39,11 +39,7 @@ pub fn post_email(server: &TestServer, i: usize) -> String {
 pub fn post_trickle(server: &TestServer, range: std::ops::Range<usize>, per_event: usize) {
     for first in range.clone().step_by(per_event) {
         let end = (first + per_event).min(range.end);
-        let to: Vec<Value> = (first..end)
-            .map(|i| json!({ "email": format!("n{i}@example.com") }))
-            .collect();
-        let (status, body) = server.post_event(role_changed(json!(to), &format!("s{first}")));
-        assert_eq!(status, 202, "{body}");
+        post_to_addresses(server, first..end);
         let created = || server.count("SELECT COUNT(*) FROM deliveries WHERE address LIKE 'n%'");
         if !wait_until(WAIT, || created() >= end as i64) {
             server.fail(&format!("event {first} was never dispatched"));
