@@ -70,6 +70,18 @@ impl MailJob {
         }
     }
 
+    /// A batch of deliveries sent together, under the batch's id.
+    fn batch(key: String, emails: Vec<EmailJob>, attempts: u32) -> MailJob {
+        MailJob {
+            key,
+            batched: true,
+            emails,
+            attempts,
+            fresh: false,
+            queued_at: None,
+        }
+    }
+
     pub fn delivery_ids(&self) -> impl Iterator<Item = &str> {
         self.emails.iter().map(|e| e.delivery_id.as_str())
     }
@@ -86,12 +98,8 @@ impl MailJob {
                     last.emails.push(email);
                 }
                 (Some(batch), _) => jobs.push(MailJob {
-                    key: batch,
-                    batched: true,
-                    emails: vec![email],
-                    attempts: 0,
                     fresh: true,
-                    queued_at: None,
+                    ..MailJob::batch(batch, vec![email], 0)
                 }),
                 (None, _) => jobs.push(MailJob {
                     fresh: true,
@@ -290,14 +298,7 @@ fn batch_job(conn: &Connection, batch: String, attempts: u32) -> StoreResult<Mai
         .query_map([&batch], job_from_row)?
         .map(|row| row.map(|(email, _, _)| email))
         .collect::<Result<_, _>>()?;
-    Ok(MailJob {
-        key: batch,
-        batched: true,
-        emails,
-        attempts,
-        fresh: false,
-        queued_at: None,
-    })
+    Ok(MailJob::batch(batch, emails, attempts))
 }
 
 /// The oldest deliveries waiting to be sent, at most `limit` rows read, as
@@ -815,14 +816,7 @@ fn coalesce(
         Ok(key) => {
             let mut emails: Vec<EmailJob> = members.into_iter().flat_map(|j| j.emails).collect();
             sort_members(&mut emails);
-            MailJob {
-                key,
-                batched: true,
-                emails,
-                attempts: 0,
-                fresh: false,
-                queued_at: None,
-            }
+            MailJob::batch(key, emails, 0)
         }
         Err(e) => {
             // Nothing was written: each job goes as it was, in its own
