@@ -30,7 +30,8 @@ usage:
                                       (needs HERALD_REFERRAL_CREDITS); a running server sends
                                       their notifications
   herald send <type> --to <user|email>... --payload <json> [--subject-id ID]
-  herald outbox [list]                delivery counts by status and the oldest unfinished
+  herald outbox [list]                delivery counts by status, the latest events' results
+                                      and the oldest unfinished deliveries
   herald outbox retry <id>            re-arm one dead or failed delivery
   herald outbox retry-dead            re-arm every dead delivery
   herald user add <id> --email <address> [--name <name>]
@@ -307,12 +308,30 @@ fn send(config: &Config, args: &Args, kind: &str) -> Result<(), String> {
 
 /// How many unfinished deliveries `outbox list` shows.
 const OUTBOX_OLDEST: usize = 20;
+/// How many dispatched events, with their results, `outbox list` shows.
+const OUTBOX_LATEST: usize = 10;
 
 fn outbox_list(config: &Config) -> Result<(), String> {
     let store = open_store(config)?;
     let counts = store.read(email::counts).map_err(|e| e.to_string())?;
     for (status, count) in &counts {
         println!("{status:<9} {count}");
+    }
+    let latest = store
+        .read(|c| outbox::latest_results(c, OUTBOX_LATEST))
+        .map_err(|e| e.to_string())?;
+    if !latest.is_empty() {
+        println!("\nlatest events (recipients, then [channel: what it got]):");
+    }
+    for row in &latest {
+        println!(
+            "  {}  {}  {}  {}",
+            row.id,
+            crate::time::rfc3339(row.dispatched_at),
+            row.kind,
+            row.result
+                .map_or_else(|| "-".to_string(), |r| describe_result(&r))
+        );
     }
     let mut oldest = Vec::new();
     for status in ["dead", "failed", "retrying", "pending"] {
@@ -342,6 +361,40 @@ fn outbox_list(config: &Config) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// An event's result on one line: the per-recipient counts, then each
+/// channel's non-zero counts, e.g.
+/// `sent 1  deduped 0  suppressed 0  [inbox: sent 1] [email: suppressed 1]`.
+fn describe_result(result: &outbox::DispatchResult) -> String {
+    let mut line = format!(
+        "sent {}  deduped {}  suppressed {}",
+        result.sent, result.deduped, result.suppressed_by_prefs
+    );
+    let Some(channels) = result.channels else {
+        line.push_str("  [per channel: not recorded]");
+        return line;
+    };
+    let mut breakdown = Vec::new();
+    for (name, counts) in [("inbox", channels.inbox), ("email", channels.email)] {
+        let parts: Vec<String> = [
+            ("sent", counts.sent),
+            ("deduped", counts.deduped),
+            ("suppressed", counts.suppressed_by_prefs),
+        ]
+        .into_iter()
+        .filter(|(_, n)| *n != 0)
+        .map(|(what, n)| format!("{what} {n}"))
+        .collect();
+        if !parts.is_empty() {
+            breakdown.push(format!("[{name}: {}]", parts.join(", ")));
+        }
+    }
+    if !breakdown.is_empty() {
+        line.push_str("  ");
+        line.push_str(&breakdown.join(" "));
+    }
+    line
 }
 
 /// Re-arms in the database; a running server notices at its next sweep (the

@@ -571,10 +571,24 @@ fn schemas(event_types: &[&str]) -> Value {
             "properties": {"eventId": {"type": "string"}, "duplicate": {"type": "boolean"}}}),
     );
     schemas.insert(
-        "DispatchResult".into(),
+        "ResultCounts".into(),
         json!({"type": "object", "required": ["sent", "deduped", "suppressedByPrefs"],
             "properties": {"sent": {"type": "integer"}, "deduped": {"type": "integer"},
                            "suppressedByPrefs": {"type": "integer"}}}),
+    );
+    schemas.insert(
+        "DispatchResult".into(),
+        json!({"type": "object", "required": ["sent", "deduped", "suppressedByPrefs", "channels"],
+            "description": "sent, deduped and suppressedByPrefs count recipients: sent those who got at least one channel, suppressedByPrefs those whose every channel was switched off.",
+            "properties": {
+                "sent": {"type": "integer"}, "deduped": {"type": "integer"},
+                "suppressedByPrefs": {"type": "integer"},
+                "channels": {"oneOf": [
+                    {"type": "null"},
+                    {"type": "object", "required": ["inbox", "email"],
+                     "properties": {"inbox": schema("ResultCounts"), "email": schema("ResultCounts")}}
+                ], "description": "The same counts per channel; null for events dispatched before herald kept them (their counts above counted channels)."}
+            }}),
     );
     schemas.insert("Delivery".into(), json!({
             "type": "object",

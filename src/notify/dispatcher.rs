@@ -15,7 +15,7 @@ use rusqlite::Transaction;
 use super::email::{self, Batcher, EmailJob, MailJob, Outcome};
 use super::event::{Event, Recipient};
 use super::mail_queue::MailQueue;
-use super::outbox::{self, DispatchResult};
+use super::outbox::{self, ChannelCounts, DispatchResult};
 use super::policy::{self, DedupKey};
 use super::preferences::Switches;
 use super::registry::{Channel, TypeDef};
@@ -409,11 +409,33 @@ fn write_all(
 }
 
 /// One event to each recipient, applying SPEC 2.3 in order: the dedup
-/// window (per recipient: `deduped` counts recipients), preferences (per
-/// channel: `suppressedByPrefs` counts channels), the digest (the event is
-/// held, nothing is sent now), else an inbox row per user and an email
-/// delivery per user and per address-only recipient (`sent` counts both).
-/// A released digest skips dedup and digest: it was checked on the way in.
+/// window, preferences, the digest (the event is held, nothing is sent
+/// now), else an inbox row per user and an email delivery per user and per
+/// address-only recipient. A released digest skips dedup and digest: it was
+/// checked on the way in.
+///
+/// The result counts each recipient once at the top, and each of its
+/// channels in `channels`:
+/// - sent: a recipient counts `sent` if at least one channel was written
+///   (email switched off, inbox on: `sent`), and each written channel
+///   counts `sent` in its own breakdown;
+/// - deduped: a recipient caught by the window counts `deduped`, and so
+///   does every channel it would have got;
+/// - suppressedByPrefs: a recipient counts it only when every channel it
+///   would have got is switched off; each switched-off channel counts it.
+///
+/// An address-only recipient has no inbox and no preferences: it counts on
+/// the email channel alone. Some recipients count nowhere at the top:
+/// - a user that no longer exists: nothing was attempted (it is logged);
+///   counting it `suppressedByPrefs` would blame a preference nobody set;
+/// - a recipient whose event joins a digest: nothing goes out yet. The
+///   event's `digests` says where it waits, and the released digest is an
+///   event of its own whose result counts the recipient `sent` then. The
+///   channels switched off at join count `suppressedByPrefs` here, as the
+///   metrics count them: the digest never reaches those channels.
+///
+/// The per-channel counts and the Prometheus counters come from the same
+/// place (`tally`), so they always agree.
 fn fan_out(
     tx: &Transaction<'_>,
     seq: i64,
@@ -429,6 +451,16 @@ fn fan_out(
         reach,
     } = ready;
     let mut result = DispatchResult::default();
+    let mut by_channel = ChannelCounts::default();
+    let mut tally = |channel: Channel, fate: Fate| {
+        let counts = by_channel.of(channel);
+        match fate {
+            Fate::Sent => counts.sent += 1,
+            Fate::Deduped => counts.deduped += 1,
+            Fate::Suppressed => counts.suppressed_by_prefs += 1,
+        }
+        written.fates.push((event.kind.clone(), channel, fate));
+    };
     let now = now_ms();
     let release = event.from_digest.as_ref();
     for (recipient, reach) in event.recipients.iter().zip(reach) {
@@ -451,23 +483,19 @@ fn fan_out(
         if duplicate {
             result.deduped += 1;
             for channel in reachable(def, recipient) {
-                written
-                    .fates
-                    .push((event.kind.clone(), channel, Fate::Deduped));
+                tally(channel, Fate::Deduped);
             }
             continue;
         }
-        result.suppressed_by_prefs += suppressed;
         if suppressed > 0 {
             let off = reachable(def, recipient)
                 .filter(|c| only.is_none_or(|only| only.contains(c)) && !channels.contains(c));
             for channel in off {
-                written
-                    .fates
-                    .push((event.kind.clone(), channel, Fate::Suppressed));
+                tally(channel, Fate::Suppressed);
             }
         }
         if channels.is_empty() {
+            result.suppressed_by_prefs += i64::from(suppressed > 0);
             continue;
         }
         if let (Some(spec), Some(digest_key), None) = (&def.digest, &rendered.digest_key, release) {
@@ -475,6 +503,7 @@ fn fan_out(
             written.digest_opened |= opened.is_some();
             continue;
         }
+        let mut reached = false;
         for channel in channels {
             let wrote = match (channel, recipient, &rendered.inbox, &rendered.email) {
                 (Channel::Inbox, Recipient::User(id), Some(content), _) => {
@@ -495,14 +524,14 @@ fn fan_out(
                 }
                 _ => false,
             };
-            result.sent += i64::from(wrote);
             if wrote {
-                written
-                    .fates
-                    .push((event.kind.clone(), channel, Fate::Sent));
+                tally(channel, Fate::Sent);
+                reached = true;
             }
         }
+        result.sent += i64::from(reached);
     }
+    result.channels = Some(by_channel);
     Ok(result)
 }
 

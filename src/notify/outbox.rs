@@ -7,6 +7,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde::Serialize;
 
 use super::event::Event;
+use super::registry::Channel;
 use super::NotifyError;
 use crate::ids;
 use crate::store::{now_ms, StoreError, StoreResult};
@@ -124,18 +125,99 @@ pub fn claim(tx: &Transaction<'_>, seq: i64) -> StoreResult<bool> {
     Ok(status.as_deref() == Some("pending"))
 }
 
+/// One set of counts of an event's result: `sent`, `deduped` and
+/// `suppressedByPrefs` (SPEC 2.3).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct DispatchResult {
+pub struct ResultCounts {
     pub sent: i64,
     pub deduped: i64,
     pub suppressed_by_prefs: i64,
 }
 
+/// The counts of each channel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ChannelCounts {
+    pub inbox: ResultCounts,
+    pub email: ResultCounts,
+}
+
+impl ChannelCounts {
+    /// The counts of `channel`.
+    pub fn of(&mut self, channel: Channel) -> &mut ResultCounts {
+        match channel {
+            Channel::Inbox => &mut self.inbox,
+            Channel::Email => &mut self.email,
+        }
+    }
+}
+
+/// An event's result: the top-level counts are per recipient (each
+/// recipient counts at most once), `channels` per channel (SPEC 2.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DispatchResult {
+    pub sent: i64,
+    pub deduped: i64,
+    pub suppressed_by_prefs: i64,
+    /// None only for events dispatched before schema version 3: their three
+    /// counts counted channels, and no split of them was stored.
+    pub channels: Option<ChannelCounts>,
+}
+
+impl Default for DispatchResult {
+    /// Nothing counted yet, with an (empty) channel breakdown.
+    fn default() -> Self {
+        DispatchResult {
+            sent: 0,
+            deduped: 0,
+            suppressed_by_prefs: 0,
+            channels: Some(ChannelCounts::default()),
+        }
+    }
+}
+
+/// The result columns of `outbox`, in this order after the row's own.
+const RESULT_COLUMNS: &str = "sent, deduped, suppressed, inbox_sent, inbox_deduped, \
+                              inbox_suppressed, email_sent, email_deduped, email_suppressed";
+
+/// Reads the result columns starting at `first` (see `RESULT_COLUMNS`);
+/// None while the event is not dispatched.
+fn read_result(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Option<DispatchResult>> {
+    let count = |i: usize| r.get::<_, Option<i64>>(first + i);
+    let Some(sent) = count(0)? else {
+        return Ok(None);
+    };
+    let channel = |at: usize| -> rusqlite::Result<Option<ResultCounts>> {
+        Ok(match (count(at)?, count(at + 1)?, count(at + 2)?) {
+            (Some(sent), Some(deduped), Some(suppressed_by_prefs)) => Some(ResultCounts {
+                sent,
+                deduped,
+                suppressed_by_prefs,
+            }),
+            _ => None,
+        })
+    };
+    let channels = match (channel(3)?, channel(6)?) {
+        (Some(inbox), Some(email)) => Some(ChannelCounts { inbox, email }),
+        _ => None,
+    };
+    Ok(Some(DispatchResult {
+        sent,
+        deduped: count(1)?.unwrap_or(0),
+        suppressed_by_prefs: count(2)?.unwrap_or(0),
+        channels,
+    }))
+}
+
 pub fn mark_dispatched(tx: &Transaction<'_>, seq: i64, result: DispatchResult) -> StoreResult<()> {
+    let inbox = result.channels.map(|c| c.inbox);
+    let email = result.channels.map(|c| c.email);
     tx.prepare_cached(
         "UPDATE outbox SET status = 'dispatched', dispatched_at = ?2, sent = ?3, deduped = ?4,
-                           suppressed = ?5
+                           suppressed = ?5, inbox_sent = ?6, inbox_deduped = ?7,
+                           inbox_suppressed = ?8, email_sent = ?9, email_deduped = ?10,
+                           email_suppressed = ?11
          WHERE seq = ?1",
     )?
     .execute(params![
@@ -143,9 +225,41 @@ pub fn mark_dispatched(tx: &Transaction<'_>, seq: i64, result: DispatchResult) -
         now_ms(),
         result.sent,
         result.deduped,
-        result.suppressed_by_prefs
+        result.suppressed_by_prefs,
+        inbox.map(|c| c.sent),
+        inbox.map(|c| c.deduped),
+        inbox.map(|c| c.suppressed_by_prefs),
+        email.map(|c| c.sent),
+        email.map(|c| c.deduped),
+        email.map(|c| c.suppressed_by_prefs),
     ])?;
     Ok(())
+}
+
+/// A dispatched event and its result, for `herald outbox list`.
+#[derive(Debug)]
+pub struct ResultRow {
+    pub id: String,
+    pub kind: String,
+    pub dispatched_at: i64,
+    pub result: Option<DispatchResult>,
+}
+
+/// The `limit` notification events dispatched last, newest first.
+pub fn latest_results(conn: &Connection, limit: usize) -> StoreResult<Vec<ResultRow>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT id, type, dispatched_at, {RESULT_COLUMNS} FROM outbox
+         WHERE status = 'dispatched' AND kind = 'notification' ORDER BY seq DESC LIMIT ?1"
+    ))?;
+    let rows = stmt.query_map([limit as i64], |r| {
+        Ok(ResultRow {
+            id: r.get(0)?,
+            kind: r.get(1)?,
+            dispatched_at: r.get::<_, Option<i64>>(2)?.unwrap_or(0),
+            result: read_result(r, 3)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// An event that can never be dispatched (its type left the registry, a
@@ -193,26 +307,18 @@ pub struct EventView {
 /// An event with its result and every delivery, for the API.
 pub fn view(conn: &Connection, id: &str) -> StoreResult<EventView> {
     let (seq, kind, status, created_at, result, error) = conn
-        .prepare_cached(
-            "SELECT seq, type, status, created_at, sent, deduped, suppressed, error
-             FROM outbox WHERE id = ?1",
-        )?
+        .prepare_cached(&format!(
+            "SELECT seq, type, status, created_at, error, {RESULT_COLUMNS}
+             FROM outbox WHERE id = ?1"
+        ))?
         .query_row([id], |r| {
-            let result = match r.get::<_, Option<i64>>(4)? {
-                Some(sent) => Some(DispatchResult {
-                    sent,
-                    deduped: r.get::<_, Option<i64>>(5)?.unwrap_or(0),
-                    suppressed_by_prefs: r.get::<_, Option<i64>>(6)?.unwrap_or(0),
-                }),
-                None => None,
-            };
             Ok((
                 r.get::<_, i64>(0)?,
                 r.get::<_, String>(1)?,
                 r.get::<_, String>(2)?,
                 r.get::<_, i64>(3)?,
-                result,
-                r.get::<_, Option<String>>(7)?,
+                read_result(r, 5)?,
+                r.get::<_, Option<String>>(4)?,
             ))
         })
         .optional()?

@@ -11,6 +11,7 @@ use super::{StoreError, StoreResult};
 const STEPS: &[&str] = &[
     include_str!("../../schema.sql"),
     include_str!("schema_v2.sql"),
+    include_str!("schema_v3.sql"),
 ];
 
 pub const SCHEMA_VERSION: i64 = STEPS.len() as i64;
@@ -61,6 +62,37 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM schema_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!((version, rows), (SCHEMA_VERSION, 1));
+    }
+
+    /// A database from the previous version upgrades in place: rows it
+    /// holds keep their values and read NULL in the new columns.
+    #[test]
+    fn upgrades_a_database_of_the_previous_version() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        let previous = SCHEMA_VERSION - 1;
+        for step in &STEPS[..previous as usize] {
+            conn.execute_batch(step).unwrap();
+        }
+        conn.execute_batch(&format!(
+            "CREATE TABLE schema_version (version INTEGER NOT NULL);
+             INSERT INTO schema_version (version) VALUES ({previous});
+             INSERT INTO outbox (id, type, body, status, created_at, sent, deduped, suppressed)
+                 VALUES ('evt_old', 't', '{{}}', 'dispatched', 0, 2, 0, 1);"
+        ))
+        .unwrap();
+        apply(&mut conn).unwrap();
+        let version: i64 = conn
+            .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let row: (i64, i64, Option<i64>, Option<i64>) = conn
+            .query_row(
+                "SELECT sent, suppressed, inbox_sent, email_suppressed FROM outbox",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .unwrap();
+        assert_eq!(row, (2, 1, None, None));
     }
 
     #[test]

@@ -182,12 +182,19 @@ fn a_seq_published_twice_in_one_batch_is_dispatched_once() {
     assert_eq!(notifier.deliver_published(&recorder), 2);
     assert_eq!(recorder.sent.lock().unwrap().len(), 1, "exactly one email");
     assert_eq!(count(&notifier, "SELECT COUNT(*) FROM notifications"), 1);
-    assert_eq!(
+    let dispatched = |column: &str| {
         count(
             &notifier,
-            "SELECT sent FROM outbox WHERE status = 'dispatched'"
-        ),
-        2,
-        "the inbox row and the email"
+            &format!("SELECT {column} FROM outbox WHERE status = 'dispatched'"),
+        )
+    };
+    assert_eq!(
+        [
+            dispatched("sent"),
+            dispatched("inbox_sent"),
+            dispatched("email_sent")
+        ],
+        [1, 1, 1],
+        "one recipient, its inbox row and its email"
     );
 }

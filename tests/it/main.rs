@@ -28,4 +28,5 @@ mod policy_dedup;
 mod policy_digest;
 mod policy_prefs;
 mod policy_registry;
+mod policy_results;
 mod seam;

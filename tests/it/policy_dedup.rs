@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::policy_catalog::Catalog;
-use crate::support::{FakeResend, TestServer};
+use crate::support::{result, FakeResend, TestServer};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -25,8 +25,11 @@ fn send(server: &TestServer, event: Value) -> Value {
     server.wait_event_done(body["eventId"].as_str().unwrap(), WAIT)["result"].clone()
 }
 
+/// The result of one event to carol, a user on a type with both channels:
+/// each channel fares as she does.
 fn counters(sent: i64, deduped: i64) -> Value {
-    json!({"sent": sent, "deduped": deduped, "suppressedByPrefs": 0})
+    let counts = [sent, deduped, 0];
+    result(counts, counts, counts)
 }
 
 #[test]
@@ -37,7 +40,7 @@ fn two_identical_events_inside_the_window_notify_once() {
 
     assert_eq!(
         send(&server, role_changed("mem_1", "member", "admin")),
-        counters(2, 0)
+        counters(1, 0)
     );
     assert_eq!(
         send(&server, role_changed("mem_1", "member", "admin")),
@@ -53,11 +56,11 @@ fn two_identical_events_inside_the_window_notify_once() {
     // Another dedupKey value (before:newRole) or another subject is news.
     assert_eq!(
         send(&server, role_changed("mem_1", "admin", "owner")),
-        counters(2, 0)
+        counters(1, 0)
     );
     assert_eq!(
         send(&server, role_changed("mem_2", "member", "admin")),
-        counters(2, 0)
+        counters(1, 0)
     );
     let (_, inbox) = server.get("/v1/inbox", Some(&token));
     assert_eq!(inbox["items"].as_array().unwrap().len(), 3, "{inbox}");
@@ -73,7 +76,7 @@ fn after_the_window_the_same_event_notifies_again() {
 
     assert_eq!(
         send(&server, role_changed("mem_1", "member", "admin")),
-        counters(2, 0)
+        counters(1, 0)
     );
     assert_eq!(
         send(&server, role_changed("mem_1", "member", "admin")),
@@ -82,7 +85,7 @@ fn after_the_window_the_same_event_notifies_again() {
     std::thread::sleep(Duration::from_millis(1_100));
     assert_eq!(
         send(&server, role_changed("mem_1", "member", "admin")),
-        counters(2, 0)
+        counters(1, 0)
     );
     let (_, inbox) = server.get("/v1/inbox", Some(&token));
     assert_eq!(inbox["items"].as_array().unwrap().len(), 2, "{inbox}");
@@ -96,10 +99,10 @@ fn a_zero_window_turns_dedup_off() {
     server.create_user("carol", "carol@acme.test", "Carol");
     assert_eq!(
         send(&server, role_changed("mem_1", "member", "admin")),
-        counters(2, 0)
+        counters(1, 0)
     );
     assert_eq!(
         send(&server, role_changed("mem_1", "member", "admin")),
-        counters(2, 0)
+        counters(1, 0)
     );
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::policy_catalog::Catalog;
-use crate::support::{wait_until, FakeResend, TestServer};
+use crate::support::{result, wait_until, FakeResend, TestServer};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -35,11 +35,12 @@ fn upload(server: &TestServer, to: &str, order: &str, n: i64) -> Value {
     }));
     assert_eq!(status, 202, "{body}");
     let event = server.wait_event_done(body["eventId"].as_str().unwrap(), WAIT);
-    // Held in the digest: nothing is sent for the upload itself, and the
-    // event says where it waits.
-    assert_eq!(event["result"]["sent"], 0, "{event}");
+    // Held in the digest: nothing is sent for the upload itself, the
+    // recipient counts nowhere yet, and the event says where it waits.
+    for count in ["sent", "deduped", "suppressedByPrefs"] {
+        assert_eq!(event["result"][count], 0, "{event}");
+    }
     assert_eq!(event["digests"][0]["recipient"], to, "{event}");
-    assert_eq!(event["result"]["deduped"], 0, "{event}");
     event["result"].clone()
 }
 
@@ -75,7 +76,11 @@ fn five_uploads_for_one_order_become_one_batch_notification() {
     let token = server.create_user("bob", "bob@acme.test", "Bob");
 
     for n in 1..=5 {
-        assert_eq!(upload(&server, "bob", "ord_1", n)["suppressedByPrefs"], 0);
+        // Held, not sent: the recipient counts nowhere yet.
+        assert_eq!(
+            upload(&server, "bob", "ord_1", n),
+            result([0, 0, 0], [0, 0, 0], [0, 0, 0])
+        );
     }
     assert_eq!(server.count("SELECT COUNT(*) FROM digests"), 1);
     assert_eq!(server.count("SELECT COUNT(*) FROM digest_events"), 5);
@@ -117,7 +122,12 @@ fn five_uploads_for_one_order_become_one_batch_notification() {
         Some(server.service_key()),
     );
     assert_eq!(batch["type"], "document_uploaded_batch");
-    assert_eq!(batch["result"]["sent"], 2, "{batch}");
+    // The release counts bob, on both channels.
+    assert_eq!(
+        batch["result"],
+        result([1, 0, 0], [1, 0, 0], [1, 0, 0]),
+        "{batch}"
+    );
 }
 
 #[test]
@@ -140,7 +150,11 @@ fn each_order_has_its_own_digest_and_a_lone_upload_keeps_its_type() {
     }
     upload(&server, "bob", "ord_2", 7);
     for n in 1..=2 {
-        assert_eq!(upload(&server, "dave", "ord_3", n)["suppressedByPrefs"], 1);
+        // Held for the inbox: dave is not suppressed, his email channel is.
+        assert_eq!(
+            upload(&server, "dave", "ord_3", n),
+            result([0, 0, 0], [0, 0, 0], [0, 0, 1])
+        );
     }
 
     let items = wait_inbox(&server, &bob, 2);

@@ -29,3 +29,15 @@ pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// An event's `result` as `GET /v1/events/{id}` serves it: `recipients`
+/// are the per-recipient `[sent, deduped, suppressedByPrefs]`, `inbox` and
+/// `email` the same counts per channel.
+pub fn result(recipients: [i64; 3], inbox: [i64; 3], email: [i64; 3]) -> serde_json::Value {
+    fn counts([sent, deduped, suppressed]: [i64; 3]) -> serde_json::Value {
+        serde_json::json!({"sent": sent, "deduped": deduped, "suppressedByPrefs": suppressed})
+    }
+    let mut result = counts(recipients);
+    result["channels"] = serde_json::json!({"inbox": counts(inbox), "email": counts(email)});
+    result
+}
