@@ -166,10 +166,14 @@ fn serve(config: &Config) -> Result<(), String> {
             },
             stripe_webhook_secret: config.stripe_webhook_secret.clone(),
             dev: config.dev,
-            stream_heartbeat: config.stream_heartbeat,
         })
     };
-    let http = HttpServer::start_with(&config.addr, make_ctx, config.http_threads)?;
+    let http = HttpServer::start_with(
+        &config.addr,
+        make_ctx,
+        config.http.clone(),
+        config.streams.clone(),
+    )?;
     println!("listening on http://{}", http.addr());
     log::info!(
         "herald serving {} (mail: {}, schema v{SCHEMA_VERSION})",

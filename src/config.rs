@@ -100,9 +100,10 @@ pub struct Config {
     pub listener_hooks: crate::notify::ListenerHooks,
     pub mail: MailConfig,
     pub policy: DeliveryPolicy,
-    pub http_threads: usize,
-    /// `HERALD_STREAM_HEARTBEAT_MS`: the inbox stream's heartbeat period.
-    pub stream_heartbeat: Duration,
+    /// `HERALD_HTTP_*`: workers and the bounds on each connection.
+    pub http: crate::http::HttpLimits,
+    /// `HERALD_STREAM_*`: the live inbox's bounds.
+    pub streams: crate::http::StreamLimits,
     pub synchronous: Synchronous,
     pub shutdown_grace: Duration,
 }
@@ -150,6 +151,9 @@ impl Config {
                 v.parse()
                     .map_err(|_| format!("{var}={v:?} is not a non-negative integer"))
             })
+        };
+        let millis = |var: &str, default: u64| -> Result<Duration, String> {
+            Ok(Duration::from_millis(number(var, default)?.max(100)))
         };
         let synchronous = match setting("synchronous", "HERALD_SYNCHRONOUS").as_deref() {
             None | Some("normal" | "NORMAL") => Synchronous::Normal,
@@ -239,10 +243,24 @@ impl Config {
             },
             mail,
             policy,
-            http_threads: number("HERALD_HTTP_THREADS", 8)?.clamp(1, 256) as usize,
-            stream_heartbeat: Duration::from_millis(
-                number("HERALD_STREAM_HEARTBEAT_MS", 15_000)?.max(50),
-            ),
+            http: crate::http::HttpLimits {
+                threads: number("HERALD_HTTP_THREADS", 8)?.clamp(1, 256) as usize,
+                max_connections: number("HERALD_HTTP_MAX_CONNECTIONS", 10_000)?.max(1) as usize,
+                max_head: number("HERALD_HTTP_MAX_HEADER_BYTES", 32 * 1024)?.clamp(1024, 1 << 20)
+                    as usize,
+                max_body: crate::http::MAX_BODY,
+                header_timeout: millis("HERALD_HTTP_HEADER_TIMEOUT_MS", 10_000)?,
+                body_timeout: millis("HERALD_HTTP_BODY_TIMEOUT_MS", 30_000)?,
+                idle_timeout: millis("HERALD_HTTP_IDLE_TIMEOUT_MS", 60_000)?,
+            },
+            streams: crate::http::StreamLimits {
+                heartbeat: Duration::from_millis(
+                    number("HERALD_STREAM_HEARTBEAT_MS", 15_000)?.max(50),
+                ),
+                max_buffer: number("HERALD_STREAM_MAX_BUFFER", 1 << 20)?.max(4096) as usize,
+                max_per_user: number("HERALD_STREAM_MAX_PER_USER", 10)?.max(1) as usize,
+                max_total: number("HERALD_STREAM_MAX", 10_000)?.max(1) as usize,
+            },
             synchronous,
             shutdown_grace: Duration::from_millis(number("HERALD_SHUTDOWN_GRACE_MS", 10_000)?),
         })

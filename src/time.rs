@@ -1,5 +1,5 @@
 //! Time formatting without a calendar crate: RFC 3339 timestamps for the API
-//! and IMF-fixdate parsing for `Retry-After`. All instants are Unix epoch
+//! and IMF-fixdates for `Date` and `Retry-After`. All instants are Unix epoch
 //! milliseconds, the unit the database stores.
 
 /// `1732530000123` -> `2024-11-25T10:20:00.123Z`.
@@ -45,6 +45,26 @@ pub fn parse_http_date(s: &str) -> Option<i64> {
     Some((days_from_civil(year, month, day) * 86_400 + h * 3600 + mi * 60 + se) * 1000)
 }
 
+/// `Sun, 06 Nov 1994 08:49:37 GMT` (IMF-fixdate).
+pub fn http_date(ms: i64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{}, {d:02} {} {y:04} {:02}:{:02}:{:02} GMT",
+        DAYS[days.rem_euclid(7) as usize],
+        MONTHS[(m - 1) as usize],
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 // Howard Hinnant's civil calendar algorithms.
 fn civil_from_days(z: i64) -> (i64, i64, i64) {
     let z = z + 719_468;
@@ -71,6 +91,15 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_dates_are_imf_fixdates() {
+        assert_eq!(http_date(784_111_777_000), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(
+            parse_http_date(&http_date(1_764_066_645_000)),
+            Some(1_764_066_645_000)
+        );
+    }
 
     #[test]
     fn formats_and_parses_known_instants() {

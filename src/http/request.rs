@@ -1,8 +1,6 @@
-//! A parsed request: method, decoded path segments, query, headers and a body
-//! read up front under the 1 MiB limit. Handlers see only this type, never
-//! tiny_http's.
-
-use std::io::Read;
+//! A parsed request: method, decoded path segments, query, headers and the
+//! body (read whole by the server, under the 1 MiB limit). Handlers see only
+//! this type.
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -21,12 +19,12 @@ pub struct Req {
 }
 
 impl Req {
-    /// Reads everything a handler may need; fails with 413 for bodies over
-    /// the limit and 400 for paths that do not decode.
-    pub fn read(rq: &mut tiny_http::Request) -> Result<Req, ApiError> {
-        let (path, query) = match rq.url().split_once('?') {
+    /// Decodes what a handler may need; 400 for a path or query that does
+    /// not decode.
+    pub fn parse(request: super::server::Request) -> Result<Req, ApiError> {
+        let (path, query) = match request.target.split_once('?') {
             Some((p, q)) => (p.to_string(), q.to_string()),
-            None => (rq.url().to_string(), String::new()),
+            None => (request.target, String::new()),
         };
         let segments = path
             .split('/')
@@ -36,34 +34,13 @@ impl Req {
             .ok_or_else(|| ApiError::bad_request("path is not valid percent-encoded UTF-8"))?;
         let query = parse_urlencoded(&query)
             .ok_or_else(|| ApiError::bad_request("query is not valid percent-encoded UTF-8"))?;
-        let headers = rq
-            .headers()
-            .iter()
-            .map(|h| {
-                (
-                    h.field.as_str().as_str().to_ascii_lowercase(),
-                    h.value.as_str().to_string(),
-                )
-            })
-            .collect();
-        if rq.body_length().is_some_and(|n| n > MAX_BODY) {
-            return Err(too_large());
-        }
-        let mut body = Vec::new();
-        rq.as_reader()
-            .take(MAX_BODY as u64 + 1)
-            .read_to_end(&mut body)
-            .map_err(|e| ApiError::bad_request(format!("cannot read request body: {e}")))?;
-        if body.len() > MAX_BODY {
-            return Err(too_large());
-        }
         Ok(Req {
-            method: rq.method().as_str().to_ascii_uppercase(),
+            method: request.method.to_ascii_uppercase(),
             path,
             segments,
             query,
-            headers,
-            body,
+            headers: request.headers,
+            body: request.body,
         })
     }
 
@@ -155,14 +132,6 @@ impl Req {
         serde_json::from_value(value)
             .map_err(|e| ApiError::new(422, "validation_failed", e.to_string()))
     }
-}
-
-fn too_large() -> ApiError {
-    ApiError::new(
-        413,
-        "payload_too_large",
-        format!("request body exceeds {MAX_BODY} bytes"),
-    )
 }
 
 /// `a=1&b=x+y` -> [("a", "1"), ("b", "x y")]; None if anything fails to

@@ -74,11 +74,18 @@ impl Reply {
             .header("Cache-Control", "no-store")
     }
 
-    /// Hands the connection to the stream hub.
+    /// Hands the connection to the stream hub once the head is written.
     pub fn stream(subscribe: super::stream::Subscribe) -> Reply {
         Reply {
             stream: Some(subscribe),
-            ..Reply::text(200, "text/event-stream", Vec::new())
+            ..Reply::text(
+                200,
+                "text/event-stream; charset=utf-8",
+                super::stream::PREAMBLE,
+            )
+            .header("Cache-Control", "no-store")
+            .header("X-Accel-Buffering", "no")
+            .header("X-Content-Type-Options", "nosniff")
         }
     }
 
@@ -94,15 +101,15 @@ impl Reply {
         reply
     }
 
-    pub fn into_response(self) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
-        let mut response = tiny_http::Response::from_data(self.body).with_status_code(self.status);
-        let headers =
-            std::iter::once(("Content-Type", self.content_type.to_string())).chain(self.headers);
-        for (name, value) in headers {
-            if let Ok(h) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-                response.add_header(h);
-            }
+    /// The server's response: Content-Type first, then our headers.
+    pub fn into_response(self) -> super::server::Response {
+        let mut headers = Vec::with_capacity(self.headers.len() + 1);
+        headers.push(("Content-Type", self.content_type.to_string()));
+        headers.extend(self.headers);
+        super::server::Response {
+            status: self.status,
+            headers,
+            body: self.body,
         }
-        response
     }
 }

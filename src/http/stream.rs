@@ -1,34 +1,45 @@
 //! The live inbox (`GET /v1/inbox/stream`, server-sent events). One hub
-//! thread owns every subscriber connection, so an idle stream holds no HTTP
-//! worker: the worker authenticates, hands the raw writer over and is free.
-//! Each subscriber has a cursor, the last notification id sent; the hub only
-//! ever sends rows above it, in id order, so nothing is sent twice on one
-//! connection and a reconnect with `Last-Event-ID` gets exactly what it missed.
+//! thread keeps every subscriber's cursor, the last notification id sent;
+//! it only ever sends rows above it, in id order, so nothing is sent twice
+//! on one connection and a reconnect with `Last-Event-ID` gets exactly what
+//! it missed. The hub never blocks on a client: it queues bytes for the
+//! HTTP I/O thread, and a client more than `max_buffer` behind gets no more
+//! until it takes some; one that takes nothing for two heartbeat periods
+//! while behind is disconnected, to catch up from the database later.
 
-use std::collections::HashMap;
-use std::io::Write;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::server::StreamWriter;
 use crate::notify::{inbox, InboxCommitted, Notifier};
 
 /// Rows read per query while catching a subscriber up.
 const PAGE: usize = 100;
 
-/// What the SSE response starts with: the head (written by us, because the
-/// connection leaves tiny_http here), a reconnect delay for EventSource, and
-/// a comment so the client sees the stream open at once.
-const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\n\
-Content-Type: text/event-stream; charset=utf-8\r\n\
-Cache-Control: no-store\r\n\
-Connection: close\r\n\
-X-Accel-Buffering: no\r\n\
-X-Content-Type-Options: nosniff\r\n\
-\r\n\
-retry: 2000\n\
-: connected\n\n";
+/// How often subscribers that are behind are looked at again.
+const CATCH_UP_TICK: Duration = Duration::from_millis(20);
+
+/// What an event stream's body starts with: a reconnect delay for
+/// EventSource, and a comment so the client sees the stream open at once.
+pub const PREAMBLE: &[u8] = b"retry: 2000\n: connected\n\n";
+
+/// Bounds on the live inbox (SPEC 8).
+#[derive(Debug, Clone)]
+pub struct StreamLimits {
+    /// The heartbeat comment period of idle streams.
+    pub heartbeat: Duration,
+    /// Bytes a subscriber may have queued and not yet taken.
+    pub max_buffer: usize,
+    /// Open streams per user; a new one past it closes the user's oldest.
+    pub max_per_user: usize,
+    /// Open streams in all; past it a new stream is answered 503.
+    pub max_total: usize,
+}
 
 /// A stream to open: who it belongs to and where it resumes.
 #[derive(Debug, Clone)]
@@ -40,48 +51,82 @@ pub struct Subscribe {
 }
 
 enum HubMsg {
-    Open(Subscribe, Box<dyn Write + Send>),
+    Open(Subscribe, StreamWriter),
     Stop,
 }
 
-/// The handle the HTTP workers hold.
+/// The handle the HTTP layer holds.
 pub struct Hub {
     tx: Sender<HubMsg>,
+    open: Arc<AtomicUsize>,
+    max_total: usize,
     thread: Option<JoinHandle<()>>,
 }
 
 struct Subscriber {
-    writer: Box<dyn Write + Send>,
+    writer: StreamWriter,
     /// The id of the last row sent on this connection.
     cursor: i64,
+    /// Bytes ever queued on this connection.
+    sent: usize,
+    /// Since when it has had rows that did not fit, and how much it had
+    /// taken then: no progress for two heartbeats and it is closed.
+    behind: Option<(Instant, usize)>,
+}
+
+impl Subscriber {
+    /// Bytes the client's socket has taken.
+    fn taken(&self) -> usize {
+        self.sent.saturating_sub(self.writer.queued())
+    }
+
+    fn send(&mut self, bytes: Vec<u8>) -> bool {
+        self.sent += bytes.len();
+        self.writer.send(bytes)
+    }
 }
 
 struct HubState {
     notifier: Notifier,
-    /// Open connections by user id.
+    limits: StreamLimits,
+    /// Open connections by user id, oldest first.
     users: HashMap<String, Vec<Subscriber>>,
+    /// Users with a subscriber that is behind.
+    behind: HashSet<String>,
+    open: Arc<AtomicUsize>,
 }
 
 impl Hub {
-    pub fn start(notifier: Notifier, heartbeat: Duration) -> Result<Hub, String> {
+    pub fn start(notifier: Notifier, limits: StreamLimits) -> Result<Hub, String> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let rows = notifier.subscribe_inbox();
+        let open = Arc::new(AtomicUsize::new(0));
+        let max_total = limits.max_total;
         let mut state = HubState {
             notifier,
+            limits,
             users: HashMap::new(),
+            behind: HashSet::new(),
+            open: open.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("herald-stream-hub".into())
-            .spawn(move || state.run(&rx, &rows, heartbeat))
+            .spawn(move || state.run(&rx, &rows))
             .map_err(|e| format!("cannot start the stream hub: {e}"))?;
         Ok(Hub {
             tx,
+            open,
+            max_total,
             thread: Some(thread),
         })
     }
 
     pub fn sender(&self) -> HubSender {
-        HubSender(self.tx.clone())
+        HubSender {
+            tx: self.tx.clone(),
+            open: self.open.clone(),
+            max_total: self.max_total,
+        }
     }
 
     /// Closes every stream and stops the thread.
@@ -95,20 +140,35 @@ impl Hub {
 
 /// What a worker uses to hand a connection over.
 #[derive(Clone)]
-pub struct HubSender(Sender<HubMsg>);
+pub struct HubSender {
+    tx: Sender<HubMsg>,
+    open: Arc<AtomicUsize>,
+    max_total: usize,
+}
 
 impl HubSender {
-    pub fn open(&self, subscribe: Subscribe, writer: Box<dyn Write + Send>) {
+    /// Whether a new stream may open (the bound on all streams).
+    pub fn has_room(&self) -> bool {
+        self.open.load(Ordering::SeqCst) < self.max_total
+    }
+
+    pub fn open(&self, subscribe: Subscribe, writer: StreamWriter) {
         // After `stop` the writer is dropped here, which closes the connection.
-        let _ = self.0.send(HubMsg::Open(subscribe, writer));
+        let _ = self.tx.send(HubMsg::Open(subscribe, writer));
     }
 }
 
 impl HubState {
-    fn run(&mut self, control: &Receiver<HubMsg>, rows: &Receiver<InboxCommitted>, beat: Duration) {
+    fn run(&mut self, control: &Receiver<HubMsg>, rows: &Receiver<InboxCommitted>) {
+        let beat = self.limits.heartbeat;
         let mut next_beat = Instant::now() + beat;
         loop {
-            let timeout = next_beat.saturating_duration_since(Instant::now());
+            let wake = if self.behind.is_empty() {
+                next_beat
+            } else {
+                next_beat.min(Instant::now() + CATCH_UP_TICK)
+            };
+            let timeout = wake.saturating_duration_since(Instant::now());
             crossbeam_channel::select! {
                 recv(control) -> msg => match msg {
                     Ok(HubMsg::Open(subscribe, writer)) => self.open(subscribe, writer),
@@ -126,16 +186,24 @@ impl HubState {
                         self.push(&user);
                     }
                 },
-                default(timeout) => {
-                    self.heartbeat();
-                    next_beat = Instant::now() + beat;
-                },
+                default(timeout) => {},
+            }
+            if !self.behind.is_empty() {
+                self.catch_up();
+            }
+            if Instant::now() >= next_beat {
+                self.heartbeat();
+                next_beat = Instant::now() + beat;
             }
         }
     }
 
-    fn open(&mut self, subscribe: Subscribe, mut writer: Box<dyn Write + Send>) {
-        if write_now(&mut writer, HEAD).is_err() {
+    fn open(&mut self, subscribe: Subscribe, writer: StreamWriter) {
+        if self.open.load(Ordering::SeqCst) >= self.limits.max_total {
+            log::warn!(
+                "stream: {} streams open; refused one",
+                self.limits.max_total
+            );
             return;
         }
         let start = match subscribe.after {
@@ -152,23 +220,45 @@ impl HubState {
                 return;
             }
         };
-        let subscriber = Subscriber { writer, cursor };
-        self.users
-            .entry(subscribe.user_id.clone())
-            .or_default()
-            .push(subscriber);
+        let subscribers = self.users.entry(subscribe.user_id.clone()).or_default();
+        subscribers.retain(|s| !s.writer.is_closed());
+        if subscribers.len() >= self.limits.max_per_user {
+            // A user reopening tabs keeps the newest; the oldest closes.
+            subscribers.remove(0);
+        }
+        subscribers.push(Subscriber {
+            writer,
+            cursor,
+            sent: 0,
+            behind: None,
+        });
+        self.count_open();
         // Rows committed while the client was away (or between its page load
         // and now) go out before anything new.
         self.push(&subscribe.user_id);
     }
 
-    /// Sends each of `user`'s connections the rows above its cursor.
+    /// Sends each of `user`'s connections the rows above its cursor, as far
+    /// as its buffer allows.
     fn push(&mut self, user: &str) {
         let Some(subscribers) = self.users.get_mut(user) else {
             return;
         };
+        let max = self.limits.max_buffer;
+        let now = Instant::now();
+        // Those with room get rows; the others wait for the catch-up tick.
+        let mut waiting: Vec<bool> = subscribers
+            .iter()
+            .map(|s| s.writer.queued() >= max)
+            .collect();
         loop {
-            let from = subscribers.iter().map(|s| s.cursor).min().unwrap_or(0);
+            let from = subscribers
+                .iter()
+                .zip(&waiting)
+                .filter(|(_, w)| !**w)
+                .map(|(s, _)| s.cursor)
+                .min();
+            let Some(from) = from else { break };
             let rows = match self
                 .notifier
                 .store()
@@ -179,7 +269,7 @@ impl HubState {
                     // The rows stay above the cursors: the next push or a
                     // reconnect delivers them.
                     log::error!("stream: cannot read new inbox rows: {e}");
-                    return;
+                    break;
                 }
             };
             let full_page = rows.len() == PAGE;
@@ -187,34 +277,97 @@ impl HubState {
                 .iter()
                 .map(|(id, item)| (*id, frame(*id, item)))
                 .collect();
-            subscribers.retain_mut(|s| {
-                for (id, bytes) in &frames {
-                    if *id <= s.cursor {
-                        continue;
+            for (s, waiting) in subscribers.iter_mut().zip(waiting.iter_mut()) {
+                if *waiting {
+                    continue;
+                }
+                let mut room = max.saturating_sub(s.writer.queued());
+                let mut bytes = Vec::new();
+                let cursor = s.cursor;
+                for (id, frame) in frames.iter().filter(|(id, _)| *id > cursor) {
+                    // One frame larger than the whole buffer still goes
+                    // alone, or that row would block the stream for ever.
+                    if frame.len() > room && !(bytes.is_empty() && room == max) {
+                        *waiting = true;
+                        break;
                     }
-                    if write_now(&mut s.writer, bytes).is_err() {
-                        return false;
-                    }
+                    room -= frame.len().min(room);
+                    bytes.extend_from_slice(frame);
                     s.cursor = *id;
                 }
-                true
-            });
-            if !full_page || subscribers.is_empty() {
+                if !bytes.is_empty() && !s.send(bytes) {
+                    *waiting = true;
+                }
+            }
+            if !full_page {
                 break;
             }
+        }
+        for (s, waiting) in subscribers.iter_mut().zip(&waiting) {
+            match (waiting, s.behind) {
+                (false, _) => s.behind = None,
+                (true, None) => s.behind = Some((now, s.taken())),
+                (true, Some(_)) => {}
+            }
+        }
+        subscribers.retain(|s| !s.writer.is_closed());
+        if subscribers.iter().any(|s| s.behind.is_some()) {
+            self.behind.insert(user.to_string());
+        } else {
+            self.behind.remove(user);
         }
         if subscribers.is_empty() {
             self.users.remove(user);
         }
+        self.count_open();
     }
 
-    /// A comment line keeps proxies from timing the stream out and finds
-    /// connections whose client has gone.
+    /// Subscribers that are behind: closed if their client took nothing
+    /// for two heartbeat periods, else sent more if they have room.
+    fn catch_up(&mut self) {
+        let stall = 2 * self.limits.heartbeat;
+        let now = Instant::now();
+        let users: Vec<String> = self.behind.iter().cloned().collect();
+        for user in users {
+            if let Some(subscribers) = self.users.get_mut(&user) {
+                subscribers.retain_mut(|s| {
+                    let Some((since, taken)) = s.behind else {
+                        return true;
+                    };
+                    if s.taken() > taken {
+                        s.behind = Some((now, s.taken()));
+                        return true;
+                    }
+                    if now.duration_since(since) < stall {
+                        return true;
+                    }
+                    log::info!(
+                        "stream: a client of {user} took nothing for {stall:?} while \
+                         {} bytes behind; closed (it resumes with Last-Event-ID)",
+                        s.writer.queued()
+                    );
+                    false
+                });
+            }
+            self.push(&user);
+        }
+    }
+
+    /// A comment line keeps proxies from timing the stream out; a client
+    /// that left is already closed by the I/O thread and dropped here.
     fn heartbeat(&mut self) {
+        let max = self.limits.max_buffer;
         for subscribers in self.users.values_mut() {
-            subscribers.retain_mut(|s| write_now(&mut s.writer, b": heartbeat\n\n").is_ok());
+            subscribers
+                .retain_mut(|s| s.writer.queued() >= max || s.send(b": heartbeat\n\n".to_vec()));
         }
         self.users.retain(|_, subscribers| !subscribers.is_empty());
+        self.count_open();
+    }
+
+    fn count_open(&self) {
+        let open = self.users.values().map(Vec::len).sum();
+        self.open.store(open, Ordering::SeqCst);
     }
 }
 
@@ -223,13 +376,6 @@ impl HubState {
 fn frame(id: i64, item: &inbox::Item) -> Vec<u8> {
     let json = serde_json::to_string(item).unwrap_or_else(|_| "{}".into());
     format!("id: {id}\ndata: {json}\n\n").into_bytes()
-}
-
-/// Writes and flushes at once: the writer is buffered, and an event that
-/// waits for the buffer to fill is not live.
-fn write_now(writer: &mut Box<dyn Write + Send>, bytes: &[u8]) -> std::io::Result<()> {
-    writer.write_all(bytes)?;
-    writer.flush()
 }
 
 #[cfg(test)]

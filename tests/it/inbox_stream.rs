@@ -149,7 +149,10 @@ fn a_stream_opened_after_a_page_load_starts_after_the_rows_it_showed() {
 fn two_hundred_streams_leave_the_workers_serving_other_requests() {
     // Fewer workers than the default make the point sharper: 200 streams on
     // 4 workers would starve everything if a stream held its worker.
-    let server = server().env("HERALD_HTTP_THREADS", "4").start();
+    let server = server()
+        .env("HERALD_HTTP_THREADS", "4")
+        .env("HERALD_STREAM_MAX_PER_USER", "200")
+        .start();
     let listener = server.create_user("many", "many@acme.test", "Many");
     let other = server.create_user("other", "other@acme.test", "Other");
     let mut streams: Vec<SseClient> = (0..200)
