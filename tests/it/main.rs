@@ -20,6 +20,7 @@ mod domain_listeners;
 mod inbox;
 mod inbox_page;
 mod inbox_stream;
+mod inbox_stream_bounds;
 mod library;
 mod metrics;
 mod openapi;

@@ -41,6 +41,12 @@ impl SseClient {
     /// Opens `path` on `base_url` (`http://host:port`) with extra headers;
     /// reads the status line and headers (the body stays open).
     pub fn open(base_url: &str, path: &str, headers: &[(&str, &str)]) -> SseClient {
+        SseClient::read_head(SseClient::send_request(base_url, path, headers))
+    }
+
+    /// Sends the stream request and reads nothing: a client that stopped
+    /// reading (a closed laptop lid, a buffering proxy).
+    pub fn send_request(base_url: &str, path: &str, headers: &[(&str, &str)]) -> TcpStream {
         let host = base_url.trim_start_matches("http://");
         let mut stream = TcpStream::connect(host).unwrap_or_else(|e| panic!("connect {host}: {e}"));
         stream
@@ -53,6 +59,11 @@ impl SseClient {
         }
         request.push_str("\r\n");
         stream.write_all(request.as_bytes()).expect("send request");
+        stream
+    }
+
+    /// Reads the response head of a request sent by `send_request`.
+    pub fn read_head(stream: TcpStream) -> SseClient {
         let mut reader = BufReader::new(stream);
         let mut line = String::new();
         reader.read_line(&mut line).expect("status line");
@@ -151,6 +162,16 @@ impl SseClient {
                 Err(_) => return false,
             }
         }
+    }
+
+    /// The ids of every event until the stream ends or stays silent for
+    /// `quiet`.
+    pub fn event_ids_until_silent(&mut self, quiet: Duration) -> Vec<i64> {
+        let mut ids = Vec::new();
+        while let Some(event) = self.next_event(quiet) {
+            ids.push(event.id().expect("an event id"));
+        }
+        ids
     }
 
     /// The next event (comments skipped), or None by `timeout`.
