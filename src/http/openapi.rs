@@ -376,7 +376,7 @@ fn error_response(status: u16) -> Value {
         413 => "Request body over 1 MiB",
         415 => "Request body is not application/json",
         422 => "Validation failed; the message names the field",
-        503 => "Database busy or not configured; nothing was changed, retry later",
+        503 => "Busy (the database, or too many open streams) or not configured; nothing was changed, retry later",
         _ => "Error",
     };
     let mut response = json!({
