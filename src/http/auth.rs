@@ -62,12 +62,21 @@ pub fn session_secret(req: &Req) -> Option<&str> {
 
 /// A user by bearer token, else by session cookie: what the stream accepts,
 /// because EventSource cannot set headers but sends same-origin cookies.
-pub fn user_or_session(ctx: &Ctx, req: &Req) -> Result<User, ApiError> {
+/// With the cookie, also the session's key (`session_key`), so signing out
+/// can end the streams it opened.
+pub fn user_or_session(ctx: &Ctx, req: &Req) -> Result<(User, Option<String>), ApiError> {
     if req.header("authorization").is_some() {
-        return user(ctx, req);
+        return Ok((user(ctx, req)?, None));
     }
-    session_user(ctx, req)?
-        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token>"))
+    let user = session_user(ctx, req)?
+        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token>"))?;
+    Ok((user, session_secret(req).map(session_key)))
+}
+
+/// What names a session outside the database: a digest of its secret, so
+/// the secret itself is held nowhere but in the browser.
+pub fn session_key(secret: &str) -> String {
+    ids::hash_secret(secret)
 }
 
 /// CSRF defence for cookie-authenticated POSTs, on top of SameSite=Strict:

@@ -73,7 +73,7 @@ pub fn delete(ctx: &Ctx, req: &Req, id: &str) -> Result<Reply, ApiError> {
 /// resumes after `Last-Event-ID`, or after `?lastEventId=` for the first
 /// connection of a page that already shows rows up to that id.
 pub fn stream(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
-    let user = auth::user_or_session(ctx, req)?;
+    let (user, session) = auth::user_or_session(ctx, req)?;
     let after = match req
         .header("last-event-id")
         .or_else(|| req.query("lastEventId"))
@@ -90,6 +90,7 @@ pub fn stream(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
     };
     Ok(Reply::stream(Subscribe {
         user_id: user.id,
+        session,
         after,
     }))
 }

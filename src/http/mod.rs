@@ -120,6 +120,9 @@ fn handle(
     })
     .unwrap_or_else(Reply::error);
     let mut reply = reply;
+    if let Some(session) = reply.ends_session.take() {
+        hub.end_session(session);
+    }
     let subscribe = reply.stream.take();
     if subscribe.is_some() && !hub.has_room() {
         reply = Reply::error(ApiError::new(

@@ -18,6 +18,9 @@ pub struct Reply {
     /// Set for `GET /v1/inbox/stream`: instead of this reply, the connection
     /// goes to the stream hub.
     pub stream: Option<super::stream::Subscribe>,
+    /// Set by signing out: the session (`auth::session_key`) whose open
+    /// streams end now.
+    pub ends_session: Option<String>,
 }
 
 impl Reply {
@@ -29,6 +32,7 @@ impl Reply {
                 body,
                 headers: Vec::new(),
                 stream: None,
+                ends_session: None,
             },
             Err(e) => Reply::error(ApiError::internal(format!("cannot encode response: {e}"))),
         }
@@ -41,6 +45,7 @@ impl Reply {
             body: body.into(),
             headers: Vec::new(),
             stream: None,
+            ends_session: None,
         }
     }
 

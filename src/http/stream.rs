@@ -45,6 +45,9 @@ pub struct StreamLimits {
 #[derive(Debug, Clone)]
 pub struct Subscribe {
     pub user_id: String,
+    /// The session (`auth::session_key`) that opened it, if a cookie did:
+    /// signing out ends the stream.
+    pub session: Option<String>,
     /// The last id the client saw (`Last-Event-ID`); None starts with the
     /// next new row.
     pub after: Option<i64>,
@@ -52,6 +55,8 @@ pub struct Subscribe {
 
 enum HubMsg {
     Open(Subscribe, StreamWriter),
+    /// A session ended: close the streams it opened.
+    EndSession(String),
     Stop,
 }
 
@@ -65,6 +70,7 @@ pub struct Hub {
 
 struct Subscriber {
     writer: StreamWriter,
+    session: Option<String>,
     /// The id of the last row sent on this connection.
     cursor: i64,
     /// Bytes ever queued on this connection.
@@ -156,6 +162,13 @@ impl HubSender {
         // After `stop` the writer is dropped here, which closes the connection.
         let _ = self.tx.send(HubMsg::Open(subscribe, writer));
     }
+
+    /// Closes every stream `session` opened. Sent before the sign-out is
+    /// answered, so by the time the browser sees it, no further row is
+    /// written on them.
+    pub fn end_session(&self, session: String) {
+        let _ = self.tx.send(HubMsg::EndSession(session));
+    }
 }
 
 impl HubState {
@@ -170,12 +183,20 @@ impl HubState {
             };
             let timeout = wake.saturating_duration_since(Instant::now());
             crossbeam_channel::select! {
-                recv(control) -> msg => match msg {
-                    Ok(HubMsg::Open(subscribe, writer)) => self.open(subscribe, writer),
-                    Ok(HubMsg::Stop) | Err(_) => return,
+                recv(control) -> msg => {
+                    if !msg.is_ok_and(|msg| self.control(msg)) {
+                        return;
+                    }
                 },
                 recv(rows) -> row => {
                     let Ok(row) = row else { return };
+                    // A sign-out answered before this row committed must
+                    // hold: its streams end before any push.
+                    for msg in control.try_iter() {
+                        if !self.control(msg) {
+                            return;
+                        }
+                    }
                     // Take everything committed so far in one go: one query
                     // per user however many rows arrived.
                     let mut users = vec![row.user_id];
@@ -196,6 +217,16 @@ impl HubState {
                 next_beat = Instant::now() + beat;
             }
         }
+    }
+
+    /// Acts on a message from the HTTP side; false to stop.
+    fn control(&mut self, msg: HubMsg) -> bool {
+        match msg {
+            HubMsg::Open(subscribe, writer) => self.open(subscribe, writer),
+            HubMsg::EndSession(session) => self.end_session(&session),
+            HubMsg::Stop => return false,
+        }
+        true
     }
 
     fn open(&mut self, subscribe: Subscribe, writer: StreamWriter) {
@@ -228,6 +259,7 @@ impl HubState {
         }
         subscribers.push(Subscriber {
             writer,
+            session: subscribe.session,
             cursor,
             sent: 0,
             behind: None,
@@ -351,6 +383,14 @@ impl HubState {
             }
             self.push(&user);
         }
+    }
+
+    fn end_session(&mut self, session: &str) {
+        for subscribers in self.users.values_mut() {
+            subscribers.retain(|s| s.session.as_deref() != Some(session));
+        }
+        self.users.retain(|_, subscribers| !subscribers.is_empty());
+        self.count_open();
     }
 
     /// A comment line keeps proxies from timing the stream out; a client

@@ -227,3 +227,62 @@ fn ids_are_not_reused_after_the_newest_row_is_deleted() {
     assert_eq!(second.json()["title"], "second");
     assert!(second.id().unwrap() > first);
 }
+
+/// POST /login from our own origin; the session cookie it sets.
+fn sign_in(server: &TestServer, token: &str) -> String {
+    let origin = server.base_url().to_string();
+    let response = server.request_raw(
+        "POST",
+        "/login",
+        &[
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("origin", &origin),
+        ],
+        Some(format!("token={token}").into_bytes()),
+    );
+    assert_eq!(response.status, 303, "{}", response.text());
+    let set_cookie = response.header("set-cookie").expect("a session cookie");
+    set_cookie.split(';').next().unwrap().to_string()
+}
+
+#[test]
+fn signing_out_ends_the_streams_of_that_session_only() {
+    let server = server().start();
+    let token = server.create_user("ann", "ann@acme.test", "Ann");
+    let (leaving, staying) = (sign_in(&server, &token), sign_in(&server, &token));
+    let open = |cookie: &str| {
+        let mut stream =
+            SseClient::open(server.base_url(), "/v1/inbox/stream", &[("Cookie", cookie)]);
+        assert_eq!(stream.status, 200);
+        assert!(stream.next_frame(WAIT).is_some());
+        stream
+    };
+    let mut leaving_stream = open(&leaving);
+    let mut staying_stream = open(&staying);
+    let mut token_stream = subscribe(&server, &token, &[]);
+    announce(&server, "ann", "before");
+    for stream in [&mut leaving_stream, &mut staying_stream, &mut token_stream] {
+        assert_eq!(titles(&[stream.next_event(WAIT).unwrap()]), ["before"]);
+    }
+
+    let origin = server.base_url().to_string();
+    let out = server.request_raw(
+        "POST",
+        "/logout",
+        &[("cookie", &leaving), ("origin", &origin)],
+        Some(Vec::new()),
+    );
+    assert_eq!(out.status, 303);
+    announce(&server, "ann", "after");
+    assert_eq!(
+        leaving_stream.next_event(WAIT),
+        None,
+        "the signed-out session's stream gets nothing more"
+    );
+    assert!(leaving_stream.closed_within(WAIT), "and is closed");
+    assert_eq!(
+        titles(&[staying_stream.next_event(WAIT).unwrap()]),
+        ["after"]
+    );
+    assert_eq!(titles(&[token_stream.next_event(WAIT).unwrap()]), ["after"]);
+}

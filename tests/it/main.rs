@@ -17,6 +17,7 @@ mod delivery_crash;
 mod delivery_engine;
 mod domain_credits;
 mod domain_listeners;
+mod http_edge;
 mod inbox;
 mod inbox_page;
 mod inbox_stream;

@@ -164,9 +164,11 @@ fn secure_flag(ctx: &Ctx) -> &'static str {
     }
 }
 
+/// `POST /logout`: ends the session, and with it every stream it opened.
 pub fn logout(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
     auth::same_origin(req)?;
-    if let Some(secret) = auth::session_secret(req) {
+    let secret = auth::session_secret(req);
+    if let Some(secret) = secret {
         ctx.notifier
             .store()
             .write(|tx| sessions::delete(tx, secret))?;
@@ -176,7 +178,9 @@ pub fn logout(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
         auth::SESSION_COOKIE,
         secure_flag(ctx)
     );
-    Ok(Reply::redirect("/login").header("Set-Cookie", expired))
+    let mut reply = Reply::redirect("/login").header("Set-Cookie", expired);
+    reply.ends_session = secret.map(auth::session_key);
+    Ok(reply)
 }
 
 /// One notification as the page shows it.
