@@ -63,6 +63,9 @@ pub struct Metrics {
     mail_requests: Family<&'static str, AtomicU64>,
     /// (route pattern, method, status).
     http: Family<HttpKey, Histogram>,
+    http_connections: AtomicU64,
+    streams_open: AtomicU64,
+    streams_dropped_behind: AtomicU64,
 }
 
 impl Metrics {
@@ -74,7 +77,25 @@ impl Metrics {
             email_sends: Family::new(),
             mail_requests: Family::new(),
             http: Family::new(),
+            http_connections: AtomicU64::new(0),
+            streams_open: AtomicU64::new(0),
+            streams_dropped_behind: AtomicU64::new(0),
         }
+    }
+
+    /// Open HTTP connections, streams included.
+    pub fn http_connections(&self, open: usize) {
+        self.http_connections.store(open as u64, Ordering::Relaxed);
+    }
+
+    /// Open live inbox streams.
+    pub fn streams_open(&self, open: usize) {
+        self.streams_open.store(open as u64, Ordering::Relaxed);
+    }
+
+    /// A stream closed because its client stopped taking rows.
+    pub fn stream_dropped_behind(&self) {
+        self.streams_dropped_behind.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Events committed to the outbox by a call site (not digest releases).
@@ -197,6 +218,31 @@ impl Metrics {
         );
 
         queues.render(&mut out);
+
+        for (name, kind, help, value) in [
+            (
+                "herald_http_connections",
+                "gauge",
+                "Open HTTP connections, inbox streams included.",
+                &self.http_connections,
+            ),
+            (
+                "herald_inbox_streams",
+                "gauge",
+                "Open live inbox streams.",
+                &self.streams_open,
+            ),
+            (
+                "herald_inbox_streams_dropped_total",
+                "counter",
+                "Inbox streams closed because their client took nothing while behind; \
+                 each resumes with Last-Event-ID.",
+                &self.streams_dropped_behind,
+            ),
+        ] {
+            header(&mut out, name, kind, help);
+            sample(&mut out, name, &[], value.load(Ordering::Relaxed) as f64);
+        }
 
         header(
             &mut out,

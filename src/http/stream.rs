@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::server::StreamWriter;
+use crate::metrics::METRICS;
 use crate::notify::{inbox, InboxCommitted, Notifier};
 
 /// Rows read per query while catching a subscriber up.
@@ -378,6 +379,7 @@ impl HubState {
                          {} bytes behind; closed (it resumes with Last-Event-ID)",
                         s.writer.queued()
                     );
+                    METRICS.stream_dropped_behind();
                     false
                 });
             }
@@ -408,6 +410,7 @@ impl HubState {
     fn count_open(&self) {
         let open = self.users.values().map(Vec::len).sum();
         self.open.store(open, Ordering::SeqCst);
+        METRICS.streams_open(open);
     }
 }
 

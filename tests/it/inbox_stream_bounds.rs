@@ -138,6 +138,17 @@ fn a_stalled_stream_never_delays_others_and_resumes_losing_nothing() {
         all.len()
     );
 
+    let metrics = crate::metrics::scrape(&server);
+    assert_eq!(
+        metrics.value("herald_inbox_streams_dropped_total", &[]),
+        1.0
+    );
+    assert_eq!(
+        metrics.value("herald_inbox_streams", &[]),
+        1.0,
+        "the other user's"
+    );
+
     let last = first.last().unwrap().to_string();
     let mut resumed = open_stream(&server, &stalled, &[("Last-Event-ID", &last)]);
     let rest = resumed.event_ids_until_silent(Duration::from_secs(3));

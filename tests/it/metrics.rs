@@ -443,6 +443,9 @@ fn a_fresh_server_exposes_every_family_with_a_type() {
         ("herald_oldest_pending_age_seconds", "gauge"),
         ("herald_http_requests_total", "counter"),
         ("herald_http_request_duration_seconds", "histogram"),
+        ("herald_http_connections", "gauge"),
+        ("herald_inbox_streams", "gauge"),
+        ("herald_inbox_streams_dropped_total", "counter"),
     ] {
         assert_eq!(
             scrape.types.get(name).map(String::as_str),

@@ -18,6 +18,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use super::chunked::Dechunker;
 use super::wire::{self, Framing, Refusal};
 use super::{Jobs, Limits, Request, StreamShared};
+use crate::metrics::METRICS;
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -273,6 +274,7 @@ impl IoLoop {
                 arm(conn, &mut self.next_sweep, now + self.limits.header_timeout);
             }
             self.idle.push_back((id, now));
+            METRICS.http_connections(self.conns.len());
         }
     }
 
@@ -546,6 +548,7 @@ impl IoLoop {
 
     fn close(&mut self, id: u64) {
         if let Some(mut conn) = self.conns.remove(&id) {
+            METRICS.http_connections(self.conns.len());
             let _ = self.poll.registry().deregister(&mut conn.stream);
             if let Some(shared) = conn.shared {
                 shared.closed.store(true, Ordering::SeqCst);
