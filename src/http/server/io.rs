@@ -363,32 +363,53 @@ impl IoLoop {
     /// Reads what the socket has, as far as the phase wants it, and moves
     /// the connection on.
     fn on_readable(&mut self, id: u64) {
+        loop {
+            let Some(conn) = self.conns.get_mut(&id) else {
+                return;
+            };
+            let cap = match &conn.phase {
+                Phase::Idle | Phase::Head => self.limits.max_head + READ_CHUNK,
+                // The next request's head may follow the body.
+                Phase::Body {
+                    body: BodyState::Length(n),
+                    ..
+                } => n + self.limits.max_head + READ_CHUNK,
+                // The decoder takes what arrives as it goes.
+                Phase::Body {
+                    body: BodyState::Chunked(_),
+                    ..
+                } => self.limits.max_head + READ_CHUNK,
+                Phase::Stream | Phase::Draining => return self.discard_input(id),
+                // Read again once the answer is written.
+                Phase::Busy | Phase::Writing { .. } => return,
+            };
+            let outcome = read_some(&mut conn.stream, &mut conn.input, cap);
+            match outcome {
+                Ok(Filled::Drained) | Ok(Filled::Full) => self.advance(id),
+                // The client left: whatever it half-sent is void.
+                Ok(Filled::Closed) | Err(_) => return self.close(id),
+            }
+            // A full buffer may hide more: the parser has taken its part.
+            if !matches!(outcome, Ok(Filled::Full)) {
+                return;
+            }
+        }
+    }
+
+    /// Reads and drops what a stream's client or a closing connection
+    /// sends, to notice when it closes.
+    fn discard_input(&mut self, id: u64) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        let cap = self.limits.max_head + self.limits.max_body + READ_CHUNK;
-        match conn.phase {
-            Phase::Idle | Phase::Head | Phase::Body { .. } => {
-                match read_some(&mut conn.stream, &mut conn.input, cap) {
-                    Ok(false) => {}
-                    // The client closed: whatever it left half-sent is void.
-                    Ok(true) | Err(_) => return self.close(id),
-                }
-                self.advance(id);
+        let mut sink = Vec::with_capacity(READ_CHUNK);
+        loop {
+            sink.clear();
+            match read_some(&mut conn.stream, &mut sink, READ_CHUNK) {
+                Ok(Filled::Full) => continue,
+                Ok(Filled::Drained) => return,
+                Ok(Filled::Closed) | Err(_) => return self.close(id),
             }
-            Phase::Stream | Phase::Draining => {
-                let mut sink = Vec::new();
-                loop {
-                    sink.clear();
-                    match read_some(&mut conn.stream, &mut sink, READ_CHUNK) {
-                        Ok(false) if sink.len() == READ_CHUNK => continue,
-                        Ok(false) => return,
-                        Ok(true) | Err(_) => return self.close(id),
-                    }
-                }
-            }
-            // Read again once the answer is written.
-            Phase::Busy | Phase::Writing { .. } => {}
         }
     }
 
@@ -597,19 +618,28 @@ fn too_large_head() -> Refusal {
     wire::refuse(431, "request head too large")
 }
 
+/// How a read ended.
+enum Filled {
+    /// The socket has nothing more for now.
+    Drained,
+    /// `into` reached its cap; the socket may hold more.
+    Full,
+    /// The peer closed its side.
+    Closed,
+}
+
 /// Reads until the socket has no more or `into` holds `cap` bytes.
-/// Ok(true): the peer closed.
-fn read_some(stream: &mut TcpStream, into: &mut Vec<u8>, cap: usize) -> std::io::Result<bool> {
+fn read_some(stream: &mut TcpStream, into: &mut Vec<u8>, cap: usize) -> std::io::Result<Filled> {
     let mut chunk = [0u8; READ_CHUNK];
     while into.len() < cap {
         let want = READ_CHUNK.min(cap - into.len());
         match stream.read(&mut chunk[..want]) {
-            Ok(0) => return Ok(true),
+            Ok(0) => return Ok(Filled::Closed),
             Ok(n) => into.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Filled::Drained),
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }
     }
-    Ok(false)
+    Ok(Filled::Full)
 }
