@@ -120,8 +120,8 @@ fn handle(
     })
     .unwrap_or_else(Reply::error);
     let mut reply = reply;
-    if let Some(session) = reply.ends_session.take() {
-        hub.end_session(session);
+    if let Some(end) = reply.ends_streams.take() {
+        hub.end_streams(end);
     }
     let subscribe = reply.stream.take();
     if subscribe.is_some() && !hub.has_room() {

@@ -159,6 +159,19 @@ fn operation(method: &str, pattern: &str) -> Option<Op> {
             Service,
         )
         .ok(201, "The new token", schema("Token")),
+        ("DELETE", "/v1/users/{id}/tokens") => Op::new(
+            "revokeTokens",
+            "Revoke every token and session of a user and end their open streams",
+            Service,
+        )
+        .ok(
+            200,
+            "How many tokens and sessions ended",
+            json!({"type": "object", "required": ["revokedTokens", "endedSessions"],
+                   "additionalProperties": false,
+                   "properties": {"revokedTokens": {"type": "integer", "minimum": 0},
+                                  "endedSessions": {"type": "integer", "minimum": 0}}}),
+        ),
         ("GET", "/v1/me") => Op::new("me", "The user the token belongs to", User).ok(
             200,
             "The calling user",

@@ -18,9 +18,8 @@ pub struct Reply {
     /// Set for `GET /v1/inbox/stream`: instead of this reply, the connection
     /// goes to the stream hub.
     pub stream: Option<super::stream::Subscribe>,
-    /// Set by signing out: the session (`auth::session_key`) whose open
-    /// streams end now.
-    pub ends_session: Option<String>,
+    /// Set by signing out or revoking tokens: the open streams that end now.
+    pub ends_streams: Option<super::stream::EndStreams>,
 }
 
 impl Reply {
@@ -32,7 +31,7 @@ impl Reply {
                 body,
                 headers: Vec::new(),
                 stream: None,
-                ends_session: None,
+                ends_streams: None,
             },
             Err(e) => Reply::error(ApiError::internal(format!("cannot encode response: {e}"))),
         }
@@ -45,7 +44,7 @@ impl Reply {
             body: body.into(),
             headers: Vec::new(),
             stream: None,
-            ends_session: None,
+            ends_streams: None,
         }
     }
 

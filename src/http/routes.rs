@@ -46,6 +46,9 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/v1/users/{id}/tokens", |c, r, p| {
         users::issue_token(c, r, p[0])
     }),
+    route("DELETE", "/v1/users/{id}/tokens", |c, r, p| {
+        users::revoke_tokens(c, r, p[0])
+    }),
     route("GET", "/v1/me", |c, r, _| users::me(c, r)),
     route("POST", "/v1/events", |c, r, _| events::create(c, r)),
     route("POST", "/v1/events/bulk", |c, r, _| {

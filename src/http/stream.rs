@@ -56,9 +56,17 @@ pub struct Subscribe {
 
 enum HubMsg {
     Open(Subscribe, StreamWriter),
-    /// A session ended: close the streams it opened.
-    EndSession(String),
+    End(EndStreams),
     Stop,
+}
+
+/// Streams whose credentials ended.
+#[derive(Debug, Clone)]
+pub enum EndStreams {
+    /// The streams a session opened (`auth::session_key`): signing out.
+    Session(String),
+    /// Every stream of a user: their tokens and sessions were revoked.
+    User(String),
 }
 
 /// The handle the HTTP layer holds.
@@ -164,11 +172,11 @@ impl HubSender {
         let _ = self.tx.send(HubMsg::Open(subscribe, writer));
     }
 
-    /// Closes every stream `session` opened. Sent before the sign-out is
-    /// answered, so by the time the browser sees it, no further row is
-    /// written on them.
-    pub fn end_session(&self, session: String) {
-        let _ = self.tx.send(HubMsg::EndSession(session));
+    /// Closes the streams `end` names. Sent before the sign-out or the
+    /// revocation is answered, and the hub takes it before any row
+    /// committed later, so no such row is written on them.
+    pub fn end_streams(&self, end: EndStreams) {
+        let _ = self.tx.send(HubMsg::End(end));
     }
 }
 
@@ -224,7 +232,7 @@ impl HubState {
     fn control(&mut self, msg: HubMsg) -> bool {
         match msg {
             HubMsg::Open(subscribe, writer) => self.open(subscribe, writer),
-            HubMsg::EndSession(session) => self.end_session(&session),
+            HubMsg::End(end) => self.end_streams(&end),
             HubMsg::Stop => return false,
         }
         true
@@ -387,11 +395,19 @@ impl HubState {
         }
     }
 
-    fn end_session(&mut self, session: &str) {
-        for subscribers in self.users.values_mut() {
-            subscribers.retain(|s| s.session.as_deref() != Some(session));
+    fn end_streams(&mut self, end: &EndStreams) {
+        match end {
+            EndStreams::Session(session) => {
+                for subscribers in self.users.values_mut() {
+                    subscribers.retain(|s| s.session.as_ref() != Some(session));
+                }
+                self.users.retain(|_, subscribers| !subscribers.is_empty());
+            }
+            EndStreams::User(user) => {
+                self.users.remove(user);
+                self.behind.remove(user);
+            }
         }
-        self.users.retain(|_, subscribers| !subscribers.is_empty());
         self.count_open();
     }
 

@@ -7,8 +7,10 @@ use super::auth;
 use super::error::ApiError;
 use super::request::Req;
 use super::response::Reply;
+use super::stream::EndStreams;
 use super::Ctx;
 use crate::notify::event::is_plausible_email;
+use crate::store::sessions;
 use crate::store::users::{self, User};
 
 #[derive(Deserialize)]
@@ -52,6 +54,27 @@ pub fn issue_token(ctx: &Ctx, req: &Req, id: &str) -> Result<Reply, ApiError> {
         Ok(users::issue_token(tx, id)?)
     })?;
     Ok(Reply::json(201, &json!({ "token": token })))
+}
+
+/// `DELETE /v1/users/{id}/tokens`: revokes every token and session of the
+/// user (a lost device, a departing person) and ends their open streams.
+pub fn revoke_tokens(ctx: &Ctx, req: &Req, id: &str) -> Result<Reply, ApiError> {
+    auth::service(ctx, req)?;
+    let (tokens, sessions) = ctx.notifier.store().write(|tx| {
+        if !users::exists(tx, id)? {
+            return Err(ApiError::not_found(format!("no user {id:?}")));
+        }
+        Ok((
+            users::revoke_tokens(tx, id)?,
+            sessions::delete_for_user(tx, id)?,
+        ))
+    })?;
+    let mut reply = Reply::json(
+        200,
+        &json!({ "revokedTokens": tokens, "endedSessions": sessions }),
+    );
+    reply.ends_streams = Some(EndStreams::User(id.to_string()));
+    Ok(reply)
 }
 
 pub fn me(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {

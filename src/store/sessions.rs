@@ -55,6 +55,13 @@ pub fn delete(tx: &Transaction<'_>, secret: &str) -> StoreResult<()> {
     Ok(())
 }
 
+/// Ends every session of `user_id`; how many there were.
+pub fn delete_for_user(tx: &Transaction<'_>, user_id: &str) -> StoreResult<usize> {
+    Ok(tx
+        .prepare_cached("DELETE FROM sessions WHERE user_id = ?1")?
+        .execute([user_id])?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -46,6 +46,13 @@ pub fn email_of(conn: &Connection, id: &str) -> StoreResult<Option<String>> {
         .optional()?)
 }
 
+pub fn by_id(conn: &Connection, id: &str) -> StoreResult<Option<User>> {
+    Ok(conn
+        .prepare_cached("SELECT id, email, name FROM users WHERE id = ?1")?
+        .query_row([id], user_from_row)
+        .optional()?)
+}
+
 fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
     Ok(User {
         id: r.get(0)?,
@@ -66,6 +73,13 @@ pub fn issue_token(tx: &Transaction<'_>, user_id: &str) -> StoreResult<String> {
     )?
     .execute(params![ids::hash_secret(&token), user_id, now_ms()])?;
     Ok(token)
+}
+
+/// Revokes every token of `user_id`; how many there were.
+pub fn revoke_tokens(tx: &Transaction<'_>, user_id: &str) -> StoreResult<usize> {
+    Ok(tx
+        .prepare_cached("DELETE FROM api_tokens WHERE user_id = ?1")?
+        .execute([user_id])?)
 }
 
 /// The user a bearer token belongs to, if any.

@@ -286,3 +286,59 @@ fn signing_out_ends_the_streams_of_that_session_only() {
     );
     assert_eq!(titles(&[token_stream.next_event(WAIT).unwrap()]), ["after"]);
 }
+
+#[test]
+fn revoking_a_users_tokens_ends_their_streams_and_sessions() {
+    let server = server().start();
+    let token = server.create_user("ann", "ann@acme.test", "Ann");
+    let ben = server.create_user("ben", "ben@acme.test", "Ben");
+    let cookie = sign_in(&server, &token);
+    let mut by_token = subscribe(&server, &token, &[]);
+    let mut by_cookie = SseClient::open(
+        server.base_url(),
+        "/v1/inbox/stream",
+        &[("Cookie", &cookie)],
+    );
+    assert_eq!(by_cookie.status, 200);
+    let mut bens = subscribe(&server, &ben, &[]);
+    announce(&server, "ann", "before");
+    assert_eq!(titles(&[by_token.next_event(WAIT).unwrap()]), ["before"]);
+    assert_eq!(titles(&[by_cookie.next_event(WAIT).unwrap()]), ["before"]);
+
+    let key = format!("Bearer {}", server.service_key());
+    let (status, body) = server.request(
+        "DELETE",
+        "/v1/users/ann/tokens",
+        &[("Authorization", &key)],
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"revokedTokens": 1, "endedSessions": 1}));
+    announce(&server, "ann", "after");
+    announce(&server, "ben", "for ben");
+    for stream in [&mut by_token, &mut by_cookie] {
+        assert_eq!(
+            stream.next_event(WAIT),
+            None,
+            "nothing after the revocation"
+        );
+        assert!(stream.closed_within(WAIT));
+    }
+    assert_eq!(titles(&[bens.next_event(WAIT).unwrap()]), ["for ben"]);
+    let (status, _) = server.get("/v1/inbox", Some(&token));
+    assert_eq!(status, 401, "the token no longer works");
+    let (status, _) = server.request(
+        "DELETE",
+        "/v1/users/nobody/tokens",
+        &[("Authorization", &key)],
+        None,
+    );
+    assert_eq!(status, 404);
+    let (status, _) = server.request(
+        "DELETE",
+        "/v1/users/ben/tokens",
+        &[("Authorization", &format!("Bearer {ben}"))],
+        None,
+    );
+    assert_eq!(status, 403, "a user token cannot revoke");
+}

@@ -14,6 +14,7 @@ use super::auth;
 use super::error::ApiError;
 use super::request::Req;
 use super::response::Reply;
+use super::stream::EndStreams;
 use super::Ctx;
 use crate::notify::{email, inbox};
 use crate::store::sessions;
@@ -179,7 +180,7 @@ pub fn logout(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
         secure_flag(ctx)
     );
     let mut reply = Reply::redirect("/login").header("Set-Cookie", expired);
-    reply.ends_session = secret.map(auth::session_key);
+    reply.ends_streams = secret.map(|s| EndStreams::Session(auth::session_key(s)));
     Ok(reply)
 }
 
