@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::email::DeliveryView;
+use super::links;
 use super::templates::InboxContent;
 use crate::store::{now_ms, StoreError, StoreResult};
 use crate::time::rfc3339;
@@ -150,7 +151,7 @@ fn item_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
         kind: r.get(1)?,
         title: r.get(2)?,
         body: r.get(3)?,
-        actions: json_column(r.get_ref(4)?.as_str().unwrap_or("[]")),
+        actions: web_actions(json_column(r.get_ref(4)?.as_str().unwrap_or("[]"))),
         payload: json_column(r.get_ref(5)?.as_str().unwrap_or("{}")),
         created_at: rfc3339(r.get(6)?),
         seen_at: r.get::<_, Option<i64>>(7)?.map(rfc3339),
@@ -184,6 +185,25 @@ pub fn newest_id(conn: &Connection, user_id: &str) -> StoreResult<i64> {
     Ok(conn
         .prepare_cached("SELECT COALESCE(MAX(id), 0) FROM notifications WHERE user_id = ?1")?
         .query_row([user_id], |r| r.get(0))?)
+}
+
+/// The stored actions whose url may be a link (`links::web_link`). Rows
+/// rendered before that rule applied at render time may hold any url, and
+/// every reader (the API, the live stream, the inbox page) gets them from
+/// here.
+fn web_actions(actions: Value) -> Value {
+    let Value::Array(actions) = actions else {
+        return Value::Array(Vec::new());
+    };
+    actions
+        .into_iter()
+        .filter(|a| {
+            a.get("url")
+                .and_then(Value::as_str)
+                .and_then(links::web_link)
+                .is_some()
+        })
+        .collect()
 }
 
 fn json_column(text: &str) -> Value {

@@ -10,6 +10,7 @@ mod dispatcher;
 pub mod email;
 pub mod event;
 pub mod inbox;
+pub mod links;
 pub mod listeners;
 mod mail_queue;
 pub mod outbox;

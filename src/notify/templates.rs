@@ -10,6 +10,7 @@ use minijinja::{Environment, UndefinedBehavior};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::links;
 use super::registry::{Channel, Registry, TypeDef};
 use super::NotifyError;
 
@@ -172,19 +173,24 @@ impl Templates {
             .ok_or_else(|| NotifyError::Render(format!("no templates loaded for type {ty:?}")))?;
         let ctx = minijinja::Value::from_serialize(payload);
         let inbox = if def.has(Channel::Inbox) {
-            let actions = def
-                .actions
-                .iter()
-                .zip(&names.actions)
-                .map(|(a, name)| {
-                    Ok(Action {
+            let mut actions = Vec::with_capacity(def.actions.len());
+            for (a, name) in def.actions.iter().zip(&names.actions) {
+                let url = self.one_line(name, &ctx)?;
+                match links::web_link(&url) {
+                    Some(_) => actions.push(Action {
                         label: a.label.clone(),
-                        url: self.one_line(name, &ctx)?,
-                    })
-                })
-                .collect::<Result<_, NotifyError>>()?;
+                        url,
+                    }),
+                    // The url is left out of the log: it may hold a token.
+                    None => log::warn!(
+                        "type {ty}: action {:?} is not an http(s) url or a path on this \
+                         site; the notification goes out without it",
+                        a.label
+                    ),
+                }
+            }
             Some(InboxContent {
-                title: self.one_line(&names.inbox_title, &ctx)?,
+                title: single_line(&self.one_line(&names.inbox_title, &ctx)?),
                 body: self.one_line(&names.inbox_body, &ctx)?,
                 actions,
             })
@@ -193,8 +199,8 @@ impl Templates {
         };
         let email = if def.has(Channel::Email) {
             Some(EmailContent {
-                subject: self.one_line(&names.email_subject, &ctx)?,
-                html: self.file(&names.email_html, &ctx)?,
+                subject: single_line(&self.one_line(&names.email_subject, &ctx)?),
+                html: links::guard_html(self.file(&names.email_html, &ctx)?),
                 text: self.file(&names.email_text, &ctx)?,
             })
         } else {
@@ -245,6 +251,29 @@ impl Templates {
     fn one_line(&self, name: &str, ctx: &minijinja::Value) -> Result<String, NotifyError> {
         Ok(self.file(name, ctx)?.trim().to_string())
     }
+}
+
+/// A subject or title on one line whatever the payload holds: each run of
+/// control characters (CR, LF, tab ...) becomes one space, so a value such
+/// as `"admin\r\nBcc: victim@evil.test"` can never start a new mail header.
+fn single_line(s: &str) -> String {
+    if !s.contains(char::is_control) {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut in_run = false;
+    for c in s.chars() {
+        if c.is_control() {
+            if !in_run {
+                out.push(' ');
+            }
+            in_run = true;
+        } else {
+            out.push(c);
+            in_run = false;
+        }
+    }
+    out
 }
 
 /// The sample cut down to the required fields: the least an accepted event
@@ -343,6 +372,33 @@ mod tests {
         assert!(email.html.contains("&lt;b&gt;Acme&lt;"), "{}", email.html);
         assert!(!email.html.contains("<b>Acme"));
         assert!(email.text.contains("<b>Acme</b>"));
+    }
+
+    #[test]
+    fn subjects_stay_on_one_line_and_only_web_links_survive() {
+        let r = Registry::embedded().unwrap();
+        let t = Templates::load(&r, None).unwrap();
+        let def = r.get("org.invitation.sent").unwrap();
+        let mut payload = def.sample.clone();
+        payload["orgName"] = json!("admin\r\nBcc: victim@evil.test");
+        for url in [" javascript:alert(1)", "/\t/evil.test/phish", "//evil.test"] {
+            payload["acceptUrl"] = json!(url);
+            let out = t.render("org.invitation.sent", def, &payload).unwrap();
+            let email = out.email.unwrap();
+            assert_eq!(
+                email.subject,
+                "You're invited to join admin Bcc: victim@evil.test"
+            );
+            assert!(!email.html.contains("href"), "{url:?}: {}", email.html);
+            assert!(email.html.contains("Accept invitation</a>"));
+            let inbox = out.inbox.unwrap();
+            assert!(!inbox.title.contains(['\r', '\n']), "{}", inbox.title);
+            assert!(inbox.actions.is_empty(), "{url:?}");
+        }
+        payload["acceptUrl"] = json!("/invitations/accept?token=t");
+        let out = t.render("org.invitation.sent", def, &payload).unwrap();
+        assert_eq!(out.inbox.unwrap().actions.len(), 1);
+        assert_eq!(out.email.unwrap().html.matches("href=").count(), 2);
     }
 
     #[test]

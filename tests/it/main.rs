@@ -23,6 +23,7 @@ mod inbox_page;
 mod inbox_stream;
 mod inbox_stream_bounds;
 mod library;
+mod links;
 mod metrics;
 mod openapi;
 mod policy_catalog;

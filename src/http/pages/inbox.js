@@ -24,12 +24,18 @@
     if (markAll) markAll.disabled = !list.querySelector('.item.unread');
   }
 
-  // Same rule as the server: http(s) links and paths on this site only.
+  // The server passes on only the action urls its one rule allows
+  // (src/notify/links.rs: http(s) urls and paths on this site, nothing a
+  // browser would read differently). This last check asks the browser's
+  // own parser where a link would lead: to http(s), and, unless it is
+  // spelled as an absolute http(s) url, to this very origin.
   function safeUrl(url) {
-    if (typeof url !== 'string') return null;
-    if (/^https?:\/\//i.test(url)) return url;
-    if (url.charAt(0) === '/' && url.charAt(1) !== '/' && url.charAt(1) !== '\\') return url;
-    return null;
+    if (typeof url !== 'string' || !url) return null;
+    var target;
+    try { target = new URL(url, window.location.href); } catch (e) { return null; }
+    if (target.protocol !== 'https:' && target.protocol !== 'http:') return null;
+    if (!/^https?:\/\//i.test(url) && target.origin !== window.location.origin) return null;
+    return url;
   }
 
   function relative(iso) {
