@@ -118,8 +118,8 @@ pub const ROUTES: &[Route] = &[
         form_post(r, pages::mark_read(c, r, Some(p[0])))
     }),
     route("GET", "/assets/{name}", |_, _, p| pages::asset(p[0])),
-    route("GET", "/dev/mail", |c, _, _| match c.dev {
-        true => page(pages::dev_mail(c)),
+    route("GET", "/dev/mail", |c, r, _| match c.dev {
+        true => page(pages::dev_mail(c, r)),
         false => Err(ApiError::not_found(
             "no such endpoint: /dev/mail (start with --dev)",
         )),

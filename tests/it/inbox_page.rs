@@ -333,3 +333,71 @@ fn dev_mail_exists_only_with_dev_and_shows_email_html_inertly() {
     assert!(!html.contains("<img src=x"), "{html}");
     assert_eq!(html.matches("<script").count(), 0, "no script at all");
 }
+
+/// GET `path` over a raw connection naming `host` in the Host header, as a
+/// browser does for a page whose host name resolves to this server.
+fn get_with_host(server: &TestServer, path: &str, host: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = server.base_url().trim_start_matches("http://");
+    let mut socket = std::net::TcpStream::connect(addr).expect("connect");
+    socket.set_read_timeout(Some(WAIT)).expect("read timeout");
+    socket
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .expect("send");
+    let mut answer = String::new();
+    socket.read_to_string(&mut answer).expect("read the answer");
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {answer:?}"));
+    (status, answer)
+}
+
+#[test]
+fn dev_mail_answers_only_at_its_own_host_names() {
+    let server = TestServer::builder()
+        .arg("--dev")
+        .env("HERALD_PUBLIC_URL", "https://Herald.Example.test")
+        .start();
+    send(
+        &server,
+        json!({"type": "org.invitation.sent", "recipients": [{"email": "dave@acme.test"}],
+               "payload": {"invitedEmail": "dave@acme.test", "role": "admin", "orgName": "Acme",
+                           "inviterName": "Grace",
+                           "acceptUrl": "https://herald.example.test/invitations/accept?token=hinv_secret"}}),
+    );
+    let sent = "SELECT COUNT(*) FROM deliveries WHERE status = 'sent'";
+    assert!(crate::support::wait_until(WAIT, || server.count(sent) == 1));
+    let port = server.base_url().rsplit(':').next().unwrap().to_string();
+
+    // A page of another site whose name now resolves here (DNS rebinding).
+    for host in [
+        format!("evil.test:{port}"),
+        "evil.test".to_string(),
+        format!("127.0.0.1.evil.test:{port}"),
+        format!("localhost.evil.test:{port}"),
+    ] {
+        let (status, answer) = get_with_host(&server, "/dev/mail", &host);
+        assert_eq!(status, 421, "Host: {host}\n{answer}");
+        assert!(answer.contains("answers only at localhost"), "{answer}");
+        assert!(!answer.contains("hinv_secret"), "{answer}");
+        assert!(!answer.contains("dave@acme.test"), "{answer}");
+    }
+    // The names of this server: localhost, its loopback addresses with any
+    // port, and the host of HERALD_PUBLIC_URL.
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        "[::1]:8025".to_string(),
+        "LOCALHOST".to_string(),
+        "herald.example.test".to_string(),
+        "herald.example.test:443".to_string(),
+    ] {
+        let (status, answer) = get_with_host(&server, "/dev/mail", &host);
+        assert_eq!(status, 200, "Host: {host}\n{answer}");
+        assert!(answer.contains("hinv_secret"), "{answer}");
+    }
+}

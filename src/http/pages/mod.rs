@@ -68,6 +68,7 @@ pub fn error_page(e: ApiError) -> Reply {
     let heading = match e.status {
         404 => "Page not found",
         403 => "Not allowed",
+        421 => "Wrong address",
         500..=599 => "Something went wrong",
         _ => "That did not work",
     };
@@ -316,14 +317,49 @@ pub fn mark_read(ctx: &Ctx, req: &Req, id: Option<&str>) -> Result<Reply, ApiErr
 }
 
 /// `GET /dev/mail`: what the console provider "sent". Routed only with
-/// `--dev`; otherwise the path does not exist.
-pub fn dev_mail(ctx: &Ctx) -> Result<Reply, ApiError> {
+/// `--dev`; otherwise the path does not exist. It shows invitation tokens,
+/// so it answers only requests addressed to this server by name: a page
+/// on another site that rebinds its own host name to this address (DNS
+/// rebinding) gets a 421 and nothing of the mail.
+pub fn dev_mail(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
+    let public_host = host_name(authority(&ctx.public_url));
+    let host = req.header("host").map(host_name);
+    let allowed = ["localhost", "127.0.0.1", "[::1]", public_host.as_str()];
+    if !host.is_some_and(|h| allowed.contains(&h.as_str())) {
+        return Err(ApiError::new(
+            421,
+            "misdirected_request",
+            format!(
+                "The dev mailbox answers only at localhost, 127.0.0.1, [::1] or {public_host} \
+                 (the host of HERALD_PUBLIC_URL), not at the host this request named."
+            ),
+        ));
+    }
     let mails = ctx
         .notifier
         .store()
         .read(|c| email::console_sent(c, DEV_MAIL_LIMIT))?;
     let body = render("dev_mail.html", context! { mails => mails })?;
     Ok(Reply::html_with_csp(200, body, DEV_MAIL_CSP))
+}
+
+/// `http://user@host:8025/path` -> `host:8025`.
+fn authority(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    authority.rsplit('@').next().unwrap_or(authority)
+}
+
+/// `Host: Example.TEST:8025` -> `example.test`; `[::1]:8025` -> `[::1]`.
+fn host_name(authority: &str) -> String {
+    let authority = authority.trim();
+    let host = match authority.strip_prefix('[') {
+        Some(rest) => rest
+            .split_once(']')
+            .map_or(authority, |(ip, _)| &authority[..ip.len() + 2]),
+        None => authority.split(':').next().unwrap_or(authority),
+    };
+    host.to_ascii_lowercase()
 }
 
 #[cfg(test)]
@@ -368,5 +404,18 @@ mod tests {
         )
         .unwrap()
         .contains("&lt;script&gt;"));
+    }
+
+    #[test]
+    fn host_names_ignore_ports_and_case() {
+        assert_eq!(host_name("LocalHost:8025"), "localhost");
+        assert_eq!(host_name("[::1]:8025"), "[::1]");
+        assert_eq!(host_name("[::1]"), "[::1]");
+        assert_eq!(host_name("127.0.0.1"), "127.0.0.1");
+        assert_eq!(
+            host_name(authority("https://u:p@Herald.Example.com:8443/x?y")),
+            "herald.example.com"
+        );
+        assert_eq!(host_name(authority("http://127.0.0.1:8025")), "127.0.0.1");
     }
 }
