@@ -1,14 +1,15 @@
 //! Invitations: sendInvitation (SPEC 4.1), list, revoke and accept (4.3).
-//! The accept token is random, returned once in the accept link and stored
-//! only as its SHA-256. The invitee hears through the seam alone: an existing
+//! The accept token is random, returned once in the accept link (herald's
+//! own accept page, `GET /invitations/accept`) and stored only as its
+//! SHA-256. The invitee hears through the seam alone: an existing
 //! user gets one inbox row and one email, a non-user one address-only email.
 
-use rusqlite::{params, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use serde_json::json;
 
 use super::members::display_name;
-use super::tenant::{self, Access, Role, Scope, Tenant};
+use super::tenant::{self, Access, Role, Scope, Tenant, TenantRead};
 use super::{AppError, AppResult, INVITATION_TTL_MS};
 use crate::ids;
 use crate::notify::event::is_plausible_email;
@@ -243,61 +244,101 @@ struct Pending {
     expires_at: i64,
 }
 
-/// The signed-in user accepts with the token from the link. The token is
-/// the authority here (the user is not a member yet), so the tenant scope is
-/// the invitation's org.
-pub fn accept(notifier: &Notifier, user: &User, token: &str) -> AppResult<Accepted> {
+/// The invitation behind `token` if `user` may accept it now: pending,
+/// unexpired and sent to the user's address. Accept and the accept page's
+/// preview say no for the same reasons, in the same words.
+fn usable(conn: &Connection, user: &User, token: &str) -> AppResult<Pending> {
     if token.is_empty() || token.len() > 200 {
         return Err(AppError::invalid(
             "token",
             "expected the token from the accept link",
         ));
     }
-    notifier.transaction(|outbox| {
-        let inv = outbox
-            .tx()
-            .prepare_cached(
-                "SELECT id, org_id, email, role, status, inviter_user_id, expires_at
-                 FROM invitations WHERE token_hash = ?1",
-            )?
-            .query_row([ids::hash_secret(token)], |r| {
-                Ok(Pending {
-                    id: r.get(0)?,
-                    org_id: r.get(1)?,
-                    email: r.get(2)?,
-                    role: r.get(3)?,
-                    status: r.get(4)?,
-                    inviter_user_id: r.get(5)?,
-                    expires_at: r.get(6)?,
-                })
+    let inv = conn
+        .prepare_cached(
+            "SELECT id, org_id, email, role, status, inviter_user_id, expires_at
+             FROM invitations WHERE token_hash = ?1",
+        )?
+        .query_row([ids::hash_secret(token)], |r| {
+            Ok(Pending {
+                id: r.get(0)?,
+                org_id: r.get(1)?,
+                email: r.get(2)?,
+                role: r.get(3)?,
+                status: r.get(4)?,
+                inviter_user_id: r.get(5)?,
+                expires_at: r.get(6)?,
             })
-            .optional()?
-            .ok_or_else(|| AppError::NotFound("no invitation has this token".into()))?;
-        match inv.status.as_str() {
-            "accepted" => {
-                return Err(AppError::Conflict(
-                    "this invitation was already accepted; the link works once".into(),
-                ))
-            }
-            "revoked" => {
-                return Err(AppError::Gone(
-                    "this invitation was revoked; ask for a new one".into(),
-                ))
-            }
-            "expired" => return Err(expired()),
-            _ if inv.expires_at <= now_ms() => return Err(expired()),
-            _ => {}
+        })
+        .optional()?
+        .ok_or_else(|| AppError::NotFound("no invitation has this token".into()))?;
+    match inv.status.as_str() {
+        "accepted" => {
+            return Err(AppError::Conflict(
+                "this invitation was already accepted; the link works once".into(),
+            ))
         }
-        if !inv.email.eq_ignore_ascii_case(&user.email) {
-            return Err(AppError::Forbidden(
-                "this invitation was sent to another email address".into(),
-            ));
+        "revoked" => {
+            return Err(AppError::Gone(
+                "this invitation was revoked; ask for a new one".into(),
+            ))
         }
+        "expired" => return Err(expired()),
+        _ if inv.expires_at <= now_ms() => return Err(expired()),
+        _ => {}
+    }
+    if !inv.email.eq_ignore_ascii_case(&user.email) {
+        return Err(AppError::Forbidden(
+            "this invitation was sent to another email address".into(),
+        ));
+    }
+    Ok(inv)
+}
+
+fn already_member() -> AppError {
+    AppError::Conflict("you are already a member of this organization".into())
+}
+
+/// What the accept page shows before the person accepts.
+#[derive(Debug, Serialize)]
+pub struct Preview {
+    pub org_name: String,
+    pub role: String,
+    pub email: String,
+    pub inviter_name: String,
+    pub expires_at: String,
+}
+
+/// The invitation `user` is about to accept with `token`, refused for the
+/// reasons `accept` would refuse it. Changes nothing.
+pub fn preview(store: &Store, user: &User, token: &str) -> AppResult<Preview> {
+    store.read(|conn| {
+        let tx = conn.unchecked_transaction()?;
+        let inv = usable(&tx, user, token)?;
+        let scope = TenantRead::enter(&tx, &inv.org_id)?;
+        if tenant::membership(&scope, &user.id)?.is_some() {
+            return Err(already_member());
+        }
+        let inviter = crate::store::users::by_id(&tx, &inv.inviter_user_id)?;
+        Ok(Preview {
+            org_name: scope.org().name.clone(),
+            role: inv.role,
+            email: inv.email,
+            inviter_name: inviter.as_ref().map_or_else(String::new, display_name),
+            expires_at: rfc3339(inv.expires_at),
+        })
+    })
+}
+
+/// The signed-in user accepts with the token from the link. The token is
+/// the authority here (the user is not a member yet), so the tenant scope is
+/// the invitation's org.
+pub fn accept(notifier: &Notifier, user: &User, token: &str) -> AppResult<Accepted> {
+    notifier.transaction(|outbox| {
+        let inv = usable(outbox.tx(), user, token)?;
         let mut t = Tenant::enter(outbox, &inv.org_id)?;
         if tenant::membership(&t, &user.id)?.is_some() {
-            return Err(AppError::Conflict(
-                "you are already a member of this organization".into(),
-            ));
+            return Err(already_member());
         }
         let role = Role::parse(&inv.role).unwrap_or(Role::Member);
         let member_id = tenant::add_member(&t, &user.id, role)?;

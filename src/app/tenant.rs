@@ -132,6 +132,15 @@ pub struct TenantRead<'c> {
     org: Org,
 }
 
+impl<'c> TenantRead<'c> {
+    /// Confines a read to `org_id` for a caller whose authority is not a
+    /// membership (an invitation token), like `Tenant::enter` for writes.
+    pub fn enter(conn: &'c Connection, org_id: &str) -> AppResult<Self> {
+        let org = find_org(conn, org_id)?;
+        Ok(TenantRead { conn, org })
+    }
+}
+
 impl Scope for TenantRead<'_> {
     fn conn(&self) -> &Connection {
         self.conn

@@ -13,8 +13,9 @@ use super::response::Reply;
 use super::routes::{Route, ROUTES};
 use crate::notify::Registry;
 
-/// Routes deliberately left out of the API document (HTML pages for people,
-/// not API clients). Empty today; the inbox pages will belong here.
+/// Routes deliberately left out of the API document: the HTML pages for
+/// people (`pages/`: sign-in, the inbox, the invitation accept page, the
+/// dev mailbox), not API clients.
 pub const UNDOCUMENTED: &[(&str, &str)] = &[
     ("GET", "/"),
     ("GET", "/login"),
@@ -23,6 +24,8 @@ pub const UNDOCUMENTED: &[(&str, &str)] = &[
     ("GET", "/inbox"),
     ("POST", "/inbox/read-all"),
     ("POST", "/inbox/{id}/read"),
+    ("GET", "/invitations/accept"),
+    ("POST", "/invitations/accept"),
     ("GET", "/assets/{name}"),
     ("GET", "/dev/mail"),
 ];

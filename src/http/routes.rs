@@ -117,6 +117,12 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/inbox/{id}/read", |c, r, p| {
         form_post(r, pages::mark_read(c, r, Some(p[0])))
     }),
+    route("GET", "/invitations/accept", |c, r, _| {
+        page(pages::invitation(c, r))
+    }),
+    route("POST", "/invitations/accept", |c, r, _| {
+        page(pages::accept_invitation(c, r))
+    }),
     route("GET", "/assets/{name}", |_, _, p| pages::asset(p[0])),
     route("GET", "/dev/mail", |c, r, _| match c.dev {
         true => page(pages::dev_mail(c, r)),

@@ -5,8 +5,8 @@
 //! anything a browser would read differently from how it looks (a leading
 //! space before `javascript:`, a tab in `/\t/evil.test` that the url parser
 //! drops to leave `//evil.test`, a backslash it reads as a slash) is not a
-//! link at all. Inbox actions, the inbox page and its script and email
-//! HTML all go through here.
+//! link at all. Inbox actions, the inbox page and its script, the login
+//! page's return path and email HTML all go through here.
 
 use std::borrow::Cow;
 

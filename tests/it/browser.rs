@@ -1,7 +1,8 @@
-//! The inbox page in a real browser (headless Chromium via chromedriver):
-//! sign in on /login, see the inbox, an event sent over the API appears
-//! without a reload, mark-as-read drops the badge, and XSS payloads stay
-//! inert. Needs Debian's `chromium` and `chromium-driver`, so it is ignored
+//! The pages in a real browser (headless Chromium via chromedriver): sign
+//! in on /login, see the inbox, an event sent over the API appears without
+//! a reload, mark-as-read drops the badge, and XSS payloads stay inert; and
+//! the invitation email's accept link, clicked in the email itself, leads
+//! through signing in to the accept page and on to the inbox. Needs Debian's `chromium` and `chromium-driver`, so it is ignored
 //! by a plain `cargo test`; `.ci/run` installs them and runs
 //! `cargo test --test it browser -- --ignored`. Screenshots land in
 //! `target/test-artifacts/`.
@@ -11,8 +12,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::support::app::{demo_builder, start_demo, ORG};
 use crate::support::webdriver::Browser;
-use crate::support::TestServer;
+use crate::support::{FakeResend, TestServer};
 
 const WAIT: Duration = Duration::from_secs(15);
 /// Sets a flag if any injected markup ever runs.
@@ -192,4 +194,131 @@ fn sign_in_see_a_live_item_arrive_and_mark_it_read() {
         json!(true)
     );
     browser.screenshot(&artifacts().join("dev-mail.png"));
+}
+
+/// Opens `html` (an email's HTML part) from a file, as a mail client on
+/// this machine would show it.
+fn open_email(browser: &Browser, dir: &std::path::Path, name: &str, html: &str) {
+    let file = dir.join(name);
+    std::fs::write(&file, html).expect("write the email to a file");
+    browser.goto(&format!("file://{}", file.display()));
+    assert!(browser.wait_for(
+        WAIT,
+        "return !!document.querySelector('a[href*=\"/invitations/accept?token=\"]')"
+    ));
+}
+
+/// The HTML of the one invitation email sent to `to`.
+fn invitation_email(mail: &FakeResend, to: &str) -> String {
+    assert!(
+        crate::support::wait_until(WAIT, || mail
+            .accepted()
+            .iter()
+            .any(|e| e.to.iter().any(|t| t == to))),
+        "no email to {to}"
+    );
+    let email = mail
+        .accepted()
+        .into_iter()
+        .find(|e| e.to.iter().any(|t| t == to))
+        .unwrap();
+    assert!(email.subject.contains("Acme"), "{}", email.subject);
+    email.html.expect("an HTML part")
+}
+
+#[test]
+#[ignore = "needs Debian's chromium and chromium-driver; .ci/run installs them and runs it"]
+fn the_invitation_emails_link_signs_in_accepts_and_lands_on_the_inbox() {
+    let mail = FakeResend::start();
+    let (server, demo) = start_demo(demo_builder(&mail));
+    let dave = server.create_user("dave", "dave@example.com", "Dave");
+    let (status, body) = server.post(
+        &format!("/v1/orgs/{ORG}/invitations"),
+        Some(&demo.alice),
+        json!({"email": "dave@example.com", "role": "admin"}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let html = invitation_email(&mail, "dave@example.com");
+    let emails = tempfile::tempdir().expect("a directory for the email");
+
+    // Dave reads the email and clicks its button; he is not signed in.
+    let browser = Browser::start(1100, 900);
+    open_email(&browser, emails.path(), "invitation.html", &html);
+    browser.click(&browser.find("a[href*=\"/invitations/accept?token=\"]"));
+    assert!(
+        browser.wait_for(WAIT, "return location.pathname === '/login'"),
+        "signed out, the link asks to sign in; at {}",
+        browser.current_url()
+    );
+    browser.type_into(&browser.find("#token"), &dave);
+    browser.click(&browser.find("#sign-in"));
+    assert!(
+        browser.wait_for(
+            WAIT,
+            "return location.pathname === '/invitations/accept' && !!document.getElementById('accept')"
+        ),
+        "signed in, back at the invitation; at {}",
+        browser.current_url()
+    );
+    assert_eq!(
+        browser.text(&browser.find("#invitation-title")),
+        "Join Acme"
+    );
+    browser.screenshot(&artifacts().join("invitation.png"));
+    browser.click(&browser.find("#accept"));
+    assert!(
+        browser.wait_for(
+            WAIT,
+            "return location.pathname === '/inbox' && !!document.getElementById('joined')"
+        ),
+        "accepting lands on the inbox; at {}",
+        browser.current_url()
+    );
+    assert!(browser
+        .text(&browser.find("#joined"))
+        .contains("You joined Acme"));
+    browser.screenshot(&artifacts().join("invitation-accepted.png"));
+    let (status, members) = server.get(&format!("/v1/orgs/{ORG}/members"), Some(&dave));
+    assert_eq!(status, 200, "dave is a member now: {members}");
+    assert!(
+        members["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["userId"] == "dave" && m["role"] == "admin"),
+        "{members}"
+    );
+
+    // Erin is already signed in when she clicks her invitation's link, from
+    // another site (the email), which leaves her SameSite=Strict session
+    // cookie behind: herald moves on from its own origin, where the cookie
+    // comes along, and she sees the invitation without signing in again.
+    let erin = server.create_user("erin", "erin@example.com", "Erin");
+    let (status, body) = server.post(
+        &format!("/v1/orgs/{ORG}/invitations"),
+        Some(&demo.alice),
+        json!({"email": "erin@example.com", "role": "member"}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let html = invitation_email(&mail, "erin@example.com");
+    let browser = Browser::start(1100, 900);
+    browser.goto(&server.url("/login"));
+    browser.type_into(&browser.find("#token"), &erin);
+    browser.click(&browser.find("#sign-in"));
+    assert!(browser.wait_for(WAIT, "return location.pathname === '/inbox'"));
+    open_email(&browser, emails.path(), "erin.html", &html);
+    browser.click(&browser.find("a[href*=\"/invitations/accept?token=\"]"));
+    assert!(
+        browser.wait_for(
+            WAIT,
+            "return location.pathname === '/invitations/accept' && !!document.getElementById('accept')"
+        ),
+        "the invitation, with the session she has; at {}",
+        browser.current_url()
+    );
+    browser.click(&browser.find("#accept"));
+    assert!(browser.wait_for(
+        WAIT,
+        "return location.pathname === '/inbox' && !!document.getElementById('joined')"
+    ));
 }

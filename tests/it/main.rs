@@ -22,6 +22,7 @@ mod inbox;
 mod inbox_page;
 mod inbox_stream;
 mod inbox_stream_bounds;
+mod invitation_page;
 mod library;
 mod links;
 mod metrics;

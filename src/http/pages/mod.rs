@@ -1,4 +1,5 @@
-//! The pages a person sees: `/login`, `/logout`, `/inbox` and, with `--dev`,
+//! The pages a person sees: `/login`, `/logout`, `/inbox`, the invitation
+//! accept page that invitation emails link to and, with `--dev`,
 //! `/dev/mail`. Server-rendered minijinja templates and one script, all
 //! embedded from this folder (not `templates/`, whose subfolders are
 //! notification types). Every value is auto-escaped; links pass
@@ -17,6 +18,7 @@ use super::request::Req;
 use super::response::Reply;
 use super::stream::EndStreams;
 use super::Ctx;
+use crate::app::{invitations, tenant, Access, Role};
 use crate::notify::{email, inbox, links};
 use crate::store::sessions;
 use crate::store::users::User;
@@ -32,7 +34,13 @@ const PAGES: &[(&str, &str)] = &[
     ("inbox.html", include_str!("inbox.html")),
     ("dev_mail.html", include_str!("dev_mail.html")),
     ("error.html", include_str!("error.html")),
+    ("invitation.html", include_str!("invitation.html")),
+    ("continue.html", include_str!("continue.html")),
 ];
+
+/// Where the invitation emails' accept link leads (`{HERALD_PUBLIC_URL}`
+/// + this + `?token=...`).
+const ACCEPT_PATH: &str = "/invitations/accept";
 
 /// The dev mailbox shows email HTML, which styles itself inline, inside a
 /// sandboxed frame: inline styles and remote images allowed, scripts not.
@@ -68,6 +76,7 @@ pub fn error_page(e: ApiError) -> Reply {
     let heading = match e.status {
         404 => "Page not found",
         403 => "Not allowed",
+        410 => "No longer valid",
         421 => "Wrong address",
         500..=599 => "Something went wrong",
         _ => "That did not work",
@@ -97,18 +106,54 @@ pub fn home(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
     })
 }
 
+/// `GET /login[?next=/path]`: `next` is where signing in leads (the
+/// invitation accept page sends people here and back).
 pub fn login_form(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
+    let next = return_path(req.query("next"));
     if auth::session_user(ctx, req)?.is_some() {
-        return Ok(Reply::redirect("/inbox"));
+        return Ok(Reply::redirect(next.unwrap_or("/inbox")));
     }
-    login_page(200, None)
+    login_page(200, None, next)
 }
 
-fn login_page(status: u16, error: Option<&str>) -> Result<Reply, ApiError> {
+fn login_page(status: u16, error: Option<&str>, next: Option<&str>) -> Result<Reply, ApiError> {
     Ok(Reply::html(
         status,
-        render("login.html", context! { error => error })?,
+        render("login.html", context! { error => error, next => next })?,
     ))
+}
+
+/// A `next` that may be followed after signing in: a path on this site
+/// (never another host, so never an open redirect), ASCII as herald's own
+/// paths are, so it goes into a `Location` header as it is.
+fn return_path(next: Option<&str>) -> Option<&str> {
+    next.and_then(links::site_path).filter(|p| p.is_ascii())
+}
+
+/// `/login?next=<path>`, the path percent-encoded.
+fn login_then(path: &str) -> String {
+    format!("/login?next={}", query_escape(path))
+}
+
+/// Percent-encodes everything but the unreserved characters of RFC 3986.
+fn query_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A form field by name, trimmed ("" when absent).
+fn field<'f>(form: &'f [(String, String)], name: &str) -> &'f str {
+    form.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.trim())
+        .unwrap_or("")
 }
 
 /// `POST /login`: the token comes in the form body (never the url, and the
@@ -118,13 +163,10 @@ fn login_page(status: u16, error: Option<&str>) -> Result<Reply, ApiError> {
 pub fn login(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
     auth::same_origin(req)?;
     let form = req.form()?;
-    let token = form
-        .iter()
-        .find(|(k, _)| k == "token")
-        .map(|(_, v)| v.trim())
-        .unwrap_or("");
+    let token = field(&form, "token");
+    let next = return_path(Some(field(&form, "next")));
     if token.is_empty() {
-        return login_page(422, Some("Paste your access token to sign in."));
+        return login_page(422, Some("Paste your access token to sign in."), next);
     }
     if ctx
         .service_key
@@ -134,6 +176,7 @@ pub fn login(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
         return login_page(
             403,
             Some("That is the service key. Sign in with a user's access token."),
+            next,
         );
     }
     let store = ctx.notifier.store();
@@ -141,11 +184,15 @@ pub fn login(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
         return login_page(
             401,
             Some("That token is not valid. Check it and try again."),
+            next,
         );
     };
     let secret = store.write(|tx| sessions::create(tx, &user.id))?;
     log::info!("session started for user {}", user.id);
-    Ok(Reply::redirect("/inbox").header("Set-Cookie", session_cookie(ctx, &secret)))
+    Ok(
+        Reply::redirect(next.unwrap_or("/inbox"))
+            .header("Set-Cookie", session_cookie(ctx, &secret)),
+    )
 }
 
 fn session_cookie(ctx: &Ctx, secret: &str) -> String {
@@ -225,6 +272,10 @@ pub fn inbox(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
     })?;
     let items: Vec<ItemView> = page.items.into_iter().map(item_view).collect();
     let unread = items.iter().any(|i| i.unread);
+    let joined = match req.query("joined") {
+        Some(org_id) => joined_org(ctx, &user, org_id)?,
+        None => None,
+    };
     let body = render(
         "inbox.html",
         context! {
@@ -235,9 +286,28 @@ pub fn inbox(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
             newest => newest,
             next_cursor => page.next_cursor,
             live => cursor.is_none(),
+            joined => joined,
         },
     )?;
     Ok(Reply::html(200, body))
+}
+
+/// The name of the org the user just joined (`/inbox?joined=<org id>`,
+/// where accepting an invitation lands), read as any member read is: None
+/// for an org the user is not in.
+fn joined_org(ctx: &Ctx, user: &User, org_id: &str) -> Result<Option<String>, ApiError> {
+    let access = Access {
+        user,
+        org_id,
+        min_role: Role::Member,
+    };
+    match tenant::read(ctx.notifier.store(), access, |scope, _| {
+        Ok(tenant::Scope::org(scope).name.clone())
+    }) {
+        Ok(name) => Ok(Some(name)),
+        Err(crate::app::AppError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn user_view(user: &User) -> Value {
@@ -316,6 +386,88 @@ pub fn mark_read(ctx: &Ctx, req: &Req, id: Option<&str>) -> Result<Reply, ApiErr
     Ok(Reply::json(200, &json!({ "unseenCount": unseen })))
 }
 
+/// `GET /invitations/accept?token=...`, where the invitation email's link
+/// leads: signed out, to `/login` and back here; signed in, the invitation
+/// with an Accept button, or why it can no longer be accepted. The token
+/// stays out of the log (the request line is logged without its query) and
+/// out of Referer headers to other sites (`Referrer-Policy: same-origin`).
+pub fn invitation(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
+    let token = req.query("token").map(str::trim).unwrap_or("");
+    if token.is_empty() {
+        return Err(ApiError::bad_request(
+            "This link has no invitation token. Open the link from the invitation email again.",
+        ));
+    }
+    let Some(user) = auth::session_user(ctx, req)? else {
+        // A link clicked in an email is a navigation from another site, and
+        // browsers leave a SameSite=Strict cookie behind on it even for a
+        // signed-in person. This page moves on from herald's own origin (a
+        // meta refresh), which does carry the cookie: /login sends a
+        // signed-in person straight back here and asks anyone else to sign in.
+        let next = login_then(&accept_path(token));
+        return Ok(Reply::html(
+            200,
+            render("continue.html", context! { next => next })?,
+        ));
+    };
+    let preview = invitations::preview(ctx.notifier.store(), &user, token)
+        .map_err(|e| invitation_error(e, &user))?;
+    let body = render(
+        "invitation.html",
+        context! { invitation => preview, user => user_view(&user), token => token },
+    )?;
+    Ok(Reply::html(200, body))
+}
+
+/// `POST /invitations/accept` (the accept page's form, same-origin only):
+/// joins the org and lands on the inbox.
+pub fn accept_invitation(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
+    auth::same_origin(req)?;
+    let form = req.form()?;
+    let token = field(&form, "token");
+    let Some(user) = auth::session_user(ctx, req)? else {
+        return Ok(Reply::redirect(&login_then(&accept_path(token))));
+    };
+    let accepted =
+        invitations::accept(&ctx.notifier, &user, token).map_err(|e| invitation_error(e, &user))?;
+    log::info!(
+        "user {} joined {} through an invitation",
+        user.id,
+        accepted.organization_id
+    );
+    Ok(Reply::redirect(&format!(
+        "/inbox?joined={}",
+        query_escape(&accepted.organization_id)
+    )))
+}
+
+fn accept_path(token: &str) -> String {
+    format!("{ACCEPT_PATH}?token={}", query_escape(token))
+}
+
+/// Why an invitation cannot be accepted, in words for the person holding
+/// the link.
+fn invitation_error(e: crate::app::AppError, user: &User) -> ApiError {
+    let mut e = ApiError::from(e);
+    match e.status {
+        403 => {
+            e.message = format!(
+                "This invitation was sent to another email address, and you are signed in \
+                 as {}. Sign out, then open the link again and sign in as the person it \
+                 was sent to.",
+                user.email
+            )
+        }
+        404 | 422 => {
+            e.message = "This invitation link is not valid. Check that you opened the whole \
+                         link from the email, or ask for a new invitation."
+                .into()
+        }
+        _ => {}
+    }
+    e
+}
+
 /// `GET /dev/mail`: what the console provider "sent". Routed only with
 /// `--dev`; otherwise the path does not exist. It shows invitation tokens,
 /// so it answers only requests addressed to this server by name: a page
@@ -386,14 +538,32 @@ mod tests {
         let html = render(
             "inbox.html",
             context! { user => user, items => items, unseen => 1, unread => true,
-            newest => 1, next_cursor => None::<String>, live => true },
+            newest => 1, next_cursor => None::<String>, live => true, joined => evil },
         )
         .unwrap();
         assert!(!html.contains("<script>alert"), "{html}");
         assert!(html.contains("&lt;script&gt;alert(1)&lt;&#x2f;script&gt;"));
-        assert!(render("login.html", context! { error => evil })
+        let login = render("login.html", context! { error => evil, next => evil }).unwrap();
+        assert!(!render("continue.html", context! { next => evil })
             .unwrap()
-            .contains("&lt;script&gt;"));
+            .contains("<script>alert"));
+        assert!(login.contains("&lt;script&gt;"));
+        assert!(!login.contains("<script>alert"), "{login}");
+        let invitation = invitations::Preview {
+            org_name: evil.into(),
+            role: evil.into(),
+            email: evil.into(),
+            inviter_name: evil.into(),
+            expires_at: "2026-01-08T00:00:00.000Z".into(),
+        };
+        let html = render(
+            "invitation.html",
+            context! { invitation => invitation, user => user_view(&User {
+            id: "u".into(), email: evil.into(), name: evil.into() }), token => evil },
+        )
+        .unwrap();
+        assert!(!html.contains("<script>alert"), "{html}");
+        assert!(html.contains("id=\"accept\""), "{html}");
         let mails = vec![json!({"id": "d", "to": evil, "subject": evil,
             "html": "<img src=x onerror=alert(1)>", "text": evil, "createdAt": "t"})];
         let html = render("dev_mail.html", context! { mails => mails }).unwrap();
@@ -417,5 +587,26 @@ mod tests {
             "herald.example.com"
         );
         assert_eq!(host_name(authority("http://127.0.0.1:8025")), "127.0.0.1");
+    }
+
+    #[test]
+    fn only_site_paths_are_followed_after_signing_in() {
+        assert_eq!(
+            return_path(Some("/invitations/accept?token=hinv_1")),
+            Some("/invitations/accept?token=hinv_1")
+        );
+        for bad in [
+            "//evil.test",
+            "https://evil.test/",
+            "/\\evil.test",
+            "/é",
+            "",
+        ] {
+            assert_eq!(return_path(Some(bad)), None, "{bad}");
+        }
+        assert_eq!(
+            login_then("/invitations/accept?token=a b"),
+            "/login?next=%2Finvitations%2Faccept%3Ftoken%3Da%20b"
+        );
     }
 }
