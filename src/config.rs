@@ -127,6 +127,29 @@ impl std::fmt::Debug for Config {
     }
 }
 
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// `90s`, `30m`, `12h`, `7d` (a bare number is seconds); `forever` is None.
+fn parse_period(text: &str) -> Option<Option<Duration>> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("forever") {
+        return Some(None);
+    }
+    let (number, unit) = match text.char_indices().last()? {
+        (i, c) if c.is_ascii_alphabetic() => (&text[..i], c.to_ascii_lowercase()),
+        _ => (text, 's'),
+    };
+    let n: u64 = number.parse().ok().filter(|n| *n > 0)?;
+    let secs = match unit {
+        's' => n,
+        'm' => n.checked_mul(60)?,
+        'h' => n.checked_mul(3600)?,
+        'd' => n.checked_mul(86_400)?,
+        _ => return None,
+    };
+    Some(Some(Duration::from_secs(secs)))
+}
+
 impl Config {
     /// Defaults, then the environment, then `args`.
     pub fn load(args: &Args) -> Result<Config, String> {
@@ -151,6 +174,12 @@ impl Config {
                 v.parse()
                     .map_err(|_| format!("{var}={v:?} is not a non-negative integer"))
             })
+        };
+        let retention = |var: &str, default: Option<Duration>| match env(var) {
+            None => Ok(default),
+            Some(v) => parse_period(&v).ok_or_else(|| {
+                format!("{var}={v:?} must be a period like 90s, 30m, 12h or 7d, or \"forever\"")
+            }),
         };
         let millis = |var: &str, default: u64| -> Result<Duration, String> {
             Ok(Duration::from_millis(number(var, default)?.max(100)))
@@ -189,6 +218,22 @@ impl Config {
             queue_capacity: number("HERALD_MAIL_QUEUE", 1024)?.clamp(1, 1_000_000) as usize,
             mail_batch: number("HERALD_MAIL_BATCH", crate::mail::MAX_BATCH_EMAILS as u64)?
                 .clamp(1, crate::mail::MAX_BATCH_EMAILS as u64) as usize,
+            retention: crate::notify::retention::Retention {
+                email_bodies: retention("HERALD_EMAIL_BODY_RETENTION", Some(7 * DAY))?,
+                log: retention("HERALD_LOG_RETENTION", Some(30 * DAY))?,
+                inbox: retention("HERALD_INBOX_RETENTION", None)?,
+                test_step_delay: env("HERALD_TEST_PRUNE_DELAY_MS")
+                    .map(|v| {
+                        let ms = v.parse::<u64>().map_err(|_| {
+                            format!(
+                                "HERALD_TEST_PRUNE_DELAY_MS={v:?} is not a number of milliseconds"
+                            )
+                        })?;
+                        log::warn!("TEST HOOK: every prune step holds the writer {ms} ms");
+                        Ok::<_, String>(Duration::from_millis(ms))
+                    })
+                    .transpose()?,
+            },
         };
         let mail = MailConfig {
             provider: env("HERALD_MAIL_PROVIDER").unwrap_or_else(|| "console".into()),
@@ -297,6 +342,27 @@ mod tests {
         })
         .unwrap();
         assert_eq!(c.policy.rate_per_sec, Some(2.5));
+    }
+
+    #[test]
+    fn retention_periods_read_with_units_or_forever() {
+        assert_eq!(parse_period("90"), Some(Some(Duration::from_secs(90))));
+        assert_eq!(parse_period("30m"), Some(Some(Duration::from_secs(1800))));
+        assert_eq!(parse_period("12H"), Some(Some(Duration::from_secs(43_200))));
+        assert_eq!(parse_period("7d"), Some(Some(7 * DAY)));
+        assert_eq!(parse_period("forever"), Some(None));
+        for bad in ["", "0", "-1d", "7w", "d", "1.5h", "99999999999999999999d"] {
+            assert_eq!(parse_period(bad), None, "{bad:?}");
+        }
+        let c = Config::from_sources(&args(&[]), |_| None).unwrap();
+        assert_eq!(c.policy.retention.email_bodies, Some(7 * DAY));
+        assert_eq!(c.policy.retention.log, Some(30 * DAY));
+        assert_eq!(c.policy.retention.inbox, None);
+        let err = Config::from_sources(&args(&[]), |n| {
+            (n == "HERALD_LOG_RETENTION").then(|| "a month".to_string())
+        })
+        .unwrap_err();
+        assert!(err.contains("HERALD_LOG_RETENTION"), "{err}");
     }
 
     #[test]

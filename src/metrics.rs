@@ -64,6 +64,8 @@ pub struct Metrics {
     /// (route pattern, method, status).
     http: Family<HttpKey, Histogram>,
     http_connections: AtomicU64,
+    /// Rows deleted by retention, by kind.
+    pruned: Family<&'static str, AtomicU64>,
     streams_open: AtomicU64,
     streams_dropped_behind: AtomicU64,
 }
@@ -78,6 +80,7 @@ impl Metrics {
             mail_requests: Family::new(),
             http: Family::new(),
             http_connections: AtomicU64::new(0),
+            pruned: Family::new(),
             streams_open: AtomicU64::new(0),
             streams_dropped_behind: AtomicU64::new(0),
         }
@@ -86,6 +89,23 @@ impl Metrics {
     /// Open HTTP connections, streams included.
     pub fn http_connections(&self, open: usize) {
         self.http_connections.store(open as u64, Ordering::Relaxed);
+    }
+
+    /// Rows retention deleted in one step.
+    pub fn pruned(&self, pruned: &crate::notify::retention::Pruned) {
+        for (kind, n) in [
+            ("email_body", pruned.email_bodies),
+            ("delivery", pruned.deliveries),
+            ("outbox", pruned.outbox),
+            ("inbox", pruned.inbox),
+            ("other", pruned.other),
+        ] {
+            if n > 0 {
+                self.pruned
+                    .get_or_insert(&kind)
+                    .fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Open live inbox streams.
@@ -218,6 +238,15 @@ impl Metrics {
         );
 
         queues.render(&mut out);
+        one_label_counter(
+            &mut out,
+            "herald_pruned_rows_total",
+            "Rows deleted by retention: stored email bodies, deliveries, outbox rows, inbox rows, \
+             others (batches, listener runs, digests, expired sessions).",
+            "kind",
+            &self.pruned,
+            |kind| kind,
+        );
 
         for (name, kind, help, value) in [
             (

@@ -18,6 +18,7 @@ mod pacer;
 pub mod policy;
 pub mod preferences;
 pub mod registry;
+pub mod retention;
 mod scheduler;
 pub mod stats;
 pub mod templates;
@@ -104,6 +105,8 @@ pub struct DeliveryPolicy {
     /// provider (alone or in small batches) are merged into one.
     /// 1 sends every email alone.
     pub mail_batch: usize,
+    /// What is kept of finished work, and for how long.
+    pub retention: retention::Retention,
 }
 
 impl Default for DeliveryPolicy {
@@ -117,6 +120,7 @@ impl Default for DeliveryPolicy {
             rate_per_sec: None,
             queue_capacity: 1024,
             mail_batch: crate::mail::MAX_BATCH_EMAILS,
+            retention: retention::Retention::default(),
         }
     }
 }

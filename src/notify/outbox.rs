@@ -210,11 +210,15 @@ fn read_result(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Option<D
     }))
 }
 
+/// Records the result. A notification's body (recipients and payload) is
+/// dropped here: the inbox rows and stored emails carry what is needed from
+/// now on. A domain event keeps it for its listeners' retries.
 pub fn mark_dispatched(tx: &Transaction<'_>, seq: i64, result: DispatchResult) -> StoreResult<()> {
     let inbox = result.channels.map(|c| c.inbox);
     let email = result.channels.map(|c| c.email);
     tx.prepare_cached(
         "UPDATE outbox SET status = 'dispatched', dispatched_at = ?2, sent = ?3, deduped = ?4,
+                           body = CASE kind WHEN 'domain' THEN body ELSE '' END,
                            suppressed = ?5, inbox_sent = ?6, inbox_deduped = ?7,
                            inbox_suppressed = ?8, email_sent = ?9, email_deduped = ?10,
                            email_suppressed = ?11

@@ -13,7 +13,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::email;
 use super::mail_queue::MailQueue;
-use super::{digest, outbox, policy, Notifier};
+use super::{digest, outbox, policy, retention, Notifier};
 use crate::store::now_ms;
 
 /// How often the database is looked at for work this process was not told
@@ -27,6 +27,8 @@ const CLAIM_BATCH: usize = 500;
 /// keeps up with any realistic rate while never holding the write lock long.
 const PRUNE_CHUNK: usize = 1_000;
 const PRUNE_CHUNKS_PER_SWEEP: usize = 50;
+/// A retention pass that left more behind comes back after this.
+const PRUNE_AGAIN_MS: i64 = 50;
 
 pub(crate) enum Wake {
     /// A retry was scheduled; look again for the earliest one.
@@ -37,6 +39,11 @@ pub(crate) enum Wake {
 pub(super) fn run(notifier: &Notifier, queue: &MailQueue, wake: Receiver<Wake>) {
     let store = notifier.store();
     let mut next_sweep = now_ms() + SWEEP_EVERY_MS;
+    let retention = &notifier.shared.policy.retention;
+    let prune_every = retention
+        .every(Duration::from_millis(SWEEP_EVERY_MS as u64))
+        .map(|d| d.as_millis() as i64);
+    let mut next_prune = now_ms();
     loop {
         let now = now_ms();
         let mut next_wake = next_sweep;
@@ -66,6 +73,13 @@ pub(super) fn run(notifier: &Notifier, queue: &MailQueue, wake: Receiver<Wake>) 
             prune_dedup_marks(notifier, now);
             next_sweep = now + SWEEP_EVERY_MS;
             next_wake = next_sweep;
+        }
+        if let Some(every) = prune_every {
+            if now >= next_prune {
+                let more = retention::pass(store, retention, now);
+                next_prune = now_ms() + if more { PRUNE_AGAIN_MS } else { every };
+            }
+            next_wake = next_wake.min(next_prune);
         }
         // Digests due now are released; the next one bounds the sleep.
         if let Some(at) = digest::flush_due(notifier) {

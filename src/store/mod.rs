@@ -111,6 +111,10 @@ impl Store {
                 .map_err(|e| StoreError::Pool(format!("cannot create {}: {e}", dir.display())))?;
         }
         let mut writer = Connection::open(path)?;
+        // Takes effect only on a database without tables yet: a new one
+        // gives pages freed by pruning back to the filesystem. An older one
+        // reuses them, and converts with `herald compact`.
+        writer.execute_batch("PRAGMA auto_vacuum = INCREMENTAL")?;
         configure(&writer, sync)?;
         migrate::apply(&mut writer)?;
 
@@ -158,6 +162,16 @@ impl Store {
         // A full channel means a checkpoint is already due.
         let _ = self.checkpointer.try_send(());
         Ok(value)
+    }
+
+    /// Gives up to `pages` free pages back to the filesystem (incremental
+    /// vacuum; nothing on a database without it) in one short write; how
+    /// many free pages are left.
+    pub fn reclaim_free_pages(&self, pages: u32) -> StoreResult<i64> {
+        self.write(|tx| {
+            tx.execute_batch(&format!("PRAGMA incremental_vacuum({pages})"))?;
+            Ok(tx.query_row("PRAGMA freelist_count", [], |r| r.get(0))?)
+        })
     }
 
     /// Runs `f` on a pooled read connection.

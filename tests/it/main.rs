@@ -33,4 +33,5 @@ mod policy_digest;
 mod policy_prefs;
 mod policy_registry;
 mod policy_results;
+mod retention;
 mod seam;

@@ -268,17 +268,22 @@ fn version_2_database(dir: &std::path::Path) {
     )
     .unwrap();
     let body = |subject: &str| role_changed(json!(["carol"]), subject).to_string();
+    // Recent, so the log retention (30 days) keeps them.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
     conn.execute(
         "INSERT INTO outbox (id, type, body, status, created_at, dispatched_at, sent, deduped,
                              suppressed)
-         VALUES ('evt_old', 'org.member.role_changed', ?1, 'dispatched', 0, 0, 1, 0, 1)",
-        [body("mem_1")],
+         VALUES ('evt_old', 'org.member.role_changed', ?1, 'dispatched', ?2, ?2, 1, 0, 1)",
+        rusqlite::params![body("mem_1"), now],
     )
     .unwrap();
     conn.execute(
         "INSERT INTO outbox (id, type, body, created_at)
-         VALUES ('evt_pending', 'org.member.role_changed', ?1, 0)",
-        [body("mem_2")],
+         VALUES ('evt_pending', 'org.member.role_changed', ?1, ?2)",
+        rusqlite::params![body("mem_2"), now],
     )
     .unwrap();
 }
