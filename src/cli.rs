@@ -1,9 +1,12 @@
 //! The `herald` command line: `serve`, `migrate`, `seed`, `check`, `send`,
-//! `outbox list|retry|retry-dead`, `user add|token` and `stripe sign`. Each command builds what it needs from `Config`;
+//! `outbox list|retry|retry-dead`, `user add|token`, `stripe sign`, `backup`
+//! and `compact`. Each command builds what it needs from `Config`;
 //! `serve` wires store -> notifier -> HTTP and shuts them down in reverse.
 
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -13,6 +16,7 @@ use crate::http::{Ctx, HttpServer};
 use crate::notify::{
     email, outbox, DeliveryPolicy, Event, Notifier, Recipient, Registry, Templates,
 };
+use crate::store::files::{self, BackupOptions};
 use crate::store::{users, Store, StoreError, SCHEMA_VERSION};
 use crate::{ids, mail};
 
@@ -34,6 +38,11 @@ usage:
                                       and the oldest unfinished deliveries
   herald outbox retry <id>            re-arm one dead or failed delivery
   herald outbox retry-dead            re-arm every dead delivery
+  herald backup FILE [--force]        a consistent copy of the database, also while serve runs;
+                                      restore: stop herald, put FILE in place of the database
+                                      (without its old -wal and -shm files), start it
+  herald compact                      rewrite the database without its free space (serve
+                                      stopped: after a large prune); prints its size before and after
   herald user add <id> --email <address> [--name <name>]
   herald user token <id>              issue a new API token for a user
   herald stripe sign <file>           print a Stripe-Signature header for the file's bytes,
@@ -67,6 +76,8 @@ pub fn main(words: Vec<String>) -> i32 {
         ["outbox"] | ["outbox", "list"] => outbox_list(&config),
         ["outbox", "retry", id] => outbox_retry(&config, Some(id)),
         ["outbox", "retry-dead"] => outbox_retry(&config, None),
+        ["backup", file] => backup(&config, &args, file),
+        ["compact"] => compact(&config),
         ["user", "add", id] => user_add(&config, &args, id),
         ["user", "token", id] => user_token(&config, id),
         _ => Err(format!("unknown command {:?}\n\n{USAGE}", words.join(" "))),
@@ -265,6 +276,87 @@ fn migrate(config: &Config) -> Result<(), String> {
     open_store(config)?;
     println!("{}: schema version {SCHEMA_VERSION}", config.db.display());
     Ok(())
+}
+
+/// How often a long backup reports its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// Copies the database to `file` with SQLite's online backup, so a running
+/// `serve` keeps writing; see `store::files::backup`.
+fn backup(config: &Config, args: &Args, file: &str) -> Result<(), String> {
+    let options = BackupOptions {
+        overwrite: args.switch("force"),
+        ..BackupOptions::default()
+    };
+    // Ctrl-C stops the copy between two steps, so its temporary file is
+    // removed rather than left behind.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = interrupted.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed))
+        .map_err(|e| format!("cannot install signal handler: {e}"))?;
+    let mut last_report = Instant::now();
+    let copied = files::backup(
+        &config.db,
+        std::path::Path::new(file),
+        &options,
+        |copied, total| {
+            if interrupted.load(Ordering::Relaxed) {
+                return ControlFlow::Break(());
+            }
+            if last_report.elapsed() >= PROGRESS_EVERY && copied < total {
+                last_report = Instant::now();
+                println!(
+                    "backup: {copied} of {total} pages ({}%)",
+                    copied * 100 / total.max(1)
+                );
+            }
+            ControlFlow::Continue(())
+        },
+    )
+    .map_err(|e| format!("backup failed: {e}"))?;
+    println!(
+        "backed up {} to {file}: {} ({} pages) in {:.2} s",
+        config.db.display(),
+        size(copied.bytes),
+        copied.pages,
+        copied.took.as_secs_f64()
+    );
+    Ok(())
+}
+
+fn compact(config: &Config) -> Result<(), String> {
+    let done = files::compact(&config.db).map_err(|e| e.to_string())?;
+    let was = match done.auto_vacuum_before {
+        0 => "none",
+        1 => "full",
+        _ => "incremental",
+    };
+    println!(
+        "compacted {}: {} before, {} after (database {}, WAL {}) in {:.2} s; \
+         auto_vacuum incremental (was {was})",
+        config.db.display(),
+        size(done.before.total()),
+        size(done.after.total()),
+        size(done.after.db),
+        size(done.after.wal),
+        done.took.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// A byte count for people: `512 B`, `3.4 KiB`, `12.0 MiB`, `1.5 GiB`.
+fn size(bytes: u64) -> String {
+    let mut value = bytes as f64;
+    for unit in ["B", "KiB", "MiB"] {
+        if value < 1024.0 {
+            return match unit {
+                "B" => format!("{bytes} B"),
+                _ => format!("{value:.1} {unit}"),
+            };
+        }
+        value /= 1024.0;
+    }
+    format!("{value:.1} GiB")
 }
 
 fn check(config: &Config) -> Result<(), String> {

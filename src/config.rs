@@ -17,7 +17,7 @@ pub struct Args {
     options: HashMap<String, Vec<String>>,
 }
 
-const SWITCHES: &[&str] = &["dev", "demo", "help"];
+const SWITCHES: &[&str] = &["dev", "demo", "force", "help"];
 const OPTIONS: &[&str] = &[
     "addr",
     "db",

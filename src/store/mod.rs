@@ -3,6 +3,7 @@
 //! transaction on the one writer; reads come from the r2d2 pool. Driver errors
 //! become `StoreError` here and never travel further up.
 
+pub mod files;
 mod migrate;
 pub mod sessions;
 pub mod users;

@@ -10,6 +10,7 @@ mod app_invitations;
 mod app_roles;
 mod app_stripe;
 mod app_tenancy;
+mod backup;
 mod browser;
 mod crash;
 mod delivery;
