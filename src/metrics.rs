@@ -335,6 +335,9 @@ pub struct QueueGauges {
     /// Emails held in memory for the mail senders (at most
     /// `HERALD_MAIL_QUEUE`; the rest of `email` waits in the database).
     pub senders_len: usize,
+    /// Bytes on disk of the database file and of its write-ahead log.
+    pub database_bytes: u64,
+    pub wal_bytes: u64,
 }
 
 impl QueueGauges {
@@ -384,6 +387,20 @@ impl QueueGauges {
                 "herald_oldest_pending_age_seconds",
                 &[("queue", queue)],
                 age.unwrap_or(0.0).max(0.0),
+            );
+        }
+        header(
+            out,
+            "herald_database_bytes",
+            "gauge",
+            "Size on disk of the SQLite database file and of its write-ahead log.",
+        );
+        for (file, bytes) in [("db", self.database_bytes), ("wal", self.wal_bytes)] {
+            sample(
+                out,
+                "herald_database_bytes",
+                &[("file", file)],
+                bytes as f64,
             );
         }
     }

@@ -166,8 +166,8 @@ fn method_label(method: &str) -> &'static str {
         .unwrap_or("other")
 }
 
-/// `GET /metrics`: the counters plus queue gauges read now. Unauthenticated,
-/// like `/healthz`, so a Prometheus scraper needs no secret.
+/// `GET /metrics`: the counters plus queue gauges and file sizes read now.
+/// Unauthenticated, like `/healthz`, so a Prometheus scraper needs no secret.
 fn metrics(ctx: &Ctx) -> Result<Reply, ApiError> {
     let mut gauges = ctx
         .notifier
@@ -175,6 +175,9 @@ fn metrics(ctx: &Ctx) -> Result<Reply, ApiError> {
         .read(crate::notify::stats::queue_gauges)?;
     gauges.bus_len = ctx.notifier.bus_len();
     gauges.senders_len = ctx.notifier.mail_queue_len();
+    let disk = ctx.notifier.store().disk_usage();
+    gauges.database_bytes = disk.db;
+    gauges.wal_bytes = disk.wal;
     Ok(Reply::text(
         200,
         "text/plain; version=0.0.4; charset=utf-8",

@@ -38,5 +38,7 @@ pub fn queue_gauges(conn: &Connection) -> StoreResult<QueueGauges> {
         oldest_email_pending_secs: age(oldest_email),
         bus_len: 0,
         senders_len: 0,
+        database_bytes: 0,
+        wal_bytes: 0,
     })
 }

@@ -446,6 +446,7 @@ fn a_fresh_server_exposes_every_family_with_a_type() {
         ("herald_http_connections", "gauge"),
         ("herald_inbox_streams", "gauge"),
         ("herald_inbox_streams_dropped_total", "counter"),
+        ("herald_database_bytes", "gauge"),
     ] {
         assert_eq!(
             scrape.types.get(name).map(String::as_str),
@@ -454,6 +455,40 @@ fn a_fresh_server_exposes_every_family_with_a_type() {
         );
     }
     assert_eq!(scrape.value("herald_events_accepted_total", &[]), 0.0);
+}
+
+/// The database and WAL sizes are the files' sizes at scrape time: read
+/// between two looks at the files, each gauge lies between them.
+#[test]
+fn database_and_wal_sizes_are_read_from_the_files_at_scrape_time() {
+    let server = TestServer::start();
+    server.create_user("mia", "mia@example.com", "Mia");
+    let (status, body) = server.post_event(role_changed("s1"));
+    assert_eq!(status, 202, "{body}");
+    let id = body["eventId"].as_str().unwrap().to_string();
+    server.wait_event_done(&id, WAIT);
+    let wal_path = {
+        let mut name = server.db_path().as_os_str().to_owned();
+        name.push("-wal");
+        std::path::PathBuf::from(name)
+    };
+    let sizes = || {
+        let len = |p: &std::path::Path| std::fs::metadata(p).map_or(0.0, |m| m.len() as f64);
+        (len(server.db_path()), len(&wal_path))
+    };
+    let before = sizes();
+    let scrape = scrape(&server);
+    let after = sizes();
+    let db = scrape.value("herald_database_bytes", &[("file", "db")]);
+    let wal = scrape.value("herald_database_bytes", &[("file", "wal")]);
+    assert!(db >= 4096.0, "{db}");
+    assert!(wal > 0.0, "the event's writes went through the WAL: {wal}");
+    let between = |v: f64, a: f64, b: f64| a.min(b) <= v && v <= a.max(b);
+    assert!(between(db, before.0, after.0), "{db} {before:?} {after:?}");
+    assert!(
+        between(wal, before.1, after.1),
+        "{wal} {before:?} {after:?}"
+    );
 }
 
 #[test]
