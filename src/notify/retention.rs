@@ -129,6 +129,9 @@ pub fn pass(store: &Store, retention: &Retention, now: i64) -> bool {
             all.inbox,
             all.other
         );
+    }
+    // Pages freed by this pass or an earlier one.
+    if store.reclaimable_pages().is_ok_and(|free| free > 0) {
         for _ in 0..STEPS_PER_PASS {
             match store.reclaim_free_pages(RECLAIM_PAGES) {
                 Ok(left) if left > 0 => {}

@@ -165,12 +165,31 @@ impl Store {
         Ok(value)
     }
 
+    /// Free pages `reclaim_free_pages` could give back: none on a database
+    /// without incremental vacuum (made before it; `herald compact`
+    /// converts it), which keeps them for reuse.
+    pub fn reclaimable_pages(&self) -> StoreResult<i64> {
+        self.read(|c| {
+            let mode: i64 = c.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
+            const INCREMENTAL: i64 = 2;
+            if mode != INCREMENTAL {
+                return Ok(0);
+            }
+            Ok(c.query_row("PRAGMA freelist_count", [], |r| r.get(0))?)
+        })
+    }
+
     /// Gives up to `pages` free pages back to the filesystem (incremental
     /// vacuum; nothing on a database without it) in one short write; how
     /// many free pages are left.
     pub fn reclaim_free_pages(&self, pages: u32) -> StoreResult<i64> {
         self.write(|tx| {
-            tx.execute_batch(&format!("PRAGMA incremental_vacuum({pages})"))?;
+            // Each step of the statement frees one page: run it to the end.
+            let mut stmt = tx.prepare(&format!("PRAGMA incremental_vacuum({pages})"))?;
+            let mut rows = stmt.query([])?;
+            while rows.next()?.is_some() {}
+            drop(rows);
+            drop(stmt);
             Ok(tx.query_row("PRAGMA freelist_count", [], |r| r.get(0))?)
         })
     }

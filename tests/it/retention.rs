@@ -100,6 +100,9 @@ fn final_work_is_pruned_and_pending_work_survives_kill_9_mid_prune() {
         "each pending delivery has its body and batch"
     );
     let inbox_ids = server.count("SELECT COUNT(*) FROM notifications");
+    let db = server.db_path().to_path_buf();
+    let file_size = || std::fs::metadata(&db).map_or(0, |m| m.len());
+    let full_size = file_size();
     std::thread::sleep(Duration::from_secs(3));
 
     // Killed while a prune step holds its transaction open (each holds it
@@ -131,6 +134,14 @@ fn final_work_is_pruned_and_pending_work_survives_kill_9_mid_prune() {
         pending_work(&server),
         pending_before,
         "pending work is never pruned"
+    );
+    // The pages freed go back to the filesystem (inbox rows stay, so not
+    // all of them).
+    let shrunk = wait_until(Duration::from_secs(10), || file_size() < full_size * 3 / 4);
+    assert!(
+        shrunk,
+        "the file did not shrink: {full_size} then {} bytes",
+        file_size()
     );
     assert_eq!(
         server.count("SELECT COUNT(*) FROM outbox WHERE status != 'pending'"),
