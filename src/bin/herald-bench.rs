@@ -39,7 +39,13 @@ usage: herald-bench [--scenario raw|dispatch|http|inbox|all] [--events N]
                    then 1,000 single events at 100 a second
                    (paced_trickle_emails_per_s, paced_trickle_lag_s), then
                    500 events of two recipients at 50 a second
-                   (paced_pairs_emails_per_s, paced_pairs_lag_s)
+                   (paced_pairs_emails_per_s, paced_pairs_lag_s); after the
+                   bulk phase it reports the bytes stored per notification
+                   (db_bytes_per_notification, by table), and last, on a
+                   fresh server keeping everything 5 s, commit-to-inbox while
+                   the pruner works (commit_to_inbox_p99_ms_while_pruning)
+                   and the database file's size every 5 s under 1,000
+                   events/s (retention_db_mb_every_5s)
 
 The http and inbox scenarios start the release `herald` binary found next to
 this one (cargo build --release first). The last stdout line is JSON.";
@@ -762,34 +768,9 @@ fn http_scenario(dir: &Path, opts: &Opts, out: &mut Map<String, Value>) -> Resul
     out.insert("http_bulk_cpu_us_per_event".into(), cpu_us_per_event(cpu));
     let sent_before = 2 * opts.events;
 
-    // Commit-to-inbox latency at a fixed offered load, from the stored
-    // timestamps of the outbox row and its inbox row (same clock).
-    let total = opts.rate * 3;
-    let first_seq = count(&conn, "SELECT COALESCE(MAX(seq), 0) FROM outbox");
-    let mut client = LoadClient::new(&herald.base);
-    let paced = Instant::now();
-    for i in 0..total {
-        let due = Duration::from_secs_f64(i as f64 / opts.rate as f64);
-        if let Some(wait) = due.checked_sub(paced.elapsed()) {
-            std::thread::sleep(wait);
-        }
-        let event = event_json(sent_before + i, users);
-        let _ = client.call("POST", "/v1/events", &herald.key, event.as_bytes());
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    let mut stmt = conn
-        .prepare(
-            "SELECT n.created_at - o.created_at FROM notifications n JOIN outbox o ON o.seq = n.event_seq
-             WHERE o.seq > ?1",
-        )
-        .map_err(|e| e.to_string())?;
-    let mut lat: Vec<f64> = stmt
-        .query_map([first_seq], |r| r.get::<_, i64>(0))
-        .map_err(|e| e.to_string())?
-        .filter_map(Result::ok)
-        .map(|ms| ms as f64)
-        .collect();
-    lat.sort_by(f64::total_cmp);
+    storage_figures(&conn, out)?;
+
+    let lat = commit_to_inbox(&herald, &conn, opts.rate, opts.rate * 3, sent_before, users)?;
     out.insert("commit_to_inbox_samples".into(), json!(lat.len()));
     out.insert(
         "commit_to_inbox_p50_ms".into(),
@@ -811,7 +792,141 @@ fn http_scenario(dir: &Path, opts: &Opts, out: &mut Map<String, Value>) -> Resul
         out.insert("peak_rss_mb".into(), json!(ratio(kb as f64 / 1024.0)));
     }
     drop(herald);
-    paced_phase(dir, users, out)
+    paced_phase(dir, users, out)?;
+    retention_phase(dir, users, opts, out)
+}
+
+/// Commit-to-inbox latency at `rate` events/s for `total` events, from the
+/// stored timestamps of each outbox row and its inbox row (same clock).
+fn commit_to_inbox(
+    herald: &Herald,
+    conn: &Connection,
+    rate: usize,
+    total: usize,
+    first_event: usize,
+    users: usize,
+) -> Result<Vec<f64>, String> {
+    let first_seq = count(conn, "SELECT COALESCE(MAX(seq), 0) FROM outbox");
+    let mut client = LoadClient::new(&herald.base);
+    let paced = Instant::now();
+    for i in 0..total {
+        let due = Duration::from_secs_f64(i as f64 / rate as f64);
+        if let Some(wait) = due.checked_sub(paced.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        let event = event_json(first_event + i, users);
+        let _ = client.call("POST", "/v1/events", &herald.key, event.as_bytes());
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let mut stmt = conn
+        .prepare(
+            "SELECT n.created_at - o.created_at FROM notifications n JOIN outbox o ON o.seq = n.event_seq
+             WHERE o.seq > ?1",
+        )
+        .map_err(|e| e.to_string())?;
+    let mut lat: Vec<f64> = stmt
+        .query_map([first_seq], |r| r.get::<_, i64>(0))
+        .map_err(|e| e.to_string())?
+        .filter_map(Result::ok)
+        .map(|ms| ms as f64)
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    Ok(lat)
+}
+
+/// Bytes the database uses per notification (an inbox row and an email
+/// each), and what each table and index takes of it (SQLite's dbstat).
+fn storage_figures(conn: &Connection, out: &mut Map<String, Value>) -> Result<(), String> {
+    let notifications = count(conn, "SELECT COUNT(*) FROM notifications").max(1) as f64;
+    let used = count(
+        conn,
+        "SELECT (page_count - freelist_count) * page_size
+         FROM pragma_page_count, pragma_freelist_count, pragma_page_size",
+    ) as f64;
+    let mut stmt = conn
+        .prepare("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC LIMIT 12")
+        .map_err(|e| e.to_string())?;
+    let parts: Vec<(String, i64)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(|e| e.to_string())?
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let per = |bytes: f64| round(bytes / notifications);
+    out.insert("db_bytes_per_notification".into(), json!(per(used)));
+    let by_table: Map<String, Value> = parts
+        .iter()
+        .map(|(name, bytes)| (name.clone(), json!(per(*bytes as f64))))
+        .collect();
+    eprintln!(
+        "  storage: {} bytes per notification; {}",
+        per(used),
+        parts
+            .iter()
+            .map(|(name, bytes)| format!("{name} {}", per(*bytes as f64)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    out.insert(
+        "db_bytes_per_notification_by_table".into(),
+        Value::Object(by_table),
+    );
+    Ok(())
+}
+
+/// Retention at work: a fresh server keeping finished work 5 s. 20,000
+/// events in bulk, then 1,000 events/s for 30 s while everything older
+/// than 5 s is pruned: commit-to-inbox p99 while a prune runs, and the
+/// database file's size every 5 s (it should stop growing).
+fn retention_phase(
+    dir: &Path,
+    users: usize,
+    opts: &Opts,
+    out: &mut Map<String, Value>,
+) -> Result<(), String> {
+    const BACKLOG: usize = 20_000;
+    let rate = opts.rate;
+    eprintln!("  retention: {BACKLOG} events, then {rate}/s for 30 s, everything kept 5 s");
+    let db = dir.join("retention.db");
+    drop(prepared_db(&db, users, 0)?);
+    let mail = fake_resend()?;
+    let keep = [
+        ("HERALD_EMAIL_BODY_RETENTION", "5s"),
+        ("HERALD_LOG_RETENTION", "5s"),
+        ("HERALD_INBOX_RETENTION", "5s"),
+    ];
+    let herald = start_herald_with(&db, &mail.url, &keep)?;
+    let conn = Connection::open(&db).map_err(|e| e.to_string())?;
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(|e| e.to_string())?;
+    let mut client = LoadClient::new(&herald.base);
+    for start in (0..BACKLOG).step_by(500) {
+        let events: Vec<String> = (start..start + 500).map(|i| event_json(i, users)).collect();
+        let body = format!("{{\"events\":[{}]}}", events.join(","));
+        if client.call("POST", "/v1/events/bulk", &herald.key, body.as_bytes()) != Some(202) {
+            return Err("retention phase: a bulk request was refused".into());
+        }
+    }
+    wait_for_emails(&mail.accepted, BACKLOG, Instant::now(), 2)?;
+    std::thread::sleep(Duration::from_secs(5));
+    let size_mb =
+        || std::fs::metadata(&db).map_or(0.0, |m| ratio(m.len() as f64 / (1024.0 * 1024.0)));
+    let mut curve = vec![size_mb()];
+    // The backlog is now past its retention: the pruner works through it
+    // while this load runs.
+    let lat = commit_to_inbox(&herald, &conn, rate, rate * 5, BACKLOG, users)?;
+    curve.push(size_mb());
+    let p99 = percentile(&lat, 0.99);
+    out.insert("commit_to_inbox_p99_ms_while_pruning".into(), json!(p99));
+    for i in 0..5 {
+        let first = BACKLOG + rate * 5 * (i + 1);
+        commit_to_inbox(&herald, &conn, rate, rate * 5, first, users)?;
+        curve.push(size_mb());
+    }
+    eprintln!(
+        "  retention: commit-to-inbox p99 {p99} ms while pruning; database file every 5 s (MB): {curve:?}"
+    );
+    out.insert("retention_db_mb_every_5s".into(), json!(curve));
+    Ok(())
 }
 
 /// Emails out per second while herald paces itself to Resend's default
