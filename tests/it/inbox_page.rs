@@ -40,7 +40,7 @@ fn login(server: &TestServer, token: &str) -> RawResponse {
 }
 
 /// Signs in and returns the `Cookie` header value.
-fn session(server: &TestServer, token: &str) -> String {
+pub fn session(server: &TestServer, token: &str) -> String {
     let response = login(server, token);
     assert_eq!(response.status, 303, "{}", response.text());
     let set_cookie = response.header("set-cookie").expect("a session cookie");

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use crate::inbox_page::session;
 use crate::support::sse::{Frame, SseClient};
 use crate::support::{TestServer, TestServerBuilder};
 
@@ -228,28 +229,11 @@ fn ids_are_not_reused_after_the_newest_row_is_deleted() {
     assert!(second.id().unwrap() > first);
 }
 
-/// POST /login from our own origin; the session cookie it sets.
-fn sign_in(server: &TestServer, token: &str) -> String {
-    let origin = server.base_url().to_string();
-    let response = server.request_raw(
-        "POST",
-        "/login",
-        &[
-            ("content-type", "application/x-www-form-urlencoded"),
-            ("origin", &origin),
-        ],
-        Some(format!("token={token}").into_bytes()),
-    );
-    assert_eq!(response.status, 303, "{}", response.text());
-    let set_cookie = response.header("set-cookie").expect("a session cookie");
-    set_cookie.split(';').next().unwrap().to_string()
-}
-
 #[test]
 fn signing_out_ends_the_streams_of_that_session_only() {
     let server = server().start();
     let token = server.create_user("ann", "ann@acme.test", "Ann");
-    let (leaving, staying) = (sign_in(&server, &token), sign_in(&server, &token));
+    let (leaving, staying) = (session(&server, &token), session(&server, &token));
     let open = |cookie: &str| {
         let mut stream =
             SseClient::open(server.base_url(), "/v1/inbox/stream", &[("Cookie", cookie)]);
@@ -292,7 +276,7 @@ fn revoking_a_users_tokens_ends_their_streams_and_sessions() {
     let server = server().start();
     let token = server.create_user("ann", "ann@acme.test", "Ann");
     let ben = server.create_user("ben", "ben@acme.test", "Ben");
-    let cookie = sign_in(&server, &token);
+    let cookie = session(&server, &token);
     let mut by_token = subscribe(&server, &token, &[]);
     let mut by_cookie = SseClient::open(
         server.base_url(),
