@@ -107,7 +107,7 @@ fn handle(
     let path = request.target.split('?').next().unwrap_or("").to_string();
     // Requests whose target cannot be decoded never reach routing.
     let mut route = routes::UNMATCHED;
-    let reply = catch_unwind(AssertUnwindSafe(|| {
+    let mut reply = catch_unwind(AssertUnwindSafe(|| {
         let req = Req::parse(request)?;
         let found = routes::find(&req);
         route = found.label();
@@ -119,7 +119,6 @@ fn handle(
         )))
     })
     .unwrap_or_else(Reply::error);
-    let mut reply = reply;
     if let Some(end) = reply.ends_streams.take() {
         hub.end_streams(end);
     }

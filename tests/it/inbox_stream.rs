@@ -25,7 +25,9 @@ fn announce(server: &TestServer, user: &str, title: &str) {
     server.wait_event_done(body["eventId"].as_str().unwrap(), WAIT);
 }
 
-fn subscribe(server: &TestServer, token: &str, extra: &[(&str, &str)]) -> SseClient {
+/// Opens a stream with the bearer token: 200, SSE content type, and the
+/// `: connected` comment first.
+pub fn subscribe(server: &TestServer, token: &str, extra: &[(&str, &str)]) -> SseClient {
     let auth = format!("Bearer {token}");
     let mut headers = vec![("Authorization", auth.as_str())];
     headers.extend_from_slice(extra);

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use crate::inbox_stream::subscribe;
 use crate::support::sse::SseClient;
 use crate::support::{TestServer, TestServerBuilder};
 
@@ -66,19 +67,6 @@ fn row_ids(server: &TestServer, user: &str) -> Vec<i64> {
     ids
 }
 
-fn open_stream(server: &TestServer, token: &str, extra: &[(&str, &str)]) -> SseClient {
-    let auth = bearer(token);
-    let mut headers = vec![("Authorization", auth.as_str())];
-    headers.extend_from_slice(extra);
-    let mut stream = SseClient::open(server.base_url(), "/v1/inbox/stream", &headers);
-    assert_eq!(stream.status, 200);
-    assert!(
-        stream.next_frame(WAIT).is_some(),
-        "the stream opens with a comment"
-    );
-    stream
-}
-
 #[test]
 fn a_stalled_stream_never_delays_others_and_resumes_losing_nothing() {
     let server = server().start();
@@ -96,7 +84,7 @@ fn a_stalled_stream_never_delays_others_and_resumes_losing_nothing() {
     announce_many(&server, "stalled", 4000, 4000);
 
     let started = Instant::now();
-    let mut fresh = open_stream(&server, &other, &[]);
+    let mut fresh = subscribe(&server, &other, &[]);
     let head_took = started.elapsed();
     let (status, posted) = server.post_event(json!({
         "type": "system.announcement", "recipients": ["other"],
@@ -150,7 +138,7 @@ fn a_stalled_stream_never_delays_others_and_resumes_losing_nothing() {
     );
 
     let last = first.last().unwrap().to_string();
-    let mut resumed = open_stream(&server, &stalled, &[("Last-Event-ID", &last)]);
+    let mut resumed = subscribe(&server, &stalled, &[("Last-Event-ID", &last)]);
     let rest = resumed.event_ids_until_silent(Duration::from_secs(3));
     let got: Vec<i64> = first.iter().chain(&rest).copied().collect();
     assert_eq!(
@@ -178,11 +166,11 @@ fn streams_are_bounded_per_user_and_in_all() {
         let event = stream.next_event(WAIT).expect("a row on the new stream");
         assert_eq!(event.json()["title"], title);
     };
-    let mut oldest = open_stream(&server, &ann, &[]);
+    let mut oldest = subscribe(&server, &ann, &[]);
     registered(&mut oldest, "ann", "one");
-    let mut second = open_stream(&server, &ann, &[]);
+    let mut second = subscribe(&server, &ann, &[]);
     registered(&mut second, "ann", "two");
-    let mut third = open_stream(&server, &ann, &[]);
+    let mut third = subscribe(&server, &ann, &[]);
     registered(&mut third, "ann", "three");
     assert!(
         oldest.closed_within(WAIT),
@@ -190,7 +178,7 @@ fn streams_are_bounded_per_user_and_in_all() {
     );
     assert_eq!(second.next_event(WAIT).unwrap().json()["title"], "three");
 
-    let mut bens = open_stream(&server, &ben, &[]);
+    let mut bens = subscribe(&server, &ben, &[]);
     registered(&mut bens, "ben", "for ben");
     let auth = bearer(&cat);
     let refused = server.request_raw("GET", "/v1/inbox/stream", &[("Authorization", &auth)], None);
