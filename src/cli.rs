@@ -13,9 +13,8 @@ use serde_json::Value;
 use crate::app::{self, AppSettings, Catalog};
 use crate::config::{Args, Config};
 use crate::http::{Ctx, HttpServer};
-use crate::notify::{
-    email, outbox, DeliveryPolicy, Event, Notifier, Recipient, Registry, Templates,
-};
+use crate::notify::service;
+use crate::notify::{outbox, DeliveryPolicy, Event, Notifier, Recipient, Registry, Templates};
 use crate::store::files::{self, BackupOptions};
 use crate::store::{users, Store, StoreError, SCHEMA_VERSION};
 use crate::{ids, mail};
@@ -248,7 +247,7 @@ fn stripe_sign(config: &Config, file: &str) -> Result<(), String> {
         .as_deref()
         .ok_or("STRIPE_WEBHOOK_SECRET is not set")?;
     let body = std::fs::read(file).map_err(|e| format!("{file}: {e}"))?;
-    let now = crate::store::now_ms() / 1000;
+    let now = crate::time::system_now_ms() / 1000;
     println!("{}", app::stripe::sign(&body, secret, now));
     Ok(())
 }
@@ -391,10 +390,7 @@ fn send(config: &Config, args: &Args, kind: &str) -> Result<(), String> {
         .transaction(|outbox| outbox.enqueue(&event))
         .map_err(|e| e.to_string())?;
     notifier.deliver_published(provider.as_ref());
-    let view = notifier
-        .store()
-        .read(|c| outbox::view(c, &enqueued.id))
-        .map_err(|e: StoreError| e.to_string())?;
+    let view = service::event(notifier.store(), &enqueued.id).map_err(|e| e.to_string())?;
     println!(
         "{}",
         serde_json::to_string_pretty(&view).map_err(|e| e.to_string())?
@@ -409,13 +405,11 @@ const OUTBOX_LATEST: usize = 10;
 
 fn outbox_list(config: &Config) -> Result<(), String> {
     let store = open_store(config)?;
-    let counts = store.read(email::counts).map_err(|e| e.to_string())?;
+    let counts = service::delivery_counts(&store).map_err(|e| e.to_string())?;
     for (status, count) in &counts {
         println!("{status:<9} {count}");
     }
-    let latest = store
-        .read(|c| outbox::latest_results(c, OUTBOX_LATEST))
-        .map_err(|e| e.to_string())?;
+    let latest = service::latest_results(&store, OUTBOX_LATEST).map_err(|e| e.to_string())?;
     if !latest.is_empty() {
         println!("\nlatest events (recipients, then [channel: what it got]):");
     }
@@ -431,8 +425,7 @@ fn outbox_list(config: &Config) -> Result<(), String> {
     }
     let mut oldest = Vec::new();
     for status in ["dead", "failed", "retrying", "pending"] {
-        let page = store
-            .read(|c| email::list(c, Some(status), None, OUTBOX_OLDEST))
+        let page = service::deliveries(&store, Some(status), None, OUTBOX_OLDEST)
             .map_err(|e| e.to_string())?;
         oldest.extend(page);
     }
@@ -499,8 +492,7 @@ fn outbox_retry(config: &Config, id: Option<&str>) -> Result<(), String> {
     let store = open_store(config)?;
     match id {
         Some(id) => {
-            let view = store
-                .write(|tx| email::rearm(tx, id))
+            let view = service::rearm(&store, id)
                 .map_err(|e| match e {
                     StoreError::NotFound => format!("no delivery {id:?}"),
                     other => other.to_string(),
@@ -516,7 +508,7 @@ fn outbox_retry(config: &Config, id: Option<&str>) -> Result<(), String> {
             }
         }
         None => {
-            let count = store.write(email::rearm_dead).map_err(|e| e.to_string())?;
+            let count = service::rearm_dead(&store).map_err(|e| e.to_string())?;
             println!("re-armed {count} dead deliveries");
         }
     }
@@ -538,28 +530,19 @@ fn user_add(config: &Config, args: &Args, id: &str) -> Result<(), String> {
         name: args.value("name").unwrap_or("").to_string(),
     };
     let store = open_store(config)?;
-    let created = store
-        .write(|tx| users::upsert(tx, &user))
-        .map_err(|e| e.to_string())?;
+    let created = service::save_user(&store, &user).map_err(|e| e.to_string())?;
     println!("{} user {id}", if created { "created" } else { "updated" });
     Ok(())
 }
 
 fn user_token(config: &Config, id: &str) -> Result<(), String> {
     let store = open_store(config)?;
-    let token = store
-        .write(|tx| {
-            if !users::exists(tx, id)? {
-                return Err(StoreError::NotFound);
-            }
-            users::issue_token(tx, id)
-        })
-        .map_err(|e| match e {
-            StoreError::NotFound => {
-                format!("no user {id:?} (add it with: herald user add {id} --email ...)")
-            }
-            other => other.to_string(),
-        })?;
+    let token = service::issue_token(&store, id).map_err(|e| match e {
+        StoreError::NotFound => {
+            format!("no user {id:?} (add it with: herald user add {id} --email ...)")
+        }
+        other => other.to_string(),
+    })?;
     println!("{token}");
     Ok(())
 }

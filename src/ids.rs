@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 /// A new id like `evt_0193a1b2c3d4e5f60718293a`: 12 hex digits of
 /// milliseconds followed by 16 random hex digits.
 pub fn new_id(prefix: &str) -> String {
-    let ms = crate::store::now_ms() as u64 & 0xffff_ffff_ffff;
+    let ms = crate::time::system_now_ms() as u64 & 0xffff_ffff_ffff;
     // By hand rather than `format!`: the dispatcher makes one per email
     // while it holds the write lock, and formatting cost three times as much.
     let mut id = String::with_capacity(prefix.len() + 29);

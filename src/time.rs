@@ -1,6 +1,59 @@
-//! Time formatting without a calendar crate: RFC 3339 timestamps for the API
-//! and IMF-fixdates for `Date` and `Retry-After`. All instants are Unix epoch
-//! milliseconds, the unit the database stores.
+//! Time: the `Clock` every stored instant comes from (tests set it), RFC
+//! 3339 timestamps for the API and IMF-fixdates for `Date` and `Retry-After`,
+//! without a calendar crate. All instants are Unix epoch milliseconds, the
+//! unit the database stores.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Milliseconds since the Unix epoch by the system clock.
+pub fn system_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// What "now" is for the rows herald writes: the system clock, or a manual
+/// one that tests set and advance. Cheap to clone; clones share the time.
+#[derive(Debug, Clone, Default)]
+pub struct Clock {
+    manual: Option<Arc<AtomicI64>>,
+}
+
+impl Clock {
+    pub fn system() -> Clock {
+        Clock::default()
+    }
+
+    /// A clock that stands at `ms` until set or advanced.
+    pub fn manual(ms: i64) -> Clock {
+        Clock {
+            manual: Some(Arc::new(AtomicI64::new(ms))),
+        }
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        match &self.manual {
+            Some(ms) => ms.load(Ordering::Relaxed),
+            None => system_now_ms(),
+        }
+    }
+
+    /// Sets a manual clock; a system clock ignores it.
+    pub fn set(&self, ms: i64) {
+        if let Some(now) = &self.manual {
+            now.store(ms, Ordering::Relaxed);
+        }
+    }
+
+    /// Moves a manual clock forward; a system clock ignores it.
+    pub fn advance(&self, by: Duration) {
+        if let Some(now) = &self.manual {
+            now.fetch_add(by.as_millis() as i64, Ordering::Relaxed);
+        }
+    }
+}
 
 /// `1732530000123` -> `2024-11-25T10:20:00.123Z`.
 pub fn rfc3339(ms: i64) -> String {
@@ -91,6 +144,20 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_manual_clock_moves_only_when_told_and_clones_share_it() {
+        let clock = Clock::manual(1_000);
+        let shared = clock.clone();
+        assert_eq!(clock.now_ms(), 1_000);
+        shared.advance(Duration::from_secs(2));
+        assert_eq!(clock.now_ms(), 3_000);
+        clock.set(10);
+        assert_eq!(shared.now_ms(), 10);
+        let system = Clock::system();
+        system.set(10);
+        assert!(system.now_ms() > 1_700_000_000_000);
+    }
 
     #[test]
     fn http_dates_are_imf_fixdates() {

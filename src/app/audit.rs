@@ -3,17 +3,17 @@
 //! together) and listed newest first per org. The schema's triggers refuse
 //! UPDATE and DELETE, so nothing here could change a row even by mistake.
 
-use rusqlite::params;
 use serde::Serialize;
 use serde_json::Value;
 
 use super::tenant::{Scope, Tenant};
 use super::{AppError, AppResult};
-use crate::store::now_ms;
+use crate::args;
 use crate::time::rfc3339;
 
 pub const MAX_PAGE: usize = 100;
 
+/// Appends an audit row for `tenant`'s org, in its transaction.
 pub fn append(
     tenant: &Tenant<'_, '_, '_>,
     actor_user_id: Option<&str>,
@@ -21,22 +21,21 @@ pub fn append(
     (subject_type, subject_id): (&str, &str),
     payload: &Value,
 ) -> AppResult<()> {
-    tenant
-        .conn()
-        .prepare_cached(
-            "INSERT INTO audit_log (org_id, actor_user_id, action, subject_type, subject_id,
+    let tx = tenant.tx();
+    tx.execute(
+        "INSERT INTO audit_log (org_id, actor_user_id, action, subject_type, subject_id,
                                     payload, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?
-        .execute(params![
+        args![
             tenant.org_id(),
             actor_user_id,
             action,
             subject_type,
             subject_id,
             payload.to_string(),
-            now_ms()
-        ])?;
+            tx.now_ms()
+        ],
+    )?;
     Ok(())
 }
 
@@ -67,23 +66,23 @@ pub fn list(scope: &impl Scope, cursor: Option<&str>, limit: usize) -> AppResult
             .parse::<i64>()
             .map_err(|_| AppError::BadInput("invalid cursor".into()))?,
     };
-    let mut stmt = scope.conn().prepare_cached(
+    let mut items = scope.conn().query_all(
         "SELECT id, action, actor_user_id, subject_type, subject_id, payload, created_at
          FROM audit_log WHERE org_id = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
+        args![scope.org_id(), before, limit as i64 + 1],
+        |r| {
+            let payload: String = r.get(5)?;
+            Ok(Entry {
+                id: r.get::<i64>(0)?.to_string(),
+                action: r.get(1)?,
+                actor_user_id: r.get(2)?,
+                subject_type: r.get(3)?,
+                subject_id: r.get(4)?,
+                payload: serde_json::from_str(&payload).unwrap_or(Value::Null),
+                created_at: rfc3339(r.get(6)?),
+            })
+        },
     )?;
-    let rows = stmt.query_map(params![scope.org_id(), before, limit as i64 + 1], |r| {
-        let payload: String = r.get(5)?;
-        Ok(Entry {
-            id: r.get::<_, i64>(0)?.to_string(),
-            action: r.get(1)?,
-            actor_user_id: r.get(2)?,
-            subject_type: r.get(3)?,
-            subject_id: r.get(4)?,
-            payload: serde_json::from_str(&payload).unwrap_or(Value::Null),
-            created_at: rfc3339(r.get(6)?),
-        })
-    })?;
-    let mut items = rows.collect::<Result<Vec<_>, _>>()?;
     let next_cursor = if items.len() > limit {
         items.truncate(limit);
         items.last().map(|e| e.id.clone())

@@ -1,12 +1,12 @@
 //! An org's billing entitlement as the API shows it, and the writes the
 //! Stripe webhook makes to it. Every query is confined to one org's scope.
 
-use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 
-use super::tenant::{self, Access, Role, Scope};
+use super::tenant::{self, Access, Role, Scope, Tenant};
 use super::AppResult;
-use crate::store::{now_ms, users::User, Store};
+use crate::args;
+use crate::store::{users::User, Store};
 use crate::time::rfc3339;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -57,13 +57,11 @@ pub fn get(store: &Store, user: &User, org_id: &str) -> AppResult<BillingView> {
 }
 
 pub fn load(scope: &impl Scope) -> AppResult<Option<Entitlement>> {
-    Ok(scope
-        .conn()
-        .prepare_cached(
-            "SELECT subscription_id, customer_id, plan, status, current_period_end, last_event_at
+    Ok(scope.conn().query_opt(
+        "SELECT subscription_id, customer_id, plan, status, current_period_end, last_event_at
              FROM plan_entitlements WHERE org_id = ?1",
-        )?
-        .query_row([scope.org_id()], |r| {
+        args![scope.org_id()],
+        |r| {
             Ok(Entitlement {
                 subscription_id: r.get(0)?,
                 customer_id: r.get(1)?,
@@ -72,34 +70,28 @@ pub fn load(scope: &impl Scope) -> AppResult<Option<Entitlement>> {
                 current_period_end: r.get(4)?,
                 last_event_at: r.get(5)?,
             })
-        })
-        .optional()?)
+        },
+    )?)
 }
 
 /// Creates or replaces the org's entitlement.
-pub fn save(scope: &impl Scope, e: &Entitlement) -> AppResult<()> {
-    let now = now_ms();
-    scope
-        .conn()
-        .prepare_cached(
-            "INSERT INTO plan_entitlements (org_id, subscription_id, customer_id, plan, status,
+pub fn save(tenant: &Tenant<'_, '_, '_>, e: &Entitlement) -> AppResult<()> {
+    let tx = tenant.tx();
+    let now = tx.now_ms();
+    tx.execute("INSERT INTO plan_entitlements (org_id, subscription_id, customer_id, plan, status,
                                             current_period_end, last_event_at, created_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
              ON CONFLICT (org_id) DO UPDATE SET
                 subscription_id = excluded.subscription_id, customer_id = excluded.customer_id,
                 plan = excluded.plan, status = excluded.status,
                 current_period_end = excluded.current_period_end,
-                last_event_at = excluded.last_event_at, updated_at = excluded.updated_at",
-        )?
-        .execute(params![
-            scope.org_id(),
+                last_event_at = excluded.last_event_at, updated_at = excluded.updated_at", args![tenant.org_id(),
             e.subscription_id,
             e.customer_id,
             e.plan,
             e.status,
             e.current_period_end,
             e.last_event_at,
-            now
-        ])?;
+            now])?;
     Ok(())
 }

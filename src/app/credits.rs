@@ -9,14 +9,14 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{RecvTimeoutError, Sender};
-use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use serde_json::json;
 
 use super::events::{INVITATION_ACCEPTED, ORGANIZATION_PROVISIONED};
 use super::{AppError, AppResult};
+use crate::args;
 use crate::notify::{DomainEvent, Event, Listener, ListenerError, Notifier, Outbox, Recipient};
-use crate::store::{now_ms, Store};
+use crate::store::{Conn, Store};
 use crate::time::rfc3339;
 
 /// The billing listener's name, under which its progress is stored.
@@ -51,13 +51,12 @@ pub fn grant(
     amount: i64,
     reason: &str,
 ) -> AppResult<Grant> {
-    let inserted = outbox
-        .tx()
-        .prepare_cached(
-            "INSERT INTO credit_ledger (ref_id, user_id, amount, reason, created_at)
+    let tx = outbox.tx();
+    let inserted = tx.execute(
+        "INSERT INTO credit_ledger (ref_id, user_id, amount, reason, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (ref_id) DO NOTHING",
-        )?
-        .execute(params![ref_id, user_id, amount, reason, now_ms()])?;
+        args![ref_id, user_id, amount, reason, tx.now_ms()],
+    )?;
     if inserted == 0 {
         return Ok(Grant::Duplicate);
     }
@@ -72,10 +71,12 @@ pub fn grant(
     Ok(Grant::Granted)
 }
 
-fn balance(conn: &Connection, user_id: &str) -> AppResult<i64> {
-    Ok(conn
-        .prepare_cached("SELECT COALESCE(SUM(amount), 0) FROM credit_ledger WHERE user_id = ?1")?
-        .query_row([user_id], |r| r.get(0))?)
+fn balance(conn: &Conn<'_>, user_id: &str) -> AppResult<i64> {
+    Ok(conn.query_one(
+        "SELECT COALESCE(SUM(amount), 0) FROM credit_ledger WHERE user_id = ?1",
+        args![user_id],
+        |r| r.get(0),
+    )?)
 }
 
 /// What granting one accepted invitation did to each side.
@@ -105,14 +106,12 @@ pub fn grant_for_invitation(
     amount: i64,
     invitation_id: &str,
 ) -> AppResult<Option<InvitationGrants>> {
-    let parties: Option<(String, String)> = outbox
-        .tx()
-        .prepare_cached(
-            "SELECT inviter_user_id, accepted_user_id FROM invitations
+    let parties: Option<(String, String)> = outbox.tx().query_opt(
+        "SELECT inviter_user_id, accepted_user_id FROM invitations
              WHERE id = ?1 AND status = 'accepted' AND accepted_user_id IS NOT NULL",
-        )?
-        .query_row([invitation_id], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
+        args![invitation_id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
     let Some((referrer, referee)) = parties else {
         return Ok(None);
     };
@@ -165,12 +164,12 @@ impl Listener for ReferralCredits {
             // Any invitation this user accepted: a provisioning carries the
             // user, not the invitation the ledger keys need.
             let user_id = event.str_field("userId")?;
-            let mut stmt = outbox.tx().prepare_cached(
+            outbox.tx().query_all(
                 "SELECT id FROM invitations WHERE accepted_user_id = ?1 AND status = 'accepted'
                  ORDER BY accepted_at, id",
-            )?;
-            let rows = stmt.query_map([user_id], |r| r.get(0))?;
-            rows.collect::<Result<Vec<String>, _>>()?
+                args![user_id],
+                |r| r.get::<String>(0),
+            )?
         };
         for id in invitations {
             if grant_for_invitation(outbox, self.amount, &id)?.is_none() {
@@ -223,8 +222,8 @@ pub fn reconcile(notifier: &Notifier, amount: i64) -> AppResult<Reconciled> {
     }
 }
 
-fn missing_grants(conn: &Connection, after: &str, limit: usize) -> AppResult<Vec<String>> {
-    let mut stmt = conn.prepare_cached(
+fn missing_grants(conn: &Conn<'_>, after: &str, limit: usize) -> AppResult<Vec<String>> {
+    Ok(conn.query_all(
         "SELECT i.id FROM invitations i
          WHERE i.status = 'accepted' AND i.accepted_user_id IS NOT NULL AND i.id > ?1
            AND (NOT EXISTS (SELECT 1 FROM credit_ledger
@@ -232,9 +231,9 @@ fn missing_grants(conn: &Connection, after: &str, limit: usize) -> AppResult<Vec
                 OR NOT EXISTS (SELECT 1 FROM credit_ledger
                                WHERE ref_id = 'referral:' || i.id || ':referee'))
          ORDER BY i.id LIMIT ?2",
-    )?;
-    let rows = stmt.query_map(params![after, limit as i64], |r| r.get(0))?;
-    Ok(rows.collect::<Result<_, _>>()?)
+        args![after, limit as i64],
+        |r| r.get(0),
+    )?)
 }
 
 /// The periodic reconcile in `serve`: a thread asleep on its stop channel
@@ -292,15 +291,13 @@ pub struct CreditsView {
 
 /// The user's balance and most recent ledger rows, from one snapshot.
 pub fn view(store: &Store, user_id: &str) -> AppResult<CreditsView> {
-    store.read(|conn| {
-        let tx = conn.unchecked_transaction()?;
-        let balance = balance(&tx, user_id)?;
-        let mut stmt = tx.prepare_cached(
+    store.snapshot(|conn| {
+        let balance = balance(conn, user_id)?;
+        let items = conn.query_all(
             "SELECT id, ref_id, amount, reason, created_at FROM credit_ledger
              WHERE user_id = ?1 ORDER BY id DESC LIMIT ?2",
-        )?;
-        let items = stmt
-            .query_map(params![user_id, MAX_ITEMS as i64], |r| {
+            args![user_id, MAX_ITEMS as i64],
+            |r| {
                 Ok(LedgerEntry {
                     id: r.get(0)?,
                     ref_id: r.get(1)?,
@@ -308,8 +305,8 @@ pub fn view(store: &Store, user_id: &str) -> AppResult<CreditsView> {
                     reason: r.get(3)?,
                     created_at: rfc3339(r.get(4)?),
                 })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
+            },
+        )?;
         Ok(CreditsView { balance, items })
     })
 }
@@ -336,7 +333,7 @@ mod tests {
 
     fn count(n: &Notifier, sql: &str) -> i64 {
         n.store()
-            .read(|c| c.query_row(sql, [], |r| r.get(0)).map_err(AppError::from))
+            .read(|c| c.query_one(sql, args![], |r| r.get(0)))
             .unwrap()
     }
 
@@ -370,10 +367,7 @@ mod tests {
         assert_eq!(count(&n, "SELECT COUNT(*) FROM outbox"), 1);
         let body: String = n
             .store()
-            .read(|c| {
-                c.query_row("SELECT body FROM outbox", [], |r| r.get(0))
-                    .map_err(AppError::from)
-            })
+            .read(|c| c.query_one("SELECT body FROM outbox", args![], |r| r.get(0)))
             .unwrap();
         assert!(body.contains("\"balance\":500"), "{body}");
         assert_eq!(view(n.store(), "u1").unwrap().balance, 500);

@@ -4,17 +4,17 @@
 //! SHA-256. The invitee hears through the seam alone: an existing
 //! user gets one inbox row and one email, a non-user one address-only email.
 
-use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use serde_json::json;
 
 use super::members::display_name;
 use super::tenant::{self, Access, Role, Scope, Tenant, TenantRead};
-use super::{AppError, AppResult, INVITATION_TTL_MS};
+use super::{audit, AppError, AppResult, INVITATION_TTL_MS};
+use crate::args;
 use crate::ids;
 use crate::notify::event::is_plausible_email;
 use crate::notify::{Event, Notifier, Recipient};
-use crate::store::{now_ms, users::User, Store};
+use crate::store::{users, users::User, Conn, Store};
 use crate::time::rfc3339;
 
 pub struct Sent {
@@ -61,14 +61,12 @@ pub fn send(
         }
         let id = ids::new_id("inv");
         let token = ids::new_token().replacen("hrld_", "hinv_", 1);
-        let now = now_ms();
-        t.tx()
-            .prepare_cached(
-                "INSERT INTO invitations (id, org_id, email, role, token_hash, inviter_user_id,
+        let now = t.tx().now_ms();
+        t.tx().execute(
+            "INSERT INTO invitations (id, org_id, email, role, token_hash, inviter_user_id,
                                           created_at, expires_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?
-            .execute(params![
+            args![
                 id,
                 t.org_id(),
                 email,
@@ -77,12 +75,14 @@ pub fn send(
                 inviter.id,
                 now,
                 now + INVITATION_TTL_MS
-            ])?;
-        t.audit(
+            ],
+        )?;
+        audit::append(
+            t,
             Some(&inviter.id),
             "invitation.sent",
             ("invitation", &id),
-            json!({ "email": email, "role": role.as_str() }),
+            &json!({ "email": email, "role": role.as_str() }),
         )?;
         let accept_url = format!("{public_url}/invitations/accept?token={token}");
         // One recipient either way: the user (inbox + email to their address)
@@ -114,36 +114,34 @@ pub fn send(
 }
 
 fn user_by_email(scope: &impl Scope, email: &str) -> AppResult<Option<String>> {
-    Ok(scope
-        .conn()
-        .prepare_cached(
-            "SELECT id FROM users WHERE email = ?1 COLLATE NOCASE ORDER BY created_at, id LIMIT 1",
-        )?
-        .query_row([email], |r| r.get(0))
-        .optional()?)
+    Ok(scope.conn().query_opt(
+        "SELECT id FROM users WHERE email = ?1 COLLATE NOCASE ORDER BY created_at, id LIMIT 1",
+        args![email],
+        |r| r.get(0),
+    )?)
 }
 
 /// A pending invitation past its expiry no longer blocks a new one.
 fn expire_stale(t: &Tenant<'_, '_, '_>, email: &str) -> AppResult<()> {
-    t.tx()
-        .prepare_cached(
-            "UPDATE invitations SET status = 'expired'
+    let tx = t.tx();
+    tx.execute(
+        "UPDATE invitations SET status = 'expired'
              WHERE org_id = ?1 AND lower(email) = lower(?2) AND status = 'pending'
                AND expires_at <= ?3",
-        )?
-        .execute(params![t.org_id(), email, now_ms()])?;
+        args![t.org_id(), email, tx.now_ms()],
+    )?;
     Ok(())
 }
 
 fn pending_for(scope: &impl Scope, email: &str) -> AppResult<bool> {
     Ok(scope
         .conn()
-        .prepare_cached(
+        .query_opt(
             "SELECT 1 FROM invitations
              WHERE org_id = ?1 AND lower(email) = lower(?2) AND status = 'pending'",
+            args![scope.org_id(), email],
+            |_| Ok(()),
         )?
-        .query_row(params![scope.org_id(), email], |_| Ok(()))
-        .optional()?
         .is_some())
 }
 
@@ -166,29 +164,30 @@ pub fn list(store: &Store, user: &User, org_id: &str) -> AppResult<Vec<Invitatio
         min_role: Role::Admin,
     };
     tenant::read(store, access, |scope, _| {
-        let now = now_ms();
-        let mut stmt = scope.conn().prepare_cached(
+        let conn = scope.conn();
+        let now = conn.now_ms();
+        Ok(conn.query_all(
             "SELECT id, email, role, status, inviter_user_id, created_at, expires_at
              FROM invitations WHERE org_id = ?1 ORDER BY created_at DESC, id DESC",
-        )?;
-        let rows = stmt.query_map([scope.org_id()], |r| {
-            let status: String = r.get(3)?;
-            let expires_at: i64 = r.get(6)?;
-            Ok(InvitationView {
-                id: r.get(0)?,
-                email: r.get(1)?,
-                role: r.get(2)?,
-                status: if status == "pending" && expires_at <= now {
-                    "expired".into()
-                } else {
-                    status
-                },
-                inviter_user_id: r.get(4)?,
-                created_at: rfc3339(r.get(5)?),
-                expires_at: rfc3339(expires_at),
-            })
-        })?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            args![scope.org_id()],
+            |r| {
+                let status: String = r.get(3)?;
+                let expires_at: i64 = r.get(6)?;
+                Ok(InvitationView {
+                    id: r.get(0)?,
+                    email: r.get(1)?,
+                    role: r.get(2)?,
+                    status: if status == "pending" && expires_at <= now {
+                        "expired".into()
+                    } else {
+                        status
+                    },
+                    inviter_user_id: r.get(4)?,
+                    created_at: rfc3339(r.get(5)?),
+                    expires_at: rfc3339(expires_at),
+                })
+            },
+        )?)
     })
 }
 
@@ -206,25 +205,27 @@ pub fn revoke(
     tenant::write(notifier, access, |t, _| {
         let status: String = t
             .tx()
-            .prepare_cached("SELECT status FROM invitations WHERE org_id = ?1 AND id = ?2")?
-            .query_row(params![t.org_id(), invitation_id], |r| r.get(0))
-            .optional()?
+            .query_opt(
+                "SELECT status FROM invitations WHERE org_id = ?1 AND id = ?2",
+                args![t.org_id(), invitation_id],
+                |r| r.get(0),
+            )?
             .ok_or_else(|| AppError::NotFound("no such invitation".into()))?;
         if status != "pending" {
             return Err(AppError::Conflict(format!(
                 "the invitation is {status}; only a pending invitation can be revoked"
             )));
         }
-        t.tx()
-            .prepare_cached(
-                "UPDATE invitations SET status = 'revoked' WHERE org_id = ?1 AND id = ?2",
-            )?
-            .execute(params![t.org_id(), invitation_id])?;
-        t.audit(
+        t.tx().execute(
+            "UPDATE invitations SET status = 'revoked' WHERE org_id = ?1 AND id = ?2",
+            args![t.org_id(), invitation_id],
+        )?;
+        audit::append(
+            t,
             Some(&user.id),
             "invitation.revoked",
             ("invitation", invitation_id),
-            json!({}),
+            &json!({}),
         )
     })
 }
@@ -247,7 +248,7 @@ struct Pending {
 /// The invitation behind `token` if `user` may accept it now: pending,
 /// unexpired and sent to the user's address. Accept and the accept page's
 /// preview say no for the same reasons, in the same words.
-fn usable(conn: &Connection, user: &User, token: &str) -> AppResult<Pending> {
+fn usable(conn: &Conn<'_>, user: &User, token: &str) -> AppResult<Pending> {
     if token.is_empty() || token.len() > 200 {
         return Err(AppError::invalid(
             "token",
@@ -255,22 +256,22 @@ fn usable(conn: &Connection, user: &User, token: &str) -> AppResult<Pending> {
         ));
     }
     let inv = conn
-        .prepare_cached(
+        .query_opt(
             "SELECT id, org_id, email, role, status, inviter_user_id, expires_at
              FROM invitations WHERE token_hash = ?1",
+            args![ids::hash_secret(token)],
+            |r| {
+                Ok(Pending {
+                    id: r.get(0)?,
+                    org_id: r.get(1)?,
+                    email: r.get(2)?,
+                    role: r.get(3)?,
+                    status: r.get(4)?,
+                    inviter_user_id: r.get(5)?,
+                    expires_at: r.get(6)?,
+                })
+            },
         )?
-        .query_row([ids::hash_secret(token)], |r| {
-            Ok(Pending {
-                id: r.get(0)?,
-                org_id: r.get(1)?,
-                email: r.get(2)?,
-                role: r.get(3)?,
-                status: r.get(4)?,
-                inviter_user_id: r.get(5)?,
-                expires_at: r.get(6)?,
-            })
-        })
-        .optional()?
         .ok_or_else(|| AppError::NotFound("no invitation has this token".into()))?;
     match inv.status.as_str() {
         "accepted" => {
@@ -284,7 +285,7 @@ fn usable(conn: &Connection, user: &User, token: &str) -> AppResult<Pending> {
             ))
         }
         "expired" => return Err(expired()),
-        _ if inv.expires_at <= now_ms() => return Err(expired()),
+        _ if inv.expires_at <= conn.now_ms() => return Err(expired()),
         _ => {}
     }
     if !inv.email.eq_ignore_ascii_case(&user.email) {
@@ -312,14 +313,13 @@ pub struct Preview {
 /// The invitation `user` is about to accept with `token`, refused for the
 /// reasons `accept` would refuse it. Changes nothing.
 pub fn preview(store: &Store, user: &User, token: &str) -> AppResult<Preview> {
-    store.read(|conn| {
-        let tx = conn.unchecked_transaction()?;
-        let inv = usable(&tx, user, token)?;
-        let scope = TenantRead::enter(&tx, &inv.org_id)?;
+    store.snapshot(|conn| {
+        let inv = usable(conn, user, token)?;
+        let scope = TenantRead::enter(conn, &inv.org_id)?;
         if tenant::membership(&scope, &user.id)?.is_some() {
             return Err(already_member());
         }
-        let inviter = crate::store::users::by_id(&tx, &inv.inviter_user_id)?;
+        let inviter = users::by_id(conn, &inv.inviter_user_id)?;
         Ok(Preview {
             org_name: scope.org().name.clone(),
             role: inv.role,
@@ -342,17 +342,18 @@ pub fn accept(notifier: &Notifier, user: &User, token: &str) -> AppResult<Accept
         }
         let role = Role::parse(&inv.role).unwrap_or(Role::Member);
         let member_id = tenant::add_member(&t, &user.id, role)?;
-        t.tx()
-            .prepare_cached(
-                "UPDATE invitations SET status = 'accepted', accepted_user_id = ?3, accepted_at = ?4
+        let tx = t.tx();
+        tx.execute(
+            "UPDATE invitations SET status = 'accepted', accepted_user_id = ?3, accepted_at = ?4
                  WHERE org_id = ?1 AND id = ?2",
-            )?
-            .execute(params![t.org_id(), inv.id, user.id, now_ms()])?;
-        t.audit(
+            args![t.org_id(), inv.id, user.id, tx.now_ms()],
+        )?;
+        audit::append(
+            &t,
             Some(&user.id),
             "invitation.accepted",
             ("invitation", &inv.id),
-            json!({ "memberId": member_id, "role": role.as_str(), "email": inv.email }),
+            &json!({ "memberId": member_id, "role": role.as_str(), "email": inv.email }),
         )?;
         let mut event = Event::new(
             "org.invitation.accepted",

@@ -3,12 +3,12 @@
 //! outbox row share one transaction; a same-role change writes and notifies
 //! nothing, and the last owner cannot be demoted.
 
-use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 use serde_json::json;
 
 use super::tenant::{self, member_from_row, Access, Member, Role, Scope};
-use super::{AppError, AppResult, TestHooks};
+use super::{audit, AppError, AppResult, TestHooks};
+use crate::args;
 use crate::notify::{Event, Notifier, Recipient};
 use crate::store::{users::User, Store};
 use crate::time::rfc3339;
@@ -31,41 +31,43 @@ pub fn list(store: &Store, user: &User, org_id: &str) -> AppResult<Vec<MemberVie
         min_role: Role::Member,
     };
     tenant::read(store, access, |scope, _| {
-        let mut stmt = scope.conn().prepare_cached(
+        Ok(scope.conn().query_all(
             "SELECT m.id, m.user_id, u.email, u.name, m.role, m.created_at
              FROM members m JOIN users u ON u.id = m.user_id
              WHERE m.org_id = ?1 ORDER BY m.created_at, m.id",
-        )?;
-        let rows = stmt.query_map([scope.org_id()], |r| {
-            let role: String = r.get(4)?;
-            Ok(MemberView {
-                id: r.get(0)?,
-                user_id: r.get(1)?,
-                email: r.get(2)?,
-                name: r.get(3)?,
-                role: Role::parse(&role).unwrap_or(Role::Member).as_str(),
-                created_at: rfc3339(r.get(5)?),
-            })
-        })?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            args![scope.org_id()],
+            |r| {
+                let role: String = r.get(4)?;
+                Ok(MemberView {
+                    id: r.get(0)?,
+                    user_id: r.get(1)?,
+                    email: r.get(2)?,
+                    name: r.get(3)?,
+                    role: Role::parse(&role).unwrap_or(Role::Member).as_str(),
+                    created_at: rfc3339(r.get(5)?),
+                })
+            },
+        )?)
     })
 }
 
 pub fn find(scope: &impl Scope, member_id: &str) -> AppResult<Member> {
     scope
         .conn()
-        .prepare_cached("SELECT id, user_id, role FROM members WHERE org_id = ?1 AND id = ?2")?
-        .query_row(params![scope.org_id(), member_id], member_from_row)
-        .optional()?
+        .query_opt(
+            "SELECT id, user_id, role FROM members WHERE org_id = ?1 AND id = ?2",
+            args![scope.org_id(), member_id],
+            member_from_row,
+        )?
         .ok_or_else(|| AppError::NotFound("no such member".into()))
 }
 
 pub fn owner_user_ids(scope: &impl Scope) -> AppResult<Vec<String>> {
-    let mut stmt = scope.conn().prepare_cached(
+    Ok(scope.conn().query_all(
         "SELECT user_id FROM members WHERE org_id = ?1 AND role = 'owner' ORDER BY user_id",
-    )?;
-    let rows = stmt.query_map([scope.org_id()], |r| r.get(0))?;
-    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        args![scope.org_id()],
+        |r| r.get(0),
+    )?)
 }
 
 /// changeMemberRole. Admins and owners may change roles; only an owner may
@@ -99,14 +101,16 @@ pub fn change_role(
                     .into(),
             ));
         }
-        t.tx()
-            .prepare_cached("UPDATE members SET role = ?3 WHERE org_id = ?1 AND id = ?2")?
-            .execute(params![t.org_id(), target.id, new_role.as_str()])?;
-        t.audit(
+        t.tx().execute(
+            "UPDATE members SET role = ?3 WHERE org_id = ?1 AND id = ?2",
+            args![t.org_id(), target.id, new_role.as_str()],
+        )?;
+        audit::append(
+            t,
             Some(&actor.id),
             "member.role-changed",
             ("member", &target.id),
-            json!({ "before": target.role.as_str(), "after": new_role.as_str() }),
+            &json!({ "before": target.role.as_str(), "after": new_role.as_str() }),
         )?;
         let mut event = Event::new(
             "org.member.role_changed",

@@ -79,12 +79,6 @@ impl From<StoreError> for AppError {
     }
 }
 
-impl From<rusqlite::Error> for AppError {
-    fn from(e: rusqlite::Error) -> Self {
-        AppError::Store(e.into())
-    }
-}
-
 impl From<NotifyError> for AppError {
     fn from(e: NotifyError) -> Self {
         AppError::Notify(e)

@@ -5,10 +5,11 @@
 use serde_json::json;
 
 use super::tenant::{self, Role, Tenant};
-use super::{AppError, AppResult};
+use super::{audit, AppError, AppResult};
+use crate::args;
 use crate::ids;
 use crate::notify::Notifier;
-use crate::store::{now_ms, users::User};
+use crate::store::{users::User, Tx};
 
 pub const MAX_NAME: usize = 200;
 
@@ -30,11 +31,12 @@ pub fn create(notifier: &Notifier, user: &User, name: &str) -> AppResult<Created
         insert(outbox.tx(), &id, name)?;
         let mut tenant = Tenant::enter(outbox, &id)?;
         let member_id = tenant::add_member(&tenant, &user.id, Role::Owner)?;
-        tenant.audit(
+        audit::append(
+            &tenant,
             Some(&user.id),
             "org.created",
             ("organization", &id),
-            json!({ "name": name, "ownerMemberId": member_id }),
+            &json!({ "name": name, "ownerMemberId": member_id }),
         )?;
         tenant.emit(
             super::events::ORGANIZATION_PROVISIONED,
@@ -48,8 +50,10 @@ pub fn create(notifier: &Notifier, user: &User, name: &str) -> AppResult<Created
     })
 }
 
-pub fn insert(tx: &rusqlite::Transaction<'_>, id: &str, name: &str) -> AppResult<()> {
-    tx.prepare_cached("INSERT INTO organizations (id, name, created_at) VALUES (?1, ?2, ?3)")?
-        .execute(rusqlite::params![id, name, now_ms()])?;
+pub fn insert(tx: &Tx<'_>, id: &str, name: &str) -> AppResult<()> {
+    tx.execute(
+        "INSERT INTO organizations (id, name, created_at) VALUES (?1, ?2, ?3)",
+        args![id, name, tx.now_ms()],
+    )?;
     Ok(())
 }

@@ -7,9 +7,10 @@ use serde_json::json;
 
 use super::billing::{self, Entitlement};
 use super::tenant::{self, Role, Tenant};
-use super::{orgs, AppResult};
+use super::{audit, orgs, AppResult};
+use crate::args;
 use crate::notify::Notifier;
-use crate::store::{now_ms, users};
+use crate::store::users;
 
 pub const ORG_ID: &str = "org_acme";
 pub const SUBSCRIPTION_ID: &str = "sub_demo_acme";
@@ -37,9 +38,9 @@ const PEOPLE: &[(&str, &str, &str, &str, Role)] = &[
 /// `None` when the database already holds users or organizations.
 pub fn seed(notifier: &Notifier) -> AppResult<Option<Vec<(String, String)>>> {
     notifier.transaction(|outbox| {
-        let has_data: i64 = outbox.tx().query_row(
+        let has_data: i64 = outbox.tx().query_one(
             "SELECT (SELECT COUNT(*) FROM users) + (SELECT COUNT(*) FROM organizations)",
-            [],
+            args![],
             |r| r.get(0),
         )?;
         if has_data > 0 {
@@ -60,11 +61,12 @@ pub fn seed(notifier: &Notifier) -> AppResult<Option<Vec<(String, String)>>> {
         for (user_id, _, _, member_id, role) in PEOPLE {
             tenant::insert_member(&tenant, member_id, user_id, *role)?;
         }
-        tenant.audit(
+        audit::append(
+            &tenant,
             Some("alice"),
             "org.created",
             ("organization", ORG_ID),
-            json!({ "name": "Acme", "seeded": true }),
+            &json!({ "name": "Acme", "seeded": true }),
         )?;
         billing::save(
             &tenant,
@@ -73,7 +75,7 @@ pub fn seed(notifier: &Notifier) -> AppResult<Option<Vec<(String, String)>>> {
                 customer_id: Some("cus_demo_acme".into()),
                 plan: Some("pro".into()),
                 status: "active".into(),
-                current_period_end: Some(now_ms() + 30 * 24 * 3600 * 1000),
+                current_period_end: Some(tenant.tx().now_ms() + 30 * 24 * 3600 * 1000),
                 last_event_at: None,
             },
         )?;

@@ -6,16 +6,15 @@
 //! claim too, letting Stripe's redelivery succeed later.
 
 use hmac::{Hmac, Mac};
-use rusqlite::{params, OptionalExtension};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
 use super::billing::{self, Entitlement};
 use super::members::owner_user_ids;
 use super::tenant::{Scope, Tenant};
-use super::{AppError, AppResult, AppSettings};
+use super::{audit, AppError, AppResult, AppSettings};
+use crate::args;
 use crate::notify::{Event, Notifier, Outbox, Recipient};
-use crate::store::now_ms;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -160,13 +159,12 @@ fn parse_event(body: &[u8]) -> AppResult<StripeEvent> {
 pub fn handle(notifier: &Notifier, settings: &AppSettings, body: &[u8]) -> AppResult<bool> {
     let event = parse_event(body)?;
     notifier.transaction(|outbox| {
-        let claimed = outbox
-            .tx()
-            .prepare_cached(
-                "INSERT OR IGNORE INTO processed_events (source, event_id, type, processed_at)
+        let tx = outbox.tx();
+        let claimed = tx.execute(
+            "INSERT OR IGNORE INTO processed_events (source, event_id, type, processed_at)
                  VALUES ('stripe', ?1, ?2, ?3)",
-            )?
-            .execute(params![event.id, event.kind, now_ms()])?;
+            args![event.id, event.kind, tx.now_ms()],
+        )?;
         if claimed == 0 {
             log::info!("stripe event {} already processed: duplicate", event.id);
             return Ok(true);
@@ -206,9 +204,11 @@ fn id_of(value: Option<&Value>) -> Option<String> {
 fn org_exists(outbox: &Outbox<'_, '_>, org_id: &str) -> AppResult<bool> {
     Ok(outbox
         .tx()
-        .prepare_cached("SELECT 1 FROM organizations WHERE id = ?1")?
-        .query_row([org_id], |_| Ok(()))
-        .optional()?
+        .query_opt(
+            "SELECT 1 FROM organizations WHERE id = ?1",
+            args![org_id],
+            |_| Ok(()),
+        )?
         .is_some())
 }
 
@@ -239,11 +239,12 @@ fn checkout_completed(outbox: &mut Outbox<'_, '_>, event: &StripeEvent) -> AppRe
     entitlement.subscription_id = Some(subscription_id.clone());
     entitlement.customer_id = id_of(session.get("customer")).or(entitlement.customer_id);
     billing::save(&tenant, &entitlement)?;
-    tenant.audit(
+    audit::append(
+        &tenant,
         None,
         "billing.checkout.completed",
         ("subscription", &subscription_id),
-        json!({ "customerId": entitlement.customer_id, "stripeEventId": event.id }),
+        &json!({ "customerId": entitlement.customer_id, "stripeEventId": event.id }),
     )
 }
 
@@ -263,11 +264,11 @@ fn subscription_changed(
     };
     // Which org owns the subscription: the entitlement that names it, else
     // the org the subscription's metadata points at.
-    let owner: Option<String> = outbox
-        .tx()
-        .prepare_cached("SELECT org_id FROM plan_entitlements WHERE subscription_id = ?1")?
-        .query_row([&sub_id], |r| r.get(0))
-        .optional()?;
+    let owner: Option<String> = outbox.tx().query_opt(
+        "SELECT org_id FROM plan_entitlements WHERE subscription_id = ?1",
+        args![&sub_id],
+        |r| r.get(0),
+    )?;
     let org_id = owner.or_else(|| {
         id_of(sub.pointer("/metadata/organizationId"))
             .filter(|id| org_exists(outbox, id).unwrap_or(false))
@@ -334,11 +335,12 @@ fn subscription_changed(
     } else {
         "billing.subscription.updated"
     };
-    tenant.audit(
+    audit::append(
+        &tenant,
         None,
         action,
         ("subscription", &sub_id),
-        json!({
+        &json!({
             "plan": after.plan, "status": after.status, "before": before.status,
             "stripeEventId": event.id,
         }),

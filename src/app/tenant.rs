@@ -5,12 +5,12 @@
 //! like an org that does not exist, so ids never leak. Org-scoped queries take
 //! a `Scope`, whose org id they must filter on.
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde_json::Value;
 
 use super::{AppError, AppResult};
+use crate::args;
 use crate::notify::{Enqueued, Event, Notifier, Outbox};
-use crate::store::{now_ms, users::User, Store};
+use crate::store::{users::User, Conn, Row, Store, StoreResult, Tx};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
@@ -65,9 +65,10 @@ pub struct Access<'a> {
     pub min_role: Role,
 }
 
-/// An org the current transaction is confined to.
+/// An org the current transaction is confined to. Reads go through
+/// `conn`; only a `Tenant` can write (`Tenant::tx`).
 pub trait Scope {
-    fn conn(&self) -> &Connection;
+    fn conn(&self) -> &Conn<'_>;
     fn org(&self) -> &Org;
     fn org_id(&self) -> &str {
         &self.org().id
@@ -89,7 +90,8 @@ impl<'t, 'a, 'c> Tenant<'t, 'a, 'c> {
         Ok(Tenant { outbox, org })
     }
 
-    pub fn tx(&self) -> &Transaction<'c> {
+    /// The transaction, for this org's writes.
+    pub fn tx(&self) -> &Tx<'c> {
         self.outbox.tx()
     }
 
@@ -104,21 +106,10 @@ impl<'t, 'a, 'c> Tenant<'t, 'a, 'c> {
     pub fn emit(&mut self, kind: &str, payload: Value) -> AppResult<Enqueued> {
         Ok(self.outbox.emit(kind, payload)?)
     }
-
-    /// Appends an audit row for this org.
-    pub fn audit(
-        &self,
-        actor_user_id: Option<&str>,
-        action: &str,
-        subject: (&str, &str),
-        payload: Value,
-    ) -> AppResult<()> {
-        super::audit::append(self, actor_user_id, action, subject, &payload)
-    }
 }
 
 impl Scope for Tenant<'_, '_, '_> {
-    fn conn(&self) -> &Connection {
+    fn conn(&self) -> &Conn<'_> {
         self.outbox.tx()
     }
     fn org(&self) -> &Org {
@@ -128,22 +119,23 @@ impl Scope for Tenant<'_, '_, '_> {
 
 /// A consistent read snapshot confined to one org.
 pub struct TenantRead<'c> {
-    conn: &'c Connection,
+    conn: Conn<'c>,
     org: Org,
 }
 
 impl<'c> TenantRead<'c> {
     /// Confines a read to `org_id` for a caller whose authority is not a
     /// membership (an invitation token), like `Tenant::enter` for writes.
-    pub fn enter(conn: &'c Connection, org_id: &str) -> AppResult<Self> {
+    /// `conn` should be a snapshot (`Store::snapshot`).
+    pub fn enter(conn: &Conn<'c>, org_id: &str) -> AppResult<Self> {
         let org = find_org(conn, org_id)?;
-        Ok(TenantRead { conn, org })
+        Ok(TenantRead { conn: *conn, org })
     }
 }
 
 impl Scope for TenantRead<'_> {
-    fn conn(&self) -> &Connection {
-        self.conn
+    fn conn(&self) -> &Conn<'_> {
+        &self.conn
     }
     fn org(&self) -> &Org {
         &self.org
@@ -171,11 +163,9 @@ pub fn read<T>(
     access: Access<'_>,
     f: impl FnOnce(&TenantRead<'_>, &Member) -> AppResult<T>,
 ) -> AppResult<T> {
-    store.read(|conn| {
-        // A deferred read transaction: every query sees one snapshot.
-        let tx = conn.unchecked_transaction()?;
-        let org = find_org(&tx, access.org_id).map_err(|_| AppError::NotFound(no_such_org()))?;
-        let scope = TenantRead { conn: &tx, org };
+    store.snapshot(|conn| {
+        let org = find_org(conn, access.org_id).map_err(|_| AppError::NotFound(no_such_org()))?;
+        let scope = TenantRead { conn: *conn, org };
         let me = require(&scope, access.user, access.min_role)?;
         f(&scope, &me)
     })
@@ -196,14 +186,14 @@ pub fn require(scope: &impl Scope, user: &User, min_role: Role) -> AppResult<Mem
 }
 
 pub fn membership(scope: &impl Scope, user_id: &str) -> AppResult<Option<Member>> {
-    Ok(scope
-        .conn()
-        .prepare_cached("SELECT id, user_id, role FROM members WHERE org_id = ?1 AND user_id = ?2")?
-        .query_row(params![scope.org_id(), user_id], member_from_row)
-        .optional()?)
+    Ok(scope.conn().query_opt(
+        "SELECT id, user_id, role FROM members WHERE org_id = ?1 AND user_id = ?2",
+        args![scope.org_id(), user_id],
+        member_from_row,
+    )?)
 }
 
-pub fn member_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Member> {
+pub fn member_from_row(r: &Row<'_>) -> StoreResult<Member> {
     let role: String = r.get(2)?;
     Ok(Member {
         id: r.get(0)?,
@@ -213,16 +203,18 @@ pub fn member_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Member> {
     })
 }
 
-fn find_org(conn: &Connection, org_id: &str) -> AppResult<Org> {
-    conn.prepare_cached("SELECT id, name FROM organizations WHERE id = ?1")?
-        .query_row([org_id], |r| {
+fn find_org(conn: &Conn<'_>, org_id: &str) -> AppResult<Org> {
+    conn.query_opt(
+        "SELECT id, name FROM organizations WHERE id = ?1",
+        args![org_id],
+        |r| {
             Ok(Org {
                 id: r.get(0)?,
                 name: r.get(1)?,
             })
-        })
-        .optional()?
-        .ok_or_else(|| AppError::NotFound(no_such_org()))
+        },
+    )?
+    .ok_or_else(|| AppError::NotFound(no_such_org()))
 }
 
 fn no_such_org() -> String {
@@ -230,18 +222,22 @@ fn no_such_org() -> String {
 }
 
 /// Inserts a membership row (org creation, invitation accept, seeding).
-pub fn add_member(scope: &impl Scope, user_id: &str, role: Role) -> AppResult<String> {
+pub fn add_member(tenant: &Tenant<'_, '_, '_>, user_id: &str, role: Role) -> AppResult<String> {
     let id = crate::ids::new_id("mem");
-    insert_member(scope, &id, user_id, role)?;
+    insert_member(tenant, &id, user_id, role)?;
     Ok(id)
 }
 
-pub fn insert_member(scope: &impl Scope, id: &str, user_id: &str, role: Role) -> AppResult<()> {
-    scope
-        .conn()
-        .prepare_cached(
-            "INSERT INTO members (id, org_id, user_id, role, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?
-        .execute(params![id, scope.org_id(), user_id, role.as_str(), now_ms()])?;
+pub fn insert_member(
+    tenant: &Tenant<'_, '_, '_>,
+    id: &str,
+    user_id: &str,
+    role: Role,
+) -> AppResult<()> {
+    let tx = tenant.tx();
+    tx.execute(
+        "INSERT INTO members (id, org_id, user_id, role, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        args![id, tenant.org_id(), user_id, role.as_str(), tx.now_ms()],
+    )?;
     Ok(())
 }

@@ -10,12 +10,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use herald::args;
 use herald::mail::{Email, MailError, MailProvider, RateHint, Sent};
 use herald::notify::inbox;
 use herald::notify::templates::InboxContent;
 use herald::notify::{DeliveryPolicy, Event, Notifier, Recipient, Registry, Templates};
-use herald::store::{Store, Synchronous};
-use rusqlite::{params, Connection};
+use herald::store::{Store, StoreError, Synchronous};
+use rusqlite::Connection;
 use serde_json::{json, Map, Value};
 
 const USAGE: &str = "\
@@ -198,43 +199,33 @@ fn progress(label: &str, done: usize, total: usize, started: Instant) {
 
 /// A database with herald's schema, `users` users and the outbox rows that
 /// inbox-shaped rows reference.
-fn prepared_db(path: &Path, users: usize, events: usize) -> Result<Connection, String> {
-    drop(Store::open(path, Synchronous::Normal).map_err(|e| e.to_string())?);
-    let mut conn = Connection::open(path).map_err(|e| e.to_string())?;
-    conn.execute_batch(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
-    )
-    .map_err(|e| e.to_string())?;
-    let tx = conn.transaction().map_err(|e| e.to_string())?;
-    {
-        let mut user = tx
-            .prepare("INSERT INTO users (id, email, name, created_at, updated_at) VALUES (?1, ?2, ?1, 0, 0)")
-            .map_err(|e| e.to_string())?;
-        for u in 0..users {
-            user.execute(params![format!("u{u}"), format!("u{u}@bench.test")])
-                .map_err(|e| e.to_string())?;
-        }
-        let mut outbox = tx
-            .prepare("INSERT INTO outbox (seq, id, type, body, status, created_at) VALUES (?1, ?2, 'bench', '{}', 'dispatched', 0)")
-            .map_err(|e| e.to_string())?;
-        for seq in 1..=events.div_ceil(users) {
-            outbox
-                .execute(params![seq as i64, format!("evt_bench{seq}")])
-                .map_err(|e| e.to_string())?;
-        }
-    }
-    tx.commit().map_err(|e| e.to_string())?;
-    Ok(conn)
+fn prepared_db(path: &Path, users: usize, events: usize) -> Result<Store, String> {
+    let store = Store::open(path, Synchronous::Normal).map_err(|e| e.to_string())?;
+    store
+        .write(|tx| {
+            for u in 0..users {
+                tx.execute(
+                    "INSERT INTO users (id, email, name, created_at, updated_at)
+                     VALUES (?1, ?2, ?1, 0, 0)",
+                    args![format!("u{u}"), format!("u{u}@bench.test")],
+                )?;
+            }
+            for seq in 1..=events.div_ceil(users) {
+                tx.execute(
+                    "INSERT INTO outbox (seq, id, type, body, status, created_at)
+                     VALUES (?1, ?2, 'bench', '{}', 'dispatched', 0)",
+                    args![seq, format!("evt_bench{seq}")],
+                )?;
+            }
+            Ok::<_, StoreError>(())
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(store)
 }
 
 /// Inserts `rows` inbox rows over `users` users in transactions of 1,000,
 /// through herald's own inbox insert (the seam's one writer of inbox rows).
-fn insert_inbox_rows(
-    conn: &mut Connection,
-    rows: usize,
-    users: usize,
-    label: &str,
-) -> Result<f64, String> {
+fn insert_inbox_rows(store: &Store, rows: usize, users: usize, label: &str) -> Result<f64, String> {
     let content = InboxContent {
         title: "Your role in Acme is now admin".into(),
         body: "Alice changed your role in Acme from member to admin.".into(),
@@ -244,20 +235,16 @@ fn insert_inbox_rows(
     let started = Instant::now();
     let mut done = 0;
     while done < rows {
-        let tx = conn.transaction().map_err(|e| e.to_string())?;
-        for i in done..(done + 1000).min(rows) {
-            let seq = (i / users + 1) as i64;
-            inbox::insert(
-                &tx,
-                seq,
-                &format!("u{}", i % users),
-                "bench",
-                &content,
-                payload,
-            )
+        store
+            .write(|tx| {
+                for i in done..(done + 1000).min(rows) {
+                    let seq = (i / users + 1) as i64;
+                    let user = format!("u{}", i % users);
+                    inbox::insert(tx, seq, &user, "bench", &content, payload)?;
+                }
+                Ok::<_, StoreError>(())
+            })
             .map_err(|e| e.to_string())?;
-        }
-        tx.commit().map_err(|e| e.to_string())?;
         done = (done + 1000).min(rows);
         if done % 50_000 == 0 || done == rows {
             progress(label, done, rows, started);
@@ -294,8 +281,8 @@ fn wait_for_emails(
 
 fn raw_scenario(dir: &Path, events: usize, users: usize) -> Result<f64, String> {
     eprintln!("raw: {events} inbox-shaped rows straight into SQLite (same schema and indexes)");
-    let mut conn = prepared_db(&dir.join("raw.db"), users, events)?;
-    let per_s = insert_inbox_rows(&mut conn, events, users, "raw")?;
+    let store = prepared_db(&dir.join("raw.db"), users, events)?;
+    let per_s = insert_inbox_rows(&store, events, users, "raw")?;
     eprintln!("  raw: {per_s:.0} rows/s");
     Ok(per_s)
 }
@@ -375,11 +362,8 @@ fn dispatch_scenario(dir: &Path, events: usize, users: usize, batch: usize) -> R
     eprintln!();
     wait_for_emails(&counter.accepted, events, started, 10)?;
     let inbox_done = |s: &Store| -> Result<i64, String> {
-        s.read(|c| {
-            c.query_row("SELECT COUNT(*) FROM notifications", [], |r| r.get(0))
-                .map_err(herald::store::StoreError::from)
-        })
-        .map_err(|e| e.to_string())
+        s.read(|c| c.query_one("SELECT COUNT(*) FROM notifications", args![], |r| r.get(0)))
+            .map_err(|e| e.to_string())
     };
     while inbox_done(&store)? < events as i64 {
         std::thread::sleep(Duration::from_millis(5));
@@ -1303,8 +1287,10 @@ fn inbox_scenario(dir: &Path, opts: &Opts, out: &mut Map<String, Value>) -> Resu
     );
     let db = dir.join("inbox.db");
     {
-        let mut conn = prepared_db(&db, users, opts.inbox_rows)?;
-        insert_inbox_rows(&mut conn, opts.inbox_rows, users, "filled")?;
+        let store = prepared_db(&db, users, opts.inbox_rows)?;
+        insert_inbox_rows(&store, opts.inbox_rows, users, "filled")?;
+        drop(store);
+        let conn = Connection::open(&db).map_err(|e| e.to_string())?;
         conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); ANALYZE;")
             .map_err(|e| e.to_string())?;
     }

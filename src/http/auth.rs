@@ -8,8 +8,8 @@ use super::error::ApiError;
 use super::request::Req;
 use super::Ctx;
 use crate::ids;
-use crate::store::sessions;
-use crate::store::users::{self, User};
+use crate::notify::service;
+use crate::store::users::User;
 
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "herald_session";
@@ -28,7 +28,7 @@ pub fn caller(ctx: &Ctx, req: &Req) -> Result<Caller, ApiError> {
             return Ok(Caller::Service);
         }
     }
-    match ctx.notifier.store().read(|c| users::by_token(c, token))? {
+    match service::user_by_token(ctx.notifier.store(), token)? {
         Some(user) => Ok(Caller::User(user)),
         None => Err(ApiError::unauthorized("invalid token")),
     }
@@ -51,7 +51,7 @@ pub fn user(ctx: &Ctx, req: &Req) -> Result<User, ApiError> {
 /// The signed-in user of the session cookie, if any.
 pub fn session_user(ctx: &Ctx, req: &Req) -> Result<Option<User>, ApiError> {
     match session_secret(req) {
-        Some(secret) => Ok(ctx.notifier.store().read(|c| sessions::user(c, secret))?),
+        Some(secret) => Ok(service::session_user(ctx.notifier.store(), secret)?),
         None => Ok(None),
     }
 }

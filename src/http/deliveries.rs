@@ -10,6 +10,7 @@ use super::request::Req;
 use super::response::Reply;
 use super::Ctx;
 use crate::notify::email;
+use crate::notify::service;
 
 const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 500;
@@ -29,10 +30,7 @@ pub fn list(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
     };
     let limit = req.limit(DEFAULT_PAGE, MAX_PAGE)?;
     let cursor = req.query("cursor").filter(|c| !c.is_empty());
-    let items = ctx
-        .notifier
-        .store()
-        .read(|c| email::list(c, status, cursor, limit))?;
+    let items = service::deliveries(ctx.notifier.store(), status, cursor, limit)?;
     let next_cursor = match items.len() == limit {
         true => items.last().map(|d| d.delivery.id.clone()),
         false => None,

@@ -9,7 +9,8 @@ use super::error::ApiError;
 use super::request::Req;
 use super::response::Reply;
 use super::Ctx;
-use crate::notify::{outbox, Event, NotifyError};
+use crate::notify::service;
+use crate::notify::{Event, NotifyError};
 
 pub fn create(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
     auth::service(ctx, req)?;
@@ -110,6 +111,6 @@ fn at_index(i: usize, e: NotifyError) -> ApiError {
 
 pub fn get(ctx: &Ctx, req: &Req, id: &str) -> Result<Reply, ApiError> {
     auth::service(ctx, req)?;
-    let view = ctx.notifier.store().read(|c| outbox::view(c, id))?;
+    let view = service::event(ctx.notifier.store(), id)?;
     Ok(Reply::json(200, &view))
 }

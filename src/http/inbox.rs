@@ -12,6 +12,7 @@ use super::response::Reply;
 use super::stream::Subscribe;
 use super::Ctx;
 use crate::notify::inbox::{self, Cursor};
+use crate::notify::service;
 
 pub fn list(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
     let user = auth::user(ctx, req)?;
@@ -25,46 +26,33 @@ pub fn list(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
         Some("true") => true,
         Some(_) => return Err(ApiError::bad_request("unread must be true or false")),
     };
-    let page = ctx
-        .notifier
-        .store()
-        .read(|c| inbox::list(c, &user.id, cursor, limit, unread))?;
+    let page = service::inbox_page(ctx.notifier.store(), &user.id, cursor, limit, unread)?;
     Ok(Reply::json(200, &page))
 }
 
 pub fn unseen_count(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
     let user = auth::user(ctx, req)?;
-    let count = ctx
-        .notifier
-        .store()
-        .read(|c| inbox::unseen_count(c, &user.id))?;
+    let count = service::unseen_count(ctx.notifier.store(), &user.id)?;
     Ok(Reply::json(200, &json!({ "count": count })))
 }
 
 pub fn mark(ctx: &Ctx, req: &Req, id: &str, read: bool) -> Result<Reply, ApiError> {
     let user = auth::user(ctx, req)?;
     let id = inbox::parse_id(id)?;
-    ctx.notifier
-        .store()
-        .write(|tx| inbox::mark(tx, &user.id, id, read))?;
+    service::mark(ctx.notifier.store(), &user.id, id, read)?;
     Ok(Reply::no_content())
 }
 
 pub fn seen_all(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
     let user = auth::user(ctx, req)?;
-    let updated = ctx
-        .notifier
-        .store()
-        .write(|tx| inbox::mark_all_seen(tx, &user.id))?;
+    let updated = service::mark_all_seen(ctx.notifier.store(), &user.id)?;
     Ok(Reply::json(200, &json!({ "updated": updated })))
 }
 
 pub fn delete(ctx: &Ctx, req: &Req, id: &str) -> Result<Reply, ApiError> {
     let user = auth::user(ctx, req)?;
     let id = inbox::parse_id(id)?;
-    ctx.notifier
-        .store()
-        .write(|tx| inbox::delete(tx, &user.id, id))?;
+    service::delete_row(ctx.notifier.store(), &user.id, id)?;
     Ok(Reply::no_content())
 }
 

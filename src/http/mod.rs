@@ -168,10 +168,7 @@ fn method_label(method: &str) -> &'static str {
 /// `GET /metrics`: the counters plus queue gauges and file sizes read now.
 /// Unauthenticated, like `/healthz`, so a Prometheus scraper needs no secret.
 fn metrics(ctx: &Ctx) -> Result<Reply, ApiError> {
-    let mut gauges = ctx
-        .notifier
-        .store()
-        .read(crate::notify::stats::queue_gauges)?;
+    let mut gauges = crate::notify::service::queue_gauges(ctx.notifier.store())?;
     gauges.bus_len = ctx.notifier.bus_len();
     gauges.senders_len = ctx.notifier.mail_queue_len();
     let disk = ctx.notifier.store().disk_usage();

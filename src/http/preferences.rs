@@ -9,16 +9,14 @@ use super::error::ApiError;
 use super::request::Req;
 use super::response::Reply;
 use super::Ctx;
-use crate::notify::preferences::{self, ALL_TYPES};
+use crate::notify::preferences::ALL_TYPES;
+use crate::notify::service;
 use crate::notify::Channel;
 
 pub fn list(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
     let user = auth::user(ctx, req)?;
     let registry = ctx.notifier.registry();
-    let items = ctx
-        .notifier
-        .store()
-        .read(|c| preferences::list(c, &user.id, registry))?;
+    let items = service::preferences(ctx.notifier.store(), &user.id, registry)?;
     Ok(Reply::json(200, &json!({ "items": items })))
 }
 
@@ -73,9 +71,7 @@ pub fn put(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
         }
         critical = def.critical;
     }
-    ctx.notifier
-        .store()
-        .write(|tx| preferences::set(tx, &user.id, kind, channel, enabled))?;
+    service::set_preference(ctx.notifier.store(), &user.id, kind, channel, enabled)?;
     // A critical type's switch is kept but has no effect; say so.
     Ok(Reply::json(
         200,

@@ -17,6 +17,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::server::StreamWriter;
 use crate::metrics::METRICS;
+use crate::notify::service;
 use crate::notify::{inbox, InboxCommitted, Notifier};
 
 /// Rows read per query while catching a subscriber up.
@@ -248,10 +249,7 @@ impl HubState {
         }
         let start = match subscribe.after {
             Some(id) => Ok(id),
-            None => self
-                .notifier
-                .store()
-                .read(|c| inbox::newest_id(c, &subscribe.user_id)),
+            None => service::newest_inbox_id(self.notifier.store(), &subscribe.user_id),
         };
         let cursor = match start {
             Ok(id) => id,
@@ -300,11 +298,7 @@ impl HubState {
                 .map(|(s, _)| s.cursor)
                 .min();
             let Some(from) = from else { break };
-            let rows = match self
-                .notifier
-                .store()
-                .read(|c| inbox::after(c, user, from, PAGE))
-            {
+            let rows = match service::inbox_after(self.notifier.store(), user, from, PAGE) {
                 Ok(rows) => rows,
                 Err(e) => {
                     // The rows stay above the cursors: the next push or a

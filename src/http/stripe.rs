@@ -20,7 +20,7 @@ pub fn webhook(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
             "the Stripe webhook is disabled: set STRIPE_WEBHOOK_SECRET and restart herald",
         ));
     };
-    let now_secs = crate::store::now_ms() / 1000;
+    let now_secs = crate::time::system_now_ms() / 1000;
     stripe::verify(req.header("stripe-signature"), &req.body, secret, now_secs)
         .map_err(|e| ApiError::new(400, "invalid_signature", e.to_string()))?;
     let duplicate = stripe::handle(&ctx.notifier, &ctx.app, &req.body)?;

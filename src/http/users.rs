@@ -10,8 +10,9 @@ use super::response::Reply;
 use super::stream::EndStreams;
 use super::Ctx;
 use crate::notify::event::is_plausible_email;
-use crate::store::sessions;
-use crate::store::users::{self, User};
+use crate::notify::service;
+use crate::store::users::User;
+use crate::store::StoreError;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -41,18 +42,13 @@ pub fn upsert(ctx: &Ctx, req: &Req, id: &str) -> Result<Reply, ApiError> {
         email: body.email,
         name: body.name,
     };
-    let created = ctx.notifier.store().write(|tx| users::upsert(tx, &user))?;
+    let created = service::save_user(ctx.notifier.store(), &user)?;
     Ok(Reply::json(if created { 201 } else { 200 }, &user))
 }
 
 pub fn issue_token(ctx: &Ctx, req: &Req, id: &str) -> Result<Reply, ApiError> {
     auth::service(ctx, req)?;
-    let token = ctx.notifier.store().write(|tx| {
-        if !users::exists(tx, id)? {
-            return Err(ApiError::not_found(format!("no user {id:?}")));
-        }
-        Ok(users::issue_token(tx, id)?)
-    })?;
+    let token = service::issue_token(ctx.notifier.store(), id).map_err(|e| no_user(e, id))?;
     Ok(Reply::json(201, &json!({ "token": token })))
 }
 
@@ -60,15 +56,8 @@ pub fn issue_token(ctx: &Ctx, req: &Req, id: &str) -> Result<Reply, ApiError> {
 /// user (a lost device, a departing person) and ends their open streams.
 pub fn revoke_tokens(ctx: &Ctx, req: &Req, id: &str) -> Result<Reply, ApiError> {
     auth::service(ctx, req)?;
-    let (tokens, sessions) = ctx.notifier.store().write(|tx| {
-        if !users::exists(tx, id)? {
-            return Err(ApiError::not_found(format!("no user {id:?}")));
-        }
-        Ok((
-            users::revoke_tokens(tx, id)?,
-            sessions::delete_for_user(tx, id)?,
-        ))
-    })?;
+    let (tokens, sessions) =
+        service::revoke_access(ctx.notifier.store(), id).map_err(|e| no_user(e, id))?;
     let mut reply = Reply::json(
         200,
         &json!({ "revokedTokens": tokens, "endedSessions": sessions }),
@@ -80,4 +69,12 @@ pub fn revoke_tokens(ctx: &Ctx, req: &Req, id: &str) -> Result<Reply, ApiError> 
 pub fn me(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
     let user = auth::user(ctx, req)?;
     Ok(Reply::json(200, &user))
+}
+
+/// `NotFound` from the store names the user the path asked for.
+fn no_user(e: StoreError, id: &str) -> ApiError {
+    match e {
+        StoreError::NotFound => ApiError::not_found(format!("no user {id:?}")),
+        other => other.into(),
+    }
 }

@@ -267,7 +267,7 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
         return Some(Duration::from_secs(secs));
     }
     let at = crate::time::parse_http_date(value)?;
-    let now = crate::store::now_ms();
+    let now = crate::time::system_now_ms();
     Some(Duration::from_millis(at.saturating_sub(now).max(0) as u64))
 }
 
@@ -311,7 +311,7 @@ mod tests {
             "Wed, 21 Oct 2015 07:28:00 GMT"
         );
         let ahead = 120;
-        let header = http_date(crate::store::now_ms() + ahead * 1000);
+        let header = http_date(crate::time::system_now_ms() + ahead * 1000);
         let delay = parse_retry_after(&header).expect("an HTTP date parses");
         // The date has whole seconds: up to one second is lost to rounding
         // down, and a little to the time between the two clock reads.

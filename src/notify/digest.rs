@@ -2,14 +2,15 @@
 //! wait from the first event until the window ends, then the scheduler releases
 //! them as one outbox row written in the transaction that closes the digest.
 
-use rusqlite::{params, OptionalExtension, Transaction};
+use crate::args;
+use crate::store::{Conn, Tx};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::event::{Event, Recipient};
 use super::registry::{Channel, DigestDef};
 use super::{outbox, Notifier, NotifyError};
-use crate::store::{now_ms, StoreResult};
+use crate::store::StoreResult;
 
 /// Digests closed per transaction, so a backlog never holds the write lock
 /// for long.
@@ -29,7 +30,7 @@ pub struct Release {
 /// newly opened digest, so the scheduler can be told to wake for it.
 #[allow(clippy::too_many_arguments)]
 pub fn join(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     seq: i64,
     event: &Event,
     recipient: &Recipient,
@@ -41,59 +42,54 @@ pub fn join(
     let recipient_key = recipient.key();
     // A digest past its due time is closed already or about to be: a late
     // event starts the next one instead of stretching the window.
-    let open: Option<(i64, String)> = tx
-        .prepare_cached(
-            "SELECT id, channels FROM digests
+    let open: Option<(i64, String)> = tx.query_opt(
+        "SELECT id, channels FROM digests
              WHERE type = ?1 AND recipient_key = ?2 AND digest_key = ?3 AND status = 'open'
                AND due_at > ?4
              ORDER BY id DESC LIMIT 1",
-        )?
-        .query_row(params![event.kind, recipient_key, key, now], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .optional()?;
+        args![event.kind, recipient_key, key, now],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
     let (id, opened) = match open {
         Some((id, stored)) => {
             let mut merged: Vec<Channel> = serde_json::from_str(&stored).unwrap_or_default();
             merged.extend_from_slice(channels);
             merged.sort();
             merged.dedup();
-            tx.prepare_cached("UPDATE digests SET channels = ?2 WHERE id = ?1")?
-                .execute(params![id, to_json(&merged)])?;
+            tx.execute(
+                "UPDATE digests SET channels = ?2 WHERE id = ?1",
+                args![id, to_json(&merged)],
+            )?;
             (id, None)
         }
         None => {
             let due = now.saturating_add(
                 i64::try_from(digest.window_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
             );
-            tx.prepare_cached(
+            let id = tx.query_one(
                 "INSERT INTO digests (type, batch_type, recipient_key, recipient, digest_key,
                                       channels, opened_at, due_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?
-            .execute(params![
-                event.kind,
-                digest.batch_type,
-                recipient_key,
-                to_json(recipient),
-                key,
-                to_json(&channels),
-                now,
-                due
-            ])?;
-            (tx.last_insert_rowid(), Some(due))
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id",
+                args![
+                    event.kind,
+                    digest.batch_type,
+                    recipient_key,
+                    to_json(recipient),
+                    key,
+                    to_json(&channels),
+                    now,
+                    due
+                ],
+                |r| r.get(0),
+            )?;
+            (id, Some(due))
         }
     };
-    tx.prepare_cached(
+    tx.execute(
         "INSERT OR IGNORE INTO digest_events (digest_id, event_seq, subject_id, payload)
          VALUES (?1, ?2, ?3, ?4)",
-    )?
-    .execute(params![
-        id,
-        seq,
-        event.subject_id,
-        event.payload.to_string()
-    ])?;
+        args![id, seq, event.subject_id, event.payload.to_string()],
+    )?;
     Ok(opened)
 }
 
@@ -102,10 +98,12 @@ fn to_json(value: &impl Serialize) -> String {
 }
 
 /// When the earliest open digest is due.
-pub fn next_due_at(conn: &rusqlite::Connection) -> StoreResult<Option<i64>> {
-    Ok(conn
-        .prepare_cached("SELECT MIN(due_at) FROM digests WHERE status = 'open'")?
-        .query_row([], |r| r.get(0))?)
+pub fn next_due_at(conn: &Conn<'_>) -> StoreResult<Option<i64>> {
+    conn.query_one(
+        "SELECT MIN(due_at) FROM digests WHERE status = 'open'",
+        args![],
+        |r| r.get(0),
+    )
 }
 
 /// The scheduler's hook: releases every digest due by now, publishes the
@@ -113,7 +111,7 @@ pub fn next_due_at(conn: &rusqlite::Connection) -> StoreResult<Option<i64>> {
 pub fn flush_due(notifier: &Notifier) -> Option<i64> {
     let store = notifier.store();
     loop {
-        let now = now_ms();
+        let now = store.clock().now_ms();
         match store.write(|tx| close_due(tx, now)) {
             Ok(seqs) => {
                 let full = seqs.len() == CLOSE_BATCH;
@@ -153,13 +151,12 @@ struct Due {
 /// Closes up to `CLOSE_BATCH` due digests, each into one outbox row;
 /// returns the rows' seqs (one digest can yield none if its stored state is
 /// unreadable, which is logged and closed rather than retried forever).
-fn close_due(tx: &Transaction<'_>, now: i64) -> Result<Vec<i64>, NotifyError> {
-    let due: Vec<Due> = tx
-        .prepare_cached(
-            "SELECT id, type, batch_type, recipient, channels FROM digests
+fn close_due(tx: &Tx<'_>, now: i64) -> Result<Vec<i64>, NotifyError> {
+    let due: Vec<Due> = tx.query_all(
+        "SELECT id, type, batch_type, recipient, channels FROM digests
              WHERE status = 'open' AND due_at <= ?1 ORDER BY due_at LIMIT ?2",
-        )?
-        .query_map(params![now, CLOSE_BATCH as i64], |r| {
+        args![now, CLOSE_BATCH as i64],
+        |r| {
             Ok(Due {
                 id: r.get(0)?,
                 kind: r.get(1)?,
@@ -167,32 +164,31 @@ fn close_due(tx: &Transaction<'_>, now: i64) -> Result<Vec<i64>, NotifyError> {
                 recipient: r.get(3)?,
                 channels: r.get(4)?,
             })
-        })?
-        .collect::<Result<_, _>>()?;
+        },
+    )?;
     let mut seqs = Vec::with_capacity(due.len());
     for d in due {
         let seq = match release(tx, &d)? {
             Some(event) => Some(outbox::enqueue(tx, &event)?.seq),
             None => None,
         };
-        tx.prepare_cached(
+        tx.execute(
             "UPDATE digests SET status = 'flushed', flushed_seq = ?2, flushed_at = ?3
              WHERE id = ?1",
-        )?
-        .execute(params![d.id, seq, now])?;
+            args![d.id, seq, now],
+        )?;
         seqs.extend(seq);
     }
     Ok(seqs)
 }
 
 /// The event a due digest turns into.
-fn release(tx: &Transaction<'_>, d: &Due) -> StoreResult<Option<Event>> {
-    let mut held: Vec<(Option<String>, String)> = tx
-        .prepare_cached(
-            "SELECT subject_id, payload FROM digest_events WHERE digest_id = ?1 ORDER BY event_seq",
-        )?
-        .query_map([d.id], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
+fn release(tx: &Tx<'_>, d: &Due) -> StoreResult<Option<Event>> {
+    let mut held: Vec<(Option<String>, String)> = tx.query_all(
+        "SELECT subject_id, payload FROM digest_events WHERE digest_id = ?1 ORDER BY event_seq",
+        args![d.id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
     let (Ok(recipient), Ok(channels)) = (
         serde_json::from_str::<Recipient>(&d.recipient),
         serde_json::from_str::<Vec<Channel>>(&d.channels),
@@ -241,22 +237,23 @@ pub struct HeldView {
     pub released_as: Option<String>,
 }
 
-pub fn held_views(conn: &rusqlite::Connection, event_seq: i64) -> StoreResult<Vec<HeldView>> {
-    let mut stmt = conn.prepare_cached(
+pub fn held_views(conn: &Conn<'_>, event_seq: i64) -> StoreResult<Vec<HeldView>> {
+    let rows = conn.query_all(
         "SELECT d.recipient_key, d.status, d.due_at, o.id
          FROM digest_events e JOIN digests d ON d.id = e.digest_id
          LEFT JOIN outbox o ON o.seq = d.flushed_seq
          WHERE e.event_seq = ?1 ORDER BY d.id",
+        args![event_seq],
+        |r| {
+            Ok(HeldView {
+                recipient: r.get(0)?,
+                status: r.get(1)?,
+                due_at: crate::time::rfc3339(r.get(2)?),
+                released_as: r.get(3)?,
+            })
+        },
     )?;
-    let rows = stmt.query_map([event_seq], |r| {
-        Ok(HeldView {
-            recipient: r.get(0)?,
-            status: r.get(1)?,
-            due_at: crate::time::rfc3339(r.get(2)?),
-            released_as: r.get(3)?,
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    Ok(rows)
 }
 
 fn parse(payload: &str) -> Value {
@@ -276,7 +273,7 @@ mod tests {
         }
     }
 
-    fn upload(tx: &Transaction<'_>, n: i64, now: i64) -> StoreResult<Option<i64>> {
+    fn upload(tx: &Tx<'_>, n: i64, now: i64) -> StoreResult<Option<i64>> {
         let event = Event::new("up", vec![Recipient::User("u".into())], json!({ "n": n }));
         let seq = outbox::enqueue(tx, &event).map_err(|e| match e {
             NotifyError::Store(e) => e,

@@ -9,8 +9,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::store::{Conn, Tx};
 use crossbeam_channel::Sender;
-use rusqlite::Transaction;
 
 use super::email::{self, Batcher, EmailJob, MailJob, Outcome};
 use super::event::{Event, Recipient};
@@ -25,7 +25,7 @@ use super::{digest, inbox};
 use super::{BusMsg, InboxCommitted, Shared};
 use crate::mail::MailError;
 use crate::metrics::{Fate, SendResult, METRICS};
-use crate::store::{now_ms, users, StoreResult};
+use crate::store::{users, StoreResult};
 
 /// Events and recorded emails per dispatch transaction: large enough to
 /// amortise the commit, small enough to keep the write lock short.
@@ -343,7 +343,7 @@ fn release(queue: &MailQueue, outcomes: &[Outcome]) -> bool {
 /// own, and fails it for good.
 fn prepare<'s>(
     shared: &'s Shared,
-    conn: &rusqlite::Connection,
+    conn: &Conn<'_>,
     event: Arc<Event>,
 ) -> StoreResult<Result<Ready<'s>, String>> {
     let Some(def) = shared.registry.get(&event.kind) else {
@@ -382,11 +382,7 @@ fn prepare<'s>(
 
 /// Writes `prepared` in the caller's transaction. Email deliveries created
 /// together go out together: up to `mail_batch` of them share one request.
-fn write_all(
-    tx: &Transaction<'_>,
-    prepared: &[Prepared<'_>],
-    mail_batch: usize,
-) -> StoreResult<Written> {
+fn write_all(tx: &Tx<'_>, prepared: &[Prepared<'_>], mail_batch: usize) -> StoreResult<Written> {
     let mut written = Written::default();
     let mut batcher = Batcher::new(mail_batch, expected_emails(prepared));
     for p in prepared {
@@ -437,7 +433,7 @@ fn write_all(
 /// The per-channel counts and the Prometheus counters come from the same
 /// place (`tally`), so they always agree.
 fn fan_out(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     seq: i64,
     ready: &Ready<'_>,
     batcher: &mut Batcher,
@@ -461,7 +457,7 @@ fn fan_out(
         }
         written.fates.push((event.kind.clone(), channel, fate));
     };
-    let now = now_ms();
+    let now = tx.now_ms();
     let release = event.from_digest.as_ref();
     for (recipient, reach) in event.recipients.iter().zip(reach) {
         let key = recipient.key();

@@ -11,8 +11,9 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::args;
+use crate::store::{Conn, Row, Tx};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde::Serialize;
 
 use super::mail_queue::MailQueue;
@@ -21,7 +22,7 @@ use super::templates::EmailContent;
 use super::{BusMsg, DeliveryPolicy};
 use crate::ids;
 use crate::mail::{Email, MailError, MailProvider, RateHint, Sent};
-use crate::store::{now_ms, Store, StoreError, StoreResult};
+use crate::store::{Store, StoreError, StoreResult};
 use crate::time::rfc3339;
 
 /// One email to send: everything the provider needs, as stored.
@@ -123,7 +124,7 @@ fn sort_members(emails: &mut [EmailJob]) {
 /// identically on every attempt, as a member of `batch` if given. None if
 /// it already exists.
 pub fn insert_delivery(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     event_seq: i64,
     recipient: &str,
     address: &str,
@@ -131,26 +132,20 @@ pub fn insert_delivery(
     batch: Option<&str>,
 ) -> StoreResult<Option<EmailJob>> {
     let id = ids::new_id("dlv");
-    let now = now_ms();
+    let now = tx.now_ms();
     // One body per event: its other recipients' deliveries find it there.
-    tx.prepare_cached(
+    tx.execute(
         "INSERT OR IGNORE INTO email_bodies (event_seq, subject, html, text)
          VALUES (?1, ?2, ?3, ?4)",
-    )?
-    .execute(params![
-        event_seq,
-        content.subject,
-        content.html,
-        content.text
-    ])?;
-    let changed = tx
-        .prepare_cached(
-            "INSERT OR IGNORE INTO deliveries
+        args![event_seq, content.subject, content.html, content.text],
+    )?;
+    let changed = tx.execute(
+        "INSERT OR IGNORE INTO deliveries
                  (id, event_seq, recipient, channel, address, status, created_at, updated_at,
                   batch_id)
              VALUES (?1, ?2, ?3, 'email', ?4, 'pending', ?5, ?5, ?6)",
-        )?
-        .execute(params![id, event_seq, recipient, address, now, batch])?;
+        args![id, event_seq, recipient, address, now, batch],
+    )?;
     Ok((changed == 1).then(|| EmailJob {
         delivery_id: id,
         address: address.to_string(),
@@ -202,10 +197,9 @@ impl Batcher {
     /// Records the batches handed out, in the transaction that created
     /// their members: where to find them again without an index entry per
     /// delivery (one per batch instead).
-    pub fn write(self, tx: &Transaction<'_>) -> StoreResult<()> {
-        let mut insert = tx.prepare_cached(INSERT_BATCH)?;
+    pub fn write(self, tx: &Tx<'_>) -> StoreResult<()> {
         for (id, _, first, last) in &self.batches {
-            insert.execute(params![id, first, last])?;
+            tx.execute(INSERT_BATCH, args![id, first, last])?;
         }
         Ok(())
     }
@@ -220,30 +214,28 @@ const INSERT_BATCH: &str = "INSERT INTO mail_batches (id, first_seq, last_seq) V
 /// is the new batch's request. A member that is no longer pending in the
 /// request its job names fails the whole call (`NotFound`), which rolls it
 /// back.
-pub fn merge_fresh(tx: &Transaction<'_>, jobs: &[MailJob]) -> StoreResult<String> {
+pub fn merge_fresh(tx: &Tx<'_>, jobs: &[MailJob]) -> StoreResult<String> {
     let id = ids::new_id("bat");
-    let mut join = tx.prepare_cached(
-        "UPDATE deliveries SET batch_id = ?2
-         WHERE id = ?1 AND status = 'pending' AND batch_id IS ?3
-         RETURNING event_seq",
-    )?;
-    let mut drop_batch = tx.prepare_cached("DELETE FROM mail_batches WHERE id = ?1")?;
     let (mut first, mut last) = (i64::MAX, i64::MIN);
     for job in jobs {
         let was = job.batched.then_some(&job.key);
         for email in &job.emails {
-            let seq: i64 = join
-                .query_row(params![email.delivery_id, id, was], |r| r.get(0))
-                .optional()?
+            let seq: i64 = tx
+                .query_opt(
+                    "UPDATE deliveries SET batch_id = ?2
+         WHERE id = ?1 AND status = 'pending' AND batch_id IS ?3
+         RETURNING event_seq",
+                    args![email.delivery_id, id, was],
+                    |r| r.get(0),
+                )?
                 .ok_or(StoreError::NotFound)?;
             (first, last) = (first.min(seq), last.max(seq));
         }
         if let Some(was) = was {
-            drop_batch.execute([was])?;
+            tx.execute("DELETE FROM mail_batches WHERE id = ?1", args![was])?;
         }
     }
-    tx.prepare_cached(INSERT_BATCH)?
-        .execute(params![id, first, last])?;
+    tx.execute(INSERT_BATCH, args![id, first, last])?;
     Ok(id)
 }
 
@@ -260,7 +252,7 @@ const JOB_FROM: &str = "deliveries d JOIN email_bodies b ON b.event_seq = d.even
 /// A delivery row as read: its email, attempts and batch.
 type JobRow = (EmailJob, u32, Option<String>);
 
-fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
+fn job_from_row(r: &Row<'_>) -> StoreResult<JobRow> {
     let email = EmailJob {
         delivery_id: r.get(0)?,
         address: r.get(1)?,
@@ -274,7 +266,7 @@ fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
 /// Turns rows into requests: a lone delivery as it is, a batch member as
 /// its whole batch, read by batch id (once however many of its members the
 /// rows hold).
-fn jobs_from_rows(conn: &Connection, rows: Vec<JobRow>) -> StoreResult<Vec<MailJob>> {
+fn jobs_from_rows(conn: &Conn<'_>, rows: Vec<JobRow>) -> StoreResult<Vec<MailJob>> {
     let mut seen = std::collections::HashSet::new();
     let mut jobs = Vec::with_capacity(rows.len());
     for (email, attempts, batch) in rows {
@@ -290,65 +282,66 @@ fn jobs_from_rows(conn: &Connection, rows: Vec<JobRow>) -> StoreResult<Vec<MailJ
 }
 
 /// Every member of a batch, in id order: the identical request each time.
-fn batch_job(conn: &Connection, batch: String, attempts: u32) -> StoreResult<MailJob> {
-    let emails = conn
-        .prepare_cached(&format!(
-            "SELECT {JOB_COLUMNS} FROM {JOB_FROM} WHERE {IN_BATCH} ORDER BY d.id"
-        ))?
-        .query_map([&batch], job_from_row)?
-        .map(|row| row.map(|(email, _, _)| email))
-        .collect::<Result<_, _>>()?;
+fn batch_job(conn: &Conn<'_>, batch: String, attempts: u32) -> StoreResult<MailJob> {
+    let sql = format!("SELECT {JOB_COLUMNS} FROM {JOB_FROM} WHERE {IN_BATCH} ORDER BY d.id");
+    let emails = conn.query_all(&sql, args![batch], |r| Ok(job_from_row(r)?.0))?;
     Ok(MailJob::batch(batch, emails, attempts))
 }
 
 /// The oldest deliveries waiting to be sent, at most `limit` rows read, as
 /// requests for the mail queue to page in; also how many rows were read.
-pub fn pending_jobs(conn: &Connection, limit: usize) -> StoreResult<(Vec<MailJob>, usize)> {
-    let rows: Vec<JobRow> = conn
-        .prepare_cached(&format!(
+pub fn pending_jobs(conn: &Conn<'_>, limit: usize) -> StoreResult<(Vec<MailJob>, usize)> {
+    let rows: Vec<JobRow> = conn.query_all(
+        &format!(
             "SELECT {JOB_COLUMNS} FROM {JOB_FROM} WHERE d.status = 'pending'
              ORDER BY d.created_at LIMIT ?1"
-        ))?
-        .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], job_from_row)?
-        .collect::<Result<_, _>>()?;
+        ),
+        args![i64::try_from(limit).unwrap_or(i64::MAX)],
+        job_from_row,
+    )?;
     let read = rows.len();
     Ok((jobs_from_rows(conn, rows)?, read))
 }
 
 /// How many deliveries wait to be sent.
-pub fn pending_count(conn: &Connection) -> StoreResult<i64> {
-    Ok(conn
-        .prepare_cached("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'")?
-        .query_row([], |r| r.get(0))?)
+pub fn pending_count(conn: &Conn<'_>) -> StoreResult<i64> {
+    conn.query_one(
+        "SELECT COUNT(*) FROM deliveries WHERE status = 'pending'",
+        args![],
+        |r| r.get(0),
+    )
 }
 
 /// Moves retries that are due back to pending (a batch whole) and returns
 /// them as requests.
-pub fn claim_due(tx: &Transaction<'_>, now: i64, limit: usize) -> StoreResult<Vec<MailJob>> {
-    let rows: Vec<JobRow> = tx
-        .prepare_cached(&format!(
+pub fn claim_due(tx: &Tx<'_>, now: i64, limit: usize) -> StoreResult<Vec<MailJob>> {
+    let rows: Vec<JobRow> = tx.query_all(
+        &format!(
             "SELECT {JOB_COLUMNS} FROM {JOB_FROM}
              WHERE d.status = 'retrying' AND d.next_attempt_at <= ?1
              ORDER BY d.next_attempt_at LIMIT ?2"
-        ))?
-        .query_map(params![now, limit as i64], job_from_row)?
-        .collect::<Result<_, _>>()?;
-    let jobs = jobs_from_rows(tx, rows)?;
-    let mut claim = tx.prepare_cached(
-        "UPDATE deliveries SET status = 'pending', next_attempt_at = NULL, updated_at = ?2
-         WHERE id = ?1 AND status = 'retrying'",
+        ),
+        args![now, limit],
+        job_from_row,
     )?;
+    let jobs = jobs_from_rows(tx, rows)?;
     for id in jobs.iter().flat_map(MailJob::delivery_ids) {
-        claim.execute(params![id, now])?;
+        tx.execute(
+            "UPDATE deliveries SET status = 'pending', next_attempt_at = NULL, updated_at = ?2
+         WHERE id = ?1 AND status = 'retrying'",
+            args![id, now],
+        )?;
     }
     Ok(jobs)
 }
 
 /// When the earliest waiting retry is due.
-pub fn next_retry_at(conn: &Connection) -> StoreResult<Option<i64>> {
-    Ok(conn
-        .prepare_cached("SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'retrying'")?
-        .query_row([], |r| r.get(0))?)
+pub fn next_retry_at(conn: &Conn<'_>) -> StoreResult<Option<i64>> {
+    conn.query_one(
+        "SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'retrying'",
+        args![],
+        |r| r.get(0),
+    )
 }
 
 /// The result of one request's attempt, on its way to be recorded.
@@ -370,25 +363,22 @@ pub struct Outcome {
 /// its members leave the batch and are retried at once, each alone under
 /// its own id, where only a bad one fails.
 pub fn record(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     outcomes: &[Outcome],
     policy: &DeliveryPolicy,
 ) -> StoreResult<Option<i64>> {
-    let now = now_ms();
+    let now = tx.now_ms();
     let mut earliest: Option<i64> = None;
     for o in outcomes {
         let attempts = o.attempts_before + 1;
         let ids = o.delivery_ids.iter();
         match &o.result {
             Ok(sent) => {
-                let mut update = tx.prepare_cached(
-                    "UPDATE deliveries SET status = 'sent', attempts = ?2, provider = ?3,
-                         provider_id = ?4, last_error = NULL, next_attempt_at = NULL, updated_at = ?5
-                     WHERE id = ?1",
-                )?;
                 for (i, id) in ids.enumerate() {
                     let provider_id = sent.get(i).map_or("", |s| s.provider_id.as_str());
-                    update.execute(params![id, attempts, o.provider, provider_id, now])?;
+                    tx.execute("UPDATE deliveries SET status = 'sent', attempts = ?2, provider = ?3,
+                         provider_id = ?4, last_error = NULL, next_attempt_at = NULL, updated_at = ?5
+                     WHERE id = ?1", args![id, attempts, o.provider, provider_id, now])?;
                 }
             }
             // Invalid bytes were refused before anything was sent, on every
@@ -396,13 +386,13 @@ pub fn record(
             // before a replay and prove nothing, so they fail the batch whole.
             Err(MailError::Invalid { message }) if o.batched => {
                 earliest = Some(now);
-                let mut unbatch = tx.prepare_cached(
-                    "UPDATE deliveries SET status = 'retrying', batch_id = NULL, attempts = ?2,
+                for id in ids {
+                    tx.execute(
+                        "UPDATE deliveries SET status = 'retrying', batch_id = NULL, attempts = ?2,
                          provider = ?3, last_error = ?4, next_attempt_at = ?5, updated_at = ?5
                      WHERE id = ?1",
-                )?;
-                for id in ids {
-                    unbatch.execute(params![id, attempts, o.provider, message, now])?;
+                        args![id, attempts, o.provider, message, now],
+                    )?;
                 }
             }
             Err(
@@ -426,13 +416,13 @@ pub fn record(
                 // One time for the whole batch: it goes out again together.
                 let at = now + backoff(policy, attempts, *retry_after).as_millis() as i64;
                 earliest = Some(earliest.map_or(at, |e| e.min(at)));
-                let mut update = tx.prepare_cached(
-                    "UPDATE deliveries SET status = 'retrying', attempts = ?2, provider = ?3,
+                for id in ids {
+                    tx.execute(
+                        "UPDATE deliveries SET status = 'retrying', attempts = ?2, provider = ?3,
                          last_error = ?4, next_attempt_at = ?5, updated_at = ?6
                      WHERE id = ?1",
-                )?;
-                for id in ids {
-                    update.execute(params![id, attempts, o.provider, message, at, now])?;
+                        args![id, attempts, o.provider, message, at, now],
+                    )?;
                 }
             }
         }
@@ -441,7 +431,7 @@ pub fn record(
 }
 
 fn set_failed(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     id: &str,
     status: &str,
     attempts: u32,
@@ -449,12 +439,12 @@ fn set_failed(
     message: &str,
     now: i64,
 ) -> StoreResult<()> {
-    tx.prepare_cached(
+    tx.execute(
         "UPDATE deliveries SET status = ?2, attempts = ?3, provider = ?4, last_error = ?5,
              next_attempt_at = NULL, updated_at = ?6
          WHERE id = ?1",
-    )?
-    .execute(params![id, status, attempts, provider, message, now])?;
+        args![id, status, attempts, provider, message, now],
+    )?;
     Ok(())
 }
 
@@ -499,45 +489,47 @@ pub struct ConsoleEmail {
 }
 
 /// The newest `limit` emails the console provider recorded as sent.
-pub fn console_sent(conn: &Connection, limit: usize) -> StoreResult<Vec<ConsoleEmail>> {
-    let mut stmt = conn.prepare_cached(
+pub fn console_sent(conn: &Conn<'_>, limit: usize) -> StoreResult<Vec<ConsoleEmail>> {
+    let rows = conn.query_all(
         "SELECT d.id, d.address, b.subject, b.html, b.text, d.created_at
          FROM deliveries d JOIN email_bodies b ON b.event_seq = d.event_seq
          WHERE d.provider = 'console' AND d.status = 'sent'
          ORDER BY d.created_at DESC, d.id DESC LIMIT ?1",
+        args![limit],
+        |r| {
+            Ok(ConsoleEmail {
+                id: r.get(0)?,
+                to: r.get(1)?,
+                subject: r.get(2)?,
+                html: r.get(3)?,
+                text: r.get(4)?,
+                created_at: rfc3339(r.get(5)?),
+            })
+        },
     )?;
-    let rows = stmt.query_map([limit as i64], |r| {
-        Ok(ConsoleEmail {
-            id: r.get(0)?,
-            to: r.get(1)?,
-            subject: r.get(2)?,
-            html: r.get(3)?,
-            text: r.get(4)?,
-            created_at: rfc3339(r.get(5)?),
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    Ok(rows)
 }
 
-pub fn deliveries_of(conn: &Connection, event_seq: i64) -> StoreResult<Vec<DeliveryView>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {VIEW_COLUMNS} FROM deliveries WHERE event_seq = ?1 ORDER BY id"
-    ))?;
-    let rows = stmt.query_map([event_seq], view_from_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+pub fn deliveries_of(conn: &Conn<'_>, event_seq: i64) -> StoreResult<Vec<DeliveryView>> {
+    let rows = conn.query_all(
+        &format!("SELECT {VIEW_COLUMNS} FROM deliveries WHERE event_seq = ?1 ORDER BY id"),
+        args![event_seq],
+        view_from_row,
+    )?;
+    Ok(rows)
 }
 
 const VIEW_COLUMNS: &str =
     "id, recipient, channel, status, attempts, next_attempt_at, last_error, batch_id";
 
-fn view_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryView> {
+fn view_from_row(r: &Row<'_>) -> StoreResult<DeliveryView> {
     Ok(DeliveryView {
         id: r.get(0)?,
         recipient: r.get(1)?,
         channel: r.get(2)?,
         status: r.get(3)?,
         attempts: r.get(4)?,
-        next_attempt_at: r.get::<_, Option<i64>>(5)?.map(rfc3339),
+        next_attempt_at: r.get::<Option<i64>>(5)?.map(rfc3339),
         last_error: r.get(6)?,
         batch_id: r.get(7)?,
     })
@@ -560,37 +552,41 @@ pub struct DeliveryRecord {
 /// Deliveries oldest first (ids are time ordered), optionally of one status,
 /// after the cursor id; one page of at most `limit`.
 pub fn list(
-    conn: &Connection,
+    conn: &Conn<'_>,
     status: Option<&str>,
     after: Option<&str>,
     limit: usize,
 ) -> StoreResult<Vec<DeliveryRecord>> {
-    let mut stmt = conn.prepare_cached(
+    let rows = conn.query_all(
         "SELECT d.id, d.recipient, d.channel, d.status, d.attempts, d.next_attempt_at,
                 d.last_error, d.batch_id, o.id, d.created_at, d.updated_at
          FROM deliveries d JOIN outbox o ON o.seq = d.event_seq
          WHERE (?1 IS NULL OR d.status = ?1) AND d.id > ?2
          ORDER BY d.id LIMIT ?3",
+        args![status, after.unwrap_or(""), limit],
+        |r| {
+            Ok(DeliveryRecord {
+                delivery: view_from_row(r)?,
+                event_id: r.get(8)?,
+                created_at: rfc3339(r.get(9)?),
+                updated_at: rfc3339(r.get(10)?),
+            })
+        },
     )?;
-    let rows = stmt.query_map(params![status, after.unwrap_or(""), limit as i64], |r| {
-        Ok(DeliveryRecord {
-            delivery: view_from_row(r)?,
-            event_id: r.get(8)?,
-            created_at: rfc3339(r.get(9)?),
-            updated_at: rfc3339(r.get(10)?),
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    Ok(rows)
 }
 
 /// How many deliveries are in each status (every status listed, zeros
 /// too). One pass over the table: sent deliveries are not indexed by status.
-pub fn counts(conn: &Connection) -> StoreResult<Vec<(&'static str, i64)>> {
-    let mut stmt =
-        conn.prepare_cached("SELECT status, COUNT(*) FROM deliveries GROUP BY status")?;
-    let found: std::collections::HashMap<String, i64> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
+pub fn counts(conn: &Conn<'_>) -> StoreResult<Vec<(&'static str, i64)>> {
+    let found: std::collections::HashMap<String, i64> = conn
+        .query_all(
+            "SELECT status, COUNT(*) FROM deliveries GROUP BY status",
+            args![],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?
+        .into_iter()
+        .collect();
     Ok(STATUSES
         .iter()
         .map(|status| (*status, found.get(*status).copied().unwrap_or(0)))
@@ -602,48 +598,50 @@ pub fn counts(conn: &Connection) -> StoreResult<Vec<(&'static str, i64)>> {
 /// batch member takes its whole batch along, as the batch is one request.
 /// The last error stays visible until the next attempt. `Err(status)` if
 /// the delivery is in any other state.
-pub fn rearm(tx: &Transaction<'_>, id: &str) -> StoreResult<Result<DeliveryView, String>> {
+pub fn rearm(tx: &Tx<'_>, id: &str) -> StoreResult<Result<DeliveryView, String>> {
     let (status, batch): (String, Option<String>) = tx
-        .prepare_cached("SELECT status, batch_id FROM deliveries WHERE id = ?1")?
-        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?
+        .query_opt(
+            "SELECT status, batch_id FROM deliveries WHERE id = ?1",
+            args![id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?
         .ok_or(StoreError::NotFound)?;
     if status != "dead" && status != "failed" {
         return Ok(Err(status));
     }
     let ids: Vec<String> = match &batch {
         None => vec![id.to_string()],
-        Some(batch) => tx
-            .prepare_cached(&format!("SELECT d.id FROM deliveries d WHERE {IN_BATCH}"))?
-            .query_map([batch], |r| r.get(0))?
-            .collect::<Result<_, _>>()?,
+        Some(batch) => tx.query_all(
+            &format!("SELECT d.id FROM deliveries d WHERE {IN_BATCH}"),
+            args![batch],
+            |r| r.get(0),
+        )?,
     };
-    let mut update = tx.prepare_cached(
-        "UPDATE deliveries SET status = 'retrying', attempts = 0, next_attempt_at = ?2,
+    let now = tx.now_ms();
+    for id in &ids {
+        tx.execute(
+            "UPDATE deliveries SET status = 'retrying', attempts = 0, next_attempt_at = ?2,
              updated_at = ?2
          WHERE id = ?1 AND (status = 'dead' OR status = 'failed')",
-    )?;
-    let now = now_ms();
-    for id in &ids {
-        update.execute(params![id, now])?;
+            args![id, now],
+        )?;
     }
-    let view = tx
-        .prepare_cached(&format!(
-            "SELECT {VIEW_COLUMNS} FROM deliveries WHERE id = ?1"
-        ))?
-        .query_row([id], view_from_row)?;
+    let view = tx.query_one(
+        &format!("SELECT {VIEW_COLUMNS} FROM deliveries WHERE id = ?1"),
+        args![id],
+        view_from_row,
+    )?;
     Ok(Ok(view))
 }
 
 /// Re-arms every dead delivery (see `rearm`); returns how many.
-pub fn rearm_dead(tx: &Transaction<'_>) -> StoreResult<usize> {
-    Ok(tx
-        .prepare_cached(
-            "UPDATE deliveries SET status = 'retrying', attempts = 0, next_attempt_at = ?1,
+pub fn rearm_dead(tx: &Tx<'_>) -> StoreResult<usize> {
+    tx.execute(
+        "UPDATE deliveries SET status = 'retrying', attempts = 0, next_attempt_at = ?1,
                  updated_at = ?1
              WHERE status = 'dead'",
-        )?
-        .execute([now_ms()])?)
+        args![tx.now_ms()],
+    )
 }
 
 pub(super) struct SenderContext {
@@ -869,7 +867,7 @@ pub(super) mod testing {
                         tx.execute(
                             "INSERT INTO outbox (seq, id, type, body, created_at)
                              VALUES (?1, ?2, 't', '{}', 0)",
-                            rusqlite::params![i as i64 + 1, format!("evt_{i}")],
+                            args![i as i64 + 1, format!("evt_{i}")],
                         )?;
                         let batch = batcher.join(i as i64 + 1);
                         let job = insert_delivery(
@@ -895,7 +893,10 @@ pub(super) mod testing {
         store
             .write(|tx| {
                 for id in ids {
-                    tx.execute("UPDATE deliveries SET status = 'sent' WHERE id = ?1", [id])?;
+                    tx.execute(
+                        "UPDATE deliveries SET status = 'sent' WHERE id = ?1",
+                        args![id],
+                    )?;
                 }
                 Ok::<_, StoreError>(())
             })
@@ -917,12 +918,12 @@ mod tests {
             .read(|c| {
                 ids.iter()
                     .map(|id| {
-                        Ok(c.query_row(
+                        c.query_one(
                             "SELECT status, attempts, next_attempt_at, batch_id
                              FROM deliveries WHERE id = ?1",
-                            [id],
+                            args![id],
                             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-                        )?)
+                        )
                     })
                     .collect::<StoreResult<Vec<_>>>()
             })
@@ -947,10 +948,7 @@ mod tests {
 
     fn batch_rows(store: &Store) -> i64 {
         store
-            .read(|c| {
-                c.query_row("SELECT COUNT(*) FROM mail_batches", [], |r| r.get(0))
-                    .map_err(StoreError::from)
-            })
+            .read(|c| c.query_one("SELECT COUNT(*) FROM mail_batches", args![], |r| r.get(0)))
             .unwrap()
     }
 
@@ -997,9 +995,9 @@ mod tests {
         let refused = MailError::Invalid {
             message: "HTTP 422 validation_error: Invalid `to` field at index 1".into(),
         };
-        let before = crate::store::now_ms();
+        let before = store.clock().now_ms();
         let at = record_one(&store, outcome(job, Err(refused))).expect("due again");
-        assert!(at >= before && at <= crate::store::now_ms());
+        assert!(at >= before && at <= store.clock().now_ms());
         let due = store.write(|tx| claim_due(tx, at, 500)).unwrap();
         let mut alone: Vec<(String, bool)> =
             due.iter().map(|j| (j.key.clone(), j.batched)).collect();
@@ -1048,7 +1046,7 @@ mod tests {
             .iter()
             .all(|s| s.0 == "retrying" && s.1 == 0));
         let due = store
-            .write(|tx| claim_due(tx, crate::store::now_ms(), 500))
+            .write(|tx| claim_due(tx, store.clock().now_ms(), 500))
             .unwrap();
         assert_eq!(due.len(), 1);
         assert_eq!(ids(&due[0]), members);
@@ -1066,9 +1064,7 @@ mod tests {
                     "EXPLAIN QUERY PLAN SELECT {JOB_COLUMNS} FROM {JOB_FROM}
                      WHERE {IN_BATCH} ORDER BY d.id"
                 );
-                let mut stmt = c.prepare(&sql)?;
-                let rows = stmt.query_map(["bat_x"], |r| r.get::<_, String>(3))?;
-                Ok::<_, StoreError>(rows.collect::<Result<_, _>>()?)
+                c.query_all(&sql, args!["bat_x"], |r| r.get::<String>(3))
             })
             .unwrap();
         let plan = plan.join("\n");
@@ -1092,11 +1088,11 @@ mod tests {
                 ids(job)
                     .iter()
                     .map(|id| {
-                        Ok(c.query_row(
+                        c.query_one(
                             "SELECT provider_id FROM deliveries WHERE id = ?1 AND status = 'sent'",
-                            [id],
+                            args![id],
                             |r| r.get(0),
-                        )?)
+                        )
                     })
                     .collect::<StoreResult<Vec<_>>>()
             })

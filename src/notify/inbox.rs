@@ -3,14 +3,14 @@
 //! takes the user id, so one user can never see or change another's rows.
 //! Pages are keyset-paginated on (created_at, id), newest first.
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde::Serialize;
 use serde_json::Value;
 
 use super::email::DeliveryView;
 use super::links;
 use super::templates::InboxContent;
-use crate::store::{now_ms, StoreError, StoreResult};
+use crate::args;
+use crate::store::{Conn, Row, StoreError, StoreResult, Tx};
 use crate::time::rfc3339;
 
 pub const MAX_PAGE: usize = 100;
@@ -18,7 +18,7 @@ pub const MAX_PAGE: usize = 100;
 /// Writes the inbox row for (event, user); false if it already exists, which
 /// is what makes a re-driven dispatch harmless.
 pub fn insert(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     event_seq: i64,
     user_id: &str,
     kind: &str,
@@ -26,13 +26,11 @@ pub fn insert(
     payload: &str,
 ) -> StoreResult<Option<i64>> {
     let actions = serde_json::to_string(&content.actions).unwrap_or_else(|_| "[]".into());
-    let changed = tx
-        .prepare_cached(
-            "INSERT OR IGNORE INTO notifications
+    tx.query_opt(
+        "INSERT OR IGNORE INTO notifications
                  (event_seq, user_id, type, title, body, actions, payload, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?
-        .execute(params![
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id",
+        args![
             event_seq,
             user_id,
             kind,
@@ -40,9 +38,10 @@ pub fn insert(
             content.body,
             actions,
             payload,
-            now_ms()
-        ])?;
-    Ok((changed == 1).then(|| tx.last_insert_rowid()))
+            tx.now_ms()
+        ],
+        |r| r.get(0),
+    )
 }
 
 #[derive(Debug, Serialize)]
@@ -100,7 +99,7 @@ pub fn parse_id(s: &str) -> StoreResult<i64> {
 }
 
 pub fn list(
-    conn: &Connection,
+    conn: &Conn<'_>,
     user_id: &str,
     cursor: Option<Cursor>,
     limit: usize,
@@ -120,20 +119,14 @@ pub fn list(
          WHERE user_id = ?1 AND (created_at, id) < (?2, ?3)
          ORDER BY created_at DESC, id DESC LIMIT ?4"
     };
-    let mut stmt = conn.prepare_cached(sql)?;
     let mut keys = Vec::new();
-    let mut items = stmt
-        .query_map(
-            params![user_id, before_at, before_id, limit as i64 + 1],
-            |r| {
-                keys.push(Cursor {
-                    created_at: r.get(6)?,
-                    id: r.get(0)?,
-                });
-                item_from_row(r)
-            },
-        )?
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut items = conn.query_all(sql, args![user_id, before_at, before_id, limit + 1], |r| {
+        keys.push(Cursor {
+            created_at: r.get(6)?,
+            id: r.get(0)?,
+        });
+        item_from_row(r)
+    })?;
     let next_cursor = if items.len() > limit {
         items.truncate(limit);
         keys.get(limit - 1).map(Cursor::encode)
@@ -145,17 +138,17 @@ pub fn list(
 
 /// Maps `SELECT id, type, title, body, actions, payload, created_at,
 /// seen_at, read_at`.
-fn item_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
+fn item_from_row(r: &Row<'_>) -> StoreResult<Item> {
     Ok(Item {
         id: public_id(r.get(0)?),
         kind: r.get(1)?,
         title: r.get(2)?,
         body: r.get(3)?,
-        actions: web_actions(json_column(r.get_ref(4)?.as_str().unwrap_or("[]"))),
-        payload: json_column(r.get_ref(5)?.as_str().unwrap_or("{}")),
+        actions: web_actions(json_column(r.text(4)?.unwrap_or("[]"))),
+        payload: json_column(r.text(5)?.unwrap_or("{}")),
         created_at: rfc3339(r.get(6)?),
-        seen_at: r.get::<_, Option<i64>>(7)?.map(rfc3339),
-        read_at: r.get::<_, Option<i64>>(8)?.map(rfc3339),
+        seen_at: r.get::<Option<i64>>(7)?.map(rfc3339),
+        read_at: r.get::<Option<i64>>(8)?.map(rfc3339),
     })
 }
 
@@ -164,27 +157,27 @@ fn item_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
 /// (AUTOINCREMENT) and commit in id order (one writer), so "above the last
 /// id sent" is exactly "not sent yet".
 pub fn after(
-    conn: &Connection,
+    conn: &Conn<'_>,
     user_id: &str,
     after: i64,
     limit: usize,
 ) -> StoreResult<Vec<(i64, Item)>> {
-    let mut stmt = conn.prepare_cached(
+    conn.query_all(
         "SELECT id, type, title, body, actions, payload, created_at, seen_at, read_at
          FROM notifications WHERE user_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
-    )?;
-    let rows = stmt.query_map(params![user_id, after, limit as i64], |r| {
-        Ok((r.get::<_, i64>(0)?, item_from_row(r)?))
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+        args![user_id, after, limit],
+        |r| Ok((r.get::<i64>(0)?, item_from_row(r)?)),
+    )
 }
 
 /// The id of the user's newest row (0 for an empty inbox): where a stream
 /// opened without `Last-Event-ID` starts.
-pub fn newest_id(conn: &Connection, user_id: &str) -> StoreResult<i64> {
-    Ok(conn
-        .prepare_cached("SELECT COALESCE(MAX(id), 0) FROM notifications WHERE user_id = ?1")?
-        .query_row([user_id], |r| r.get(0))?)
+pub fn newest_id(conn: &Conn<'_>, user_id: &str) -> StoreResult<i64> {
+    conn.query_one(
+        "SELECT COALESCE(MAX(id), 0) FROM notifications WHERE user_id = ?1",
+        args![user_id],
+        |r| r.get(0),
+    )
 }
 
 /// The stored actions whose url may be a link (`links::web_link`). Rows
@@ -210,23 +203,24 @@ fn json_column(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or(Value::Null)
 }
 
-pub fn unseen_count(conn: &Connection, user_id: &str) -> StoreResult<i64> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT COUNT(*) FROM notifications INDEXED BY notifications_user_unseen
+pub fn unseen_count(conn: &Conn<'_>, user_id: &str) -> StoreResult<i64> {
+    conn.query_one(
+        "SELECT COUNT(*) FROM notifications INDEXED BY notifications_user_unseen
              WHERE user_id = ?1 AND seen_at IS NULL",
-        )?
-        .query_row([user_id], |r| r.get(0))?)
+        args![user_id],
+        |r| r.get(0),
+    )
 }
 
 /// Marks one of the user's rows seen (and, with `read`, read as well).
 /// Already-marked rows keep their first timestamp. NotFound if the row is
 /// not the user's.
-pub fn mark(tx: &Transaction<'_>, user_id: &str, id: i64, read: bool) -> StoreResult<()> {
-    let found = tx
-        .prepare_cached("SELECT 1 FROM notifications WHERE id = ?1 AND user_id = ?2")?
-        .query_row(params![id, user_id], |_| Ok(()))
-        .optional()?;
+pub fn mark(tx: &Tx<'_>, user_id: &str, id: i64, read: bool) -> StoreResult<()> {
+    let found = tx.query_opt(
+        "SELECT 1 FROM notifications WHERE id = ?1 AND user_id = ?2",
+        args![id, user_id],
+        |_| Ok(()),
+    )?;
     found.ok_or(StoreError::NotFound)?;
     let sql = if read {
         "UPDATE notifications SET seen_at = COALESCE(seen_at, ?3), read_at = COALESCE(read_at, ?3)
@@ -234,35 +228,33 @@ pub fn mark(tx: &Transaction<'_>, user_id: &str, id: i64, read: bool) -> StoreRe
     } else {
         "UPDATE notifications SET seen_at = COALESCE(seen_at, ?3) WHERE id = ?1 AND user_id = ?2"
     };
-    tx.prepare_cached(sql)?
-        .execute(params![id, user_id, now_ms()])?;
+    tx.execute(sql, args![id, user_id, tx.now_ms()])?;
     Ok(())
 }
 
 /// Marks every unseen row of the user seen; returns how many changed.
-pub fn mark_all_seen(tx: &Transaction<'_>, user_id: &str) -> StoreResult<usize> {
-    Ok(tx
-        .prepare_cached(
-            "UPDATE notifications SET seen_at = ?2 WHERE user_id = ?1 AND seen_at IS NULL",
-        )?
-        .execute(params![user_id, now_ms()])?)
+pub fn mark_all_seen(tx: &Tx<'_>, user_id: &str) -> StoreResult<usize> {
+    tx.execute(
+        "UPDATE notifications SET seen_at = ?2 WHERE user_id = ?1 AND seen_at IS NULL",
+        args![user_id, tx.now_ms()],
+    )
 }
 
 /// Marks every unread row of the user read (and seen); returns how many
 /// changed.
-pub fn mark_all_read(tx: &Transaction<'_>, user_id: &str) -> StoreResult<usize> {
-    Ok(tx
-        .prepare_cached(
-            "UPDATE notifications SET seen_at = COALESCE(seen_at, ?2), read_at = ?2
+pub fn mark_all_read(tx: &Tx<'_>, user_id: &str) -> StoreResult<usize> {
+    tx.execute(
+        "UPDATE notifications SET seen_at = COALESCE(seen_at, ?2), read_at = ?2
              WHERE user_id = ?1 AND read_at IS NULL",
-        )?
-        .execute(params![user_id, now_ms()])?)
+        args![user_id, tx.now_ms()],
+    )
 }
 
-pub fn delete(tx: &Transaction<'_>, user_id: &str, id: i64) -> StoreResult<()> {
-    let changed = tx
-        .prepare_cached("DELETE FROM notifications WHERE id = ?1 AND user_id = ?2")?
-        .execute(params![id, user_id])?;
+pub fn delete(tx: &Tx<'_>, user_id: &str, id: i64) -> StoreResult<()> {
+    let changed = tx.execute(
+        "DELETE FROM notifications WHERE id = ?1 AND user_id = ?2",
+        args![id, user_id],
+    )?;
     if changed == 0 {
         return Err(StoreError::NotFound);
     }
@@ -270,20 +262,21 @@ pub fn delete(tx: &Transaction<'_>, user_id: &str, id: i64) -> StoreResult<()> {
 }
 
 /// The inbox rows of one event, shown as delivered deliveries.
-pub fn deliveries_of(conn: &Connection, event_seq: i64) -> StoreResult<Vec<DeliveryView>> {
-    let mut stmt = conn
-        .prepare_cached("SELECT id, user_id FROM notifications WHERE event_seq = ?1 ORDER BY id")?;
-    let rows = stmt.query_map([event_seq], |r| {
-        Ok(DeliveryView {
-            id: public_id(r.get(0)?),
-            recipient: r.get(1)?,
-            channel: "inbox".into(),
-            status: "delivered".into(),
-            attempts: 1,
-            next_attempt_at: None,
-            last_error: None,
-            batch_id: None,
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+pub fn deliveries_of(conn: &Conn<'_>, event_seq: i64) -> StoreResult<Vec<DeliveryView>> {
+    conn.query_all(
+        "SELECT id, user_id FROM notifications WHERE event_seq = ?1 ORDER BY id",
+        args![event_seq],
+        |r| {
+            Ok(DeliveryView {
+                id: public_id(r.get(0)?),
+                recipient: r.get(1)?,
+                channel: "inbox".into(),
+                status: "delivered".into(),
+                attempts: 1,
+                next_attempt_at: None,
+                last_error: None,
+                batch_id: None,
+            })
+        },
+    )
 }

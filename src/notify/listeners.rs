@@ -14,13 +14,14 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::args;
+use crate::store::{Conn, Tx};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde_json::Value;
 
 use super::outbox::{self, DispatchResult};
 use super::{Notifier, NotifyError, Outbox};
-use crate::store::{now_ms, Store, StoreError, StoreResult};
+use crate::store::{Store, StoreError, StoreResult};
 
 /// A committed domain event as a listener sees it.
 #[derive(Debug, Clone)]
@@ -69,12 +70,6 @@ impl From<StoreError> for ListenerError {
 impl From<NotifyError> for ListenerError {
     fn from(e: NotifyError) -> Self {
         ListenerError::new(e)
-    }
-}
-
-impl From<rusqlite::Error> for ListenerError {
-    fn from(e: rusqlite::Error) -> Self {
-        ListenerError::new(StoreError::from(e))
     }
 }
 
@@ -197,9 +192,10 @@ impl Listeners {
                 if !outbox::claim(tx, seq)? {
                     continue;
                 }
-                let kind: String = tx
-                    .prepare_cached("SELECT type FROM outbox WHERE seq = ?1")?
-                    .query_row([seq], |r| r.get(0))?;
+                let kind: String =
+                    tx.query_one("SELECT type FROM outbox WHERE seq = ?1", args![seq], |r| {
+                        r.get(0)
+                    })?;
                 let mut routed = 0;
                 for listener in listeners.iter().filter(|l| l.wants(&kind)) {
                     insert_run(tx, seq, listener.name())?;
@@ -366,7 +362,7 @@ impl Runner {
         let store = self.notifier.store();
         let name = self.listener.name();
         loop {
-            let due = store.read(|c| due_runs(c, name, now_ms(), BATCH));
+            let due = store.read(|c| due_runs(c, name, c.now_ms(), BATCH));
             match due {
                 Ok(due) => {
                     for seq in due {
@@ -383,12 +379,12 @@ impl Runner {
                 Ok(next) => next,
                 Err(e) => {
                     log::error!("listener {name} cannot read its runs: {e}");
-                    Some(now_ms() + 1_000)
+                    Some(store.clock().now_ms() + 1_000)
                 }
             };
             let woke = match next {
                 Some(at) => {
-                    let wait = Duration::from_millis((at - now_ms()).max(0) as u64);
+                    let wait = Duration::from_millis((at - store.clock().now_ms()).max(0) as u64);
                     match wake.recv_timeout(wait) {
                         Err(RecvTimeoutError::Timeout) => Ok(Wake::Work),
                         other => other.map_err(|_| ()),
@@ -439,25 +435,25 @@ impl Runner {
     fn failed(&self, seq: i64, event_id: &str, error: &str) {
         let name = self.listener.name();
         let scheduled = self.notifier.store().write(|tx| {
-            let attempts: u32 = tx
-                .prepare_cached(
-                    "SELECT attempts FROM listener_runs WHERE event_seq = ?1 AND listener = ?2",
-                )?
-                .query_row(params![seq, name], |r| r.get(0))?;
+            let attempts: u32 = tx.query_one(
+                "SELECT attempts FROM listener_runs WHERE event_seq = ?1 AND listener = ?2",
+                args![seq, name],
+                |r| r.get(0),
+            )?;
             let attempts = attempts + 1;
             let wait = self.backoff.after(attempts);
-            tx.prepare_cached(
+            tx.execute(
                 "UPDATE listener_runs SET status = 'retrying', attempts = ?3,
                         next_attempt_at = ?4, last_error = ?5
                  WHERE event_seq = ?1 AND listener = ?2",
-            )?
-            .execute(params![
-                seq,
-                name,
-                attempts,
-                now_ms() + wait.as_millis() as i64,
-                error
-            ])?;
+                args![
+                    seq,
+                    name,
+                    attempts,
+                    tx.now_ms() + wait.as_millis() as i64,
+                    error
+                ],
+            )?;
             Ok::<_, StoreError>((attempts, wait))
         });
         match scheduled {
@@ -482,57 +478,61 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
-fn insert_run(tx: &Transaction<'_>, seq: i64, listener: &str) -> StoreResult<()> {
-    let now = now_ms();
-    tx.prepare_cached(
+fn insert_run(tx: &Tx<'_>, seq: i64, listener: &str) -> StoreResult<()> {
+    let now = tx.now_ms();
+    tx.execute(
         "INSERT OR IGNORE INTO listener_runs (event_seq, listener, next_attempt_at, created_at)
          VALUES (?1, ?2, ?3, ?3)",
-    )?
-    .execute(params![seq, listener, now])?;
+        args![seq, listener, now],
+    )?;
     Ok(())
 }
 
-fn due_runs(conn: &Connection, listener: &str, now: i64, limit: usize) -> StoreResult<Vec<i64>> {
-    let mut stmt = conn.prepare_cached(
+fn due_runs(conn: &Conn<'_>, listener: &str, now: i64, limit: usize) -> StoreResult<Vec<i64>> {
+    let rows = conn.query_all(
         "SELECT event_seq FROM listener_runs
          WHERE listener = ?1 AND status != 'done' AND next_attempt_at <= ?2
          ORDER BY next_attempt_at, event_seq LIMIT ?3",
+        args![listener, now, limit],
+        |r| r.get(0),
     )?;
-    let rows = stmt.query_map(params![listener, now, limit as i64], |r| r.get(0))?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    Ok(rows)
 }
 
-fn next_due_at(conn: &Connection, listener: &str) -> StoreResult<Option<i64>> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT MIN(next_attempt_at) FROM listener_runs
+fn next_due_at(conn: &Conn<'_>, listener: &str) -> StoreResult<Option<i64>> {
+    conn.query_one(
+        "SELECT MIN(next_attempt_at) FROM listener_runs
              WHERE listener = ?1 AND status != 'done'",
-        )?
-        .query_row([listener], |r| r.get(0))?)
+        args![listener],
+        |r| r.get(0),
+    )
 }
 
-fn is_open(tx: &Transaction<'_>, seq: i64, listener: &str) -> StoreResult<bool> {
-    let status: Option<String> = tx
-        .prepare_cached("SELECT status FROM listener_runs WHERE event_seq = ?1 AND listener = ?2")?
-        .query_row(params![seq, listener], |r| r.get(0))
-        .optional()?;
+fn is_open(tx: &Tx<'_>, seq: i64, listener: &str) -> StoreResult<bool> {
+    let status: Option<String> = tx.query_opt(
+        "SELECT status FROM listener_runs WHERE event_seq = ?1 AND listener = ?2",
+        args![seq, listener],
+        |r| r.get(0),
+    )?;
     Ok(status.is_some_and(|s| s != "done"))
 }
 
-fn mark_done(tx: &Transaction<'_>, seq: i64, listener: &str) -> StoreResult<()> {
-    tx.prepare_cached(
+fn mark_done(tx: &Tx<'_>, seq: i64, listener: &str) -> StoreResult<()> {
+    tx.execute(
         "UPDATE listener_runs SET status = 'done', attempts = attempts + 1, done_at = ?3,
                 last_error = NULL
          WHERE event_seq = ?1 AND listener = ?2",
-    )?
-    .execute(params![seq, listener, now_ms()])?;
+        args![seq, listener, tx.now_ms()],
+    )?;
     Ok(())
 }
 
-fn load_event(conn: &Connection, seq: i64) -> StoreResult<DomainEvent> {
-    let (id, kind, body): (String, String, String) = conn
-        .prepare_cached("SELECT id, type, body FROM outbox WHERE seq = ?1")?
-        .query_row([seq], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+fn load_event(conn: &Conn<'_>, seq: i64) -> StoreResult<DomainEvent> {
+    let (id, kind, body): (String, String, String) = conn.query_one(
+        "SELECT id, type, body FROM outbox WHERE seq = ?1",
+        args![seq],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
     let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     Ok(DomainEvent {
         id,

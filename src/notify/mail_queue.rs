@@ -182,6 +182,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
+    use crate::args;
     use crate::notify::email::testing::{record_sent, store_with_pending};
 
     /// The ids waiting in the queue, taken out as senders would.
@@ -310,7 +311,7 @@ mod tests {
                 for (at, job) in jobs.iter().enumerate() {
                     tx.execute(
                         "UPDATE deliveries SET created_at = ?1 WHERE batch_id = ?2",
-                        rusqlite::params![at as i64, job.key],
+                        args![at as i64, job.key],
                     )?;
                 }
                 Ok::<_, crate::store::StoreError>(())

@@ -20,6 +20,7 @@ pub mod preferences;
 pub mod registry;
 pub mod retention;
 mod scheduler;
+pub mod service;
 pub mod stats;
 pub mod templates;
 
@@ -28,10 +29,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use rusqlite::Transaction;
 
 use crate::mail::MailProvider;
-use crate::store::{users, Store, StoreError};
+use crate::store::{users, Store, StoreError, Tx};
 pub use event::{Event, Recipient};
 pub use listeners::{DomainEvent, Listener, ListenerError, ListenerHooks};
 pub use outbox::Enqueued;
@@ -74,12 +74,6 @@ impl std::error::Error for NotifyError {}
 impl From<StoreError> for NotifyError {
     fn from(e: StoreError) -> Self {
         NotifyError::Store(e)
-    }
-}
-
-impl From<rusqlite::Error> for NotifyError {
-    fn from(e: rusqlite::Error) -> Self {
-        NotifyError::Store(e.into())
     }
 }
 
@@ -186,13 +180,13 @@ pub struct Notifier {
 
 /// The events one transaction enqueued; published after it commits.
 pub struct Outbox<'a, 'c> {
-    tx: &'a Transaction<'c>,
+    tx: &'a Tx<'c>,
     notifier: &'a Notifier,
     committed_later: Vec<(i64, Option<Arc<Event>>)>,
 }
 
 impl<'c> Outbox<'_, 'c> {
-    pub fn tx(&self) -> &Transaction<'c> {
+    pub fn tx(&self) -> &Tx<'c> {
         self.tx
     }
 
@@ -259,7 +253,7 @@ impl Notifier {
     /// a rolled-back transaction therefore notifies nobody. An event whose
     /// idempotency key was seen before returns the first event's id with
     /// `created: false`.
-    pub fn enqueue(&self, tx: &Transaction<'_>, event: &Event) -> Result<Enqueued, NotifyError> {
+    pub fn enqueue(&self, tx: &Tx<'_>, event: &Event) -> Result<Enqueued, NotifyError> {
         event.validate(&self.shared.registry)?;
         for (i, recipient) in event.recipients.iter().enumerate() {
             if let Recipient::User(id) = recipient {

@@ -3,14 +3,14 @@
 //! in the same transaction as its inbox rows and deliveries), and read back
 //! with its result for `GET /v1/events/{id}`.
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde::Serialize;
 
 use super::event::Event;
 use super::registry::Channel;
 use super::NotifyError;
+use crate::args;
 use crate::ids;
-use crate::store::{now_ms, StoreError, StoreResult};
+use crate::store::{Conn, Row, StoreResult, Tx};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Enqueued {
@@ -24,12 +24,13 @@ pub struct Enqueued {
 
 /// Writes `event` (already validated) as a pending outbox row, unless its
 /// idempotency key names an earlier event.
-pub fn enqueue(tx: &Transaction<'_>, event: &Event) -> Result<Enqueued, NotifyError> {
+pub fn enqueue(tx: &Tx<'_>, event: &Event) -> Result<Enqueued, NotifyError> {
     if let Some(key) = &event.idempotency_key {
-        let existing = tx
-            .prepare_cached("SELECT seq, id FROM outbox WHERE idempotency_key = ?1")?
-            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
+        let existing = tx.query_opt(
+            "SELECT seq, id FROM outbox WHERE idempotency_key = ?1",
+            args![key],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
         if let Some((seq, id)) = existing {
             return Ok(Enqueued {
                 seq,
@@ -41,12 +42,14 @@ pub fn enqueue(tx: &Transaction<'_>, event: &Event) -> Result<Enqueued, NotifyEr
     let id = ids::new_id("evt");
     let body = serde_json::to_string(event)
         .map_err(|e| NotifyError::Render(format!("cannot encode event: {e}")))?;
-    tx.prepare_cached(
-        "INSERT INTO outbox (id, type, body, idempotency_key, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![id, event.kind, body, event.idempotency_key, now_ms()])?;
+    let seq = tx.query_one(
+        "INSERT INTO outbox (id, type, body, idempotency_key, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
+         RETURNING seq",
+        args![id, event.kind, body, event.idempotency_key, tx.now_ms()],
+        |r| r.get(0),
+    )?;
     Ok(Enqueued {
-        seq: tx.last_insert_rowid(),
+        seq,
         id,
         created: true,
     })
@@ -59,18 +62,20 @@ pub const KIND_DOMAIN: &str = "domain";
 /// recipients) as a pending outbox row of kind `domain`; the dispatcher
 /// hands it to the listeners.
 pub fn enqueue_domain(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     kind: &str,
     payload: &serde_json::Value,
 ) -> Result<Enqueued, NotifyError> {
     let id = ids::new_id("evt");
     let body = serde_json::json!({ "type": kind, "payload": payload }).to_string();
-    tx.prepare_cached(
-        "INSERT INTO outbox (id, type, body, kind, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![id, kind, body, KIND_DOMAIN, now_ms()])?;
+    let seq = tx.query_one(
+        "INSERT INTO outbox (id, type, body, kind, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
+         RETURNING seq",
+        args![id, kind, body, KIND_DOMAIN, tx.now_ms()],
+        |r| r.get(0),
+    )?;
     Ok(Enqueued {
-        seq: tx.last_insert_rowid(),
+        seq,
         id,
         created: true,
     })
@@ -82,26 +87,24 @@ pub struct PendingRow {
 }
 
 /// The notification rows among `seqs` still pending, in dispatch order.
-pub fn load_pending(conn: &Connection, seqs: &[i64]) -> StoreResult<Vec<PendingRow>> {
+pub fn load_pending(conn: &Conn<'_>, seqs: &[i64]) -> StoreResult<Vec<PendingRow>> {
     Ok(load_pending_split(conn, seqs)?.0)
 }
 
 /// Like `load_pending`, also returning the pending domain-event rows among
 /// `seqs` (by seq), which go to the listeners rather than the registry.
 pub fn load_pending_split(
-    conn: &Connection,
+    conn: &Conn<'_>,
     seqs: &[i64],
 ) -> StoreResult<(Vec<PendingRow>, Vec<i64>)> {
-    let mut stmt =
-        conn.prepare_cached("SELECT body, kind FROM outbox WHERE seq = ?1 AND status = 'pending'")?;
     let mut rows = Vec::with_capacity(seqs.len());
     let mut domain = Vec::new();
     for &seq in seqs {
-        let found = stmt
-            .query_row([seq], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-            })
-            .optional()?;
+        let found = conn.query_opt(
+            "SELECT body, kind FROM outbox WHERE seq = ?1 AND status = 'pending'",
+            args![seq],
+            |r| Ok((r.get::<String>(0)?, r.get::<String>(1)?)),
+        )?;
         match found {
             Some((_, kind)) if kind == KIND_DOMAIN => domain.push(seq),
             Some((body, _)) => {
@@ -117,11 +120,12 @@ pub fn load_pending_split(
 
 /// Claims a pending row for dispatch inside the dispatcher's transaction.
 /// False if another dispatcher (or an earlier run) already took it.
-pub fn claim(tx: &Transaction<'_>, seq: i64) -> StoreResult<bool> {
-    let status: Option<String> = tx
-        .prepare_cached("SELECT status FROM outbox WHERE seq = ?1")?
-        .query_row([seq], |r| r.get(0))
-        .optional()?;
+pub fn claim(tx: &Tx<'_>, seq: i64) -> StoreResult<bool> {
+    let status: Option<String> = tx.query_opt(
+        "SELECT status FROM outbox WHERE seq = ?1",
+        args![seq],
+        |r| r.get(0),
+    )?;
     Ok(status.as_deref() == Some("pending"))
 }
 
@@ -183,12 +187,12 @@ const RESULT_COLUMNS: &str = "sent, deduped, suppressed, inbox_sent, inbox_dedup
 
 /// Reads the result columns starting at `first` (see `RESULT_COLUMNS`);
 /// None while the event is not dispatched.
-fn read_result(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Option<DispatchResult>> {
-    let count = |i: usize| r.get::<_, Option<i64>>(first + i);
+fn read_result(r: &Row<'_>, first: usize) -> StoreResult<Option<DispatchResult>> {
+    let count = |i: usize| r.get::<Option<i64>>(first + i);
     let Some(sent) = count(0)? else {
         return Ok(None);
     };
-    let channel = |at: usize| -> rusqlite::Result<Option<ResultCounts>> {
+    let channel = |at: usize| -> StoreResult<Option<ResultCounts>> {
         Ok(match (count(at)?, count(at + 1)?, count(at + 2)?) {
             (Some(sent), Some(deduped), Some(suppressed_by_prefs)) => Some(ResultCounts {
                 sent,
@@ -213,30 +217,30 @@ fn read_result(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Option<D
 /// Records the result. A notification's body (recipients and payload) is
 /// dropped here: the inbox rows and stored emails carry what is needed from
 /// now on. A domain event keeps it for its listeners' retries.
-pub fn mark_dispatched(tx: &Transaction<'_>, seq: i64, result: DispatchResult) -> StoreResult<()> {
+pub fn mark_dispatched(tx: &Tx<'_>, seq: i64, result: DispatchResult) -> StoreResult<()> {
     let inbox = result.channels.map(|c| c.inbox);
     let email = result.channels.map(|c| c.email);
-    tx.prepare_cached(
+    tx.execute(
         "UPDATE outbox SET status = 'dispatched', dispatched_at = ?2, sent = ?3, deduped = ?4,
                            body = CASE kind WHEN 'domain' THEN body ELSE '' END,
                            suppressed = ?5, inbox_sent = ?6, inbox_deduped = ?7,
                            inbox_suppressed = ?8, email_sent = ?9, email_deduped = ?10,
                            email_suppressed = ?11
          WHERE seq = ?1",
-    )?
-    .execute(params![
-        seq,
-        now_ms(),
-        result.sent,
-        result.deduped,
-        result.suppressed_by_prefs,
-        inbox.map(|c| c.sent),
-        inbox.map(|c| c.deduped),
-        inbox.map(|c| c.suppressed_by_prefs),
-        email.map(|c| c.sent),
-        email.map(|c| c.deduped),
-        email.map(|c| c.suppressed_by_prefs),
-    ])?;
+        args![
+            seq,
+            tx.now_ms(),
+            result.sent,
+            result.deduped,
+            result.suppressed_by_prefs,
+            inbox.map(|c| c.sent),
+            inbox.map(|c| c.deduped),
+            inbox.map(|c| c.suppressed_by_prefs),
+            email.map(|c| c.sent),
+            email.map(|c| c.deduped),
+            email.map(|c| c.suppressed_by_prefs),
+        ],
+    )?;
     Ok(())
 }
 
@@ -250,46 +254,45 @@ pub struct ResultRow {
 }
 
 /// The `limit` notification events dispatched last, newest first.
-pub fn latest_results(conn: &Connection, limit: usize) -> StoreResult<Vec<ResultRow>> {
-    let mut stmt = conn.prepare_cached(&format!(
+pub fn latest_results(conn: &Conn<'_>, limit: usize) -> StoreResult<Vec<ResultRow>> {
+    let sql = format!(
         "SELECT id, type, dispatched_at, {RESULT_COLUMNS} FROM outbox
          WHERE status = 'dispatched' AND kind = 'notification' ORDER BY seq DESC LIMIT ?1"
-    ))?;
-    let rows = stmt.query_map([limit as i64], |r| {
+    );
+    conn.query_all(&sql, args![limit], |r| {
         Ok(ResultRow {
             id: r.get(0)?,
             kind: r.get(1)?,
-            dispatched_at: r.get::<_, Option<i64>>(2)?.unwrap_or(0),
+            dispatched_at: r.get::<Option<i64>>(2)?.unwrap_or(0),
             result: read_result(r, 3)?,
         })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    })
 }
 
 /// An event that can never be dispatched (its type left the registry, a
 /// template no longer renders) is parked with the reason, visible in the API.
-pub fn mark_failed(tx: &Transaction<'_>, seq: i64, error: &str) -> StoreResult<()> {
-    tx.prepare_cached(
+pub fn mark_failed(tx: &Tx<'_>, seq: i64, error: &str) -> StoreResult<()> {
+    tx.execute(
         "UPDATE outbox SET status = 'failed', dispatched_at = ?2, error = ?3 WHERE seq = ?1",
-    )?
-    .execute(params![seq, now_ms(), error])?;
+        args![seq, tx.now_ms(), error],
+    )?;
     Ok(())
 }
 
 /// Pending rows created before `before_ms`, oldest first: work whose bus
 /// message was lost (a crash, another process writing the database).
 pub fn stale_pending(
-    conn: &Connection,
+    conn: &Conn<'_>,
     before_ms: i64,
     after_seq: i64,
     limit: usize,
 ) -> StoreResult<Vec<i64>> {
-    let mut stmt = conn.prepare_cached(
+    conn.query_all(
         "SELECT seq FROM outbox WHERE status = 'pending' AND seq > ?2 AND created_at < ?1
          ORDER BY seq LIMIT ?3",
-    )?;
-    let rows = stmt.query_map(params![before_ms, after_seq, limit as i64], |r| r.get(0))?;
-    Ok(rows.collect::<Result<_, _>>()?)
+        args![before_ms, after_seq, limit],
+        |r| r.get(0),
+    )
 }
 
 #[derive(Debug, Serialize)]
@@ -309,24 +312,24 @@ pub struct EventView {
 }
 
 /// An event with its result and every delivery, for the API.
-pub fn view(conn: &Connection, id: &str) -> StoreResult<EventView> {
-    let (seq, kind, status, created_at, result, error) = conn
-        .prepare_cached(&format!(
+pub fn view(conn: &Conn<'_>, id: &str) -> StoreResult<EventView> {
+    let (seq, kind, status, created_at, result, error) = conn.query_one(
+        &format!(
             "SELECT seq, type, status, created_at, error, {RESULT_COLUMNS}
              FROM outbox WHERE id = ?1"
-        ))?
-        .query_row([id], |r| {
+        ),
+        args![id],
+        |r| {
             Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, i64>(3)?,
+                r.get::<i64>(0)?,
+                r.get::<String>(1)?,
+                r.get::<String>(2)?,
+                r.get::<i64>(3)?,
                 read_result(r, 5)?,
-                r.get::<_, Option<String>>(4)?,
+                r.get::<Option<String>>(4)?,
             ))
-        })
-        .optional()?
-        .ok_or(StoreError::NotFound)?;
+        },
+    )?;
     let mut deliveries = super::inbox::deliveries_of(conn, seq)?;
     deliveries.extend(super::email::deliveries_of(conn, seq)?);
     Ok(EventView {

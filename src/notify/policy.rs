@@ -2,7 +2,8 @@
 //! preferences per channel. Dedup marks are written in the dispatcher's
 //! transaction, so they commit exactly when the notification they stand for does.
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use crate::args;
+use crate::store::{Conn, Tx};
 
 use super::event::{Event, Recipient};
 use super::preferences::{self, Switches};
@@ -32,7 +33,7 @@ impl<'a> DedupKey<'a> {
 /// True if the same notification went out less than the type's window ago.
 /// A window of 0 turns dedup off.
 pub fn is_duplicate(
-    conn: &Connection,
+    conn: &Conn<'_>,
     def: &TypeDef,
     key: &DedupKey<'_>,
     now: i64,
@@ -40,16 +41,12 @@ pub fn is_duplicate(
     if def.dedup_window_secs == 0 {
         return Ok(false);
     }
-    let last: Option<i64> = conn
-        .prepare_cached(
-            "SELECT notified_at FROM dedup_marks
+    let last: Option<i64> = conn.query_opt(
+        "SELECT notified_at FROM dedup_marks
              WHERE type = ?1 AND recipient = ?2 AND subject_id = ?3 AND dedup_key = ?4",
-        )?
-        .query_row(
-            params![key.kind, key.recipient, key.subject_id, key.key],
-            |r| r.get(0),
-        )
-        .optional()?;
+        args![key.kind, key.recipient, key.subject_id, key.key],
+        |r| r.get(0),
+    )?;
     Ok(last.is_some_and(|at| now.saturating_sub(at) < window_ms(def)))
 }
 
@@ -62,28 +59,27 @@ type MarkKey = (String, String, String, String);
 
 /// Up to `limit` marks last notified before `before`, read without the write
 /// lock (the scan is the expensive part of pruning).
-pub fn expired_marks(conn: &Connection, before: i64, limit: usize) -> StoreResult<Vec<MarkKey>> {
-    let mut stmt = conn.prepare_cached(
+pub fn expired_marks(conn: &Conn<'_>, before: i64, limit: usize) -> StoreResult<Vec<MarkKey>> {
+    let rows = conn.query_all(
         "SELECT type, recipient, subject_id, dedup_key FROM dedup_marks
          WHERE notified_at < ?1 LIMIT ?2",
+        args![before, limit],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
     )?;
-    let rows = stmt.query_map(params![before, limit as i64], |r| {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    Ok(rows)
 }
 
 /// Deletes the given marks if they are still older than `before` (one may
 /// have been renewed since it was read). A mark older than the longest
 /// dedup window can no longer make any event a duplicate.
-pub fn delete_marks(tx: &Transaction<'_>, marks: &[MarkKey], before: i64) -> StoreResult<usize> {
-    let mut stmt = tx.prepare_cached(
-        "DELETE FROM dedup_marks WHERE type = ?1 AND recipient = ?2 AND subject_id = ?3
-         AND dedup_key = ?4 AND notified_at < ?5",
-    )?;
+pub fn delete_marks(tx: &Tx<'_>, marks: &[MarkKey], before: i64) -> StoreResult<usize> {
     let mut deleted = 0;
     for (kind, recipient, subject_id, key) in marks {
-        deleted += stmt.execute(params![kind, recipient, subject_id, key, before])?;
+        deleted += tx.execute(
+            "DELETE FROM dedup_marks WHERE type = ?1 AND recipient = ?2 AND subject_id = ?3
+         AND dedup_key = ?4 AND notified_at < ?5",
+            args![kind, recipient, subject_id, key, before],
+        )?;
     }
     Ok(deleted)
 }
@@ -94,7 +90,7 @@ pub fn delete_marks(tx: &Transaction<'_>, marks: &[MarkKey], before: i64) -> Sto
 /// duplicates do not extend it. One upsert does both, because this runs
 /// for every notification.
 pub fn mark_unless_duplicate(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     def: &TypeDef,
     key: &DedupKey<'_>,
     now: i64,
@@ -102,22 +98,21 @@ pub fn mark_unless_duplicate(
     if def.dedup_window_secs == 0 {
         return Ok(true);
     }
-    let changed = tx
-        .prepare_cached(
-            "INSERT INTO dedup_marks (type, recipient, subject_id, dedup_key, notified_at)
+    let changed = tx.execute(
+        "INSERT INTO dedup_marks (type, recipient, subject_id, dedup_key, notified_at)
              VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (type, recipient, subject_id, dedup_key)
              DO UPDATE SET notified_at = excluded.notified_at
              WHERE dedup_marks.notified_at <= ?6",
-        )?
-        .execute(params![
+        args![
             key.kind,
             key.recipient,
             key.subject_id,
             key.key,
             now,
             now.saturating_sub(window_ms(def))
-        ])?;
+        ],
+    )?;
     Ok(changed == 1)
 }
 
@@ -125,7 +120,7 @@ pub fn mark_unless_duplicate(
 /// address-only recipients (they have no preferences) and critical types
 /// (they ignore them).
 pub fn switches_for(
-    conn: &Connection,
+    conn: &Conn<'_>,
     event: &Event,
     def: &TypeDef,
     recipient: &Recipient,
@@ -204,9 +199,11 @@ mod tests {
         assert_eq!(deleted, 1);
         let left: Vec<String> = store
             .read(|c| {
-                let mut stmt = c.prepare("SELECT recipient FROM dedup_marks ORDER BY recipient")?;
-                let rows = stmt.query_map([], |r| r.get(0))?;
-                Ok::<_, crate::store::StoreError>(rows.collect::<Result<_, _>>()?)
+                c.query_all(
+                    "SELECT recipient FROM dedup_marks ORDER BY recipient",
+                    args![],
+                    |r| r.get(0),
+                )
             })
             .unwrap();
         assert_eq!(left, ["fresh", "renewed"]);

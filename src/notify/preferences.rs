@@ -4,30 +4,31 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{params, Connection, Transaction};
+use crate::args;
+use crate::store::{Conn, Tx};
 use serde::Serialize;
 
 use super::registry::{Channel, Registry, TypeDef};
-use crate::store::{now_ms, StoreResult};
+use crate::store::StoreResult;
 
 /// The preference type that stands for every non-critical type.
 pub const ALL_TYPES: &str = "*";
 
 /// Stores one switch, replacing any earlier value.
 pub fn set(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     user_id: &str,
     kind: &str,
     channel: Channel,
     enabled: bool,
 ) -> StoreResult<()> {
-    tx.prepare_cached(
+    tx.execute(
         "INSERT INTO preferences (user_id, type, channel, enabled, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (user_id, type, channel)
          DO UPDATE SET enabled = excluded.enabled, updated_at = excluded.updated_at",
-    )?
-    .execute(params![user_id, kind, channel.as_str(), enabled, now_ms()])?;
+        args![user_id, kind, channel.as_str(), enabled, tx.now_ms()],
+    )?;
     Ok(())
 }
 
@@ -59,21 +60,20 @@ const SWITCHES_SQL: &str =
 /// every channel of an event's recipient. Two seeks joined by UNION ALL,
 /// because `type IN (?2, '*')` makes SQLite build a temporary B-tree on
 /// every run, and this runs once per notification.
-pub fn switches(conn: &Connection, user_id: &str, kind: &str) -> StoreResult<Switches> {
-    let mut stmt = conn.prepare_cached(SWITCHES_SQL)?;
-    let mut rows = stmt.query(params![user_id, kind])?;
+pub fn switches(conn: &Conn<'_>, user_id: &str, kind: &str) -> StoreResult<Switches> {
     let mut switches = Switches::default();
-    while let Some(row) = rows.next()? {
-        let Some(channel) = Channel::parse(&row.get::<_, String>(1)?) else {
-            continue;
+    conn.for_each(SWITCHES_SQL, args![user_id, kind], |row| {
+        let Some(channel) = row.text(1)?.and_then(Channel::parse) else {
+            return Ok(());
         };
-        let slot = if row.get::<_, String>(0)? == ALL_TYPES {
+        let slot = if row.text(0)? == Some(ALL_TYPES) {
             &mut switches.all
         } else {
             &mut switches.own
         };
         slot[channel as usize] = Some(row.get(2)?);
-    }
+        Ok(())
+    })?;
     Ok(switches)
 }
 
@@ -98,18 +98,17 @@ pub struct TypePreferences {
 /// The `*` switches first, then every registry type the user can receive,
 /// each channel showing the user's value or the registry default.
 pub fn list(
-    conn: &Connection,
+    conn: &Conn<'_>,
     user_id: &str,
     registry: &Registry,
 ) -> StoreResult<Vec<TypePreferences>> {
     let mut stored: BTreeMap<(String, String), bool> = BTreeMap::new();
-    let mut stmt =
-        conn.prepare_cached("SELECT type, channel, enabled FROM preferences WHERE user_id = ?1")?;
-    let rows = stmt.query_map([user_id], |r| {
-        Ok(((r.get(0)?, r.get(1)?), r.get::<_, bool>(2)?))
-    })?;
-    for row in rows {
-        let (key, enabled) = row?;
+    let rows = conn.query_all(
+        "SELECT type, channel, enabled FROM preferences WHERE user_id = ?1",
+        args![user_id],
+        |r| Ok(((r.get(0)?, r.get(1)?), r.get::<bool>(2)?)),
+    )?;
+    for (key, enabled) in rows {
         stored.insert(key, enabled);
     }
     let value = |kind: &str, channel: Channel, default: bool| {
@@ -148,7 +147,7 @@ pub fn list(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{users, Store, StoreError, Synchronous};
+    use crate::store::{users, Store, Synchronous};
 
     fn registry() -> Registry {
         Registry::parse(
@@ -220,10 +219,8 @@ mod tests {
         let store = Store::open(&dir.path().join("t.db"), Synchronous::Normal).unwrap();
         let ops: Vec<String> = store
             .read(|c| {
-                let mut stmt = c.prepare(&format!("EXPLAIN {SWITCHES_SQL}"))?;
-                let nulls = vec![rusqlite::types::Null; stmt.parameter_count()];
-                let ops = stmt.query_map(rusqlite::params_from_iter(nulls), |r| r.get(1))?;
-                ops.collect::<Result<_, _>>().map_err(StoreError::from)
+                let explain = format!("EXPLAIN {SWITCHES_SQL}");
+                c.query_all(&explain, args![None::<i64>, None::<i64>], |r| r.get(1))
             })
             .unwrap();
         assert!(ops.iter().any(|op| op == "SeekGE"), "{ops:?}");

@@ -7,7 +7,8 @@
 
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use crate::args;
+use crate::store::{Conn, Tx};
 
 use crate::metrics::METRICS;
 use crate::store::{Store, StoreResult};
@@ -147,37 +148,31 @@ pub fn pass(store: &Store, retention: &Retention, now: i64) -> bool {
 }
 
 /// One bounded step of pruning at `now`, in the caller's transaction.
-pub fn step(tx: &Transaction<'_>, now: i64, retention: &Retention) -> StoreResult<Pruned> {
+pub fn step(tx: &Tx<'_>, now: i64, retention: &Retention) -> StoreResult<Pruned> {
     let mut pruned = Pruned::default();
     let limit = CHUNK as i64;
     if let Some(keep) = retention.email_bodies {
         let horizon = last_id_before(tx, Table::Outbox, cutoff(now, keep))?;
         pruned.email_bodies += tx
-            .prepare_cached(
-                "DELETE FROM email_bodies WHERE event_seq IN (
+            .execute("DELETE FROM email_bodies WHERE event_seq IN (
                      SELECT b.event_seq FROM email_bodies b
                      WHERE b.event_seq <= ?1 AND NOT EXISTS (
                          SELECT 1 FROM deliveries d
                          WHERE d.event_seq = b.event_seq AND d.status NOT IN ('sent', 'failed', 'dead'))
-                     ORDER BY b.event_seq LIMIT ?2)",
-            )?
-            .execute(params![horizon, limit])?;
+                     ORDER BY b.event_seq LIMIT ?2)", args![horizon, limit])?;
     }
     if let Some(keep) = retention.log {
         prune_log(tx, cutoff(now, keep), &mut pruned)?;
     }
     if let Some(keep) = retention.inbox {
         let horizon = last_id_before(tx, Table::Notifications, cutoff(now, keep))?;
-        pruned.inbox += tx
-            .prepare_cached(
-                "DELETE FROM notifications WHERE id IN (
+        pruned.inbox += tx.execute(
+            "DELETE FROM notifications WHERE id IN (
                      SELECT id FROM notifications WHERE id <= ?1 ORDER BY id LIMIT ?2)",
-            )?
-            .execute(params![horizon, limit])?;
+            args![horizon, limit],
+        )?;
     }
-    pruned.other += tx
-        .prepare_cached("DELETE FROM sessions WHERE expires_at < ?1")?
-        .execute([now])?;
+    pruned.other += tx.execute("DELETE FROM sessions WHERE expires_at < ?1", args![now])?;
     if let Some(delay) = retention.test_step_delay.filter(|_| pruned.total() > 0) {
         std::thread::sleep(delay);
     }
@@ -189,16 +184,16 @@ pub fn step(tx: &Transaction<'_>, now: i64, retention: &Retention) -> StoreResul
 /// nothing refers to any more. The newest outbox row always stays: SQLite
 /// would otherwise reuse its sequence number, and inbox rows and
 /// deliveries are unique by it.
-fn prune_log(tx: &Transaction<'_>, before: i64, pruned: &mut Pruned) -> StoreResult<()> {
-    let newest: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM outbox", [], |r| r.get(0))?;
+fn prune_log(tx: &Tx<'_>, before: i64, pruned: &mut Pruned) -> StoreResult<()> {
+    let newest: i64 = tx.query_one("SELECT COALESCE(MAX(seq), 0) FROM outbox", args![], |r| {
+        r.get(0)
+    })?;
     let horizon = last_id_before(tx, Table::Outbox, before)?.min(newest - 1);
     if horizon <= 0 {
         return Ok(());
     }
     let limit = CHUNK as i64;
-    let run = |sql: &str| -> StoreResult<usize> {
-        Ok(tx.prepare_cached(sql)?.execute(params![horizon, limit])?)
-    };
+    let run = |sql: &str| -> StoreResult<usize> { tx.execute(sql, args![horizon, limit]) };
     pruned.deliveries += run("DELETE FROM deliveries WHERE id IN (
              SELECT id FROM deliveries
              WHERE event_seq <= ?1 AND status IN ('sent', 'failed', 'dead')
@@ -271,17 +266,16 @@ impl Table {
 /// The largest id of `table` created before `before` (0 if none), by
 /// binary search over the id: a few point lookups instead of an index on
 /// `created_at` that every row would pay for.
-fn last_id_before(conn: &Connection, table: Table, before: i64) -> StoreResult<i64> {
+fn last_id_before(conn: &Conn<'_>, table: Table, before: i64) -> StoreResult<i64> {
     let (low, high): (Option<i64>, Option<i64>) =
-        conn.query_row(table.bounds(), [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        conn.query_one(table.bounds(), args![], |r| Ok((r.get(0)?, r.get(1)?)))?;
     let (Some(mut low), Some(mut high)) = (low, high) else {
         return Ok(0);
     };
-    let mut first = conn.prepare_cached(table.first_from())?;
-    let mut at = |id: i64| -> StoreResult<Option<(i64, i64)>> {
-        Ok(first
-            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?)
+    let at = |id: i64| -> StoreResult<Option<(i64, i64)>> {
+        conn.query_opt(table.first_from(), args![id], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
     };
     match at(low)? {
         Some((_, created)) if created < before => {}
@@ -301,6 +295,7 @@ fn last_id_before(conn: &Connection, table: Table, before: i64) -> StoreResult<i
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{StoreError, Synchronous};
 
     #[test]
     fn prunes_every_so_often_as_the_shortest_period_asks() {
@@ -326,21 +321,23 @@ mod tests {
 
     #[test]
     fn finds_the_last_row_before_a_time_across_gaps() {
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(
-            "CREATE TABLE outbox (seq INTEGER PRIMARY KEY, created_at INTEGER NOT NULL)",
-        )
-        .unwrap();
-        let before = |t| last_id_before(&conn, Table::Outbox, t).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db"), Synchronous::Normal).unwrap();
+        let before = |t| store.read(|c| last_id_before(c, Table::Outbox, t)).unwrap();
         assert_eq!(before(100), 0, "empty");
         // ids 1..=1000 at time id * 10, with every third id missing.
-        for id in (1..=1000).filter(|id| id % 3 != 0) {
-            conn.execute(
-                "INSERT INTO outbox (seq, created_at) VALUES (?1, ?2)",
-                [id, id * 10],
-            )
+        store
+            .write(|tx| {
+                for id in (1..=1000).filter(|id| id % 3 != 0) {
+                    tx.execute(
+                        "INSERT INTO outbox (seq, id, type, body, created_at)
+                         VALUES (?1, 'evt_' || ?1, 't', '', ?2)",
+                        args![id, id * 10],
+                    )?;
+                }
+                Ok::<_, StoreError>(())
+            })
             .unwrap();
-        }
         assert_eq!(before(10), 0, "nothing before the first row");
         assert_eq!(before(11), 1);
         assert_eq!(before(35), 2, "3 is missing");

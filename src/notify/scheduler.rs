@@ -14,7 +14,6 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use super::email;
 use super::mail_queue::MailQueue;
 use super::{digest, outbox, policy, retention, Notifier};
-use crate::store::now_ms;
 
 /// How often the database is looked at for work this process was not told
 /// about. In-process work always arrives by message, so this only bounds
@@ -38,14 +37,14 @@ pub(crate) enum Wake {
 
 pub(super) fn run(notifier: &Notifier, queue: &MailQueue, wake: Receiver<Wake>) {
     let store = notifier.store();
-    let mut next_sweep = now_ms() + SWEEP_EVERY_MS;
+    let mut next_sweep = store.clock().now_ms() + SWEEP_EVERY_MS;
     let retention = &notifier.shared.policy.retention;
     let prune_every = retention
         .every(Duration::from_millis(SWEEP_EVERY_MS as u64))
         .map(|d| d.as_millis() as i64);
-    let mut next_prune = now_ms();
+    let mut next_prune = store.clock().now_ms();
     loop {
-        let now = now_ms();
+        let now = store.clock().now_ms();
         let mut next_wake = next_sweep;
         if queue.behind() {
             if let Err(e) = queue.page_in(store) {
@@ -77,7 +76,7 @@ pub(super) fn run(notifier: &Notifier, queue: &MailQueue, wake: Receiver<Wake>) 
         if let Some(every) = prune_every {
             if now >= next_prune {
                 let more = retention::pass(store, retention, now);
-                next_prune = now_ms() + if more { PRUNE_AGAIN_MS } else { every };
+                next_prune = store.clock().now_ms() + if more { PRUNE_AGAIN_MS } else { every };
             }
             next_wake = next_wake.min(next_prune);
         }
@@ -90,7 +89,7 @@ pub(super) fn run(notifier: &Notifier, queue: &MailQueue, wake: Receiver<Wake>) 
             Ok(None) => {}
             Err(e) => log::error!("scheduler cannot read the retry queue: {e}"),
         }
-        let sleep = Duration::from_millis((next_wake - now_ms()).max(0) as u64);
+        let sleep = Duration::from_millis((next_wake - store.clock().now_ms()).max(0) as u64);
         match wake.recv_timeout(sleep) {
             Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => return,
             Ok(Wake::Retry) | Err(RecvTimeoutError::Timeout) => {}

@@ -3,32 +3,36 @@
 //! and the age of the oldest waiting item. Read-only; uses the partial
 //! indexes the dispatcher and scheduler already rely on.
 
-use rusqlite::Connection;
+use crate::args;
+use crate::store::Conn;
 
 use crate::metrics::QueueGauges;
-use crate::store::{now_ms, StoreResult};
+use crate::store::StoreResult;
 
-pub fn queue_gauges(conn: &Connection) -> StoreResult<QueueGauges> {
-    let now = now_ms();
+pub fn queue_gauges(conn: &Conn<'_>) -> StoreResult<QueueGauges> {
+    let now = conn.now_ms();
     let age = |oldest: Option<i64>| oldest.map(|at| (now - at) as f64 / 1000.0);
-    let mut stmt = conn.prepare_cached(
+    let deliveries = conn.query_all(
         "SELECT channel, status, COUNT(*) FROM deliveries GROUP BY channel, status
          ORDER BY channel, status",
+        args![],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )?;
-    let deliveries = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<Result<Vec<_>, _>>()?;
-    let (outbox_pending, oldest_outbox): (i64, Option<i64>) = conn
-        .prepare_cached("SELECT COUNT(*), MIN(created_at) FROM outbox WHERE status = 'pending'")?
-        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    let (email_pending, oldest_email): (i64, Option<i64>) = conn
-        .prepare_cached(
-            "SELECT COUNT(*), MIN(created_at) FROM deliveries WHERE status = 'pending'",
-        )?
-        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    let retry_queue: i64 = conn
-        .prepare_cached("SELECT COUNT(*) FROM deliveries WHERE status = 'retrying'")?
-        .query_row([], |r| r.get(0))?;
+    let (outbox_pending, oldest_outbox): (i64, Option<i64>) = conn.query_one(
+        "SELECT COUNT(*), MIN(created_at) FROM outbox WHERE status = 'pending'",
+        args![],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let (email_pending, oldest_email): (i64, Option<i64>) = conn.query_one(
+        "SELECT COUNT(*), MIN(created_at) FROM deliveries WHERE status = 'pending'",
+        args![],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let retry_queue: i64 = conn.query_one(
+        "SELECT COUNT(*) FROM deliveries WHERE status = 'retrying'",
+        args![],
+        |r| r.get(0),
+    )?;
     Ok(QueueGauges {
         deliveries,
         outbox_pending,

@@ -68,7 +68,7 @@ impl From<rusqlite::Error> for FileError {
     fn from(e: rusqlite::Error) -> Self {
         match e.sqlite_error_code() {
             // Not "busy", as StoreError would call it: waiting will not help.
-            Some(ErrorCode::DiskFull) => FileError::Store(StoreError::Sqlite(e)),
+            Some(ErrorCode::DiskFull) => FileError::Store(StoreError::Database(e.to_string())),
             _ => FileError::Store(e.into()),
         }
     }
@@ -408,7 +408,7 @@ mod tests {
                     tx.execute(
                         "INSERT INTO users (id, email, name, created_at, updated_at)
                          VALUES (?1, 'a@b.c', ?2, 0, 0)",
-                        rusqlite::params![format!("u{i}"), "x".repeat(name_len)],
+                        crate::args![format!("u{i}"), "x".repeat(name_len)],
                     )?;
                 }
                 Ok::<_, StoreError>(())
@@ -568,7 +568,7 @@ mod tests {
         insert_users(&store, 0..2000, 2000);
         store
             .write(|tx| {
-                tx.execute("DELETE FROM users WHERE id != 'u7'", [])?;
+                tx.execute("DELETE FROM users WHERE id != 'u7'", crate::args![])?;
                 Ok::<_, StoreError>(())
             })
             .unwrap();

@@ -1,11 +1,12 @@
 //! Storage: the SQLite file, its pragmas, the read pool and the single write
 //! connection. Every write runs in `Store::write`, one `BEGIN IMMEDIATE`
-//! transaction on the one writer; reads come from the r2d2 pool. Driver errors
-//! become `StoreError` here and never travel further up.
+//! transaction on the one writer; reads come from the r2d2 pool. Callers see
+//! only `sql::{Conn, Tx}`: driver types and errors never leave this folder.
 
 pub mod files;
 mod migrate;
 pub mod sessions;
+mod sql;
 pub mod users;
 
 use std::path::{Path, PathBuf};
@@ -15,9 +16,13 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 use r2d2_sqlite::SqliteConnectionManager;
-use rusqlite::{Connection, ErrorCode, Transaction, TransactionBehavior};
+use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 
 pub use migrate::SCHEMA_VERSION;
+pub use sql::{Arg, Column, Conn, Row, Tx, Value};
+
+use crate::args;
+use crate::time::Clock;
 
 /// How long a connection waits for a lock before giving up with `Busy`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -33,8 +38,8 @@ pub enum StoreError {
         found: i64,
         supported: i64,
     },
-    /// Anything else the driver reported.
-    Sqlite(rusqlite::Error),
+    /// Anything else the database reported.
+    Database(String),
     Pool(String),
 }
 
@@ -47,7 +52,7 @@ impl std::fmt::Display for StoreError {
                 f,
                 "database schema version {found} is newer than this herald supports ({supported})"
             ),
-            StoreError::Sqlite(e) => write!(f, "sqlite: {e}"),
+            StoreError::Database(m) => write!(f, "database: {m}"),
             StoreError::Pool(m) => write!(f, "connection pool: {m}"),
         }
     }
@@ -62,7 +67,7 @@ impl From<rusqlite::Error> for StoreError {
                 StoreError::Busy(e.to_string())
             }
             _ if matches!(e, rusqlite::Error::QueryReturnedNoRows) => StoreError::NotFound,
-            _ => StoreError::Sqlite(e),
+            _ => StoreError::Database(e.to_string()),
         }
     }
 }
@@ -91,6 +96,7 @@ pub struct Store {
     /// Set by the checkpointer when the WAL should start over; the writer
     /// does it after its next commit (see `start_checkpointer`).
     restart_wal: Arc<AtomicBool>,
+    clock: Clock,
 }
 
 /// The checkpointer runs at most this often while commits keep coming:
@@ -103,10 +109,20 @@ impl Store {
     /// Opens (creating if needed) the database at `path` and applies pending
     /// migrations.
     pub fn open(path: &Path, sync: Synchronous) -> StoreResult<Store> {
-        Store::open_with(path, sync, WalPolicy::default())
+        Store::open_with(path, sync, WalPolicy::default(), Clock::system())
     }
 
-    fn open_with(path: &Path, sync: Synchronous, wal: WalPolicy) -> StoreResult<Store> {
+    /// `open` with the clock every transaction reads "now" from.
+    pub fn open_with_clock(path: &Path, sync: Synchronous, clock: Clock) -> StoreResult<Store> {
+        Store::open_with(path, sync, WalPolicy::default(), clock)
+    }
+
+    fn open_with(
+        path: &Path,
+        sync: Synchronous,
+        wal: WalPolicy,
+        clock: Clock,
+    ) -> StoreResult<Store> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Pool(format!("cannot create {}: {e}", dir.display())))?;
@@ -133,6 +149,7 @@ impl Store {
             writer: Mutex::new(writer),
             checkpointer: start_checkpointer(path, sync, wal, restart_wal.clone())?,
             restart_wal,
+            clock,
         })
     }
 
@@ -140,10 +157,14 @@ impl Store {
         &self.path
     }
 
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
     /// Runs `f` inside one `BEGIN IMMEDIATE` transaction on the write
     /// connection and commits when it returns `Ok`; an `Err` rolls back.
     /// Nothing that leaves the process may happen inside `f`.
-    pub fn write<T, E>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T, E>) -> Result<T, E>
+    pub fn write<T, E>(&self, f: impl FnOnce(&Tx<'_>) -> Result<T, E>) -> Result<T, E>
     where
         E: From<StoreError>,
     {
@@ -154,7 +175,7 @@ impl Store {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(StoreError::from)?;
-        let value = f(&tx)?;
+        let value = f(&Tx::new(&tx, &self.clock))?;
         tx.commit().map_err(StoreError::from)?;
         if self.restart_wal.swap(false, Ordering::Relaxed) {
             restart_wal(&conn);
@@ -170,12 +191,12 @@ impl Store {
     /// converts it), which keeps them for reuse.
     pub fn reclaimable_pages(&self) -> StoreResult<i64> {
         self.read(|c| {
-            let mode: i64 = c.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
+            let mode: i64 = c.query_one("PRAGMA auto_vacuum", args![], |r| r.get(0))?;
             const INCREMENTAL: i64 = 2;
             if mode != INCREMENTAL {
                 return Ok(0);
             }
-            Ok(c.query_row("PRAGMA freelist_count", [], |r| r.get(0))?)
+            c.query_one("PRAGMA freelist_count", args![], |r| r.get(0))
         })
     }
 
@@ -185,22 +206,41 @@ impl Store {
     pub fn reclaim_free_pages(&self, pages: u32) -> StoreResult<i64> {
         self.write(|tx| {
             // Each step of the statement frees one page: run it to the end.
-            let mut stmt = tx.prepare(&format!("PRAGMA incremental_vacuum({pages})"))?;
-            let mut rows = stmt.query([])?;
-            while rows.next()?.is_some() {}
-            drop(rows);
-            drop(stmt);
-            Ok(tx.query_row("PRAGMA freelist_count", [], |r| r.get(0))?)
+            let vacuum = format!("PRAGMA incremental_vacuum({pages})");
+            tx.for_each(&vacuum, args![], |_| Ok(()))?;
+            tx.query_one("PRAGMA freelist_count", args![], |r| r.get(0))
         })
     }
 
-    /// Runs `f` on a pooled read connection.
-    pub fn read<T, E>(&self, f: impl FnOnce(&Connection) -> Result<T, E>) -> Result<T, E>
+    /// The driver's pooled connection, for tests that hold a snapshot open.
+    #[cfg(test)]
+    fn read_raw<T, E>(&self, f: impl FnOnce(&Connection) -> Result<T, E>) -> Result<T, E>
     where
         E: From<StoreError>,
     {
         let conn = self.pool.get().map_err(StoreError::from)?;
         f(&conn)
+    }
+
+    /// Runs `f` on a pooled read connection inside one read transaction:
+    /// every query in `f` sees the same snapshot.
+    pub fn snapshot<T, E>(&self, f: impl FnOnce(&Conn<'_>) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        let conn = self.pool.get().map_err(StoreError::from)?;
+        // Deferred: it takes no lock, and is rolled back (nothing to undo) on drop.
+        let tx = conn.unchecked_transaction().map_err(StoreError::from)?;
+        f(&Conn::new(&tx, &self.clock))
+    }
+
+    /// Runs `f` on a pooled read connection.
+    pub fn read<T, E>(&self, f: impl FnOnce(&Conn<'_>) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        let conn = self.pool.get().map_err(StoreError::from)?;
+        f(&Conn::new(&conn, &self.clock))
     }
 }
 
@@ -321,13 +361,6 @@ fn configure(conn: &Connection, sync: Synchronous) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Milliseconds since the Unix epoch: the one time unit stored in the database.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,12 +369,11 @@ mod tests {
     fn write_rolls_back_on_error_and_commits_on_ok() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("t.db"), Synchronous::Normal).unwrap();
-        let insert = |tx: &Transaction<'_>, id: &str| {
+        let insert = |tx: &Tx<'_>, id: &str| {
             tx.execute(
                 "INSERT INTO users (id, email, created_at, updated_at) VALUES (?1, 'a@b.c', 0, 0)",
-                [id],
+                args![id],
             )
-            .map_err(StoreError::from)
         };
         let failed: Result<(), StoreError> = store.write(|tx| {
             insert(tx, "u1")?;
@@ -350,11 +382,7 @@ mod tests {
         assert!(matches!(failed, Err(StoreError::NotFound)));
         store.write(|tx| insert(tx, "u2")).unwrap();
         let ids: Vec<String> = store
-            .read(|c| {
-                let mut st = c.prepare("SELECT id FROM users")?;
-                let rows = st.query_map([], |r| r.get(0))?;
-                rows.collect::<Result<_, _>>().map_err(StoreError::from)
-            })
+            .read(|c| c.query_all("SELECT id FROM users", args![], |r| r.get(0)))
             .unwrap();
         assert_eq!(ids, vec!["u2".to_string()]);
     }
@@ -366,9 +394,8 @@ mod tests {
                 tx.execute(
                     "INSERT INTO users (id, email, name, created_at, updated_at)
                      VALUES (?1, 'a@b.c', ?2, 0, 0)",
-                    rusqlite::params![format!("u{i}"), "x".repeat(name_len)],
+                    args![format!("u{i}"), "x".repeat(name_len)],
                 )
-                .map_err(StoreError::from)
             })
             .unwrap();
     }
@@ -405,7 +432,7 @@ mod tests {
             check_every: Duration::from_millis(2),
             restart_frames: 256, // 1 MiB
         };
-        let store = Store::open_with(&path, Synchronous::Normal, wal).unwrap();
+        let store = Store::open_with(&path, Synchronous::Normal, wal, Clock::system()).unwrap();
         let stop = AtomicBool::new(false);
         let wal_size = || std::fs::metadata(dir.path().join("t.db-wal")).map_or(0, |m| m.len());
         let mut largest = 0;
@@ -414,7 +441,7 @@ mod tests {
                 scope.spawn(|| {
                     while !stop.load(Ordering::Relaxed) {
                         store
-                            .read(|c| {
+                            .read_raw(|c| {
                                 c.execute_batch("BEGIN")?;
                                 let _: i64 =
                                     c.query_row("SELECT COUNT(*) FROM users", [], |r| r.get(0))?;
@@ -445,9 +472,9 @@ mod tests {
         let (mode, fk, sync): (String, i64, i64) = store
             .read(|c| {
                 Ok::<_, StoreError>((
-                    c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?,
-                    c.query_row("PRAGMA foreign_keys", [], |r| r.get(0))?,
-                    c.query_row("PRAGMA synchronous", [], |r| r.get(0))?,
+                    c.query_one("PRAGMA journal_mode", args![], |r| r.get(0))?,
+                    c.query_one("PRAGMA foreign_keys", args![], |r| r.get(0))?,
+                    c.query_one("PRAGMA synchronous", args![], |r| r.get(0))?,
                 ))
             })
             .unwrap();

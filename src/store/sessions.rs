@@ -2,64 +2,61 @@
 //! only its SHA-256 is stored, so a copy of the database signs nobody in, and
 //! deleting the row (logout) revokes the session at once.
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use super::{Conn, Tx};
+use crate::args;
 
 use super::users::User;
-use super::{now_ms, StoreResult};
+use super::StoreResult;
 use crate::ids;
 
 /// How long a session lasts from sign-in.
 pub const LIFETIME_MS: i64 = 30 * 24 * 3600 * 1000;
 
 /// Starts a session for `user_id`; returns the secret for the cookie.
-pub fn create(tx: &Transaction<'_>, user_id: &str) -> StoreResult<String> {
+pub fn create(tx: &Tx<'_>, user_id: &str) -> StoreResult<String> {
     let secret = ids::new_token().replacen("hrld_", "hses_", 1);
-    let now = now_ms();
+    let now = tx.now_ms();
     // Expired rows of this user go with each sign-in, so the table stays small
     // without a sweeper.
-    tx.prepare_cached("DELETE FROM sessions WHERE user_id = ?1 AND expires_at <= ?2")?
-        .execute(params![user_id, now])?;
-    tx.prepare_cached(
+    tx.execute(
+        "DELETE FROM sessions WHERE user_id = ?1 AND expires_at <= ?2",
+        args![user_id, now],
+    )?;
+    tx.execute(
         "INSERT INTO sessions (id_hash, user_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
-    )?
-    .execute(params![
-        ids::hash_secret(&secret),
-        user_id,
-        now,
-        now + LIFETIME_MS
-    ])?;
+        args![ids::hash_secret(&secret), user_id, now, now + LIFETIME_MS],
+    )?;
     Ok(secret)
 }
 
 /// The user of a live session, if the secret names one.
-pub fn user(conn: &Connection, secret: &str) -> StoreResult<Option<User>> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT u.id, u.email, u.name FROM sessions s JOIN users u ON u.id = s.user_id
+pub fn user(conn: &Conn<'_>, secret: &str) -> StoreResult<Option<User>> {
+    conn.query_opt(
+        "SELECT u.id, u.email, u.name FROM sessions s JOIN users u ON u.id = s.user_id
              WHERE s.id_hash = ?1 AND s.expires_at > ?2",
-        )?
-        .query_row(params![ids::hash_secret(secret), now_ms()], |r| {
+        args![ids::hash_secret(secret), conn.now_ms()],
+        |r| {
             Ok(User {
                 id: r.get(0)?,
                 email: r.get(1)?,
                 name: r.get(2)?,
             })
-        })
-        .optional()?)
+        },
+    )
 }
 
 /// Ends a session; unknown secrets are ignored (logging out twice is fine).
-pub fn delete(tx: &Transaction<'_>, secret: &str) -> StoreResult<()> {
-    tx.prepare_cached("DELETE FROM sessions WHERE id_hash = ?1")?
-        .execute([ids::hash_secret(secret)])?;
+pub fn delete(tx: &Tx<'_>, secret: &str) -> StoreResult<()> {
+    tx.execute(
+        "DELETE FROM sessions WHERE id_hash = ?1",
+        args![ids::hash_secret(secret)],
+    )?;
     Ok(())
 }
 
 /// Ends every session of `user_id`; how many there were.
-pub fn delete_for_user(tx: &Transaction<'_>, user_id: &str) -> StoreResult<usize> {
-    Ok(tx
-        .prepare_cached("DELETE FROM sessions WHERE user_id = ?1")?
-        .execute([user_id])?)
+pub fn delete_for_user(tx: &Tx<'_>, user_id: &str) -> StoreResult<usize> {
+    tx.execute("DELETE FROM sessions WHERE user_id = ?1", args![user_id])
 }
 
 #[cfg(test)]
@@ -89,13 +86,7 @@ mod tests {
             .unwrap()
             .is_none());
         let stored: String = store
-            .read(|c| {
-                Ok::<_, crate::store::StoreError>(c.query_row(
-                    "SELECT id_hash FROM sessions",
-                    [],
-                    |r| r.get(0),
-                )?)
-            })
+            .read(|c| c.query_one("SELECT id_hash FROM sessions", args![], |r| r.get(0)))
             .unwrap();
         assert_ne!(stored, secret, "only the hash is stored");
         store.write(|tx| delete(tx, &secret)).unwrap();

@@ -78,7 +78,7 @@ fn event() -> Event {
 fn count(notifier: &Notifier, sql: &str) -> i64 {
     notifier
         .store()
-        .read(|c| c.query_row(sql, [], |r| r.get(0)).map_err(StoreError::from))
+        .read(|c| c.query_one(sql, herald::args![], |r| r.get(0)))
         .unwrap()
 }
 

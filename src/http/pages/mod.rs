@@ -19,7 +19,8 @@ use super::response::Reply;
 use super::stream::EndStreams;
 use super::Ctx;
 use crate::app::{invitations, tenant, Access, Role};
-use crate::notify::{email, inbox, links};
+use crate::notify::service;
+use crate::notify::{inbox, links};
 use crate::store::sessions;
 use crate::store::users::User;
 
@@ -180,14 +181,14 @@ pub fn login(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
         );
     }
     let store = ctx.notifier.store();
-    let Some(user) = store.read(|c| crate::store::users::by_token(c, token))? else {
+    let Some(user) = service::user_by_token(store, token)? else {
         return login_page(
             401,
             Some("That token is not valid. Check it and try again."),
             next,
         );
     };
-    let secret = store.write(|tx| sessions::create(tx, &user.id))?;
+    let secret = service::start_session(store, &user.id)?;
     log::info!("session started for user {}", user.id);
     Ok(
         Reply::redirect(next.unwrap_or("/inbox"))
@@ -219,9 +220,7 @@ pub fn logout(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
     auth::same_origin(req)?;
     let secret = auth::session_secret(req);
     if let Some(secret) = secret {
-        ctx.notifier
-            .store()
-            .write(|tx| sessions::delete(tx, secret))?;
+        service::end_session(ctx.notifier.store(), secret)?;
     }
     let expired = format!(
         "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}",
@@ -262,14 +261,8 @@ pub fn inbox(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
             Some(inbox::Cursor::parse(c).ok_or_else(|| ApiError::bad_request("invalid cursor"))?)
         }
     };
-    let store = ctx.notifier.store();
-    let (page, unseen, newest) = store.read(|c| {
-        Ok::<_, ApiError>((
-            inbox::list(c, &user.id, cursor, PAGE_SIZE, false)?,
-            inbox::unseen_count(c, &user.id)?,
-            inbox::newest_id(c, &user.id)?,
-        ))
-    })?;
+    let (page, unseen, newest) =
+        service::inbox_overview(ctx.notifier.store(), &user.id, cursor, PAGE_SIZE)?;
     let items: Vec<ItemView> = page.items.into_iter().map(item_view).collect();
     let unread = items.iter().any(|i| i.unread);
     let joined = match req.query("joined") {
@@ -373,16 +366,16 @@ pub fn mark_read(ctx: &Ctx, req: &Req, id: Option<&str>) -> Result<Reply, ApiErr
     match id {
         Some(id) => {
             let id = inbox::parse_id(id)?;
-            store.write(|tx| inbox::mark(tx, &user.id, id, true))?;
+            service::mark(store, &user.id, id, true)?;
         }
         None => {
-            store.write(|tx| inbox::mark_all_read(tx, &user.id))?;
+            service::mark_all_read(store, &user.id)?;
         }
     }
     if !wants_json {
         return Ok(Reply::redirect("/inbox"));
     }
-    let unseen = store.read(|c| inbox::unseen_count(c, &user.id))?;
+    let unseen = service::unseen_count(store, &user.id)?;
     Ok(Reply::json(200, &json!({ "unseenCount": unseen })))
 }
 
@@ -487,10 +480,7 @@ pub fn dev_mail(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
             ),
         ));
     }
-    let mails = ctx
-        .notifier
-        .store()
-        .read(|c| email::console_sent(c, DEV_MAIL_LIMIT))?;
+    let mails = service::console_sent(ctx.notifier.store(), DEV_MAIL_LIMIT)?;
     let body = render("dev_mail.html", context! { mails => mails })?;
     Ok(Reply::html_with_csp(200, body, DEV_MAIL_CSP))
 }

@@ -1,0 +1,190 @@
+//! The notification service's operations for the HTTP API, the inbox page
+//! and the CLI: each states its own transaction (one write, or one read
+//! snapshot), so callers above never open one or see SQL. Users, tokens and
+//! sessions are here too: recipients are the notification service's users.
+
+use super::email::{self, ConsoleEmail, DeliveryRecord, DeliveryView};
+use super::inbox::{self, Cursor, Item, Page};
+use super::outbox::{self, EventView, ResultRow};
+use super::preferences::{self, TypePreferences};
+use super::registry::{Channel, Registry};
+use crate::metrics::QueueGauges;
+use crate::store::users::{self, User};
+use crate::store::{sessions, Store, StoreError, StoreResult};
+
+/// One page of `user_id`'s inbox, newest first.
+pub fn inbox_page(
+    store: &Store,
+    user_id: &str,
+    cursor: Option<Cursor>,
+    limit: usize,
+    unread_only: bool,
+) -> StoreResult<Page> {
+    store.read(|c| inbox::list(c, user_id, cursor, limit, unread_only))
+}
+
+/// The inbox page's view, from one snapshot: a page, the unseen count and
+/// the newest id (where the page's live stream starts).
+pub fn inbox_overview(
+    store: &Store,
+    user_id: &str,
+    cursor: Option<Cursor>,
+    limit: usize,
+) -> StoreResult<(Page, i64, i64)> {
+    store.snapshot(|c| {
+        Ok((
+            inbox::list(c, user_id, cursor, limit, false)?,
+            inbox::unseen_count(c, user_id)?,
+            inbox::newest_id(c, user_id)?,
+        ))
+    })
+}
+
+pub fn unseen_count(store: &Store, user_id: &str) -> StoreResult<i64> {
+    store.read(|c| inbox::unseen_count(c, user_id))
+}
+
+/// Marks one of the user's rows seen, or read (which implies seen).
+pub fn mark(store: &Store, user_id: &str, id: i64, read: bool) -> StoreResult<()> {
+    store.write(|tx| inbox::mark(tx, user_id, id, read))
+}
+
+pub fn mark_all_seen(store: &Store, user_id: &str) -> StoreResult<usize> {
+    store.write(|tx| inbox::mark_all_seen(tx, user_id))
+}
+
+pub fn mark_all_read(store: &Store, user_id: &str) -> StoreResult<usize> {
+    store.write(|tx| inbox::mark_all_read(tx, user_id))
+}
+
+pub fn delete_row(store: &Store, user_id: &str, id: i64) -> StoreResult<()> {
+    store.write(|tx| inbox::delete(tx, user_id, id))
+}
+
+/// What the live stream sends next: the user's rows above `after`.
+pub fn inbox_after(
+    store: &Store,
+    user_id: &str,
+    after: i64,
+    limit: usize,
+) -> StoreResult<Vec<(i64, Item)>> {
+    store.read(|c| inbox::after(c, user_id, after, limit))
+}
+
+/// Where a stream opened without `Last-Event-ID` starts.
+pub fn newest_inbox_id(store: &Store, user_id: &str) -> StoreResult<i64> {
+    store.read(|c| inbox::newest_id(c, user_id))
+}
+
+/// An event with its result and every delivery.
+pub fn event(store: &Store, id: &str) -> StoreResult<EventView> {
+    store.snapshot(|c| outbox::view(c, id))
+}
+
+/// The `limit` notification events dispatched last, newest first.
+pub fn latest_results(store: &Store, limit: usize) -> StoreResult<Vec<ResultRow>> {
+    store.read(|c| outbox::latest_results(c, limit))
+}
+
+/// One page of deliveries, oldest first, optionally of one status.
+pub fn deliveries(
+    store: &Store,
+    status: Option<&str>,
+    after: Option<&str>,
+    limit: usize,
+) -> StoreResult<Vec<DeliveryRecord>> {
+    store.read(|c| email::list(c, status, after, limit))
+}
+
+/// How many deliveries are in each status.
+pub fn delivery_counts(store: &Store) -> StoreResult<Vec<(&'static str, i64)>> {
+    store.read(email::counts)
+}
+
+/// Re-arms a dead or failed delivery (with its batch); `Err(status)` for
+/// one in any other state. A running server's scheduler picks it up.
+pub fn rearm(store: &Store, id: &str) -> StoreResult<Result<DeliveryView, String>> {
+    store.write(|tx| email::rearm(tx, id))
+}
+
+/// Re-arms every dead delivery; how many.
+pub fn rearm_dead(store: &Store) -> StoreResult<usize> {
+    store.write(email::rearm_dead)
+}
+
+/// The newest emails the console provider sent (`/dev/mail`).
+pub fn console_sent(store: &Store, limit: usize) -> StoreResult<Vec<ConsoleEmail>> {
+    store.read(|c| email::console_sent(c, limit))
+}
+
+pub fn queue_gauges(store: &Store) -> StoreResult<QueueGauges> {
+    store.snapshot(super::stats::queue_gauges)
+}
+
+pub fn preferences(
+    store: &Store,
+    user_id: &str,
+    registry: &Registry,
+) -> StoreResult<Vec<TypePreferences>> {
+    store.read(|c| preferences::list(c, user_id, registry))
+}
+
+pub fn set_preference(
+    store: &Store,
+    user_id: &str,
+    kind: &str,
+    channel: Channel,
+    enabled: bool,
+) -> StoreResult<()> {
+    store.write(|tx| preferences::set(tx, user_id, kind, channel, enabled))
+}
+
+/// Creates or updates a user; true when the user is new.
+pub fn save_user(store: &Store, user: &User) -> StoreResult<bool> {
+    store.write(|tx| users::upsert(tx, user))
+}
+
+/// A new API token for an existing user (the secret, shown once);
+/// `NotFound` for an unknown user.
+pub fn issue_token(store: &Store, user_id: &str) -> StoreResult<String> {
+    store.write(|tx| {
+        if !users::exists(tx, user_id)? {
+            return Err(StoreError::NotFound);
+        }
+        users::issue_token(tx, user_id)
+    })
+}
+
+/// Revokes every token and session of an existing user: (tokens,
+/// sessions) ended; `NotFound` for an unknown user.
+pub fn revoke_access(store: &Store, user_id: &str) -> StoreResult<(usize, usize)> {
+    store.write(|tx| {
+        if !users::exists(tx, user_id)? {
+            return Err(StoreError::NotFound);
+        }
+        Ok((
+            users::revoke_tokens(tx, user_id)?,
+            sessions::delete_for_user(tx, user_id)?,
+        ))
+    })
+}
+
+/// The user a bearer token belongs to, if any.
+pub fn user_by_token(store: &Store, token: &str) -> StoreResult<Option<User>> {
+    store.read(|c| users::by_token(c, token))
+}
+
+/// The user of a live session, if the secret names one.
+pub fn session_user(store: &Store, secret: &str) -> StoreResult<Option<User>> {
+    store.read(|c| sessions::user(c, secret))
+}
+
+/// Starts a session for `user_id`; the secret for the cookie.
+pub fn start_session(store: &Store, user_id: &str) -> StoreResult<String> {
+    store.write(|tx| sessions::create(tx, user_id))
+}
+
+/// Ends a session; unknown secrets are ignored.
+pub fn end_session(store: &Store, secret: &str) -> StoreResult<()> {
+    store.write(|tx| sessions::delete(tx, secret))
+}
