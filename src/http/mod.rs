@@ -22,7 +22,6 @@ mod stream;
 mod stripe;
 mod users;
 
-pub use openapi::UNDOCUMENTED;
 pub use routes::{Route, ROUTES};
 
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -1,17 +1,18 @@
 //! The routing table: every endpoint in one list of (method, path pattern,
-//! handler), so the whole surface reads in one screen. The OpenAPI document
-//! (`openapi.rs`) and the metrics' route labels are derived from this list,
-//! so neither can drift from what is served. Unknown paths are 404; a known
-//! path with the wrong method is 405.
+//! handler), so the whole surface reads in one screen. An entry is either an
+//! API route, which names its OpenAPI operation, or an HTML page, which the
+//! document leaves out; `openapi/` is handed the API routes and never reads
+//! this table, so the document and the metrics' route labels cannot drift
+//! from what is served. Unknown paths are 404; a known path with the wrong
+//! method is 405.
 
 use serde_json::json;
 
 use super::error::ApiError;
+use super::openapi::{self, operations as op, Endpoint, Op};
 use super::request::Req;
 use super::response::Reply;
-use super::{
-    credits, deliveries, events, inbox, openapi, orgs, pages, preferences, stripe, users, Ctx,
-};
+use super::{credits, deliveries, events, inbox, orgs, pages, preferences, stripe, users, Ctx};
 
 /// A handler gets the request and the values of the pattern's `{params}`,
 /// in order.
@@ -21,110 +22,206 @@ pub struct Route {
     pub method: &'static str,
     /// Literal segments and `{name}` parameters, as in the OpenAPI paths.
     pub pattern: &'static str,
+    /// The OpenAPI operation; None for the HTML pages, which are
+    /// deliberately outside the API document.
+    operation: Option<fn() -> Op>,
     handler: Handler,
 }
 
-const fn route(method: &'static str, pattern: &'static str, handler: Handler) -> Route {
+impl Route {
+    /// Whether `GET /openapi.json` describes this route.
+    pub fn is_documented(&self) -> bool {
+        self.operation.is_some()
+    }
+}
+
+/// An API route and its operation in the document.
+const fn api(
+    method: &'static str,
+    pattern: &'static str,
+    operation: fn() -> Op,
+    handler: Handler,
+) -> Route {
     Route {
         method,
         pattern,
+        operation: Some(operation),
         handler,
     }
+}
+
+/// A page for people (`pages/`), not in the API document.
+const fn html(method: &'static str, pattern: &'static str, handler: Handler) -> Route {
+    Route {
+        method,
+        pattern,
+        operation: None,
+        handler,
+    }
+}
+
+/// The API routes with their operations, in table order.
+fn endpoints() -> impl Iterator<Item = Endpoint> {
+    ROUTES.iter().filter_map(|route| {
+        Some(Endpoint {
+            method: route.method,
+            pattern: route.pattern,
+            operation: route.operation?,
+        })
+    })
 }
 
 /// First match wins, so literal segments come before parameters that could
 /// swallow them.
 pub const ROUTES: &[Route] = &[
-    route("GET", "/healthz", |_, _, _| {
+    api("GET", "/healthz", op::health, |_, _, _| {
         Ok(Reply::json(200, &json!({"status": "ok"})))
     }),
-    route("GET", "/metrics", |c, _, _| super::metrics(c)),
-    route("GET", "/openapi.json", |c, _, _| {
-        Ok(openapi::reply(c.notifier.registry()))
+    api("GET", "/metrics", op::metrics, |c, _, _| super::metrics(c)),
+    api("GET", "/openapi.json", op::openapi, |c, _, _| {
+        Ok(openapi::reply(c.notifier.registry(), endpoints()))
     }),
-    route("PUT", "/v1/users/{id}", |c, r, p| users::upsert(c, r, p[0])),
-    route("POST", "/v1/users/{id}/tokens", |c, r, p| {
-        users::issue_token(c, r, p[0])
+    api("PUT", "/v1/users/{id}", op::upsert_user, |c, r, p| {
+        users::upsert(c, r, p[0])
     }),
-    route("DELETE", "/v1/users/{id}/tokens", |c, r, p| {
-        users::revoke_tokens(c, r, p[0])
+    api(
+        "POST",
+        "/v1/users/{id}/tokens",
+        op::issue_token,
+        |c, r, p| users::issue_token(c, r, p[0]),
+    ),
+    api(
+        "DELETE",
+        "/v1/users/{id}/tokens",
+        op::revoke_tokens,
+        |c, r, p| users::revoke_tokens(c, r, p[0]),
+    ),
+    api("GET", "/v1/me", op::me, |c, r, _| users::me(c, r)),
+    api("POST", "/v1/events", op::trigger_event, |c, r, _| {
+        events::create(c, r)
     }),
-    route("GET", "/v1/me", |c, r, _| users::me(c, r)),
-    route("POST", "/v1/events", |c, r, _| events::create(c, r)),
-    route("POST", "/v1/events/bulk", |c, r, _| {
+    api("POST", "/v1/events/bulk", op::trigger_events, |c, r, _| {
         events::create_bulk(c, r)
     }),
-    route("GET", "/v1/events/{id}", |c, r, p| events::get(c, r, p[0])),
-    route("GET", "/v1/deliveries", |c, r, _| deliveries::list(c, r)),
-    route("POST", "/v1/deliveries/{id}/retry", |c, r, p| {
-        deliveries::retry(c, r, p[0])
+    api("GET", "/v1/events/{id}", op::get_event, |c, r, p| {
+        events::get(c, r, p[0])
     }),
-    route("GET", "/v1/inbox", |c, r, _| inbox::list(c, r)),
-    route("GET", "/v1/inbox/stream", |c, r, _| inbox::stream(c, r)),
-    route("GET", "/v1/inbox/unseen-count", |c, r, _| {
-        inbox::unseen_count(c, r)
+    api("GET", "/v1/deliveries", op::list_deliveries, |c, r, _| {
+        deliveries::list(c, r)
     }),
-    route("POST", "/v1/inbox/seen-all", |c, r, _| {
-        inbox::seen_all(c, r)
+    api(
+        "POST",
+        "/v1/deliveries/{id}/retry",
+        op::retry_delivery,
+        |c, r, p| deliveries::retry(c, r, p[0]),
+    ),
+    api("GET", "/v1/inbox", op::list_inbox, |c, r, _| {
+        inbox::list(c, r)
     }),
-    route("POST", "/v1/inbox/{id}/seen", |c, r, p| {
+    api("GET", "/v1/inbox/stream", op::inbox_stream, |c, r, _| {
+        inbox::stream(c, r)
+    }),
+    api(
+        "GET",
+        "/v1/inbox/unseen-count",
+        op::unseen_count,
+        |c, r, _| inbox::unseen_count(c, r),
+    ),
+    api(
+        "POST",
+        "/v1/inbox/seen-all",
+        op::mark_all_seen,
+        |c, r, _| inbox::seen_all(c, r),
+    ),
+    api("POST", "/v1/inbox/{id}/seen", op::mark_seen, |c, r, p| {
         inbox::mark(c, r, p[0], false)
     }),
-    route("POST", "/v1/inbox/{id}/read", |c, r, p| {
+    api("POST", "/v1/inbox/{id}/read", op::mark_read, |c, r, p| {
         inbox::mark(c, r, p[0], true)
     }),
-    route("DELETE", "/v1/inbox/{id}", |c, r, p| {
-        inbox::delete(c, r, p[0])
+    api(
+        "DELETE",
+        "/v1/inbox/{id}",
+        op::delete_notification,
+        |c, r, p| inbox::delete(c, r, p[0]),
+    ),
+    api("POST", "/v1/orgs", op::create_org, |c, r, _| {
+        orgs::create(c, r)
     }),
-    route("POST", "/v1/orgs", |c, r, _| orgs::create(c, r)),
-    route("GET", "/v1/orgs/{org}/members", |c, r, p| {
-        orgs::members(c, r, p[0])
-    }),
-    route("PATCH", "/v1/orgs/{org}/members/{member}", |c, r, p| {
-        orgs::change_role(c, r, p[0], p[1])
-    }),
-    route("POST", "/v1/orgs/{org}/invitations", |c, r, p| {
-        orgs::invite(c, r, p[0])
-    }),
-    route("GET", "/v1/orgs/{org}/invitations", |c, r, p| {
-        orgs::invitations(c, r, p[0])
-    }),
-    route("DELETE", "/v1/orgs/{org}/invitations/{id}", |c, r, p| {
-        orgs::revoke(c, r, p[0], p[1])
-    }),
-    route("POST", "/v1/invitations/accept", |c, r, _| {
-        orgs::accept(c, r)
-    }),
-    route("GET", "/v1/orgs/{org}/audit", |c, r, p| {
+    api(
+        "GET",
+        "/v1/orgs/{org}/members",
+        op::list_members,
+        |c, r, p| orgs::members(c, r, p[0]),
+    ),
+    api(
+        "PATCH",
+        "/v1/orgs/{org}/members/{member}",
+        op::change_member_role,
+        |c, r, p| orgs::change_role(c, r, p[0], p[1]),
+    ),
+    api(
+        "POST",
+        "/v1/orgs/{org}/invitations",
+        op::send_invitation,
+        |c, r, p| orgs::invite(c, r, p[0]),
+    ),
+    api(
+        "GET",
+        "/v1/orgs/{org}/invitations",
+        op::list_invitations,
+        |c, r, p| orgs::invitations(c, r, p[0]),
+    ),
+    api(
+        "DELETE",
+        "/v1/orgs/{org}/invitations/{id}",
+        op::revoke_invitation,
+        |c, r, p| orgs::revoke(c, r, p[0], p[1]),
+    ),
+    api(
+        "POST",
+        "/v1/invitations/accept",
+        op::accept_invitation,
+        |c, r, _| orgs::accept(c, r),
+    ),
+    api("GET", "/v1/orgs/{org}/audit", op::audit_log, |c, r, p| {
         orgs::audit(c, r, p[0])
     }),
-    route("GET", "/v1/orgs/{org}/billing", |c, r, p| {
+    api("GET", "/v1/orgs/{org}/billing", op::billing, |c, r, p| {
         orgs::billing(c, r, p[0])
     }),
-    route("POST", "/webhooks/stripe", |c, r, _| stripe::webhook(c, r)),
-    route("GET", "/v1/preferences", |c, r, _| preferences::list(c, r)),
-    route("PUT", "/v1/preferences", |c, r, _| preferences::put(c, r)),
-    route("GET", "/v1/credits", |c, r, _| credits::get(c, r)),
-    // The pages a person sees (src/http/pages/): HTML, not in the API document.
-    route("GET", "/", |c, r, _| page(pages::home(c, r))),
-    route("GET", "/login", |c, r, _| page(pages::login_form(c, r))),
-    route("POST", "/login", |c, r, _| page(pages::login(c, r))),
-    route("POST", "/logout", |c, r, _| page(pages::logout(c, r))),
-    route("GET", "/inbox", |c, r, _| page(pages::inbox(c, r))),
-    route("POST", "/inbox/read-all", |c, r, _| {
+    api("POST", "/webhooks/stripe", op::stripe_webhook, |c, r, _| {
+        stripe::webhook(c, r)
+    }),
+    api("GET", "/v1/preferences", op::list_preferences, |c, r, _| {
+        preferences::list(c, r)
+    }),
+    api("PUT", "/v1/preferences", op::set_preference, |c, r, _| {
+        preferences::put(c, r)
+    }),
+    api("GET", "/v1/credits", op::credits, |c, r, _| {
+        credits::get(c, r)
+    }),
+    // The pages a person sees (src/http/pages/).
+    html("GET", "/", |c, r, _| page(pages::home(c, r))),
+    html("GET", "/login", |c, r, _| page(pages::login_form(c, r))),
+    html("POST", "/login", |c, r, _| page(pages::login(c, r))),
+    html("POST", "/logout", |c, r, _| page(pages::logout(c, r))),
+    html("GET", "/inbox", |c, r, _| page(pages::inbox(c, r))),
+    html("POST", "/inbox/read-all", |c, r, _| {
         form_post(r, pages::mark_read(c, r, None))
     }),
-    route("POST", "/inbox/{id}/read", |c, r, p| {
+    html("POST", "/inbox/{id}/read", |c, r, p| {
         form_post(r, pages::mark_read(c, r, Some(p[0])))
     }),
-    route("GET", "/invitations/accept", |c, r, _| {
+    html("GET", "/invitations/accept", |c, r, _| {
         page(pages::invitation(c, r))
     }),
-    route("POST", "/invitations/accept", |c, r, _| {
+    html("POST", "/invitations/accept", |c, r, _| {
         page(pages::accept_invitation(c, r))
     }),
-    route("GET", "/assets/{name}", |_, _, p| pages::asset(p[0])),
-    route("GET", "/dev/mail", |c, r, _| match c.dev {
+    html("GET", "/assets/{name}", |_, _, p| pages::asset(p[0])),
+    html("GET", "/dev/mail", |c, r, _| match c.dev {
         true => page(pages::dev_mail(c, r)),
         false => Err(ApiError::not_found(
             "no such endpoint: /dev/mail (start with --dev)",
@@ -219,7 +316,16 @@ fn match_path<'r>(pattern: &str, segments: &'r [String]) -> Option<Vec<&'r str>>
 
 #[cfg(test)]
 mod tests {
-    use super::match_path;
+    use std::collections::BTreeSet;
+
+    use serde_json::Value;
+
+    use super::{endpoints, match_path, openapi, ROUTES};
+
+    /// The document of this table, as `GET /openapi.json` serves it.
+    fn document() -> Value {
+        openapi::document(&["system.announcement"], endpoints())
+    }
 
     fn segs(path: &str) -> Vec<String> {
         path.split('/')
@@ -238,5 +344,47 @@ mod tests {
         assert_eq!(match_path("/v1/orgs/{org}/members", &s), None);
         assert_eq!(match_path("/v1/orgs/{org}/audit/{x}", &s), None);
         assert_eq!(match_path("/healthz", &segs("/healthz")), Some(vec![]));
+    }
+
+    #[test]
+    fn the_document_has_one_operation_per_api_route_and_no_page() {
+        let doc = document();
+        let mut documented = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+            for method in item.as_object().into_iter().flatten().map(|(m, _)| m) {
+                documented.insert((method.to_ascii_uppercase(), path.clone()));
+            }
+        }
+        let api: Vec<(String, String)> = ROUTES
+            .iter()
+            .filter(|r| r.is_documented())
+            .map(|r| (r.method.to_string(), r.pattern.to_string()))
+            .collect();
+        // Equal sets of equal size: no two API routes share a method and path.
+        assert_eq!(documented.len(), api.len(), "a (method, path) twice");
+        assert_eq!(documented, api.into_iter().collect());
+    }
+
+    #[test]
+    fn every_schema_reference_resolves() {
+        let doc = document();
+        let text = doc.to_string();
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        for part in text.split("#/components/schemas/").skip(1) {
+            let name = part.split('"').next().unwrap_or_default();
+            assert!(schemas.contains_key(name), "dangling $ref to {name}");
+        }
+    }
+
+    #[test]
+    fn operation_ids_are_unique() {
+        let doc = document();
+        let mut ids = BTreeSet::new();
+        for item in doc["paths"].as_object().unwrap().values() {
+            for op in item.as_object().unwrap().values() {
+                let id = op["operationId"].as_str().unwrap().to_string();
+                assert!(ids.insert(id.clone()), "duplicate operationId {id}");
+            }
+        }
     }
 }

@@ -1,0 +1,342 @@
+//! The document's `components.schemas`: the JSON shapes of request and
+//! response bodies, hand-written to match the handlers' types. Operations
+//! refer to them by name through `schema`.
+
+use serde_json::{json, Map, Value};
+
+/// A reference to the named schema of `components.schemas`.
+pub fn schema(name: &str) -> Value {
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
+fn nullable(kind: &str) -> Value {
+    json!({"type": [kind, "null"]})
+}
+
+/// Every schema; the registry's types are the enum of an event's `type`.
+pub fn all(event_types: &[&str]) -> Value {
+    let role = json!({"type": "string", "enum": ["owner", "admin", "member"]});
+    let mut schemas = Map::new();
+    schemas.insert(
+        "Error".into(),
+        json!({
+            "type": "object", "required": ["error"],
+            "properties": {"error": {
+                "type": "object", "required": ["code", "message"],
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}}
+            }}
+        }),
+    );
+    schemas.insert(
+        "Health".into(),
+        json!({"type": "object", "required": ["status"],
+            "properties": {"status": {"const": "ok"}}}),
+    );
+    schemas.insert(
+        "UserInput".into(),
+        json!({
+            "type": "object", "required": ["email"], "additionalProperties": false,
+            "properties": {"email": {"type": "string", "format": "email"},
+                           "name": {"type": "string", "maxLength": 200}}
+        }),
+    );
+    schemas.insert(
+        "User".into(),
+        json!({"type": "object", "required": ["id", "email", "name"],
+            "properties": {"id": {"type": "string"}, "email": {"type": "string"},
+                           "name": {"type": "string"}}}),
+    );
+    schemas.insert(
+        "Token".into(),
+        json!({"type": "object", "required": ["token"],
+            "properties": {"token": {"type": "string"}}}),
+    );
+    schemas.insert(
+        "EventInput".into(),
+        json!({
+            "type": "object", "required": ["type"], "additionalProperties": false,
+            "properties": {
+                "type": {"type": "string", "enum": event_types,
+                         "description": "A notification type of the registry"},
+                "recipients": {"type": ["array", "null"], "maxItems": 1000, "items": {
+                    "oneOf": [
+                        {"type": "string", "description": "A user id"},
+                        {"type": "object", "required": ["email"],
+                         "properties": {"email": {"type": "string", "format": "email"}},
+                         "description": "An address-only recipient (email channel only)"}
+                    ]}},
+                "subjectId": {"type": ["string", "null"]},
+                "payload": {"type": ["object", "null"]},
+                "idempotencyKey": {"type": ["string", "null"]}
+            }
+        }),
+    );
+    schemas.insert(
+        "EventAccepted".into(),
+        json!({"type": "object", "required": ["eventId"],
+            "properties": {"eventId": {"type": "string"}, "duplicate": {"type": "boolean"}}}),
+    );
+    schemas.insert(
+        "ResultCounts".into(),
+        json!({"type": "object", "required": ["sent", "deduped", "suppressedByPrefs"],
+            "properties": {"sent": {"type": "integer"}, "deduped": {"type": "integer"},
+                           "suppressedByPrefs": {"type": "integer"}}}),
+    );
+    schemas.insert(
+        "DispatchResult".into(),
+        json!({"type": "object", "required": ["sent", "deduped", "suppressedByPrefs", "channels"],
+            "description": "sent, deduped and suppressedByPrefs count recipients: sent those who got at least one channel, suppressedByPrefs those whose every channel was switched off.",
+            "properties": {
+                "sent": {"type": "integer"}, "deduped": {"type": "integer"},
+                "suppressedByPrefs": {"type": "integer"},
+                "channels": {"oneOf": [
+                    {"type": "null"},
+                    {"type": "object", "required": ["inbox", "email"],
+                     "properties": {"inbox": schema("ResultCounts"), "email": schema("ResultCounts")}}
+                ], "description": "The same counts per channel; null for events dispatched before herald kept them (their counts above counted channels)."}
+            }}),
+    );
+    schemas.insert("Delivery".into(), json!({
+            "type": "object",
+            "required": ["id", "recipient", "channel", "status", "attempts", "nextAttemptAt", "lastError",
+                         "batchId"],
+            "properties": {
+                "id": {"type": "string"}, "recipient": {"type": "string"},
+                "channel": {"type": "string"},
+                "status": {"type": "string", "enum": ["pending", "retrying", "sent", "failed", "dead", "delivered"],
+                    "description": "Email: pending, retrying, sent, failed or dead; inbox rows read delivered."},
+                "attempts": {"type": "integer"},
+                "nextAttemptAt": nullable("string"), "lastError": nullable("string"),
+                "batchId": {"type": ["string", "null"],
+                    "description": "The batch this email goes out in, under the batch id as Idempotency-Key; null when it goes alone, under its own id."}
+            }
+        }));
+    schemas.insert(
+        "BulkEventInput".into(),
+        json!({
+            "type": "object", "required": ["events"], "additionalProperties": false,
+            "properties": {"events": {"type": "array", "minItems": 1, "maxItems": 1000,
+                                      "items": schema("EventInput")}}
+        }),
+    );
+    schemas.insert(
+        "BulkAccepted".into(),
+        json!({
+            "type": "object", "required": ["events"],
+            "properties": {"events": {"type": "array", "items": {
+                "type": "object", "required": ["eventId", "duplicate"],
+                "properties": {"eventId": {"type": "string"}, "duplicate": {"type": "boolean"}}
+            }}}
+        }),
+    );
+    schemas.insert(
+        "DeliveryPage".into(),
+        json!({
+            "type": "object",
+            "required": ["items", "nextCursor"],
+            "properties": {
+                "items": {"type": "array", "items": {"allOf": [
+                    {"$ref": "#/components/schemas/Delivery"},
+                    {"type": "object", "required": ["eventId", "createdAt", "updatedAt"],
+                     "properties": {"eventId": {"type": "string"},
+                                    "createdAt": {"type": "string"},
+                                    "updatedAt": {"type": "string"}}}
+                ]}},
+                "nextCursor": nullable("string")
+            }
+        }),
+    );
+    schemas.insert(
+        "Credits".into(),
+        json!({
+            "type": "object",
+            "required": ["balance", "items"],
+            "properties": {
+                "balance": {"type": "integer"},
+                "items": {"type": "array", "items": {
+                    "type": "object",
+                    "required": ["id", "refId", "amount", "reason", "createdAt"],
+                    "properties": {"id": {"type": "integer"}, "refId": {"type": "string"},
+                                   "amount": {"type": "integer"}, "reason": {"type": "string"},
+                                   "createdAt": {"type": "string"}}
+                }}
+            }
+        }),
+    );
+    schemas.insert(
+        "HeldDigest".into(),
+        json!({"type": "object", "required": ["recipient", "status", "dueAt", "releasedAs"],
+            "properties": {"recipient": {"type": "string"}, "status": {"type": "string"},
+                           "dueAt": {"type": "string"}, "releasedAs": nullable("string")}}),
+    );
+    schemas.insert(
+        "EventView".into(),
+        json!({
+            "type": "object",
+            "required": ["id", "type", "status", "createdAt", "result", "error", "deliveries"],
+            "properties": {
+                "id": {"type": "string"}, "type": {"type": "string"},
+                "status": {"type": "string", "enum": ["pending", "dispatched", "failed"]},
+                "createdAt": {"type": "string"},
+                "result": {"oneOf": [{"type": "null"}, schema("DispatchResult")]},
+                "error": nullable("string"),
+                "deliveries": {"type": "array", "items": schema("Delivery")},
+                "digests": {"type": "array", "items": schema("HeldDigest")}
+            }
+        }),
+    );
+    schemas.insert("InboxItem".into(), json!({
+            "type": "object",
+            "required": ["id", "type", "title", "body", "actions", "payload", "createdAt", "seenAt", "readAt"],
+            "properties": {
+                "id": {"type": "string"}, "type": {"type": "string"},
+                "title": {"type": "string"}, "body": {"type": "string"},
+                "actions": {"type": "array", "items": {"type": "object",
+                    "properties": {"label": {"type": "string"}, "url": {"type": "string"}}}},
+                "payload": {"type": "object"},
+                "createdAt": {"type": "string"},
+                "seenAt": nullable("string"), "readAt": nullable("string")
+            }
+        }));
+    schemas.insert(
+        "InboxPage".into(),
+        json!({"type": "object", "required": ["items", "nextCursor"],
+            "properties": {"items": {"type": "array", "items": schema("InboxItem")},
+                           "nextCursor": nullable("string")}}),
+    );
+    schemas.insert(
+        "Count".into(),
+        json!({"type": "object", "required": ["count"],
+            "properties": {"count": {"type": "integer", "minimum": 0}}}),
+    );
+    schemas.insert(
+        "Updated".into(),
+        json!({"type": "object", "required": ["updated"],
+            "properties": {"updated": {"type": "integer", "minimum": 0}}}),
+    );
+    schemas.insert(
+        "OrgInput".into(),
+        json!({"type": "object", "required": ["name"], "additionalProperties": false,
+            "properties": {"name": {"type": "string"}}}),
+    );
+    schemas.insert(
+        "Org".into(),
+        json!({"type": "object", "required": ["id", "name"],
+            "properties": {"id": {"type": "string"}, "name": {"type": "string"}}}),
+    );
+    schemas.insert(
+        "Member".into(),
+        json!({
+            "type": "object", "required": ["id", "userId", "email", "name", "role", "createdAt"],
+            "properties": {"id": {"type": "string"}, "userId": {"type": "string"},
+                "email": {"type": "string"}, "name": {"type": "string"},
+                "role": role, "createdAt": {"type": "string"}}
+        }),
+    );
+    schemas.insert(
+        "MemberList".into(),
+        json!({"type": "object", "required": ["items"],
+            "properties": {"items": {"type": "array", "items": schema("Member")}}}),
+    );
+    schemas.insert(
+        "RoleInput".into(),
+        json!({"type": "object", "required": ["role"], "additionalProperties": false,
+            "properties": {"role": role}}),
+    );
+    schemas.insert(
+        "RoleChanged".into(),
+        json!({"type": "object", "required": ["memberId", "role"],
+            "properties": {"memberId": {"type": "string"}, "role": role}}),
+    );
+    schemas.insert(
+        "InvitationInput".into(),
+        json!({"type": "object", "required": ["email"], "additionalProperties": false,
+            "properties": {"email": {"type": "string", "format": "email"}, "role": role}}),
+    );
+    schemas.insert(
+        "InvitationSent".into(),
+        json!({"type": "object", "required": ["invitationId", "acceptUrl"],
+            "properties": {"invitationId": {"type": "string"}, "acceptUrl": {"type": "string"}}}),
+    );
+    schemas.insert("Invitation".into(), json!({
+            "type": "object",
+            "required": ["id", "email", "role", "status", "inviterUserId", "createdAt", "expiresAt"],
+            "properties": {"id": {"type": "string"}, "email": {"type": "string"}, "role": role,
+                "status": {"type": "string", "enum": ["pending", "accepted", "revoked", "expired"]},
+                "inviterUserId": {"type": "string"}, "createdAt": {"type": "string"},
+                "expiresAt": {"type": "string"}}
+        }));
+    schemas.insert(
+        "InvitationList".into(),
+        json!({"type": "object", "required": ["items"],
+            "properties": {"items": {"type": "array", "items": schema("Invitation")}}}),
+    );
+    schemas.insert(
+        "AcceptInput".into(),
+        json!({"type": "object", "required": ["token"], "additionalProperties": false,
+            "properties": {"token": {"type": "string"}}}),
+    );
+    schemas.insert(
+        "Accepted".into(),
+        json!({"type": "object", "required": ["organizationId", "memberId"],
+            "properties": {"organizationId": {"type": "string"}, "memberId": {"type": "string"}}}),
+    );
+    schemas.insert("AuditEntry".into(), json!({
+            "type": "object",
+            "required": ["id", "action", "actorUserId", "subjectType", "subjectId", "payload", "createdAt"],
+            "properties": {"id": {"type": "string"}, "action": {"type": "string"},
+                "actorUserId": nullable("string"), "subjectType": {"type": "string"},
+                "subjectId": {"type": "string"}, "payload": {}, "createdAt": {"type": "string"}}
+        }));
+    schemas.insert(
+        "AuditPage".into(),
+        json!({"type": "object", "required": ["items", "nextCursor"],
+            "properties": {"items": {"type": "array", "items": schema("AuditEntry")},
+                           "nextCursor": nullable("string")}}),
+    );
+    schemas.insert(
+        "Billing".into(),
+        json!({
+            "type": "object",
+            "required": ["plan", "status", "subscriptionId", "customerId", "currentPeriodEnd"],
+            "properties": {"plan": nullable("string"), "status": nullable("string"),
+                "subscriptionId": nullable("string"), "customerId": nullable("string"),
+                "currentPeriodEnd": nullable("string")}
+        }),
+    );
+    schemas.insert(
+        "StripeReceived".into(),
+        json!({"type": "object", "required": ["received", "duplicate"],
+            "properties": {"received": {"const": true}, "duplicate": {"type": "boolean"}}}),
+    );
+    schemas.insert(
+        "PreferenceTypes".into(),
+        json!({
+            "type": "object", "required": ["type", "critical", "channels"],
+            "properties": {"type": {"type": "string"}, "description": {"type": "string"},
+                "critical": {"type": "boolean"},
+                "channels": {"type": "object", "additionalProperties": {"type": "boolean"}}}
+        }),
+    );
+    schemas.insert(
+        "PreferenceList".into(),
+        json!({"type": "object", "required": ["items"],
+            "properties": {"items": {"type": "array", "items": schema("PreferenceTypes")}}}),
+    );
+    schemas.insert("PreferenceInput".into(), json!({
+            "type": "object", "required": ["type", "channel", "enabled"], "additionalProperties": false,
+            "properties": {"type": {"type": "string", "description": "A registry type or \"*\""},
+                "channel": {"type": "string", "enum": ["inbox", "email"]},
+                "enabled": {"type": "boolean"}}
+        }));
+    schemas.insert(
+        "Preference".into(),
+        json!({
+            "type": "object", "required": ["type", "channel", "enabled", "critical"],
+            "properties": {"type": {"type": "string"},
+                "channel": {"type": "string", "enum": ["inbox", "email"]},
+                "enabled": {"type": "boolean"}, "critical": {"type": "boolean"}}
+        }),
+    );
+    Value::Object(schemas)
+}
