@@ -91,15 +91,9 @@ impl Metrics {
         self.http_connections.store(open as u64, Ordering::Relaxed);
     }
 
-    /// Rows retention deleted in one step.
-    pub fn pruned(&self, pruned: &crate::notify::retention::Pruned) {
-        for (kind, n) in [
-            ("email_body", pruned.email_bodies),
-            ("delivery", pruned.deliveries),
-            ("outbox", pruned.outbox),
-            ("inbox", pruned.inbox),
-            ("other", pruned.other),
-        ] {
+    /// Rows retention deleted in one step, by kind.
+    pub fn pruned(&self, by_kind: &[(&'static str, usize)]) {
+        for &(kind, n) in by_kind {
             if n > 0 {
                 self.pruned
                     .get_or_insert(&kind)

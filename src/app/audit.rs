@@ -6,8 +6,8 @@
 use serde::Serialize;
 use serde_json::Value;
 
+use super::error::{AppError, AppResult};
 use super::tenant::{Scope, Tenant};
-use super::{AppError, AppResult};
 use crate::args;
 use crate::time::rfc3339;
 

@@ -3,8 +3,8 @@
 
 use serde::Serialize;
 
+use super::error::AppResult;
 use super::tenant::{self, Access, Role, Scope, Tenant};
-use super::AppResult;
 use crate::args;
 use crate::store::{users::User, Store};
 use crate::time::rfc3339;

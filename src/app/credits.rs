@@ -12,8 +12,8 @@ use crossbeam_channel::{RecvTimeoutError, Sender};
 use serde::Serialize;
 use serde_json::json;
 
+use super::error::{AppError, AppResult};
 use super::events::{INVITATION_ACCEPTED, ORGANIZATION_PROVISIONED};
-use super::{AppError, AppResult};
 use crate::args;
 use crate::notify::{DomainEvent, Event, Listener, ListenerError, Notifier, Outbox, Recipient};
 use crate::store::{Conn, Store};

@@ -7,15 +7,19 @@
 use serde::Serialize;
 use serde_json::json;
 
+use super::audit;
+use super::error::{AppError, AppResult};
 use super::members::display_name;
 use super::tenant::{self, Access, Role, Scope, Tenant, TenantRead};
-use super::{audit, AppError, AppResult, INVITATION_TTL_MS};
 use crate::args;
 use crate::ids;
 use crate::notify::event::is_plausible_email;
 use crate::notify::{Event, Notifier, Recipient};
 use crate::store::{users, users::User, Conn, Store};
 use crate::time::rfc3339;
+
+/// Milliseconds an invitation stays acceptable.
+pub const INVITATION_TTL_MS: i64 = 7 * 24 * 3600 * 1000;
 
 pub struct Sent {
     pub invitation_id: String,

@@ -6,8 +6,10 @@
 use serde::Serialize;
 use serde_json::json;
 
+use super::audit;
+use super::error::{AppError, AppResult};
+use super::settings::TestHooks;
 use super::tenant::{self, member_from_row, Access, Member, Role, Scope};
-use super::{audit, AppError, AppResult, TestHooks};
 use crate::args;
 use crate::notify::{Event, Notifier, Recipient};
 use crate::store::{users::User, Store};

@@ -4,8 +4,9 @@
 
 use serde_json::json;
 
+use super::audit;
+use super::error::{AppError, AppResult};
 use super::tenant::{self, Role, Tenant};
-use super::{audit, AppError, AppResult};
 use crate::args;
 use crate::ids;
 use crate::notify::Notifier;

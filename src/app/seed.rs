@@ -6,8 +6,9 @@
 use serde_json::json;
 
 use super::billing::{self, Entitlement};
+use super::error::AppResult;
 use super::tenant::{self, Role, Tenant};
-use super::{audit, orgs, AppResult};
+use super::{audit, orgs};
 use crate::args;
 use crate::notify::Notifier;
 use crate::store::users;

@@ -9,10 +9,12 @@ use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
+use super::audit;
 use super::billing::{self, Entitlement};
+use super::error::{AppError, AppResult};
 use super::members::owner_user_ids;
+use super::settings::AppSettings;
 use super::tenant::{Scope, Tenant};
-use super::{audit, AppError, AppResult, AppSettings};
 use crate::args;
 use crate::notify::{Event, Notifier, Outbox, Recipient};
 

@@ -7,7 +7,7 @@
 
 use serde_json::Value;
 
-use super::{AppError, AppResult};
+use super::error::{AppError, AppResult};
 use crate::args;
 use crate::notify::{Enqueued, Event, Notifier, Outbox};
 use crate::store::{users::User, Conn, Row, Store, StoreResult, Tx};

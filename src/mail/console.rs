@@ -2,7 +2,7 @@
 //! The delivery row keeps subject, html and text, which is what `--dev`'s
 //! mailbox shows; nothing leaves the machine.
 
-use super::{Email, MailError, MailProvider, RateHint, Sent};
+use super::provider::{Email, MailError, MailProvider, RateHint, Sent};
 
 pub struct Console;
 

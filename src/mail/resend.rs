@@ -11,7 +11,7 @@ use ureq::http::{Response, Uri};
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
-use super::{Email, MailError, MailProvider, RateHint, Sent};
+use super::provider::{Email, MailError, MailProvider, RateHint, Sent};
 
 pub struct Resend {
     endpoint: String,

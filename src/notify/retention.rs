@@ -114,7 +114,13 @@ pub fn pass(store: &Store, retention: &Retention, now: i64) -> bool {
             pruned.total(),
             started.elapsed().as_secs_f64() * 1000.0
         );
-        METRICS.pruned(&pruned);
+        METRICS.pruned(&[
+            ("email_body", pruned.email_bodies),
+            ("delivery", pruned.deliveries),
+            ("outbox", pruned.outbox),
+            ("inbox", pruned.inbox),
+            ("other", pruned.other),
+        ]);
         all = all.add(pruned);
         more = pruned.full();
         if !more {

@@ -3,6 +3,7 @@
 //! transaction on the one writer; reads come from the r2d2 pool. Callers see
 //! only `sql::{Conn, Tx}`: driver types and errors never leave this folder.
 
+mod error;
 pub mod files;
 mod migrate;
 pub mod sessions;
@@ -16,8 +17,9 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 use r2d2_sqlite::SqliteConnectionManager;
-use rusqlite::{Connection, ErrorCode, TransactionBehavior};
+use rusqlite::{Connection, TransactionBehavior};
 
+pub use error::{StoreError, StoreResult};
 pub use migrate::SCHEMA_VERSION;
 pub use sql::{Arg, Column, Conn, Row, Tx, Value};
 
@@ -26,59 +28,6 @@ use crate::time::Clock;
 
 /// How long a connection waits for a lock before giving up with `Busy`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-#[derive(Debug)]
-pub enum StoreError {
-    /// The row asked for does not exist (or is not visible to the caller).
-    NotFound,
-    /// The database stayed locked or full; nothing was written.
-    Busy(String),
-    /// The database was written by a newer herald.
-    TooNew {
-        found: i64,
-        supported: i64,
-    },
-    /// Anything else the database reported.
-    Database(String),
-    Pool(String),
-}
-
-impl std::fmt::Display for StoreError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StoreError::NotFound => write!(f, "not found"),
-            StoreError::Busy(m) => write!(f, "database busy: {m}"),
-            StoreError::TooNew { found, supported } => write!(
-                f,
-                "database schema version {found} is newer than this herald supports ({supported})"
-            ),
-            StoreError::Database(m) => write!(f, "database: {m}"),
-            StoreError::Pool(m) => write!(f, "connection pool: {m}"),
-        }
-    }
-}
-
-impl std::error::Error for StoreError {}
-
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        match e.sqlite_error_code() {
-            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::DiskFull) => {
-                StoreError::Busy(e.to_string())
-            }
-            _ if matches!(e, rusqlite::Error::QueryReturnedNoRows) => StoreError::NotFound,
-            _ => StoreError::Database(e.to_string()),
-        }
-    }
-}
-
-impl From<r2d2::Error> for StoreError {
-    fn from(e: r2d2::Error) -> Self {
-        StoreError::Pool(e.to_string())
-    }
-}
-
-pub type StoreResult<T> = Result<T, StoreError>;
 
 /// SQLite durability: NORMAL (the default) survives process crashes and
 /// loses at most the last transactions on power loss; FULL fsyncs every commit.

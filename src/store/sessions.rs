@@ -5,8 +5,8 @@
 use super::{Conn, Tx};
 use crate::args;
 
+use super::error::StoreResult;
 use super::users::User;
-use super::StoreResult;
 use crate::ids;
 
 /// How long a session lasts from sign-in.

@@ -6,7 +6,7 @@
 
 use std::ops::Deref;
 
-use super::{StoreError, StoreResult};
+use super::error::{StoreError, StoreResult};
 use crate::time::Clock;
 
 /// One SQL argument or column value, borrowed where it can be.

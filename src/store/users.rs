@@ -6,7 +6,7 @@ use super::{Conn, Row, Tx};
 use crate::args;
 use serde::Serialize;
 
-use super::StoreResult;
+use super::error::StoreResult;
 use crate::ids;
 
 #[derive(Debug, Clone, Serialize)]
