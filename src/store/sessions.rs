@@ -92,4 +92,29 @@ mod tests {
         store.write(|tx| delete(tx, &secret)).unwrap();
         assert!(store.read(|c| super::user(c, &secret)).unwrap().is_none());
     }
+
+    #[test]
+    fn a_session_ends_when_the_clock_passes_its_lifetime() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = crate::time::Clock::manual(1_700_000_000_000);
+        let store =
+            Store::open_with_clock(&dir.path().join("t.db"), Synchronous::Normal, clock.clone())
+                .unwrap();
+        let user = User {
+            id: "u1".into(),
+            email: "u1@x.test".into(),
+            name: "U".into(),
+        };
+        let secret = store
+            .write(|tx| {
+                users::upsert(tx, &user)?;
+                create(tx, "u1")
+            })
+            .unwrap();
+        let signed_in = || store.read(|c| super::user(c, &secret)).unwrap().is_some();
+        clock.advance(std::time::Duration::from_millis(LIFETIME_MS as u64 - 1));
+        assert!(signed_in(), "one millisecond before the end");
+        clock.advance(std::time::Duration::from_millis(1));
+        assert!(!signed_in(), "expired at its lifetime, no waiting needed");
+    }
 }

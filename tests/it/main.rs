@@ -27,6 +27,7 @@ mod invitation_page;
 mod library;
 mod links;
 mod metrics;
+mod migration;
 mod openapi;
 mod policy_catalog;
 mod policy_dedup;
