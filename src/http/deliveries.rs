@@ -9,7 +9,7 @@ use super::error::ApiError;
 use super::request::Req;
 use super::response::Reply;
 use super::Ctx;
-use crate::notify::email;
+use crate::notify::delivery::views;
 use crate::notify::service;
 
 const DEFAULT_PAGE: usize = 50;
@@ -20,11 +20,11 @@ pub fn list(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
     auth::service(ctx, req)?;
     let status = match req.query("status").filter(|s| !s.is_empty()) {
         None => None,
-        Some(s) if email::STATUSES.contains(&s) => Some(s),
+        Some(s) if views::STATUSES.contains(&s) => Some(s),
         Some(s) => {
             return Err(ApiError::bad_request(format!(
                 "status {s:?} is not one of {}",
-                email::STATUSES.join(", ")
+                views::STATUSES.join(", ")
             )))
         }
     };

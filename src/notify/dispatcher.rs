@@ -12,19 +12,19 @@ use std::time::{Duration, Instant};
 use crate::store::{Conn, Tx};
 use crossbeam_channel::Sender;
 
-use super::email::{self, Batcher, EmailJob, MailJob, Outcome};
+use super::bus::{BusMsg, Wake};
+use super::delivery::deliveries::{self, Batcher, EmailJob, MailJob};
+use super::delivery::mail_queue::MailQueue;
+use super::delivery::retry::{self, Outcome};
 use super::event::{Event, Recipient};
-use super::mail_queue::MailQueue;
 use super::outbox::{self, ChannelCounts, DispatchResult};
 use super::policy::{self, DedupKey};
 use super::preferences::Switches;
 use super::registry::{Channel, TypeDef};
-use super::scheduler::Wake;
 use super::templates::Rendered;
 use super::{digest, inbox};
-use super::{BusMsg, InboxCommitted, Shared};
-use crate::mail::MailError;
-use crate::metrics::{Fate, SendResult, METRICS};
+use super::{InboxCommitted, Shared};
+use crate::metrics::{Fate, METRICS};
 use crate::store::{users, StoreResult};
 
 /// Events and recorded emails per dispatch transaction: large enough to
@@ -210,12 +210,12 @@ fn handle_batch(
     }
     let batch = shared.store.write(|tx| {
         let written = write_all(tx, prepared, shared.policy.mail_batch)?;
-        let retry_scheduled = email::record(tx, outcomes, &shared.policy)?.is_some();
+        let retry_scheduled = retry::record(tx, outcomes, &shared.policy)?.is_some();
         Ok::<_, crate::store::StoreError>((written, retry_scheduled))
     });
     match batch {
         Ok((written, retry_scheduled)) => {
-            count_sends(outcomes, shared.policy.max_attempts);
+            retry::count(outcomes, shared.policy.max_attempts);
             after_commit(shared, written, queue, wake);
             let page_in = release(queue, outcomes);
             if retry_scheduled || page_in {
@@ -512,8 +512,14 @@ fn fan_out(
                 }
                 (Channel::Email, _, _, Some(content)) => {
                     let batch = batcher.join(seq);
-                    let job =
-                        email::insert_delivery(tx, seq, &key, address, content, batch.as_deref())?;
+                    let job = deliveries::insert_delivery(
+                        tx,
+                        seq,
+                        &key,
+                        address,
+                        content,
+                        batch.as_deref(),
+                    )?;
                     let wrote = job.is_some();
                     written.emails.extend(job.map(|job| (batch, job)));
                     wrote
@@ -559,10 +565,10 @@ fn record_outcomes(shared: &Shared, outcomes: &[Outcome], wake: &Sender<Wake>) {
     for attempt in 1..=5 {
         match shared
             .store
-            .write(|tx| email::record(tx, outcomes, &shared.policy))
+            .write(|tx| retry::record(tx, outcomes, &shared.policy))
         {
             Ok(scheduled) => {
-                count_sends(outcomes, shared.policy.max_attempts);
+                retry::count(outcomes, shared.policy.max_attempts);
                 if scheduled.is_some() {
                     let _ = wake.send(Wake::Retry);
                 }
@@ -576,33 +582,5 @@ fn record_outcomes(shared: &Shared, outcomes: &[Outcome], wake: &Sender<Wake>) {
                 std::thread::sleep(std::time::Duration::from_millis(200 * attempt));
             }
         }
-    }
-}
-
-/// Counts each request of `outcomes`, and each of its emails as
-/// `email::record` classified it.
-fn count_sends(outcomes: &[Outcome], max_attempts: u32) {
-    for o in outcomes {
-        METRICS.mail_request(o.batched);
-        let result = send_result(o, max_attempts);
-        for _ in &o.delivery_ids {
-            METRICS.email_send(result);
-        }
-    }
-}
-
-/// How `email::record` classified an outcome, for the metrics.
-fn send_result(o: &Outcome, max_attempts: u32) -> SendResult {
-    match &o.result {
-        Ok(_) => SendResult::Sent,
-        // Broken up and tried again at once, each email alone.
-        Err(MailError::Invalid { .. }) if o.batched => SendResult::Retry,
-        Err(
-            MailError::Invalid { .. } | MailError::Permanent { .. } | MailError::KeyConflict { .. },
-        ) => SendResult::Failed,
-        Err(MailError::Retryable { .. }) if o.attempts_before + 1 >= max_attempts => {
-            SendResult::Dead
-        }
-        Err(MailError::Retryable { .. }) => SendResult::Retry,
     }
 }

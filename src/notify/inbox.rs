@@ -6,7 +6,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use super::email::DeliveryView;
+use super::delivery::views::DeliveryView;
 use super::links;
 use super::templates::InboxContent;
 use crate::args;

@@ -5,16 +5,16 @@
 //! them, and the scheduler re-drives retries and stale rows. Inbox rows are
 //! written only by `inbox`, and the mail provider is called only by `email`.
 
+mod bus;
+pub mod delivery;
 pub mod digest;
 mod dispatcher;
-pub mod email;
+mod error;
 pub mod event;
 pub mod inbox;
 pub mod links;
 pub mod listeners;
-mod mail_queue;
 pub mod outbox;
-mod pacer;
 pub mod policy;
 pub mod preferences;
 pub mod registry;
@@ -32,104 +32,22 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::mail::MailProvider;
 use crate::store::{users, Store, StoreError, Tx};
+use bus::{BusMsg, Wake};
+use delivery::mail_queue::MailQueue;
+pub use delivery::policy::DeliveryPolicy;
+use delivery::retry::Outcome;
+use delivery::views::{self, DeliveryView};
+use delivery::{pacer, sender};
+pub use error::NotifyError;
 pub use event::{Event, Recipient};
 pub use listeners::{DomainEvent, Listener, ListenerError, ListenerHooks};
 pub use outbox::Enqueued;
 pub use registry::{Channel, Registry};
 pub use templates::Templates;
 
-#[derive(Debug)]
-pub enum NotifyError {
-    /// The event's type is not in the registry.
-    UnknownType(String),
-    /// A field of the event is missing or malformed.
-    Invalid {
-        field: String,
-        message: String,
-    },
-    /// A template failed to render.
-    Render(String),
-    /// The registry or templates are broken.
-    Config(String),
-    /// The request contradicts the current state (retrying a sent delivery).
-    Conflict(String),
-    Store(StoreError),
-}
-
-impl std::fmt::Display for NotifyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            NotifyError::UnknownType(t) => write!(f, "unknown notification type {t:?}"),
-            NotifyError::Invalid { field, message } => write!(f, "{field}: {message}"),
-            NotifyError::Render(m) | NotifyError::Config(m) | NotifyError::Conflict(m) => {
-                f.write_str(m)
-            }
-            NotifyError::Store(e) => write!(f, "{e}"),
-        }
-    }
-}
-
-impl std::error::Error for NotifyError {}
-
-impl From<StoreError> for NotifyError {
-    fn from(e: StoreError) -> Self {
-        NotifyError::Store(e)
-    }
-}
-
 /// How often the scheduler looks for work written by another process (see
 /// `scheduler`); what `herald outbox retry` tells the operator to expect.
 pub const SWEEP_EVERY_SECS: i64 = 30;
-
-/// How deliveries are sent and retried.
-#[derive(Debug, Clone)]
-pub struct DeliveryPolicy {
-    pub from: String,
-    pub sender_threads: usize,
-    pub retry_base: Duration,
-    pub retry_cap: Duration,
-    pub max_attempts: u32,
-    /// Client-side cap on requests to the mail provider, shared by every
-    /// sender thread; None sends as fast as the provider answers.
-    pub rate_per_sec: Option<f64>,
-    /// Emails held in memory for the senders; the rest wait in the database.
-    pub queue_capacity: usize,
-    /// Most emails sent in one request (the provider's batch); emails
-    /// created together go together, and emails waiting together for the
-    /// provider (alone or in small batches) are merged into one.
-    /// 1 sends every email alone.
-    pub mail_batch: usize,
-    /// What is kept of finished work, and for how long.
-    pub retention: retention::Retention,
-}
-
-impl Default for DeliveryPolicy {
-    fn default() -> Self {
-        DeliveryPolicy {
-            from: "herald <notifications@localhost>".into(),
-            sender_threads: 4,
-            retry_base: Duration::from_secs(5),
-            retry_cap: Duration::from_secs(3600),
-            max_attempts: 8,
-            rate_per_sec: None,
-            queue_capacity: 1024,
-            mail_batch: crate::mail::MAX_BATCH_EMAILS,
-            retention: retention::Retention::default(),
-        }
-    }
-}
-
-/// What travels on the in-process bus to the dispatcher thread.
-pub(crate) enum BusMsg {
-    /// A committed outbox row to dispatch, with the event when the publisher
-    /// still holds it (so the dispatcher need not read it back).
-    Dispatch(i64, Option<Arc<Event>>),
-    /// A send attempt's outcome to record.
-    Outcome(email::Outcome),
-    /// Acknowledge once every message before this one is handled.
-    Flush(Sender<()>),
-    Stop,
-}
 
 /// A new inbox row, announced only after the transaction that wrote it
 /// committed (the live stream reads the row itself by id).
@@ -147,11 +65,11 @@ struct Shared {
     bus: Sender<BusMsg>,
     bus_rx: Receiver<BusMsg>,
     /// Wakes the scheduler (it sleeps until the earliest due retry).
-    wake: Sender<scheduler::Wake>,
-    wake_rx: Receiver<scheduler::Wake>,
+    wake: Sender<Wake>,
+    wake_rx: Receiver<Wake>,
     listeners: listeners::Listeners,
     /// Emails waiting for a sender thread, bounded in memory.
-    mail_queue: Arc<mail_queue::MailQueue>,
+    mail_queue: Arc<MailQueue>,
     /// Who hears about committed inbox rows; a dropped receiver is forgotten
     /// at the next announcement.
     inbox_listeners: Mutex<Vec<Sender<InboxCommitted>>>,
@@ -222,7 +140,7 @@ impl Notifier {
     ) -> Notifier {
         let (bus, bus_rx) = crossbeam_channel::unbounded();
         let (wake, wake_rx) = crossbeam_channel::unbounded();
-        let mail_queue = Arc::new(mail_queue::MailQueue::bounded(policy.queue_capacity));
+        let mail_queue = Arc::new(MailQueue::bounded(policy.queue_capacity));
         Notifier {
             shared: Arc::new(Shared {
                 store,
@@ -303,21 +221,21 @@ impl Notifier {
 
     /// Re-arms a dead or failed delivery for a fresh round of attempts, due
     /// now, and wakes the scheduler to send it.
-    pub fn retry_delivery(&self, id: &str) -> Result<email::DeliveryView, NotifyError> {
-        let view = self.shared.store.write(|tx| email::rearm(tx, id))?;
+    pub fn retry_delivery(&self, id: &str) -> Result<DeliveryView, NotifyError> {
+        let view = self.shared.store.write(|tx| views::rearm(tx, id))?;
         let view = view.map_err(|status| {
             NotifyError::Conflict(format!(
                 "delivery {id} is {status}; only dead or failed deliveries can be retried"
             ))
         })?;
-        let _ = self.shared.wake.send(scheduler::Wake::Retry);
+        let _ = self.shared.wake.send(Wake::Retry);
         Ok(view)
     }
 
     /// Re-arms every dead delivery; returns how many.
     pub fn retry_dead(&self) -> Result<usize, NotifyError> {
-        let count = self.shared.store.write(email::rearm_dead)?;
-        let _ = self.shared.wake.send(scheduler::Wake::Retry);
+        let count = self.shared.store.write(views::rearm_dead)?;
+        let _ = self.shared.wake.send(Wake::Retry);
         Ok(count)
     }
 
@@ -349,9 +267,9 @@ impl Notifier {
             })
             .collect();
         let jobs = dispatcher::dispatch_now(&self.shared, &seqs);
-        let outcomes: Vec<email::Outcome> = jobs
+        let outcomes: Vec<Outcome> = jobs
             .into_iter()
-            .map(|job| email::attempt(provider, &self.shared.policy.from, job).0)
+            .map(|job| sender::attempt(provider, &self.shared.policy.from, job).0)
             .collect();
         if !outcomes.is_empty() {
             dispatcher::record_now(&self.shared, &outcomes);
@@ -393,7 +311,7 @@ impl Notifier {
 
         let mut senders = Vec::new();
         for i in 0..shared.policy.sender_threads.max(1) {
-            let ctx = email::SenderContext {
+            let ctx = sender::SenderContext {
                 provider: provider.clone(),
                 from: shared.policy.from.clone(),
                 queue: queue.clone(),
@@ -404,7 +322,7 @@ impl Notifier {
                 stop: stop_rx.clone(),
             };
             senders.push(spawn(&format!("herald-mail-{i}"), move || {
-                email::run_sender(ctx)
+                sender::run_sender(ctx)
             }));
         }
         let dispatcher = {
@@ -449,7 +367,7 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
 /// The running delivery machinery; `shutdown` stops it in order.
 pub struct Running {
     notifier: Notifier,
-    /// Dropped to stop the senders (see `email::SenderContext::stop`).
+    /// Dropped to stop the senders (see `sender::SenderContext::stop`).
     stop_senders: Option<Sender<()>>,
     dispatcher: Option<JoinHandle<()>>,
     scheduler: Option<JoinHandle<()>>,
@@ -474,7 +392,7 @@ impl Running {
         if let Some(listeners) = self.listeners.take() {
             listeners.stop(deadline);
         }
-        let _ = self.notifier.shared.wake.send(scheduler::Wake::Stop);
+        let _ = self.notifier.shared.wake.send(Wake::Stop);
         join_until(self.scheduler.take(), deadline);
         self.stop_senders.take();
         for sender in self.senders.drain(..) {

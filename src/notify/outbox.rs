@@ -305,7 +305,7 @@ pub struct EventView {
     pub created_at: String,
     pub result: Option<DispatchResult>,
     pub error: Option<String>,
-    pub deliveries: Vec<super::email::DeliveryView>,
+    pub deliveries: Vec<super::delivery::views::DeliveryView>,
     /// Digests holding this event (absent when it was not digested).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub digests: Vec<super::digest::HeldView>,
@@ -331,7 +331,7 @@ pub fn view(conn: &Conn<'_>, id: &str) -> StoreResult<EventView> {
         },
     )?;
     let mut deliveries = super::inbox::deliveries_of(conn, seq)?;
-    deliveries.extend(super::email::deliveries_of(conn, seq)?);
+    deliveries.extend(super::delivery::views::deliveries_of(conn, seq)?);
     Ok(EventView {
         id: id.to_string(),
         kind,

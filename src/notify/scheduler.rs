@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use super::email;
-use super::mail_queue::MailQueue;
+use super::bus::Wake;
+use super::delivery::deliveries;
+use super::delivery::mail_queue::MailQueue;
 use super::{digest, outbox, policy, retention, Notifier};
 
 /// How often the database is looked at for work this process was not told
@@ -28,12 +29,6 @@ const PRUNE_CHUNK: usize = 1_000;
 const PRUNE_CHUNKS_PER_SWEEP: usize = 50;
 /// A retention pass that left more behind comes back after this.
 const PRUNE_AGAIN_MS: i64 = 50;
-
-pub(crate) enum Wake {
-    /// A retry was scheduled; look again for the earliest one.
-    Retry,
-    Stop,
-}
 
 pub(super) fn run(notifier: &Notifier, queue: &MailQueue, wake: Receiver<Wake>) {
     let store = notifier.store();
@@ -51,7 +46,7 @@ pub(super) fn run(notifier: &Notifier, queue: &MailQueue, wake: Receiver<Wake>) 
                 log::error!("scheduler cannot page in pending deliveries: {e}");
             }
         }
-        match store.write(|tx| email::claim_due(tx, now, CLAIM_BATCH)) {
+        match store.write(|tx| deliveries::claim_due(tx, now, CLAIM_BATCH)) {
             Ok(due) => {
                 let full = due.len() == CLAIM_BATCH;
                 // A due retry the queue has no room for is pending again in
@@ -84,7 +79,7 @@ pub(super) fn run(notifier: &Notifier, queue: &MailQueue, wake: Receiver<Wake>) 
         if let Some(at) = digest::flush_due(notifier) {
             next_wake = next_wake.min(at);
         }
-        match store.read(email::next_retry_at) {
+        match store.read(deliveries::next_retry_at) {
             Ok(Some(at)) => next_wake = next_wake.min(at),
             Ok(None) => {}
             Err(e) => log::error!("scheduler cannot read the retry queue: {e}"),
@@ -108,7 +103,7 @@ pub(super) fn run(notifier: &Notifier, queue: &MailQueue, wake: Receiver<Wake>) 
 /// queue, which starts behind and pages them in from the database.
 pub(super) fn redrive(notifier: &Notifier) {
     let events = publish_stale(notifier, i64::MAX);
-    match notifier.store().read(email::pending_count) {
+    match notifier.store().read(deliveries::pending_count) {
         Ok(emails) if events > 0 || emails > 0 => {
             log::info!("re-driving {events} undispatched events and {emails} unsent emails");
         }

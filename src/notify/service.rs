@@ -3,7 +3,7 @@
 //! snapshot), so callers above never open one or see SQL. Users, tokens and
 //! sessions are here too: recipients are the notification service's users.
 
-use super::email::{self, ConsoleEmail, DeliveryRecord, DeliveryView};
+use super::delivery::views::{self, ConsoleEmail, DeliveryRecord, DeliveryView};
 use super::inbox::{self, Cursor, Item, Page};
 use super::outbox::{self, EventView, ResultRow};
 use super::preferences::{self, TypePreferences};
@@ -93,28 +93,28 @@ pub fn deliveries(
     after: Option<&str>,
     limit: usize,
 ) -> StoreResult<Vec<DeliveryRecord>> {
-    store.read(|c| email::list(c, status, after, limit))
+    store.read(|c| views::list(c, status, after, limit))
 }
 
 /// How many deliveries are in each status.
 pub fn delivery_counts(store: &Store) -> StoreResult<Vec<(&'static str, i64)>> {
-    store.read(email::counts)
+    store.read(views::counts)
 }
 
 /// Re-arms a dead or failed delivery (with its batch); `Err(status)` for
 /// one in any other state. A running server's scheduler picks it up.
 pub fn rearm(store: &Store, id: &str) -> StoreResult<Result<DeliveryView, String>> {
-    store.write(|tx| email::rearm(tx, id))
+    store.write(|tx| views::rearm(tx, id))
 }
 
 /// Re-arms every dead delivery; how many.
 pub fn rearm_dead(store: &Store) -> StoreResult<usize> {
-    store.write(email::rearm_dead)
+    store.write(views::rearm_dead)
 }
 
 /// The newest emails the console provider sent (`/dev/mail`).
 pub fn console_sent(store: &Store, limit: usize) -> StoreResult<Vec<ConsoleEmail>> {
-    store.read(|c| email::console_sent(c, limit))
+    store.read(|c| views::console_sent(c, limit))
 }
 
 pub fn queue_gauges(store: &Store) -> StoreResult<QueueGauges> {

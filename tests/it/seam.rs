@@ -52,7 +52,8 @@ fn only_the_inbox_module_inserts_inbox_rows() {
 }
 
 #[test]
-fn only_the_email_channel_calls_the_mail_provider() {
-    let hits = files_matching(|code| code.contains(".SEND_EMAIL("));
-    assert_eq!(hits, vec!["src/notify/email.rs".to_string()]);
+fn only_the_mail_sender_calls_the_mail_provider() {
+    let hits =
+        files_matching(|code| code.contains(".SEND_EMAIL(") || code.contains(".SEND_BATCH("));
+    assert_eq!(hits, vec!["src/notify/delivery/sender.rs".to_string()]);
 }

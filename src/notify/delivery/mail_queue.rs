@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::email::{self, MailJob};
+use super::deliveries::{self, MailJob};
 use crate::store::{Store, StoreResult};
 
 pub(crate) struct MailQueue {
@@ -152,7 +152,7 @@ impl MailQueue {
         // Held deliveries are still pending until their outcome is recorded:
         // read past them.
         let limit = room.saturating_add(held.len());
-        let (pending, read) = store.read(|c| email::pending_jobs(c, limit))?;
+        let (pending, read) = store.read(|c| deliveries::pending_jobs(c, limit))?;
         let everything = read < limit;
         let mut queued = 0;
         for job in pending {
@@ -183,7 +183,7 @@ mod tests {
 
     use super::*;
     use crate::args;
-    use crate::notify::email::testing::{record_sent, store_with_pending};
+    use crate::notify::delivery::deliveries::testing::{record_sent, store_with_pending};
 
     /// The ids waiting in the queue, taken out as senders would.
     fn drain(queue: &MailQueue) -> BTreeSet<String> {
@@ -283,7 +283,7 @@ mod tests {
         assert_eq!(queue.page_in(&store).unwrap(), 1);
         let sent = drain(&queue);
         let job = store
-            .read(|c| email::pending_jobs(c, 1))
+            .read(|c| deliveries::pending_jobs(c, 1))
             .unwrap()
             .0
             .remove(0);
