@@ -4,9 +4,9 @@
 //! signs in with a session cookie instead; cookie-authenticated POSTs must
 //! also come from our own origin (CSRF).
 
+use super::ctx::Ctx;
 use super::error::ApiError;
 use super::request::Req;
-use super::Ctx;
 use crate::ids;
 use crate::notify::service;
 use crate::store::users::User;

@@ -2,10 +2,10 @@
 //! ledger, newest first. Only the caller's own rows are ever read.
 
 use super::auth;
+use super::ctx::Ctx;
 use super::error::ApiError;
 use super::request::Req;
 use super::response::Reply;
-use super::Ctx;
 use crate::app::credits;
 
 pub fn get(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {

@@ -5,10 +5,10 @@
 use serde_json::json;
 
 use super::auth;
+use super::ctx::Ctx;
 use super::error::ApiError;
 use super::request::Req;
 use super::response::Reply;
-use super::Ctx;
 use crate::notify::delivery::views;
 use crate::notify::service;
 

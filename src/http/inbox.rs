@@ -6,11 +6,11 @@
 use serde_json::json;
 
 use super::auth;
+use super::ctx::Ctx;
 use super::error::ApiError;
 use super::request::Req;
 use super::response::Reply;
 use super::stream::Subscribe;
-use super::Ctx;
 use crate::notify::inbox::{self, Cursor};
 use crate::notify::service;
 

@@ -6,10 +6,12 @@
 
 mod auth;
 mod credits;
+mod ctx;
 mod deliveries;
 mod error;
 mod events;
 mod inbox;
+mod metrics;
 mod openapi;
 mod orgs;
 mod pages;
@@ -29,6 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use ctx::Ctx;
 pub use error::ApiError;
 use request::Req;
 pub use request::MAX_BODY;
@@ -37,20 +40,6 @@ pub use server::Limits as HttpLimits;
 pub use stream::StreamLimits;
 
 use crate::metrics::METRICS;
-use crate::notify::Notifier;
-
-/// What handlers share.
-pub struct Ctx {
-    pub notifier: Notifier,
-    pub service_key: Option<String>,
-    pub public_url: String,
-    /// The reference application's settings (catalog, test hooks).
-    pub app: crate::app::AppSettings,
-    /// `STRIPE_WEBHOOK_SECRET`; without it the webhook answers 503.
-    pub stripe_webhook_secret: Option<String>,
-    /// `--dev`: serves `/dev/mail`.
-    pub dev: bool,
-}
 
 pub struct HttpServer {
     server: server::Server,
@@ -162,20 +151,4 @@ fn method_label(method: &str) -> &'static str {
         .into_iter()
         .find(|m| m.eq_ignore_ascii_case(method))
         .unwrap_or("other")
-}
-
-/// `GET /metrics`: the counters plus queue gauges and file sizes read now.
-/// Unauthenticated, like `/healthz`, so a Prometheus scraper needs no secret.
-fn metrics(ctx: &Ctx) -> Result<Reply, ApiError> {
-    let mut gauges = crate::notify::service::queue_gauges(ctx.notifier.store())?;
-    gauges.bus_len = ctx.notifier.bus_len();
-    gauges.senders_len = ctx.notifier.mail_queue_len();
-    let disk = ctx.notifier.store().disk_usage();
-    gauges.database_bytes = disk.db;
-    gauges.wal_bytes = disk.wal;
-    Ok(Reply::text(
-        200,
-        "text/plain; version=0.0.4; charset=utf-8",
-        METRICS.render(&gauges),
-    ))
 }

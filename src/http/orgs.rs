@@ -6,10 +6,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::auth;
+use super::ctx::Ctx;
 use super::error::ApiError;
 use super::request::Req;
 use super::response::Reply;
-use super::Ctx;
 use crate::app::tenant::{self, Access, Role};
 use crate::app::{audit, billing, invitations, members, orgs};
 

@@ -5,10 +5,10 @@
 use serde_json::{json, Value};
 
 use super::auth;
+use super::ctx::Ctx;
 use super::error::ApiError;
 use super::request::Req;
 use super::response::Reply;
-use super::Ctx;
 use crate::notify::preferences::ALL_TYPES;
 use crate::notify::service;
 use crate::notify::Channel;

@@ -8,11 +8,12 @@
 
 use serde_json::json;
 
+use super::ctx::Ctx;
 use super::error::ApiError;
 use super::openapi::{self, operations as op, Endpoint, Op};
 use super::request::Req;
 use super::response::Reply;
-use super::{credits, deliveries, events, inbox, orgs, pages, preferences, stripe, users, Ctx};
+use super::{credits, deliveries, events, inbox, metrics, orgs, pages, preferences, stripe, users};
 
 /// A handler gets the request and the values of the pattern's `{params}`,
 /// in order.
@@ -77,7 +78,7 @@ pub const ROUTES: &[Route] = &[
     api("GET", "/healthz", op::health, |_, _, _| {
         Ok(Reply::json(200, &json!({"status": "ok"})))
     }),
-    api("GET", "/metrics", op::metrics, |c, _, _| super::metrics(c)),
+    api("GET", "/metrics", op::metrics, |c, _, _| metrics::get(c)),
     api("GET", "/openapi.json", op::openapi, |c, _, _| {
         Ok(openapi::reply(c.notifier.registry(), endpoints()))
     }),

@@ -6,10 +6,10 @@
 
 use serde_json::json;
 
+use super::ctx::Ctx;
 use super::error::ApiError;
 use super::request::Req;
 use super::response::Reply;
-use super::Ctx;
 use crate::app::stripe;
 
 pub fn webhook(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {

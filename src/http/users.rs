@@ -4,11 +4,11 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::auth;
+use super::ctx::Ctx;
 use super::error::ApiError;
 use super::request::Req;
 use super::response::Reply;
 use super::stream::EndStreams;
-use super::Ctx;
 use crate::notify::event::is_plausible_email;
 use crate::notify::service;
 use crate::store::users::User;

@@ -13,11 +13,11 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::auth;
+use super::ctx::Ctx;
 use super::error::ApiError;
 use super::request::Req;
 use super::response::Reply;
 use super::stream::EndStreams;
-use super::Ctx;
 use crate::app::{invitations, tenant, Access, Role};
 use crate::notify::service;
 use crate::notify::{inbox, links};

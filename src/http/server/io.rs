@@ -11,13 +11,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::chunked::Dechunker;
-use super::wire::{self, Framing, Refusal};
-use super::{Jobs, Limits, Request, StreamShared};
+use super::handoff::{IoHandle, IoMsg, Job, Jobs, StreamShared};
+use super::limits::Limits;
+use super::wire::{self, Framing, Refusal, Request};
 use crate::metrics::METRICS;
 
 const LISTENER: Token = Token(0);
@@ -34,56 +35,6 @@ const NAP: Duration = Duration::from_secs(3600);
 const LINGER: Duration = Duration::from_secs(2);
 /// Bytes read per call.
 const READ_CHUNK: usize = 16 * 1024;
-
-/// A complete request for a worker.
-pub struct Job {
-    pub id: u64,
-    pub request: Request,
-    /// The connection ends after the answer.
-    pub close: bool,
-}
-
-/// What workers and stream writers tell the I/O thread.
-pub enum IoMsg {
-    Reply {
-        id: u64,
-        bytes: Vec<u8>,
-        close: bool,
-    },
-    Stream {
-        id: u64,
-        bytes: Vec<u8>,
-        shared: Arc<StreamShared>,
-    },
-    Push {
-        id: u64,
-        bytes: Vec<u8>,
-    },
-    Close {
-        id: u64,
-    },
-    Stop {
-        deadline: Instant,
-    },
-}
-
-/// Sends to the I/O thread and wakes it.
-#[derive(Clone)]
-pub struct IoHandle {
-    tx: Sender<IoMsg>,
-    waker: Arc<Waker>,
-}
-
-impl IoHandle {
-    /// False once the I/O thread is gone.
-    pub fn send(&self, msg: IoMsg) -> bool {
-        if self.tx.send(msg).is_err() {
-            return false;
-        }
-        let _ = self.waker.wake();
-        true
-    }
-}
 
 enum Phase {
     /// Waiting for the first byte of a request.
@@ -172,7 +123,7 @@ impl IoLoop {
             accept_again: false,
             next_sweep: Instant::now() + NAP,
         };
-        Ok((io, IoHandle { tx, waker }))
+        Ok((io, IoHandle::new(tx, waker)))
     }
 
     pub fn run(mut self) {

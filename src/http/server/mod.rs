@@ -6,109 +6,30 @@
 //! Requests are framed strictly (`wire`), bounded in size and in time.
 
 mod chunked;
+mod handler;
+mod handoff;
 mod io;
+mod limits;
+mod stream;
 mod wire;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 
-pub use wire::Response;
-
-/// Bounds on what one connection may take, all configurable.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Worker threads running handlers.
-    pub threads: usize,
-    /// Open connections; past it the oldest idle keep-alive connection is
-    /// closed, or the new one is refused with 503.
-    pub max_connections: usize,
-    /// Bytes of one request head (request line and headers); 431 past it.
-    pub max_head: usize,
-    /// Bytes of one request body; 413 past it.
-    pub max_body: usize,
-    /// From a request's first byte to the end of its head; 408 past it.
-    pub header_timeout: Duration,
-    /// From the end of the head to the end of the body, and for a response
-    /// to be taken by the client without progress; 408 or close past it.
-    pub body_timeout: Duration,
-    /// How long a keep-alive connection may wait for its next request.
-    pub idle_timeout: Duration,
-}
-
-/// A complete request, as the handler sees it.
-#[derive(Debug)]
-pub struct Request {
-    pub method: String,
-    /// The origin-form target: path and query.
-    pub target: String,
-    /// Names lower-cased.
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-/// What a handler answers: a response, and for an event stream what to do
-/// with the connection once its head is on its way.
-pub struct Answer {
-    pub response: Response,
-    pub stream: Option<Box<dyn FnOnce(StreamWriter) + Send>>,
-}
-
-pub type Handler = dyn Fn(Request) -> Answer + Send + Sync;
-
-/// State an open stream shares between its writer and the I/O thread.
-#[derive(Debug, Default)]
-struct StreamShared {
-    /// Bytes handed to the I/O thread and not yet taken by the socket.
-    queued: AtomicUsize,
-    /// The connection is gone (client left, write failed, closed by us).
-    closed: AtomicBool,
-}
-
-/// The write side of an event stream. Writing never blocks: bytes are
-/// queued for the I/O thread, and `queued` tells how far the client is
-/// behind. Dropping the writer closes the connection.
-pub struct StreamWriter {
-    id: u64,
-    shared: Arc<StreamShared>,
-    io: io::IoHandle,
-}
-
-impl StreamWriter {
-    /// Queues `bytes`; false once the connection is closed.
-    pub fn send(&self, bytes: Vec<u8>) -> bool {
-        if self.is_closed() {
-            return false;
-        }
-        self.shared.queued.fetch_add(bytes.len(), Ordering::SeqCst);
-        self.io.send(io::IoMsg::Push { id: self.id, bytes })
-    }
-
-    /// Bytes sent and not yet taken by the client's socket.
-    pub fn queued(&self) -> usize {
-        self.shared.queued.load(Ordering::SeqCst)
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.shared.closed.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for StreamWriter {
-    fn drop(&mut self) {
-        if !self.shared.closed.swap(true, Ordering::SeqCst) {
-            self.io.send(io::IoMsg::Close { id: self.id });
-        }
-    }
-}
+pub use handler::{Answer, Handler};
+use handoff::{IoHandle, IoMsg, Job, StreamShared};
+pub use limits::Limits;
+pub use stream::StreamWriter;
+pub use wire::{Request, Response};
 
 pub struct Server {
     addr: SocketAddr,
-    io: io::IoHandle,
+    io: IoHandle,
     io_thread: JoinHandle<()>,
     workers: Vec<JoinHandle<()>>,
 }
@@ -162,7 +83,7 @@ impl Server {
     /// then closes every connection, streams included.
     pub fn shutdown(self, grace: Duration) {
         let deadline = Instant::now() + grace;
-        self.io.send(io::IoMsg::Stop { deadline });
+        self.io.send(IoMsg::Stop { deadline });
         let _ = self.io_thread.join();
         // The job queue closed with the I/O thread; a handler still running
         // past the grace period is left to the process exit.
@@ -178,7 +99,7 @@ impl Server {
 }
 
 /// A worker: runs the handler on each request and hands the bytes back.
-fn work(jobs: &Receiver<io::Job>, io: &io::IoHandle, handler: &Handler) {
+fn work(jobs: &Receiver<Job>, io: &IoHandle, handler: &Handler) {
     for job in jobs.iter() {
         let head_only = job.request.method == "HEAD";
         let Answer { response, stream } = handler(job.request);
@@ -189,7 +110,7 @@ fn work(jobs: &Receiver<io::Job>, io: &io::IoHandle, handler: &Handler) {
                     wire::BodyLength::Fixed { head_only },
                     job.close,
                 );
-                io.send(io::IoMsg::Reply {
+                io.send(IoMsg::Reply {
                     id: job.id,
                     bytes,
                     close: job.close,
@@ -199,23 +120,16 @@ fn work(jobs: &Receiver<io::Job>, io: &io::IoHandle, handler: &Handler) {
                 let bytes = wire::write_response(&response, wire::BodyLength::UntilClose, true);
                 let shared = Arc::new(StreamShared::default());
                 shared.queued.store(bytes.len(), Ordering::SeqCst);
-                io.send(io::IoMsg::Stream {
+                io.send(IoMsg::Stream {
                     id: job.id,
                     bytes,
                     shared: shared.clone(),
                 });
-                attach(StreamWriter {
-                    id: job.id,
-                    shared,
-                    io: io.clone(),
-                });
+                attach(StreamWriter::new(job.id, shared, io.clone()));
             }
         }
     }
 }
-
-/// The jobs channel type the I/O loop feeds.
-type Jobs = Sender<io::Job>;
 
 /// Descriptors kept for everything but connections: the database and its
 /// pool, the mail provider's connections, logs.

@@ -1,7 +1,8 @@
-//! HTTP/1.1 on the wire: a strict request-head parser (RFC 9112) and the
-//! response writer. Strict because herald may sit behind a proxy that
-//! frames requests differently: a head the parser does not fully
-//! understand is refused and the connection closed, never guessed at.
+//! HTTP/1.1 on the wire: a strict request-head parser (RFC 9112), the
+//! request and response a handler takes and gives, and the response
+//! writer. Strict because herald may sit behind a proxy that frames
+//! requests differently: a head the parser does not fully understand is
+//! refused and the connection closed, never guessed at.
 
 use std::fmt::Write as _;
 
@@ -214,6 +215,17 @@ fn parse_length(value: &str) -> Result<u64, Refusal> {
 /// RFC 9110 token characters.
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A complete request, as the handler sees it.
+#[derive(Debug)]
+pub struct Request {
+    pub method: String,
+    /// The origin-form target: path and query.
+    pub target: String,
+    /// Names lower-cased.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
 }
 
 /// A response to write: status, headers (Content-Type among them) and body.
