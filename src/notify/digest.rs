@@ -4,26 +4,18 @@
 
 use crate::args;
 use crate::store::{Conn, Tx};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::event::{Event, Recipient};
+use super::error::NotifyError;
+use super::event::{Event, Recipient, Release};
+use super::outbox;
 use super::registry::{Channel, DigestDef};
-use super::{outbox, Notifier, NotifyError};
-use crate::store::StoreResult;
+use crate::store::{Store, StoreResult};
 
 /// Digests closed per transaction, so a backlog never holds the write lock
 /// for long.
 const CLOSE_BATCH: usize = 100;
-
-/// What a released digest's event carries (see `Event::from_digest`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Release {
-    pub digest_id: i64,
-    /// The channels its events were allowed on when they joined.
-    pub channels: Vec<Channel>,
-}
 
 /// Adds event `seq` to the open digest of (type, recipient, key), opening
 /// one due `window_secs` from now if none is open. Returns the due time of a
@@ -108,15 +100,14 @@ pub fn next_due_at(conn: &Conn<'_>) -> StoreResult<Option<i64>> {
 
 /// The scheduler's hook: releases every digest due by now, publishes the
 /// outbox rows after commit, and returns when the next one is due.
-pub fn flush_due(notifier: &Notifier) -> Option<i64> {
-    let store = notifier.store();
+pub fn flush_due(store: &Store, publish: impl Fn(i64)) -> Option<i64> {
     loop {
         let now = store.clock().now_ms();
         match store.write(|tx| close_due(tx, now)) {
             Ok(seqs) => {
                 let full = seqs.len() == CLOSE_BATCH;
                 for seq in seqs {
-                    notifier.publish(seq);
+                    publish(seq);
                 }
                 if !full {
                     break;

@@ -17,13 +17,14 @@ use super::delivery::deliveries::{self, Batcher, EmailJob, MailJob};
 use super::delivery::mail_queue::MailQueue;
 use super::delivery::retry::{self, Outcome};
 use super::event::{Event, Recipient};
+use super::inbox::InboxCommitted;
 use super::outbox::{self, ChannelCounts, DispatchResult};
 use super::policy::{self, DedupKey};
 use super::preferences::Switches;
 use super::registry::{Channel, TypeDef};
+use super::shared::Shared;
 use super::templates::Rendered;
 use super::{digest, inbox};
-use super::{InboxCommitted, Shared};
 use crate::metrics::{Fate, METRICS};
 use crate::store::{users, StoreResult};
 
@@ -208,7 +209,7 @@ fn handle_batch(
     if prepared.is_empty() && outcomes.is_empty() {
         return;
     }
-    let batch = shared.store.write(|tx| {
+    let batch = shared.store().write(|tx| {
         let written = write_all(tx, prepared, shared.policy.mail_batch)?;
         let retry_scheduled = retry::record(tx, outcomes, &shared.policy)?.is_some();
         Ok::<_, crate::store::StoreError>((written, retry_scheduled))
@@ -227,7 +228,7 @@ fn handle_batch(
             log::warn!("dispatch batch failed ({e}); retrying its parts one at a time");
             for p in prepared {
                 match shared
-                    .store
+                    .store()
                     .write(|tx| write_all(tx, std::slice::from_ref(p), shared.policy.mail_batch))
                 {
                     Ok(written) => after_commit(shared, written, queue, wake),
@@ -270,13 +271,13 @@ fn prepare_batch<'s>(shared: &'s Shared, seqs: &[Published]) -> Vec<Prepared<'s>
     let mut loaded = std::collections::HashMap::new();
     if !unknown.is_empty() {
         match shared
-            .store
+            .store()
             .read(|c| outbox::load_pending_split(c, &unknown))
         {
             // Domain events have no registry type: they go to the listeners.
             Ok((rows, domain)) => {
                 if !domain.is_empty() {
-                    shared.listeners.route(&shared.store, &domain);
+                    shared.listeners.route(shared.store(), &domain);
                 }
                 loaded.extend(rows.into_iter().map(|row| (row.seq, row.event)));
             }
@@ -286,7 +287,7 @@ fn prepare_batch<'s>(shared: &'s Shared, seqs: &[Published]) -> Vec<Prepared<'s>
         }
     }
     // In publication order, so inbox rows keep the order of their events.
-    let prepared = shared.store.read(|c| {
+    let prepared = shared.store().read(|c| {
         let mut prepared = Vec::with_capacity(seqs.len());
         for (seq, event) in seqs {
             let event = match event {
@@ -346,7 +347,7 @@ fn prepare<'s>(
     conn: &Conn<'_>,
     event: Arc<Event>,
 ) -> StoreResult<Result<Ready<'s>, String>> {
-    let Some(def) = shared.registry.get(&event.kind) else {
+    let Some(def) = shared.registry().get(&event.kind) else {
         return Ok(Err(format!(
             "type {:?} is no longer in the registry",
             event.kind
@@ -564,7 +565,7 @@ fn record_outcomes(shared: &Shared, outcomes: &[Outcome], wake: &Sender<Wake>) {
     // deliveries pending until the next start, so insist a little.
     for attempt in 1..=5 {
         match shared
-            .store
+            .store()
             .write(|tx| retry::record(tx, outcomes, &shared.policy))
         {
             Ok(scheduled) => {

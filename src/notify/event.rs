@@ -5,12 +5,21 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::registry::Registry;
-use super::NotifyError;
+use super::error::NotifyError;
+use super::registry::{Channel, Registry};
 
 const MAX_RECIPIENTS: usize = 1000;
 const MAX_ID_LEN: usize = 200;
 const MAX_EMAIL_LEN: usize = 320;
+
+/// What a released digest's event carries (see `Event::from_digest`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Release {
+    pub digest_id: i64,
+    /// The channels its events were allowed on when they joined.
+    pub channels: Vec<Channel>,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -46,7 +55,7 @@ pub struct Event {
     /// API (`from_json` does not read it): it is dispatched without dedup or
     /// digest, on the channels its events were allowed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub from_digest: Option<super::digest::Release>,
+    pub from_digest: Option<Release>,
 }
 
 impl Event {

@@ -15,6 +15,14 @@ use crate::time::rfc3339;
 
 pub const MAX_PAGE: usize = 100;
 
+/// A new inbox row, announced only after the transaction that wrote it
+/// committed (the live stream reads the row itself by id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxCommitted {
+    pub user_id: String,
+    pub id: i64,
+}
+
 /// Writes the inbox row for (event, user); false if it already exists, which
 /// is what makes a re-driven dispatch harmless.
 pub fn insert(

@@ -19,8 +19,10 @@ use crate::store::{Conn, Tx};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde_json::Value;
 
+use super::error::NotifyError;
 use super::outbox::{self, DispatchResult};
-use super::{Notifier, NotifyError, Outbox};
+use super::publisher::{Outbox, Publisher};
+use super::threads;
 use crate::store::{Store, StoreError, StoreResult};
 
 /// A committed domain event as a listener sees it.
@@ -228,7 +230,7 @@ impl Listeners {
 
     /// Starts one thread per listener; each first finishes what a previous
     /// run left (its open `listener_runs` rows).
-    pub(super) fn start(&self, notifier: &Notifier, backoff: Backoff) -> Threads {
+    pub(super) fn start(&self, publisher: &Publisher, backoff: Backoff) -> Threads {
         let hooks = self.hooks.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(fail) = &hooks.fail {
             if !self.all().iter().any(|l| l.name() == fail.listener) {
@@ -248,7 +250,7 @@ impl Listeners {
             let (tx, rx) = crossbeam_channel::unbounded();
             wakes.push((listener.name().to_string(), tx.clone()));
             let ctx = Runner {
-                notifier: notifier.clone(),
+                publisher: publisher.clone(),
                 listener: listener.clone(),
                 backoff,
                 delay: hooks.delay,
@@ -257,7 +259,7 @@ impl Listeners {
             };
             handles.push((
                 tx,
-                super::spawn(&format!("herald-listener-{}", listener.name()), move || {
+                threads::spawn(&format!("herald-listener-{}", listener.name()), move || {
                     ctx.run(&rx)
                 }),
             ));
@@ -295,7 +297,7 @@ impl Threads {
             let _ = wake.send(Wake::Stop);
         }
         for (_, handle) in self.handles {
-            super::join_until(Some(handle), deadline);
+            threads::join_until(Some(handle), deadline);
         }
     }
 }
@@ -349,7 +351,7 @@ impl Listener for TestProbe {
 const BATCH: usize = 100;
 
 struct Runner {
-    notifier: Notifier,
+    publisher: Publisher,
     listener: Arc<dyn Listener>,
     backoff: Backoff,
     delay: Option<Duration>,
@@ -359,7 +361,7 @@ struct Runner {
 
 impl Runner {
     fn run(&self, wake: &Receiver<Wake>) {
-        let store = self.notifier.store();
+        let store = self.publisher.store();
         let name = self.listener.name();
         loop {
             let due = store.read(|c| due_runs(c, name, c.now_ms(), BATCH));
@@ -409,12 +411,12 @@ impl Runner {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        let event = match self.notifier.store().read(|c| load_event(c, seq)) {
+        let event = match self.publisher.store().read(|c| load_event(c, seq)) {
             Ok(event) => event,
             Err(e) => return self.failed(seq, &format!("#{seq}"), &e.to_string()),
         };
         let attempt = catch_unwind(AssertUnwindSafe(|| {
-            self.notifier.transaction(|outbox| {
+            self.publisher.transaction(|outbox| {
                 if !is_open(outbox.tx(), seq, name)? {
                     return Ok(());
                 }
@@ -434,7 +436,7 @@ impl Runner {
 
     fn failed(&self, seq: i64, event_id: &str, error: &str) {
         let name = self.listener.name();
-        let scheduled = self.notifier.store().write(|tx| {
+        let scheduled = self.publisher.store().write(|tx| {
             let attempts: u32 = tx.query_one(
                 "SELECT attempts FROM listener_runs WHERE event_seq = ?1 AND listener = ?2",
                 args![seq, name],

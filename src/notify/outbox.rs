@@ -5,9 +5,9 @@
 
 use serde::Serialize;
 
+use super::error::NotifyError;
 use super::event::Event;
 use super::registry::Channel;
-use super::NotifyError;
 use crate::args;
 use crate::ids;
 use crate::store::{Conn, Row, StoreResult, Tx};
@@ -295,51 +295,33 @@ pub fn stale_pending(
     )
 }
 
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EventView {
-    pub id: String,
-    #[serde(rename = "type")]
+/// An outbox row as `GET /v1/events/{id}` shows it (see `event_view`).
+pub struct EventRow {
+    pub seq: i64,
     pub kind: String,
     pub status: String,
-    pub created_at: String,
+    pub created_at: i64,
     pub result: Option<DispatchResult>,
     pub error: Option<String>,
-    pub deliveries: Vec<super::delivery::views::DeliveryView>,
-    /// Digests holding this event (absent when it was not digested).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub digests: Vec<super::digest::HeldView>,
 }
 
-/// An event with its result and every delivery, for the API.
-pub fn view(conn: &Conn<'_>, id: &str) -> StoreResult<EventView> {
-    let (seq, kind, status, created_at, result, error) = conn.query_one(
+/// The outbox row of public event id `id`; `NotFound` if there is none.
+pub fn by_id(conn: &Conn<'_>, id: &str) -> StoreResult<EventRow> {
+    conn.query_one(
         &format!(
             "SELECT seq, type, status, created_at, error, {RESULT_COLUMNS}
              FROM outbox WHERE id = ?1"
         ),
         args![id],
         |r| {
-            Ok((
-                r.get::<i64>(0)?,
-                r.get::<String>(1)?,
-                r.get::<String>(2)?,
-                r.get::<i64>(3)?,
-                read_result(r, 5)?,
-                r.get::<Option<String>>(4)?,
-            ))
+            Ok(EventRow {
+                seq: r.get(0)?,
+                kind: r.get(1)?,
+                status: r.get(2)?,
+                created_at: r.get(3)?,
+                result: read_result(r, 5)?,
+                error: r.get(4)?,
+            })
         },
-    )?;
-    let mut deliveries = super::inbox::deliveries_of(conn, seq)?;
-    deliveries.extend(super::delivery::views::deliveries_of(conn, seq)?);
-    Ok(EventView {
-        id: id.to_string(),
-        kind,
-        status,
-        created_at: crate::time::rfc3339(created_at),
-        result,
-        error,
-        deliveries,
-        digests: super::digest::held_views(conn, seq)?,
-    })
+    )
 }

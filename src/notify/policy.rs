@@ -160,7 +160,7 @@ pub fn channels_for(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::notify::Registry;
+    use crate::notify::registry::Registry;
     use crate::store::{Store, Synchronous};
 
     /// A fresh database and a registry of `types` (the registry's JSON

@@ -9,7 +9,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::NotifyError;
+use super::error::NotifyError;
 
 pub const EMBEDDED_REGISTRY: &str = include_str!("../../data/registry.json");
 

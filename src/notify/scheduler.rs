@@ -14,12 +14,17 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use super::bus::Wake;
 use super::delivery::deliveries;
 use super::delivery::mail_queue::MailQueue;
-use super::{digest, outbox, policy, retention, Notifier};
+use super::shared::Shared;
+use super::{digest, outbox, policy, retention};
+
+/// How often the scheduler looks for work written by another process; what
+/// `herald outbox retry` tells the operator to expect.
+pub const SWEEP_EVERY_SECS: i64 = 30;
 
 /// How often the database is looked at for work this process was not told
 /// about. In-process work always arrives by message, so this only bounds
 /// how late another process's writes are noticed; rare keeps idle idle.
-const SWEEP_EVERY_MS: i64 = super::SWEEP_EVERY_SECS * 1000;
+const SWEEP_EVERY_MS: i64 = SWEEP_EVERY_SECS * 1000;
 /// Rows younger than this are probably still on the bus.
 const STALE_AFTER_MS: i64 = 1_000;
 const CLAIM_BATCH: usize = 500;
@@ -30,10 +35,10 @@ const PRUNE_CHUNKS_PER_SWEEP: usize = 50;
 /// A retention pass that left more behind comes back after this.
 const PRUNE_AGAIN_MS: i64 = 50;
 
-pub(super) fn run(notifier: &Notifier, queue: &MailQueue, wake: Receiver<Wake>) {
-    let store = notifier.store();
+pub(super) fn run(shared: &Shared, queue: &MailQueue, wake: Receiver<Wake>) {
+    let store = shared.store();
     let mut next_sweep = store.clock().now_ms() + SWEEP_EVERY_MS;
-    let retention = &notifier.shared.policy.retention;
+    let retention = &shared.policy.retention;
     let prune_every = retention
         .every(Duration::from_millis(SWEEP_EVERY_MS as u64))
         .map(|d| d.as_millis() as i64);
@@ -61,10 +66,10 @@ pub(super) fn run(notifier: &Notifier, queue: &MailQueue, wake: Receiver<Wake>) 
             Err(e) => log::error!("scheduler cannot claim due retries: {e}"),
         }
         if now >= next_sweep {
-            if notifier.bus_len() == 0 {
-                publish_stale(notifier, now - STALE_AFTER_MS);
+            if shared.bus_rx.is_empty() {
+                publish_stale(shared, now - STALE_AFTER_MS);
             }
-            prune_dedup_marks(notifier, now);
+            prune_dedup_marks(shared, now);
             next_sweep = now + SWEEP_EVERY_MS;
             next_wake = next_sweep;
         }
@@ -76,7 +81,7 @@ pub(super) fn run(notifier: &Notifier, queue: &MailQueue, wake: Receiver<Wake>) 
             next_wake = next_wake.min(next_prune);
         }
         // Digests due now are released; the next one bounds the sleep.
-        if let Some(at) = digest::flush_due(notifier) {
+        if let Some(at) = digest::flush_due(store, |seq| shared.publisher.publish(seq)) {
             next_wake = next_wake.min(at);
         }
         match store.read(deliveries::next_retry_at) {
@@ -101,9 +106,9 @@ pub(super) fn run(notifier: &Notifier, queue: &MailQueue, wake: Receiver<Wake>) 
 /// Everything a previous run (or a crash) left unfinished goes back in:
 /// undispatched events onto the bus now, unsent emails through the mail
 /// queue, which starts behind and pages them in from the database.
-pub(super) fn redrive(notifier: &Notifier) {
-    let events = publish_stale(notifier, i64::MAX);
-    match notifier.store().read(deliveries::pending_count) {
+pub(super) fn redrive(shared: &Shared) {
+    let events = publish_stale(shared, i64::MAX);
+    match shared.store().read(deliveries::pending_count) {
         Ok(emails) if events > 0 || emails > 0 => {
             log::info!("re-driving {events} undispatched events and {emails} unsent emails");
         }
@@ -115,8 +120,8 @@ pub(super) fn redrive(notifier: &Notifier) {
 /// Deletes dedup marks older than the longest window of any type: they can
 /// no longer make anything a duplicate, and without this the table would
 /// grow by a row for nearly every notification, forever.
-fn prune_dedup_marks(notifier: &Notifier, now: i64) {
-    let longest_secs = notifier
+fn prune_dedup_marks(shared: &Shared, now: i64) {
+    let longest_secs = shared
         .registry()
         .types()
         .map(|(_, def)| def.dedup_window_secs)
@@ -124,7 +129,7 @@ fn prune_dedup_marks(notifier: &Notifier, now: i64) {
         .unwrap_or(0);
     let before =
         now.saturating_sub(i64::try_from(longest_secs.saturating_mul(1000)).unwrap_or(i64::MAX));
-    let store = notifier.store();
+    let store = shared.store();
     for _ in 0..PRUNE_CHUNKS_PER_SWEEP {
         let pruned = store
             .read(|c| policy::expired_marks(c, before, PRUNE_CHUNK))
@@ -148,11 +153,11 @@ fn prune_dedup_marks(notifier: &Notifier, now: i64) {
     }
 }
 
-fn publish_stale(notifier: &Notifier, before_ms: i64) -> usize {
+fn publish_stale(shared: &Shared, before_ms: i64) -> usize {
     let mut published = 0;
     let mut after = 0;
     loop {
-        let seqs = match notifier
+        let seqs = match shared
             .store()
             .read(|c| outbox::stale_pending(c, before_ms, after, 10_000))
         {
@@ -168,7 +173,7 @@ fn publish_stale(notifier: &Notifier, before_ms: i64) -> usize {
         after = last;
         published += seqs.len();
         for seq in seqs {
-            notifier.publish(seq);
+            shared.publisher.publish(seq);
         }
     }
 }

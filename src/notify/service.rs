@@ -4,8 +4,9 @@
 //! sessions are here too: recipients are the notification service's users.
 
 use super::delivery::views::{self, ConsoleEmail, DeliveryRecord, DeliveryView};
+use super::event_view::{self, EventView};
 use super::inbox::{self, Cursor, Item, Page};
-use super::outbox::{self, EventView, ResultRow};
+use super::outbox::{self, ResultRow};
 use super::preferences::{self, TypePreferences};
 use super::registry::{Channel, Registry};
 use crate::metrics::QueueGauges;
@@ -78,7 +79,7 @@ pub fn newest_inbox_id(store: &Store, user_id: &str) -> StoreResult<i64> {
 
 /// An event with its result and every delivery.
 pub fn event(store: &Store, id: &str) -> StoreResult<EventView> {
-    store.snapshot(|c| outbox::view(c, id))
+    store.snapshot(|c| event_view::view(c, id))
 }
 
 /// The `limit` notification events dispatched last, newest first.

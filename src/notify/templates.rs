@@ -10,9 +10,9 @@ use minijinja::{Environment, UndefinedBehavior};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::error::NotifyError;
 use super::links;
 use super::registry::{Channel, Registry, TypeDef};
-use super::NotifyError;
 
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/embedded_templates.rs"));

@@ -1,0 +1,44 @@
+//! What `GET /v1/events/{id}` shows of one event: its outbox row and
+//! result, every delivery on every channel, and the digests holding it.
+//! Reads only, each from the module that owns the table.
+
+use serde::Serialize;
+
+use super::delivery::views::{self, DeliveryView};
+use super::digest::{self, HeldView};
+use super::inbox;
+use super::outbox::{self, DispatchResult};
+use crate::store::{Conn, StoreResult};
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventView {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: String,
+    pub created_at: String,
+    pub result: Option<DispatchResult>,
+    pub error: Option<String>,
+    pub deliveries: Vec<DeliveryView>,
+    /// Digests holding this event (absent when it was not digested).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub digests: Vec<HeldView>,
+}
+
+/// An event with its result and every delivery, for the API.
+pub fn view(conn: &Conn<'_>, id: &str) -> StoreResult<EventView> {
+    let row = outbox::by_id(conn, id)?;
+    let mut deliveries = inbox::deliveries_of(conn, row.seq)?;
+    deliveries.extend(views::deliveries_of(conn, row.seq)?);
+    Ok(EventView {
+        id: id.to_string(),
+        kind: row.kind,
+        status: row.status,
+        created_at: crate::time::rfc3339(row.created_at),
+        result: row.result,
+        error: row.error,
+        deliveries,
+        digests: digest::held_views(conn, row.seq)?,
+    })
+}

@@ -1,0 +1,260 @@
+//! The handle call sites hold (`Notifier`): enqueue and publish through
+//! the seam, re-arm deliveries, and start and stop the threads behind it
+//! (dispatcher, mail senders, scheduler, listeners) as one `Running`.
+//! Everything the threads share lives in `Shared`; this file only wires
+//! them together, and nothing below it names it.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::bus::{BusMsg, Wake};
+use super::delivery::pacer::Pacer;
+use super::delivery::policy::DeliveryPolicy;
+use super::delivery::retry::Outcome;
+use super::delivery::sender::{self, SenderContext};
+use super::delivery::views::{self, DeliveryView};
+use super::error::NotifyError;
+use super::event::Event;
+use super::inbox::InboxCommitted;
+use super::listeners::{self, Listener, ListenerHooks};
+use super::outbox::Enqueued;
+use super::publisher::Outbox;
+use super::registry::Registry;
+use super::shared::Shared;
+use super::templates::Templates;
+use super::{dispatcher, scheduler, threads};
+use crate::mail::MailProvider;
+use crate::store::{Store, StoreError, Tx};
+
+/// The handle call sites hold. Cheap to clone.
+#[derive(Clone)]
+pub struct Notifier {
+    shared: Arc<Shared>,
+}
+
+impl Notifier {
+    pub fn new(
+        store: Arc<Store>,
+        registry: Registry,
+        templates: Templates,
+        policy: DeliveryPolicy,
+    ) -> Notifier {
+        Notifier {
+            shared: Arc::new(Shared::new(store, registry, templates, policy)),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        self.shared.store()
+    }
+
+    pub fn registry(&self) -> &Registry {
+        self.shared.registry()
+    }
+
+    /// Library entry point: validates `event` and writes its outbox row in
+    /// the caller's transaction. The caller commits, then calls `publish`;
+    /// a rolled-back transaction therefore notifies nobody. An event whose
+    /// idempotency key was seen before returns the first event's id with
+    /// `created: false`.
+    pub fn enqueue(&self, tx: &Tx<'_>, event: &Event) -> Result<Enqueued, NotifyError> {
+        self.shared.publisher.enqueue(tx, event)
+    }
+
+    /// Hands a committed outbox row to the dispatcher. Publishing an id whose
+    /// transaction rolled back is harmless: there is no row to dispatch.
+    pub fn publish(&self, seq: i64) {
+        self.shared.publisher.publish(seq);
+    }
+
+    /// Runs `f` in one write transaction and publishes the events it
+    /// enqueued only after COMMIT has returned.
+    pub fn transaction<T, E>(
+        &self,
+        f: impl FnOnce(&mut Outbox<'_, '_>) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        self.shared.publisher.transaction(f)
+    }
+
+    /// Re-arms a dead or failed delivery for a fresh round of attempts, due
+    /// now, and wakes the scheduler to send it.
+    pub fn retry_delivery(&self, id: &str) -> Result<DeliveryView, NotifyError> {
+        let view = self.shared.store().write(|tx| views::rearm(tx, id))?;
+        let view = view.map_err(|status| {
+            NotifyError::Conflict(format!(
+                "delivery {id} is {status}; only dead or failed deliveries can be retried"
+            ))
+        })?;
+        let _ = self.shared.wake.send(Wake::Retry);
+        Ok(view)
+    }
+
+    /// Re-arms every dead delivery; returns how many.
+    pub fn retry_dead(&self) -> Result<usize, NotifyError> {
+        let count = self.shared.store().write(views::rearm_dead)?;
+        let _ = self.shared.wake.send(Wake::Retry);
+        Ok(count)
+    }
+
+    /// Adds a domain-event listener; call before `start`.
+    pub fn subscribe(&self, listener: Arc<dyn Listener>) {
+        self.shared.listeners.subscribe(listener);
+    }
+
+    /// Test failure injection for listeners (inert by default); before `start`.
+    pub fn set_listener_hooks(&self, hooks: ListenerHooks) {
+        self.shared.listeners.set_hooks(hooks);
+    }
+
+    /// For one-shot commands (`herald send`, `herald reconcile`): dispatches
+    /// the events this process published and sends their emails here, with
+    /// no background threads. A server running on the same database keeps
+    /// what it owns (its pending deliveries are never loaded here), and the
+    /// outbox claim makes each event dispatched by exactly one process.
+    /// Sends that fail stay `retrying` for the server's scheduler. Returns
+    /// how many events were handed over.
+    pub fn deliver_published(&self, provider: &dyn MailProvider) -> usize {
+        let seqs: Vec<(i64, Option<Arc<Event>>)> = self
+            .shared
+            .bus_rx
+            .try_iter()
+            .filter_map(|msg| match msg {
+                BusMsg::Dispatch(seq, event) => Some((seq, event)),
+                _ => None,
+            })
+            .collect();
+        let jobs = dispatcher::dispatch_now(&self.shared, &seqs);
+        let outcomes: Vec<Outcome> = jobs
+            .into_iter()
+            .map(|job| sender::attempt(provider, &self.shared.policy.from, job).0)
+            .collect();
+        if !outcomes.is_empty() {
+            dispatcher::record_now(&self.shared, &outcomes);
+        }
+        seqs.len()
+    }
+
+    /// A receiver of every inbox row committed from now on, in commit order.
+    /// The live stream's hub is the listener; a dropped receiver costs
+    /// nothing.
+    pub fn subscribe_inbox(&self) -> Receiver<InboxCommitted> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        self.shared
+            .inbox_listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tx);
+        rx
+    }
+
+    /// Emails queued in memory for the mail senders.
+    pub fn mail_queue_len(&self) -> usize {
+        self.shared.mail_queue.len()
+    }
+
+    /// Messages waiting on the bus (not yet taken by the dispatcher).
+    pub fn bus_len(&self) -> usize {
+        self.shared.bus_rx.len()
+    }
+
+    /// Starts the dispatcher, the mail senders and the scheduler, and
+    /// re-drives everything a previous run left unfinished.
+    pub fn start(&self, provider: Arc<dyn MailProvider>) -> Running {
+        let shared = &self.shared;
+        let queue = shared.mail_queue.clone();
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let pacer = Arc::new(Pacer::new(shared.policy.rate_per_sec));
+        scheduler::redrive(shared);
+
+        let mut senders = Vec::new();
+        for i in 0..shared.policy.sender_threads.max(1) {
+            let ctx = SenderContext {
+                provider: provider.clone(),
+                from: shared.policy.from.clone(),
+                queue: queue.clone(),
+                outcomes: shared.bus.clone(),
+                pacer: pacer.clone(),
+                store: shared.publisher.store_arc(),
+                mail_batch: shared.policy.mail_batch,
+                stop: stop_rx.clone(),
+            };
+            senders.push(threads::spawn(&format!("herald-mail-{i}"), move || {
+                sender::run_sender(ctx)
+            }));
+        }
+        let dispatcher = {
+            let shared = self.shared.clone();
+            let (queue, wake) = (queue.clone(), shared.wake.clone());
+            threads::spawn("herald-dispatcher", move || {
+                dispatcher::run(&shared, &queue, wake)
+            })
+        };
+        let listeners = shared.listeners.start(
+            &shared.publisher,
+            listeners::Backoff {
+                base: shared.policy.retry_base,
+                cap: shared.policy.retry_cap,
+            },
+        );
+        let scheduler = {
+            let shared = self.shared.clone();
+            let wake = shared.wake_rx.clone();
+            threads::spawn("herald-scheduler", move || {
+                scheduler::run(&shared, &queue, wake)
+            })
+        };
+        Running {
+            notifier: self.clone(),
+            stop_senders: Some(stop_tx),
+            dispatcher: Some(dispatcher),
+            scheduler: Some(scheduler),
+            senders,
+            listeners: Some(listeners),
+        }
+    }
+}
+
+/// The running delivery machinery; `shutdown` stops it in order.
+pub struct Running {
+    notifier: Notifier,
+    /// Dropped to stop the senders (see `sender::SenderContext::stop`).
+    stop_senders: Option<Sender<()>>,
+    dispatcher: Option<JoinHandle<()>>,
+    scheduler: Option<JoinHandle<()>>,
+    senders: Vec<JoinHandle<()>>,
+    listeners: Option<listeners::Threads>,
+}
+
+impl Running {
+    /// Waits until every message published so far has been dispatched.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let _ = self.notifier.shared.bus.send(BusMsg::Flush(tx));
+        rx.recv_timeout(timeout).is_ok()
+    }
+
+    /// Dispatches what is on the bus, lets in-flight sends finish within
+    /// `grace`, records their outcomes and stops every thread. Deliveries not
+    /// yet sent stay pending in the database for the next start.
+    pub fn shutdown(mut self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        self.flush(grace);
+        if let Some(listeners) = self.listeners.take() {
+            listeners.stop(deadline);
+        }
+        let _ = self.notifier.shared.wake.send(Wake::Stop);
+        threads::join_until(self.scheduler.take(), deadline);
+        self.stop_senders.take();
+        for sender in self.senders.drain(..) {
+            threads::join_until(Some(sender), deadline);
+        }
+        let _ = self.notifier.shared.bus.send(BusMsg::Stop);
+        threads::join_until(self.dispatcher.take(), deadline + Duration::from_secs(5));
+    }
+}
