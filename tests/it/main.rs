@@ -16,6 +16,7 @@ mod crash;
 mod delivery;
 mod delivery_crash;
 mod delivery_engine;
+mod delivery_pace;
 mod domain_credits;
 mod domain_listeners;
 mod http_edge;
