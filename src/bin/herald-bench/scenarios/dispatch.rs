@@ -1,0 +1,64 @@
+//! Dispatch through the library: events enqueued in transactions of
+//! `--enqueue-batch`, each to an inbox row and an email to the in-process
+//! `Counter`; notifications per second from the first enqueue until the last
+//! email is accepted and the last inbox row stored.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herald::args;
+use herald::notify::{DeliveryPolicy, Event, Notifier, Registry, Templates};
+use herald::store::{Store, Synchronous};
+
+use crate::events::role_changed;
+use crate::fake_provider::{wait_for_emails, Counter};
+use crate::report::progress;
+use crate::seed::prepared_db;
+
+pub fn run(dir: &Path, events: usize, users: usize, batch: usize) -> Result<f64, String> {
+    eprintln!(
+        "dispatch: {events} events (inbox + email each) through the library, {batch} per \
+         transaction, to an in-process provider"
+    );
+    let path = dir.join("dispatch.db");
+    drop(prepared_db(&path, users, 0)?);
+    let store = Arc::new(Store::open(&path, Synchronous::Normal).map_err(|e| e.to_string())?);
+    let registry = Registry::embedded().map_err(|e| e.to_string())?;
+    let templates = Templates::load(&registry, None).map_err(|e| e.to_string())?;
+    let notifier = Notifier::new(
+        store.clone(),
+        registry,
+        templates,
+        DeliveryPolicy::default(),
+    );
+    let counter = Arc::new(Counter::default());
+    let running = notifier.start(counter.clone());
+    let started = Instant::now();
+    for first in (0..events).step_by(batch) {
+        let chunk: Vec<Event> = (first..(first + batch).min(events))
+            .map(|i| role_changed(i, users))
+            .collect();
+        notifier
+            .transaction(|outbox| chunk.iter().try_for_each(|e| outbox.enqueue(e).map(|_| ())))
+            .map_err(|e| e.to_string())?;
+        if first % 20_000 < batch {
+            progress("enqueued", first, events, started);
+        }
+    }
+    eprintln!();
+    wait_for_emails(&counter.accepted, events, started, 10)?;
+    let inbox_done = |s: &Store| -> Result<i64, String> {
+        s.read(|c| c.query_one("SELECT COUNT(*) FROM notifications", args![], |r| r.get(0)))
+            .map_err(|e| e.to_string())
+    };
+    while inbox_done(&store)? < events as i64 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    eprintln!();
+    running.shutdown(Duration::from_secs(10));
+    let per_s = events as f64 / elapsed;
+    eprintln!("  dispatch: {per_s:.0} notifications/s (enqueue to last email accepted)");
+    Ok(per_s)
+}
