@@ -1,7 +1,7 @@
 //! Mail providers: the one IO edge herald fakes in tests. A provider sends one
 //! rendered email, or a batch of them in one request, under an idempotency
 //! key and classifies the outcome as sent, worth retrying, or refused for
-//! good. Only `notify::email` calls them.
+//! good. Only `notify::delivery::sender` calls them.
 
 mod console;
 mod provider;

@@ -1,9 +1,10 @@
-//! The dispatcher: the one writer of delivery state. One thread drains the
-//! bus in batches and renders each committed event once (outside any
-//! transaction); a second writes each batch in one transaction that claims
-//! the outbox rows and writes their inbox rows and email deliveries. Only
-//! after COMMIT are the emails handed to the senders. It also records the
-//! senders' outcomes.
+//! The dispatcher: turns committed outbox rows into inbox rows and email
+//! deliveries, and records the senders' outcomes. One thread drains the bus
+//! in batches and renders each event once, outside any transaction (it
+//! hands domain events to the listeners, whose routing writes their runs);
+//! a second writes each batch in one transaction that claims the outbox
+//! rows. Only after COMMIT are the emails handed to the senders, which
+//! write nothing but the batches they merge before a send.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -35,7 +36,7 @@ const MAX_ROWS_PER_WRITE: usize = 512;
 const GATHER: Duration = Duration::from_millis(1);
 
 /// Runs the dispatcher as a two-stage pipeline on two threads: this one
-/// gathers bus messages and renders each batch (reads and CPU only), the
+/// gathers bus messages and renders each batch (no transaction of its own), the
 /// writer thread writes the previous batch meanwhile. On two cores the
 /// write transaction no longer waits for rendering. Batches stay in bus
 /// order, so a flush is acknowledged only once everything before it is

@@ -9,9 +9,10 @@
 //! - `notifier`: the `Notifier` handle and `Running`, which start and stop
 //!   the threads; `shared`: what those threads share; `threads`: naming,
 //!   starting and joining them.
-//! - `dispatcher`: the one writer of dispatch results (inbox rows, email
-//!   deliveries, outcomes); `scheduler`: retries, digests, sweeps,
-//!   retention passes; `listeners`: domain-event listener threads.
+//! - `dispatcher`: writes inbox rows, email deliveries and send outcomes
+//!   (the senders write only the batches they merge); `scheduler`:
+//!   retries, digests, sweeps, retention passes; `listeners`: domain-event
+//!   listener threads.
 //! - `publisher`: validating and enqueuing events in the caller's
 //!   transaction (`Outbox`), publishing after COMMIT; `bus`: the in-process
 //!   messages.

@@ -39,21 +39,14 @@ pub fn enqueue(tx: &Tx<'_>, event: &Event) -> Result<Enqueued, NotifyError> {
             });
         }
     }
-    let id = ids::new_id("evt");
     let body = serde_json::to_string(event)
         .map_err(|e| NotifyError::Render(format!("cannot encode event: {e}")))?;
-    let seq = tx.query_one(
-        "INSERT INTO outbox (id, type, body, idempotency_key, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
-         RETURNING seq",
-        args![id, event.kind, body, event.idempotency_key, tx.now_ms()],
-        |r| r.get(0),
-    )?;
-    Ok(Enqueued {
-        seq,
-        id,
-        created: true,
-    })
+    let key = event.idempotency_key.as_deref();
+    Ok(insert(tx, &event.kind, &body, KIND_NOTIFICATION, key)?)
 }
+
+/// The `outbox.kind` of a notification event.
+const KIND_NOTIFICATION: &str = "notification";
 
 /// The `outbox.kind` of a domain event (`notification` for the rest).
 pub const KIND_DOMAIN: &str = "domain";
@@ -66,12 +59,23 @@ pub fn enqueue_domain(
     kind: &str,
     payload: &serde_json::Value,
 ) -> Result<Enqueued, NotifyError> {
-    let id = ids::new_id("evt");
     let body = serde_json::json!({ "type": kind, "payload": payload }).to_string();
+    Ok(insert(tx, kind, &body, KIND_DOMAIN, None)?)
+}
+
+/// Writes one pending outbox row under a new public id.
+fn insert(
+    tx: &Tx<'_>,
+    kind: &str,
+    body: &str,
+    row_kind: &str,
+    idempotency_key: Option<&str>,
+) -> StoreResult<Enqueued> {
+    let id = ids::new_id("evt");
     let seq = tx.query_one(
-        "INSERT INTO outbox (id, type, body, kind, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
-         RETURNING seq",
-        args![id, kind, body, KIND_DOMAIN, tx.now_ms()],
+        "INSERT INTO outbox (id, type, body, kind, idempotency_key, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING seq",
+        args![id, kind, body, row_kind, idempotency_key, tx.now_ms()],
         |r| r.get(0),
     )?;
     Ok(Enqueued {

@@ -10,8 +10,9 @@ use serde_json::json;
 
 use crate::delivery_engine::{
     assert_identical_bodies, check_one_email_per_delivery, delivery_ids, post_email,
-    post_to_addresses, post_trickle, role_changed, send_keys, wait_sent,
+    post_to_addresses, role_changed, send_keys, wait_sent,
 };
+use crate::delivery_pace::post_trickle;
 use crate::support::{wait_until, FakeResend, Mode, RecordedRequest, TestServer};
 
 const WAIT: Duration = Duration::from_secs(60);

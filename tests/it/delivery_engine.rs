@@ -33,39 +33,6 @@ pub fn post_email(server: &TestServer, i: usize) -> String {
     body["eventId"].as_str().unwrap().to_string()
 }
 
-/// Posts events to `n{i}@example.com` for every `i`, `per_event` addresses
-/// an event, each once the one before is dispatched: every dispatch
-/// creates its event's emails, alone (one address) or as a small batch.
-pub fn post_trickle(server: &TestServer, range: std::ops::Range<usize>, per_event: usize) {
-    for first in range.clone().step_by(per_event) {
-        let end = (first + per_event).min(range.end);
-        post_to_addresses(server, first..end);
-        let created = || server.count("SELECT COUNT(*) FROM deliveries WHERE address LIKE 'n%'");
-        if !wait_until(WAIT, || created() >= end as i64) {
-            server.fail(&format!("event {first} was never dispatched"));
-        }
-    }
-}
-
-/// Posts address-only events to `n{i}@example.com` for every `i` in one
-/// bulk request, so they commit, and are dispatched, together.
-pub fn post_bulk_emails(server: &TestServer, range: std::ops::Range<usize>) {
-    let events: Vec<Value> = range
-        .map(|i| {
-            role_changed(
-                json!([{ "email": format!("n{i}@example.com") }]),
-                &format!("s{i}"),
-            )
-        })
-        .collect();
-    let (status, body) = server.post(
-        "/v1/events/bulk",
-        Some(server.service_key()),
-        json!({ "events": events }),
-    );
-    assert_eq!(status, 202, "{body}");
-}
-
 /// Posts one event to the addresses `n{i}@example.com`: one dispatch, so
 /// its emails always make one batch (of up to 100).
 pub fn post_to_addresses(server: &TestServer, range: std::ops::Range<usize>) {

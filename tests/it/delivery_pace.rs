@@ -7,10 +7,45 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use crate::delivery_engine::{
-    check_one_email_per_delivery, delivery_ids, engine, post_bulk_emails, post_email,
-    post_to_addresses, post_trickle, wait_sent, WAIT,
+    check_one_email_per_delivery, delivery_ids, engine, post_email, post_to_addresses,
+    role_changed, wait_sent, WAIT,
 };
+use serde_json::{json, Value};
+
 use crate::support::{wait_until, FakeResend, Mode, TestServer};
+
+/// Posts events to `n{i}@example.com` for every `i`, `per_event` addresses
+/// an event, each once the one before is dispatched: every dispatch
+/// creates its event's emails, alone (one address) or as a small batch.
+pub fn post_trickle(server: &TestServer, range: std::ops::Range<usize>, per_event: usize) {
+    for first in range.clone().step_by(per_event) {
+        let end = (first + per_event).min(range.end);
+        post_to_addresses(server, first..end);
+        let created = || server.count("SELECT COUNT(*) FROM deliveries WHERE address LIKE 'n%'");
+        if !wait_until(WAIT, || created() >= end as i64) {
+            server.fail(&format!("event {first} was never dispatched"));
+        }
+    }
+}
+
+/// Posts address-only events to `n{i}@example.com` for every `i` in one
+/// bulk request, so they commit, and are dispatched, together.
+pub fn post_bulk_emails(server: &TestServer, range: std::ops::Range<usize>) {
+    let events: Vec<Value> = range
+        .map(|i| {
+            role_changed(
+                json!([{ "email": format!("n{i}@example.com") }]),
+                &format!("s{i}"),
+            )
+        })
+        .collect();
+    let (status, body) = server.post(
+        "/v1/events/bulk",
+        Some(server.service_key()),
+        json!({ "events": events }),
+    );
+    assert_eq!(status, 202, "{body}");
+}
 
 fn busiest_window(times: &[Instant], width: Duration) -> usize {
     let mut sorted = times.to_vec();
