@@ -70,15 +70,12 @@ impl Notifier {
         self.shared.publisher.publish(seq);
     }
 
-    /// Runs `f` in one write transaction and publishes the events it
-    /// enqueued only after COMMIT has returned.
-    pub fn transaction<T, E>(
+    /// The call sites' write transaction: `Publisher::transaction`, whose
+    /// events are published only after COMMIT.
+    pub fn transaction<T, E: From<StoreError>>(
         &self,
         f: impl FnOnce(&mut Outbox<'_, '_>) -> Result<T, E>,
-    ) -> Result<T, E>
-    where
-        E: From<StoreError>,
-    {
+    ) -> Result<T, E> {
         self.shared.publisher.transaction(f)
     }
 

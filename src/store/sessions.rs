@@ -64,21 +64,26 @@ mod tests {
     use super::*;
     use crate::store::{users, Store, Synchronous};
 
-    #[test]
-    fn a_session_signs_in_until_deleted() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("t.db"), Synchronous::Normal).unwrap();
+    /// Adds user u1 and starts a session for it; the secret.
+    fn sign_in_u1(store: &Store) -> String {
         let user = User {
             id: "u1".into(),
             email: "u1@x.test".into(),
             name: "U".into(),
         };
-        let secret = store
+        store
             .write(|tx| {
                 users::upsert(tx, &user)?;
                 create(tx, "u1")
             })
-            .unwrap();
+            .unwrap()
+    }
+
+    #[test]
+    fn a_session_signs_in_until_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db"), Synchronous::Normal).unwrap();
+        let secret = sign_in_u1(&store);
         let found = store.read(|c| super::user(c, &secret)).unwrap();
         assert_eq!(found.map(|u| u.id).as_deref(), Some("u1"));
         assert!(store
@@ -100,17 +105,7 @@ mod tests {
         let store =
             Store::open_with_clock(&dir.path().join("t.db"), Synchronous::Normal, clock.clone())
                 .unwrap();
-        let user = User {
-            id: "u1".into(),
-            email: "u1@x.test".into(),
-            name: "U".into(),
-        };
-        let secret = store
-            .write(|tx| {
-                users::upsert(tx, &user)?;
-                create(tx, "u1")
-            })
-            .unwrap();
+        let secret = sign_in_u1(&store);
         let signed_in = || store.read(|c| super::user(c, &secret)).unwrap().is_some();
         clock.advance(std::time::Duration::from_millis(LIFETIME_MS as u64 - 1));
         assert!(signed_in(), "one millisecond before the end");
