@@ -74,161 +74,63 @@ fn endpoints() -> impl Iterator<Item = Endpoint> {
 
 /// First match wins, so literal segments come before parameters that could
 /// swallow them.
+#[rustfmt::skip]
 pub const ROUTES: &[Route] = &[
-    api("GET", "/healthz", op::health, |_, _, _| {
-        Ok(Reply::json(200, &json!({"status": "ok"})))
-    }),
+    api("GET", "/healthz", op::health, |_, _, _| Ok(Reply::json(200, &json!({"status": "ok"})))),
     api("GET", "/metrics", op::metrics, |c, _, _| metrics::get(c)),
-    api("GET", "/openapi.json", op::openapi, |c, _, _| {
-        Ok(openapi::reply(c.notifier.registry(), endpoints()))
-    }),
-    api("PUT", "/v1/users/{id}", op::upsert_user, |c, r, p| {
-        users::upsert(c, r, p[0])
-    }),
-    api(
-        "POST",
-        "/v1/users/{id}/tokens",
-        op::issue_token,
-        |c, r, p| users::issue_token(c, r, p[0]),
-    ),
-    api(
-        "DELETE",
-        "/v1/users/{id}/tokens",
-        op::revoke_tokens,
-        |c, r, p| users::revoke_tokens(c, r, p[0]),
-    ),
+    api("GET", "/openapi.json", op::openapi, |c, _, _| Ok(openapi::reply(c.notifier.registry(), endpoints()))),
+    api("PUT", "/v1/users/{id}", op::upsert_user, |c, r, p| users::upsert(c, r, p[0])),
+    api("POST", "/v1/users/{id}/tokens", op::issue_token, |c, r, p| users::issue_token(c, r, p[0])),
+    api("DELETE", "/v1/users/{id}/tokens", op::revoke_tokens, |c, r, p| users::revoke_tokens(c, r, p[0])),
     api("GET", "/v1/me", op::me, |c, r, _| users::me(c, r)),
-    api("POST", "/v1/events", op::trigger_event, |c, r, _| {
-        events::create(c, r)
-    }),
-    api("POST", "/v1/events/bulk", op::trigger_events, |c, r, _| {
-        events::create_bulk(c, r)
-    }),
-    api("GET", "/v1/events/{id}", op::get_event, |c, r, p| {
-        events::get(c, r, p[0])
-    }),
-    api("GET", "/v1/deliveries", op::list_deliveries, |c, r, _| {
-        deliveries::list(c, r)
-    }),
-    api(
-        "POST",
-        "/v1/deliveries/{id}/retry",
-        op::retry_delivery,
-        |c, r, p| deliveries::retry(c, r, p[0]),
-    ),
-    api("GET", "/v1/inbox", op::list_inbox, |c, r, _| {
-        inbox::list(c, r)
-    }),
-    api("GET", "/v1/inbox/stream", op::inbox_stream, |c, r, _| {
-        inbox::stream(c, r)
-    }),
-    api(
-        "GET",
-        "/v1/inbox/unseen-count",
-        op::unseen_count,
-        |c, r, _| inbox::unseen_count(c, r),
-    ),
-    api(
-        "POST",
-        "/v1/inbox/seen-all",
-        op::mark_all_seen,
-        |c, r, _| inbox::seen_all(c, r),
-    ),
-    api("POST", "/v1/inbox/{id}/seen", op::mark_seen, |c, r, p| {
-        inbox::mark(c, r, p[0], false)
-    }),
-    api("POST", "/v1/inbox/{id}/read", op::mark_read, |c, r, p| {
-        inbox::mark(c, r, p[0], true)
-    }),
-    api(
-        "DELETE",
-        "/v1/inbox/{id}",
-        op::delete_notification,
-        |c, r, p| inbox::delete(c, r, p[0]),
-    ),
-    api("POST", "/v1/orgs", op::create_org, |c, r, _| {
-        orgs::create(c, r)
-    }),
-    api(
-        "GET",
-        "/v1/orgs/{org}/members",
-        op::list_members,
-        |c, r, p| orgs::members(c, r, p[0]),
-    ),
-    api(
-        "PATCH",
-        "/v1/orgs/{org}/members/{member}",
-        op::change_member_role,
-        |c, r, p| orgs::change_role(c, r, p[0], p[1]),
-    ),
-    api(
-        "POST",
-        "/v1/orgs/{org}/invitations",
-        op::send_invitation,
-        |c, r, p| orgs::invite(c, r, p[0]),
-    ),
-    api(
-        "GET",
-        "/v1/orgs/{org}/invitations",
-        op::list_invitations,
-        |c, r, p| orgs::invitations(c, r, p[0]),
-    ),
-    api(
-        "DELETE",
-        "/v1/orgs/{org}/invitations/{id}",
-        op::revoke_invitation,
-        |c, r, p| orgs::revoke(c, r, p[0], p[1]),
-    ),
-    api(
-        "POST",
-        "/v1/invitations/accept",
-        op::accept_invitation,
-        |c, r, _| orgs::accept(c, r),
-    ),
-    api("GET", "/v1/orgs/{org}/audit", op::audit_log, |c, r, p| {
-        orgs::audit(c, r, p[0])
-    }),
-    api("GET", "/v1/orgs/{org}/billing", op::billing, |c, r, p| {
-        orgs::billing(c, r, p[0])
-    }),
-    api("POST", "/webhooks/stripe", op::stripe_webhook, |c, r, _| {
-        stripe::webhook(c, r)
-    }),
-    api("GET", "/v1/preferences", op::list_preferences, |c, r, _| {
-        preferences::list(c, r)
-    }),
-    api("PUT", "/v1/preferences", op::set_preference, |c, r, _| {
-        preferences::put(c, r)
-    }),
-    api("GET", "/v1/credits", op::credits, |c, r, _| {
-        credits::get(c, r)
-    }),
+    api("POST", "/v1/events", op::trigger_event, |c, r, _| events::create(c, r)),
+    api("POST", "/v1/events/bulk", op::trigger_events, |c, r, _| events::create_bulk(c, r)),
+    api("GET", "/v1/events/{id}", op::get_event, |c, r, p| events::get(c, r, p[0])),
+    api("GET", "/v1/deliveries", op::list_deliveries, |c, r, _| deliveries::list(c, r)),
+    api("POST", "/v1/deliveries/{id}/retry", op::retry_delivery, |c, r, p| deliveries::retry(c, r, p[0])),
+    api("GET", "/v1/inbox", op::list_inbox, |c, r, _| inbox::list(c, r)),
+    api("GET", "/v1/inbox/stream", op::inbox_stream, |c, r, _| inbox::stream(c, r)),
+    api("GET", "/v1/inbox/unseen-count", op::unseen_count, |c, r, _| inbox::unseen_count(c, r)),
+    api("POST", "/v1/inbox/seen-all", op::mark_all_seen, |c, r, _| inbox::seen_all(c, r)),
+    api("POST", "/v1/inbox/{id}/seen", op::mark_seen, |c, r, p| inbox::mark(c, r, p[0], false)),
+    api("POST", "/v1/inbox/{id}/read", op::mark_read, |c, r, p| inbox::mark(c, r, p[0], true)),
+    api("DELETE", "/v1/inbox/{id}", op::delete_notification, |c, r, p| inbox::delete(c, r, p[0])),
+    api("POST", "/v1/orgs", op::create_org, |c, r, _| orgs::create(c, r)),
+    api("GET", "/v1/orgs/{org}/members", op::list_members, |c, r, p| orgs::members(c, r, p[0])),
+    api("PATCH", "/v1/orgs/{org}/members/{member}", op::change_member_role, |c, r, p| orgs::change_role(c, r, p[0], p[1])),
+    api("POST", "/v1/orgs/{org}/invitations", op::send_invitation, |c, r, p| orgs::invite(c, r, p[0])),
+    api("GET", "/v1/orgs/{org}/invitations", op::list_invitations, |c, r, p| orgs::invitations(c, r, p[0])),
+    api("DELETE", "/v1/orgs/{org}/invitations/{id}", op::revoke_invitation, |c, r, p| orgs::revoke(c, r, p[0], p[1])),
+    api("POST", "/v1/invitations/accept", op::accept_invitation, |c, r, _| orgs::accept(c, r)),
+    api("GET", "/v1/orgs/{org}/audit", op::audit_log, |c, r, p| orgs::audit(c, r, p[0])),
+    api("GET", "/v1/orgs/{org}/billing", op::billing, |c, r, p| orgs::billing(c, r, p[0])),
+    api("POST", "/webhooks/stripe", op::stripe_webhook, |c, r, _| stripe::webhook(c, r)),
+    api("GET", "/v1/preferences", op::list_preferences, |c, r, _| preferences::list(c, r)),
+    api("PUT", "/v1/preferences", op::set_preference, |c, r, _| preferences::put(c, r)),
+    api("GET", "/v1/credits", op::credits, |c, r, _| credits::get(c, r)),
     // The pages a person sees (src/http/pages/).
     html("GET", "/", |c, r, _| page(pages::home(c, r))),
     html("GET", "/login", |c, r, _| page(pages::login_form(c, r))),
     html("POST", "/login", |c, r, _| page(pages::login(c, r))),
     html("POST", "/logout", |c, r, _| page(pages::logout(c, r))),
     html("GET", "/inbox", |c, r, _| page(pages::inbox(c, r))),
-    html("POST", "/inbox/read-all", |c, r, _| {
-        form_post(r, pages::mark_read(c, r, None))
-    }),
-    html("POST", "/inbox/{id}/read", |c, r, p| {
-        form_post(r, pages::mark_read(c, r, Some(p[0])))
-    }),
-    html("GET", "/invitations/accept", |c, r, _| {
-        page(pages::invitation(c, r))
-    }),
-    html("POST", "/invitations/accept", |c, r, _| {
-        page(pages::accept_invitation(c, r))
-    }),
+    html("POST", "/inbox/read-all", |c, r, _| form_post(r, pages::mark_read(c, r, None))),
+    html("POST", "/inbox/{id}/read", |c, r, p| form_post(r, pages::mark_read(c, r, Some(p[0])))),
+    html("GET", "/invitations/accept", |c, r, _| page(pages::invitation(c, r))),
+    html("POST", "/invitations/accept", |c, r, _| page(pages::accept_invitation(c, r))),
     html("GET", "/assets/{name}", |_, _, p| pages::asset(p[0])),
-    html("GET", "/dev/mail", |c, r, _| match c.dev {
+    html("GET", "/dev/mail", |c, r, _| dev_mail(c, r)),
+];
+
+/// The console provider's mailbox, served only with `--dev`.
+fn dev_mail(c: &Ctx, r: &Req) -> Result<Reply, ApiError> {
+    match c.dev {
         true => page(pages::dev_mail(c, r)),
         false => Err(ApiError::not_found(
             "no such endpoint: /dev/mail (start with --dev)",
         )),
-    }),
-];
+    }
+}
 
 /// A page's error is shown as a page.
 fn page(result: Result<Reply, ApiError>) -> Result<Reply, ApiError> {

@@ -229,10 +229,6 @@ impl<'a> Conn<'a> {
         self.clock.now_ms()
     }
 
-    pub fn clock(&self) -> &'a Clock {
-        self.clock
-    }
-
     /// The one row `sql` returns; `NotFound` when there is none.
     pub fn query_one<T>(
         &self,

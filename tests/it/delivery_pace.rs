@@ -61,20 +61,26 @@ fn busiest_window(times: &[Instant], width: Duration) -> usize {
         .unwrap_or(0)
 }
 
-#[test]
-fn a_client_side_rate_keeps_herald_under_the_providers_limit() {
-    let mail = FakeResend::start();
-    mail.set_rate_limit(20);
-    let server = engine(&mail).env("HERALD_MAIL_RATE_PER_SEC", "20").start();
-    let emails = 200;
+/// Posts one email to each of `emails` addresses and waits until the
+/// provider has accepted them all.
+fn post_and_wait_accepted(server: &TestServer, mail: &FakeResend, emails: usize) {
     for i in 0..emails {
-        post_email(&server, i);
+        post_email(server, i);
     }
     assert!(
         mail.wait_for_accepted(emails, Duration::from_secs(60)),
         "{} of {emails} accepted",
         mail.accepted_count()
     );
+}
+
+#[test]
+fn a_client_side_rate_keeps_herald_under_the_providers_limit() {
+    let mail = FakeResend::start();
+    mail.set_rate_limit(20);
+    let server = engine(&mail).env("HERALD_MAIL_RATE_PER_SEC", "20").start();
+    let emails = 200;
+    post_and_wait_accepted(&server, &mail, emails);
     let times: Vec<Instant> = mail.requests().iter().map(|r| r.received_at).collect();
     let busiest = busiest_window(&times, Duration::from_secs(1));
     assert!(
@@ -97,14 +103,7 @@ fn the_providers_ratelimit_headers_pace_the_senders_without_a_client_side_rate()
     mail.set_rate_limit(20);
     let server = engine(&mail).env("HERALD_MAIL_SENDERS", "8").start();
     let emails = 100;
-    for i in 0..emails {
-        post_email(&server, i);
-    }
-    assert!(
-        mail.wait_for_accepted(emails, Duration::from_secs(60)),
-        "{} of {emails} accepted",
-        mail.accepted_count()
-    );
+    post_and_wait_accepted(&server, &mail, emails);
     // Unpaced, eight senders would hit the limit hundreds of times a second;
     // paced by `ratelimit-remaining: 0` and `retry-after`, only the sends
     // already in flight when the budget runs out are refused.
