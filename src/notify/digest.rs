@@ -58,10 +58,10 @@ pub fn join(
             let due = now.saturating_add(
                 i64::try_from(digest.window_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
             );
-            let id = tx.query_one(
+            let id = tx.insert_one(
                 "INSERT INTO digests (type, batch_type, recipient_key, recipient, digest_key,
                                       channels, opened_at, due_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 args![
                     event.kind,
                     digest.batch_type,
@@ -72,7 +72,6 @@ pub fn join(
                     now,
                     due
                 ],
-                |r| r.get(0),
             )?;
             (id, Some(due))
         }

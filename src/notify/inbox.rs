@@ -34,10 +34,10 @@ pub fn insert(
     payload: &str,
 ) -> StoreResult<Option<i64>> {
     let actions = serde_json::to_string(&content.actions).unwrap_or_else(|_| "[]".into());
-    tx.query_opt(
+    tx.insert(
         "INSERT OR IGNORE INTO notifications
                  (event_seq, user_id, type, title, body, actions, payload, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         args![
             event_seq,
             user_id,
@@ -48,7 +48,6 @@ pub fn insert(
             payload,
             tx.now_ms()
         ],
-        |r| r.get(0),
     )
 }
 

@@ -72,11 +72,10 @@ fn insert(
     idempotency_key: Option<&str>,
 ) -> StoreResult<Enqueued> {
     let id = ids::new_id("evt");
-    let seq = tx.query_one(
+    let seq = tx.insert_one(
         "INSERT INTO outbox (id, type, body, kind, idempotency_key, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING seq",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         args![id, kind, body, row_kind, idempotency_key, tx.now_ms()],
-        |r| r.get(0),
     )?;
     Ok(Enqueued {
         seq,

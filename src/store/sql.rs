@@ -303,6 +303,22 @@ impl<'a> Tx<'a> {
     pub fn execute(&self, sql: &str, args: &[&dyn Arg]) -> StoreResult<usize> {
         Ok(self.conn.inner.prepare_cached(sql)?.execute(bind(args))?)
     }
+
+    /// Runs one INSERT of a row whose key is an INTEGER PRIMARY KEY: the new
+    /// row's key, or None when the insert was ignored (`OR IGNORE`). The one
+    /// place engines differ on how an insert hands back its key: SQLite
+    /// reads the connection's last rowid, cheaper than `RETURNING`, which
+    /// buffers its rows in a temporary table.
+    pub fn insert(&self, sql: &str, args: &[&dyn Arg]) -> StoreResult<Option<i64>> {
+        let changed = self.execute(sql, args)?;
+        Ok((changed > 0).then(|| self.conn.inner.last_insert_rowid()))
+    }
+
+    /// `insert` of a row that is always written: its key.
+    pub fn insert_one(&self, sql: &str, args: &[&dyn Arg]) -> StoreResult<i64> {
+        self.insert(sql, args)?
+            .ok_or_else(|| StoreError::Database(format!("no row inserted by {sql}")))
+    }
 }
 
 impl<'a> Deref for Tx<'a> {
