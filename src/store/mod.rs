@@ -409,8 +409,10 @@ mod tests {
             stop.store(true, Ordering::Relaxed);
         });
         // The rows wrote over 50 MB of frames; without restarts the WAL
-        // holds them all.
-        let limit = 8 * wal.restart_frames as u64 * 4096;
+        // holds them all (58.7 MB measured). A restart can be deferred a few
+        // times while both readers hold snapshots on a loaded machine (10.8 MB
+        // seen), so the bound is a third of the unbounded size.
+        let limit = 20 * wal.restart_frames as u64 * 4096;
         assert!(largest < limit, "the WAL grew to {largest} bytes");
     }
 
