@@ -163,8 +163,9 @@ pub fn handle(notifier: &Notifier, settings: &AppSettings, body: &[u8]) -> AppRe
     notifier.transaction(|outbox| {
         let tx = outbox.tx();
         let claimed = tx.execute(
-            "INSERT OR IGNORE INTO processed_events (source, event_id, type, processed_at)
-                 VALUES ('stripe', ?1, ?2, ?3)",
+            "INSERT INTO processed_events (source, event_id, type, processed_at)
+                 VALUES ('stripe', ?1, ?2, ?3)
+             ON CONFLICT DO NOTHING",
             args![event.id, event.kind, tx.now_ms()],
         )?;
         if claimed == 0 {

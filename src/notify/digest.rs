@@ -77,8 +77,9 @@ pub fn join(
         }
     };
     tx.execute(
-        "INSERT OR IGNORE INTO digest_events (digest_id, event_seq, subject_id, payload)
-         VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO digest_events (digest_id, event_seq, subject_id, payload)
+         VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT DO NOTHING",
         args![id, seq, event.subject_id, event.payload.to_string()],
     )?;
     Ok(opened)

@@ -35,9 +35,10 @@ pub fn insert(
 ) -> StoreResult<Option<i64>> {
     let actions = serde_json::to_string(&content.actions).unwrap_or_else(|_| "[]".into());
     tx.insert(
-        "INSERT OR IGNORE INTO notifications
+        "INSERT INTO notifications
                  (event_seq, user_id, type, title, body, actions, payload, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT DO NOTHING",
         args![
             event_seq,
             user_id,

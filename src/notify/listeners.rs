@@ -483,8 +483,9 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 fn insert_run(tx: &Tx<'_>, seq: i64, listener: &str) -> StoreResult<()> {
     let now = tx.now_ms();
     tx.execute(
-        "INSERT OR IGNORE INTO listener_runs (event_seq, listener, next_attempt_at, created_at)
-         VALUES (?1, ?2, ?3, ?3)",
+        "INSERT INTO listener_runs (event_seq, listener, next_attempt_at, created_at)
+         VALUES (?1, ?2, ?3, ?3)
+             ON CONFLICT DO NOTHING",
         args![seq, listener, now],
     )?;
     Ok(())

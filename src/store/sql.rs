@@ -305,10 +305,10 @@ impl<'a> Tx<'a> {
     }
 
     /// Runs one INSERT of a row whose key is an INTEGER PRIMARY KEY: the new
-    /// row's key, or None when the insert was ignored (`OR IGNORE`). The one
-    /// place engines differ on how an insert hands back its key: SQLite
-    /// reads the connection's last rowid, cheaper than `RETURNING`, which
-    /// buffers its rows in a temporary table.
+    /// row's key, or None when a conflict skipped it (`ON CONFLICT DO
+    /// NOTHING`). The one place engines differ on how an insert hands back
+    /// its key: SQLite reads the connection's last rowid, cheaper than
+    /// `RETURNING`, which buffers its rows in a temporary table.
     pub fn insert(&self, sql: &str, args: &[&dyn Arg]) -> StoreResult<Option<i64>> {
         let changed = self.execute(sql, args)?;
         Ok((changed > 0).then(|| self.conn.inner.last_insert_rowid()))

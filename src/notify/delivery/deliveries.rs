@@ -124,15 +124,17 @@ pub fn insert_delivery(
     let now = tx.now_ms();
     // One body per event: its other recipients' deliveries find it there.
     tx.execute(
-        "INSERT OR IGNORE INTO email_bodies (event_seq, subject, html, text)
-         VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO email_bodies (event_seq, subject, html, text)
+         VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT DO NOTHING",
         args![event_seq, content.subject, content.html, content.text],
     )?;
     let changed = tx.execute(
-        "INSERT OR IGNORE INTO deliveries
+        "INSERT INTO deliveries
                  (id, event_seq, recipient, channel, address, status, created_at, updated_at,
                   batch_id)
-             VALUES (?1, ?2, ?3, 'email', ?4, 'pending', ?5, ?5, ?6)",
+             VALUES (?1, ?2, ?3, 'email', ?4, 'pending', ?5, ?5, ?6)
+             ON CONFLICT DO NOTHING",
         args![id, event_seq, recipient, address, now, batch],
     )?;
     Ok((changed == 1).then(|| EmailJob {
@@ -212,7 +214,7 @@ pub fn merge_fresh(tx: &Tx<'_>, jobs: &[MailJob]) -> StoreResult<String> {
             let seq: i64 = tx
                 .query_opt(
                     "UPDATE deliveries SET batch_id = ?2
-         WHERE id = ?1 AND status = 'pending' AND batch_id IS ?3
+         WHERE id = ?1 AND status = 'pending' AND batch_id IS NOT DISTINCT FROM ?3
          RETURNING event_seq",
                     args![email.delivery_id, id, was],
                     |r| r.get(0),
