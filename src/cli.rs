@@ -14,7 +14,9 @@ use crate::app::{self, AppSettings, Catalog};
 use crate::config::{Args, Config};
 use crate::http::{Ctx, HttpServer};
 use crate::notify::service;
-use crate::notify::{outbox, DeliveryPolicy, Event, Notifier, Recipient, Registry, Templates};
+use crate::notify::{
+    outbox, DeliveryPolicy, Event, Notifier, NotifyError, Recipient, Registry, Templates,
+};
 use crate::store::files::{self, BackupOptions};
 use crate::store::{users, Store, StoreError, SCHEMA_VERSION};
 use crate::{ids, mail};
@@ -492,16 +494,10 @@ fn outbox_retry(config: &Config, id: Option<&str>) -> Result<(), String> {
     let store = open_store(config)?;
     match id {
         Some(id) => {
-            let view = service::rearm(&store, id)
-                .map_err(|e| match e {
-                    StoreError::NotFound => format!("no delivery {id:?}"),
-                    other => other.to_string(),
-                })?
-                .map_err(|status| {
-                    format!(
-                        "delivery {id} is {status}; only dead or failed deliveries can be retried"
-                    )
-                })?;
+            let view = service::rearm(&store, id).map_err(|e| match e {
+                NotifyError::Store(StoreError::NotFound) => format!("no delivery {id:?}"),
+                other => other.to_string(),
+            })?;
             println!("re-armed {} (to {})", view.id, view.recipient);
             if let Some(batch) = &view.batch_id {
                 println!("with the rest of batch {batch}: a batch goes out as one request");

@@ -15,7 +15,7 @@ use super::delivery::pacer::Pacer;
 use super::delivery::policy::DeliveryPolicy;
 use super::delivery::retry::Outcome;
 use super::delivery::sender::{self, SenderContext};
-use super::delivery::views::{self, DeliveryView};
+use super::delivery::views::DeliveryView;
 use super::error::NotifyError;
 use super::event::Event;
 use super::inbox::InboxCommitted;
@@ -25,7 +25,7 @@ use super::publisher::Outbox;
 use super::registry::Registry;
 use super::shared::Shared;
 use super::templates::Templates;
-use super::{dispatcher, scheduler, threads};
+use super::{dispatcher, scheduler, service, threads};
 use crate::mail::MailProvider;
 use crate::store::{Store, StoreError, Tx};
 
@@ -82,19 +82,14 @@ impl Notifier {
     /// Re-arms a dead or failed delivery for a fresh round of attempts, due
     /// now, and wakes the scheduler to send it.
     pub fn retry_delivery(&self, id: &str) -> Result<DeliveryView, NotifyError> {
-        let view = self.shared.store().write(|tx| views::rearm(tx, id))?;
-        let view = view.map_err(|status| {
-            NotifyError::Conflict(format!(
-                "delivery {id} is {status}; only dead or failed deliveries can be retried"
-            ))
-        })?;
+        let view = service::rearm(self.store(), id)?;
         let _ = self.shared.wake.send(Wake::Retry);
         Ok(view)
     }
 
     /// Re-arms every dead delivery; returns how many.
     pub fn retry_dead(&self) -> Result<usize, NotifyError> {
-        let count = self.shared.store().write(views::rearm_dead)?;
+        let count = service::rearm_dead(self.store())?;
         let _ = self.shared.wake.send(Wake::Retry);
         Ok(count)
     }

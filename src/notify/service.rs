@@ -4,6 +4,7 @@
 //! sessions are here too: recipients are the notification service's users.
 
 use super::delivery::views::{self, ConsoleEmail, DeliveryRecord, DeliveryView};
+use super::error::NotifyError;
 use super::event_view::{self, EventView};
 use super::inbox::{self, Cursor, Item, Page};
 use super::outbox::{self, ResultRow};
@@ -102,10 +103,15 @@ pub fn delivery_counts(store: &Store) -> StoreResult<Vec<(&'static str, i64)>> {
     store.read(views::counts)
 }
 
-/// Re-arms a dead or failed delivery (with its batch); `Err(status)` for
-/// one in any other state. A running server's scheduler picks it up.
-pub fn rearm(store: &Store, id: &str) -> StoreResult<Result<DeliveryView, String>> {
-    store.write(|tx| views::rearm(tx, id))
+/// Re-arms a dead or failed delivery (with its batch) for a fresh round of
+/// attempts, due now; `Conflict` for one in any other state. A running
+/// server's scheduler picks it up at its next look.
+pub fn rearm(store: &Store, id: &str) -> Result<DeliveryView, NotifyError> {
+    store.write(|tx| views::rearm(tx, id))?.map_err(|status| {
+        NotifyError::Conflict(format!(
+            "delivery {id} is {status}; only dead or failed deliveries can be retried"
+        ))
+    })
 }
 
 /// Re-arms every dead delivery; how many.
