@@ -18,15 +18,16 @@ use crate::notify::{
     outbox, DeliveryPolicy, Event, Notifier, NotifyError, Recipient, Registry, Templates,
 };
 use crate::store::files::{self, BackupOptions};
-use crate::store::{users, Store, StoreError, SCHEMA_VERSION};
+use crate::store::{users, Database, Store, StoreError, SCHEMA_VERSION};
+use crate::time::Clock;
 use crate::{ids, mail};
 
 const USAGE: &str = "\
-herald: self-hosted notifications (inbox + email) on one SQLite file
+herald: self-hosted notifications (inbox + email) on one SQLite file, or on PostgreSQL
 
 usage:
   herald serve [--addr 127.0.0.1:8025] [--db data/herald.db] [--dev] [--demo]
-               [--registry FILE] [--templates DIR]
+               [--database-url postgres://...] [--registry FILE] [--templates DIR]
   herald migrate                      apply schema migrations and exit
   herald seed                         demo data: org Acme with Alice (owner), Bob (admin),
                                       Carol (member) and a Stripe subscription; prints tokens
@@ -39,7 +40,7 @@ usage:
                                       and the oldest unfinished deliveries
   herald outbox retry <id>            re-arm one dead or failed delivery
   herald outbox retry-dead            re-arm every dead delivery
-  herald backup FILE [--force]        a consistent copy of the database, also while serve runs;
+  herald backup FILE [--force]        a consistent copy of the SQLite database, also while serve runs;
                                       restore: stop herald, put FILE in place of the database
                                       (without its old -wal and -shm files), start it
   herald compact                      rewrite the database without its free space (serve
@@ -95,9 +96,9 @@ fn fail(code: i32, message: &str) -> i32 {
 }
 
 fn open_store(config: &Config) -> Result<Arc<Store>, String> {
-    Store::open(&config.db, config.synchronous)
+    Store::connect(&config.database, config.synchronous, Clock::system())
         .map(Arc::new)
-        .map_err(|e| format!("{}: {e}", config.db.display()))
+        .map_err(|e| format!("{}: {e}", config.database))
 }
 
 fn load_catalog(config: &Config) -> Result<(Registry, Templates), String> {
@@ -189,7 +190,7 @@ fn serve(config: &Config) -> Result<(), String> {
     println!("listening on http://{}", http.addr());
     log::info!(
         "herald serving {} (mail: {}, schema v{SCHEMA_VERSION})",
-        config.db.display(),
+        config.database,
         config.mail.provider
     );
     let _ = stop_rx.recv();
@@ -275,7 +276,7 @@ fn reconcile(config: &Config) -> Result<(), String> {
 
 fn migrate(config: &Config) -> Result<(), String> {
     open_store(config)?;
-    println!("{}: schema version {SCHEMA_VERSION}", config.db.display());
+    println!("{}: schema version {SCHEMA_VERSION}", config.database);
     Ok(())
 }
 
@@ -296,28 +297,24 @@ fn backup(config: &Config, args: &Args, file: &str) -> Result<(), String> {
     ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed))
         .map_err(|e| format!("cannot install signal handler: {e}"))?;
     let mut last_report = Instant::now();
-    let copied = files::backup(
-        &config.db,
-        std::path::Path::new(file),
-        &options,
-        |copied, total| {
-            if interrupted.load(Ordering::Relaxed) {
-                return ControlFlow::Break(());
-            }
-            if last_report.elapsed() >= PROGRESS_EVERY && copied < total {
-                last_report = Instant::now();
-                println!(
-                    "backup: {copied} of {total} pages ({}%)",
-                    copied * 100 / total.max(1)
-                );
-            }
-            ControlFlow::Continue(())
-        },
-    )
+    let db = sqlite_file(config, "backup", "pg_dump")?;
+    let copied = files::backup(db, std::path::Path::new(file), &options, |copied, total| {
+        if interrupted.load(Ordering::Relaxed) {
+            return ControlFlow::Break(());
+        }
+        if last_report.elapsed() >= PROGRESS_EVERY && copied < total {
+            last_report = Instant::now();
+            println!(
+                "backup: {copied} of {total} pages ({}%)",
+                copied * 100 / total.max(1)
+            );
+        }
+        ControlFlow::Continue(())
+    })
     .map_err(|e| format!("backup failed: {e}"))?;
     println!(
         "backed up {} to {file}: {} ({} pages) in {:.2} s",
-        config.db.display(),
+        db.display(),
         size(copied.bytes),
         copied.pages,
         copied.took.as_secs_f64()
@@ -325,8 +322,24 @@ fn backup(config: &Config, args: &Args, file: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The SQLite file a file-level command works on; on PostgreSQL, the
+/// server's own tool does that job.
+fn sqlite_file<'c>(
+    config: &'c Config,
+    command: &str,
+    instead: &str,
+) -> Result<&'c std::path::Path, String> {
+    match &config.database {
+        Database::File(path) => Ok(path),
+        Database::Postgres(_) => Err(format!(
+            "`herald {command}` works on an SQLite file; on PostgreSQL use {instead}"
+        )),
+    }
+}
+
 fn compact(config: &Config) -> Result<(), String> {
-    let done = files::compact(&config.db).map_err(|e| e.to_string())?;
+    let db = sqlite_file(config, "compact", "VACUUM FULL")?;
+    let done = files::compact(db).map_err(|e| e.to_string())?;
     let was = match done.auto_vacuum_before {
         0 => "none",
         1 => "full",
@@ -335,7 +348,7 @@ fn compact(config: &Config) -> Result<(), String> {
     println!(
         "compacted {}: {} before, {} after (database {}, WAL {}) in {:.2} s; \
          auto_vacuum incremental (was {was})",
-        config.db.display(),
+        db.display(),
         size(done.before.total()),
         size(done.after.total()),
         size(done.after.db),

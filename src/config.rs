@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::mail::MailConfig;
 use crate::notify::DeliveryPolicy;
-use crate::store::Synchronous;
+use crate::store::{Database, Synchronous};
 
 /// Command-line words: positionals, `--flag value` options and switches.
 #[derive(Debug, Default)]
@@ -21,6 +21,7 @@ const SWITCHES: &[&str] = &["dev", "demo", "force", "help"];
 const OPTIONS: &[&str] = &[
     "addr",
     "db",
+    "database-url",
     "registry",
     "templates",
     "to",
@@ -79,7 +80,9 @@ impl Args {
 #[derive(Clone)]
 pub struct Config {
     pub addr: String,
-    pub db: PathBuf,
+    /// `--db`/`HERALD_DB` (an SQLite file, `data/herald.db` by default) or
+    /// `--database-url`/`HERALD_DATABASE_URL` (PostgreSQL).
+    pub database: Database,
     pub dev: bool,
     pub demo: bool,
     pub registry: Option<PathBuf>,
@@ -112,7 +115,7 @@ impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
             .field("addr", &self.addr)
-            .field("db", &self.db)
+            .field("database", &self.database.to_string())
             .field(
                 "service_key",
                 &self.service_key.as_ref().map(|_| "<redacted>"),
@@ -272,8 +275,10 @@ impl Config {
             ),
             listener_hooks,
             addr: setting("addr", "HERALD_ADDR").unwrap_or_else(|| "127.0.0.1:8025".into()),
-            db: setting("db", "HERALD_DB")
-                .map_or_else(|| PathBuf::from("data/herald.db"), PathBuf::from),
+            database: database(
+                setting("db", "HERALD_DB"),
+                setting("database-url", "HERALD_DATABASE_URL"),
+            )?,
             dev: switch("dev", "HERALD_DEV"),
             demo: switch("demo", "HERALD_DEMO"),
             registry: setting("registry", "HERALD_REGISTRY").map(PathBuf::from),
@@ -312,12 +317,51 @@ impl Config {
     }
 }
 
+/// The database `--db` and `--database-url` name: an SQLite file unless a
+/// PostgreSQL URL is given; both at once is a mistake, not a choice.
+fn database(file: Option<String>, url: Option<String>) -> Result<Database, String> {
+    match (file, url.filter(|u| !u.is_empty())) {
+        (Some(_), Some(_)) => Err(
+            "--db (HERALD_DB) and --database-url (HERALD_DATABASE_URL) name two databases; \
+             set only one"
+                .into(),
+        ),
+        (None, Some(url)) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Ok(Database::Postgres(url))
+        }
+        (None, Some(_)) => Err(
+            "--database-url (HERALD_DATABASE_URL) must be a postgres:// or postgresql:// URL; \
+             for an SQLite file use --db"
+                .into(),
+        ),
+        (file, None) => Ok(Database::File(
+            file.map_or_else(|| PathBuf::from("data/herald.db"), PathBuf::from),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn args(words: &[&str]) -> Args {
         Args::parse(words.iter().map(|s| s.to_string())).unwrap()
+    }
+
+    #[test]
+    fn a_postgres_url_selects_postgresql_and_nothing_keeps_sqlite() {
+        let url = "postgres://herald@127.0.0.1:5432/herald";
+        let env = |name: &str| (name == "HERALD_DATABASE_URL").then(|| url.to_string());
+        let c = Config::from_sources(&args(&["serve"]), env).unwrap();
+        assert_eq!(c.database, Database::Postgres(url.into()));
+        let c = Config::from_sources(&args(&["serve", "--database-url", url]), |_| None).unwrap();
+        assert_eq!(c.database, Database::Postgres(url.into()));
+        let c = Config::from_sources(&args(&["serve"]), |_| None).unwrap();
+        assert_eq!(c.database, Database::File(PathBuf::from("data/herald.db")));
+        let both = Config::from_sources(&args(&["serve", "--db", "x.db"]), env).unwrap_err();
+        assert!(both.contains("set only one"), "{both}");
+        let mysql = Config::from_sources(&args(&["--database-url", "mysql://db"]), |_| None);
+        assert!(mysql.unwrap_err().contains("postgres://"));
     }
 
     #[test]
@@ -330,7 +374,7 @@ mod tests {
         };
         let c = Config::from_sources(&args(&["serve", "--db", "/tmp/flag.db"]), env).unwrap();
         assert_eq!(c.addr, "0.0.0.0:9000");
-        assert_eq!(c.db, PathBuf::from("/tmp/flag.db"));
+        assert_eq!(c.database, Database::File(PathBuf::from("/tmp/flag.db")));
         assert_eq!(c.policy.max_attempts, 3);
         assert_eq!(c.mail.provider, "console");
         let c = Config::from_sources(&args(&[]), |_| None).unwrap();

@@ -147,7 +147,7 @@ impl Scope for TenantRead<'_> {
 pub fn write<T>(
     notifier: &Notifier,
     access: Access<'_>,
-    f: impl FnOnce(&mut Tenant<'_, '_, '_>, &Member) -> AppResult<T>,
+    mut f: impl FnMut(&mut Tenant<'_, '_, '_>, &Member) -> AppResult<T>,
 ) -> AppResult<T> {
     notifier.transaction(|outbox| {
         let mut tenant =

@@ -74,7 +74,7 @@ impl Notifier {
     /// events are published only after COMMIT.
     pub fn transaction<T, E: From<StoreError>>(
         &self,
-        f: impl FnOnce(&mut Outbox<'_, '_>) -> Result<T, E>,
+        f: impl FnMut(&mut Outbox<'_, '_>) -> Result<T, E>,
     ) -> Result<T, E> {
         self.shared.publisher.transaction(f)
     }

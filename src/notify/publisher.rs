@@ -69,10 +69,11 @@ impl Publisher {
     }
 
     /// Runs `f` in one write transaction and publishes the events it
-    /// enqueued only after COMMIT has returned.
+    /// enqueued only after COMMIT has returned. Like any write closure, `f`
+    /// may run more than once (see `Store::write`).
     pub fn transaction<T, E>(
         &self,
-        f: impl FnOnce(&mut Outbox<'_, '_>) -> Result<T, E>,
+        mut f: impl FnMut(&mut Outbox<'_, '_>) -> Result<T, E>,
     ) -> Result<T, E>
     where
         E: From<StoreError>,

@@ -1,6 +1,8 @@
 //! What the storage layer fails with. Driver errors are classified here
 //! (busy, not found, anything else as text) and never travel further up.
 
+use std::error::Error as _;
+
 use rusqlite::ErrorCode;
 
 #[derive(Debug)]
@@ -44,6 +46,40 @@ impl From<rusqlite::Error> for StoreError {
             }
             _ if matches!(e, rusqlite::Error::QueryReturnedNoRows) => StoreError::NotFound,
             _ => StoreError::Database(e.to_string()),
+        }
+    }
+}
+
+impl From<postgres::Error> for StoreError {
+    fn from(e: postgres::Error) -> Self {
+        use postgres::error::SqlState;
+        let Some(db) = e.as_db_error() else {
+            // The connection, not a statement: closed, unreachable, or a
+            // value herald could not convert.
+            return if e.is_closed() {
+                StoreError::Pool(e.to_string())
+            } else {
+                StoreError::Database(format!(
+                    "{e}: {}",
+                    e.source().map_or(String::new(), |s| s.to_string())
+                ))
+            };
+        };
+        let message = match db.detail() {
+            Some(detail) => format!("{} ({detail})", db.message()),
+            None => db.message().to_string(),
+        };
+        let code = db.code();
+        let busy = *code == SqlState::T_R_SERIALIZATION_FAILURE
+            || *code == SqlState::T_R_DEADLOCK_DETECTED
+            || *code == SqlState::LOCK_NOT_AVAILABLE
+            || *code == SqlState::QUERY_CANCELED
+            // Class 53: insufficient resources (disk full, too many connections).
+            || code.code().starts_with("53");
+        if busy {
+            StoreError::Busy(message)
+        } else {
+            StoreError::Database(message)
         }
     }
 }

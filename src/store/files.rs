@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
-use super::{Store, StoreError, BUSY_TIMEOUT};
+use super::sqlite::BUSY_TIMEOUT;
+use super::{Store, StoreError};
+use crate::args;
 
 /// Pages `backup` copies per step: 1 MiB of 4 KiB pages.
 pub const BACKUP_PAGES_PER_STEP: i32 = 256;
@@ -112,9 +114,27 @@ impl DiskUsage {
 }
 
 impl Store {
-    /// The database's size on disk now (file metadata, no SQL).
+    /// The database's size on disk now: the file's metadata on SQLite, the
+    /// server's own figure for the database on PostgreSQL (0 if it cannot
+    /// be read).
     pub fn disk_usage(&self) -> DiskUsage {
-        DiskUsage::of(&self.path)
+        if let Some(path) = self.path() {
+            return DiskUsage::of(path);
+        }
+        let size = self.read(|c| {
+            c.query_one(
+                "SELECT pg_database_size(current_database())",
+                args![],
+                |r| r.get(0),
+            )
+        });
+        DiskUsage {
+            db: size.unwrap_or_else(|e| {
+                log::warn!("cannot read the database's size: {e}");
+                0
+            }),
+            wal: 0,
+        }
     }
 }
 
@@ -404,7 +424,7 @@ mod tests {
     fn insert_users(store: &Store, range: std::ops::Range<usize>, name_len: usize) {
         store
             .write(|tx| {
-                for i in range {
+                for i in range.clone() {
                     tx.execute(
                         "INSERT INTO users (id, email, name, created_at, updated_at)
                          VALUES (?1, 'a@b.c', ?2, 0, 0)",

@@ -1,7 +1,8 @@
 //! Schema migrations: an ordered list of SQL steps embedded in the binary,
 //! each applied in its own transaction together with its version bump, so a
 //! database is always at exactly one known version. A database written by a
-//! newer herald is refused rather than guessed at.
+//! newer herald is refused rather than guessed at. PostgreSQL databases
+//! start at version 4 (the engine came then) and take the later steps.
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
@@ -17,7 +18,18 @@ const STEPS: &[&str] = &[
 
 pub const SCHEMA_VERSION: i64 = STEPS.len() as i64;
 
-pub fn apply(conn: &mut Connection) -> StoreResult<()> {
+/// The version PostgreSQL databases are created at, and its schema.
+const POSTGRES_BASE: (i64, &str) = (4, include_str!("postgres_v4.sql"));
+/// PostgreSQL's steps after its base: step `i` takes the schema from
+/// version `POSTGRES_BASE.0 + i` to the next.
+const POSTGRES_STEPS: &[&str] = &[];
+const _: () = assert!(POSTGRES_BASE.0 + POSTGRES_STEPS.len() as i64 == SCHEMA_VERSION);
+
+/// An arbitrary key for PostgreSQL's advisory lock: instances starting
+/// together migrate one after the other.
+const MIGRATION_LOCK: i64 = 0x6865_7261_6c64; // "herald"
+
+pub fn apply_sqlite(conn: &mut Connection) -> StoreResult<()> {
     conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
     loop {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -45,6 +57,42 @@ pub fn apply(conn: &mut Connection) -> StoreResult<()> {
     }
 }
 
+pub fn apply_postgres(client: &mut postgres::Client) -> StoreResult<()> {
+    loop {
+        let mut tx = client.transaction()?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")?;
+        let current: i64 = tx
+            .query_opt("SELECT version FROM schema_version", &[])?
+            .map_or(Ok(0), |r| r.try_get(0))?;
+        if current > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                found: current,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        let (version, step) = match current {
+            0 => POSTGRES_BASE,
+            v if v == SCHEMA_VERSION => return Ok(()),
+            v if v < POSTGRES_BASE.0 => {
+                return Err(StoreError::Database(format!(
+                    "schema version {v} on PostgreSQL, which starts at {}",
+                    POSTGRES_BASE.0
+                )))
+            }
+            v => (v + 1, POSTGRES_STEPS[(v - POSTGRES_BASE.0) as usize]),
+        };
+        tx.batch_execute(step)?;
+        tx.execute("DELETE FROM schema_version", &[])?;
+        tx.execute(
+            "INSERT INTO schema_version (version) VALUES ($1)",
+            &[&version],
+        )?;
+        tx.commit()?;
+        log::info!("database migrated to schema version {version}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,8 +102,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.db");
         let mut conn = Connection::open(&path).unwrap();
-        apply(&mut conn).unwrap();
-        apply(&mut conn).unwrap();
+        apply_sqlite(&mut conn).unwrap();
+        apply_sqlite(&mut conn).unwrap();
         let version: i64 = conn
             .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
             .unwrap();
@@ -81,7 +129,7 @@ mod tests {
                  VALUES ('evt_old', 't', '{{}}', 'dispatched', 0, 2, 0, 1);"
         ))
         .unwrap();
-        apply(&mut conn).unwrap();
+        apply_sqlite(&mut conn).unwrap();
         let version: i64 = conn
             .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
             .unwrap();
@@ -100,11 +148,11 @@ mod tests {
     fn refuses_a_newer_database() {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = Connection::open(dir.path().join("m.db")).unwrap();
-        apply(&mut conn).unwrap();
+        apply_sqlite(&mut conn).unwrap();
         conn.execute("UPDATE schema_version SET version = 99", [])
             .unwrap();
         assert!(matches!(
-            apply(&mut conn),
+            apply_sqlite(&mut conn),
             Err(StoreError::TooNew { found: 99, .. })
         ));
     }
@@ -115,7 +163,7 @@ mod tests {
     #[test]
     fn no_insert_builds_a_temporary_btree() {
         let mut conn = Connection::open_in_memory().unwrap();
-        apply(&mut conn).unwrap();
+        apply_sqlite(&mut conn).unwrap();
         let tables: Vec<String> = conn
             .prepare(
                 "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
@@ -157,7 +205,7 @@ mod tests {
     #[test]
     fn checks_still_refuse_unknown_values() {
         let mut conn = Connection::open_in_memory().unwrap();
-        apply(&mut conn).unwrap();
+        apply_sqlite(&mut conn).unwrap();
         let insert = |status: &str| {
             conn.execute(
                 "INSERT INTO outbox (id, type, body, status, created_at) VALUES (?1, 't', '{}', ?2, 0)",

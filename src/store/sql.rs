@@ -4,183 +4,39 @@
 //! second engine can sit behind the same methods. Writes exist only on `Tx`,
 //! which only `Store::write` hands out: every write is inside a transaction.
 
-use std::ops::Deref;
+use std::cell::RefCell;
+use std::ops::{ControlFlow, Deref};
 
 use super::error::{StoreError, StoreResult};
+use super::postgres as postgres_engine;
+use super::sqlite;
+use super::value::{Arg, Column, Value};
 use crate::time::Clock;
 
-/// One SQL argument or column value, borrowed where it can be.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Value<'a> {
-    Null,
-    Int(i64),
-    Real(f64),
-    Text(&'a str),
-    Blob(&'a [u8]),
-}
-
-/// Something that can be bound to a `?N` placeholder.
-pub trait Arg {
-    fn value(&self) -> Value<'_>;
-}
-
-/// `args![a, b]`: the arguments of one statement, in placeholder order.
-#[macro_export]
-macro_rules! args {
-    () => { &[] as &[&dyn $crate::store::Arg] };
-    ($($a:expr),+ $(,)?) => { &[$(&$a as &dyn $crate::store::Arg),+] as &[&dyn $crate::store::Arg] };
-}
-
-impl<T: Arg + ?Sized> Arg for &T {
-    fn value(&self) -> Value<'_> {
-        (**self).value()
-    }
-}
-
-impl<T: Arg> Arg for Option<T> {
-    fn value(&self) -> Value<'_> {
-        self.as_ref().map_or(Value::Null, Arg::value)
-    }
-}
-
-impl Arg for str {
-    fn value(&self) -> Value<'_> {
-        Value::Text(self)
-    }
-}
-
-impl Arg for String {
-    fn value(&self) -> Value<'_> {
-        Value::Text(self)
-    }
-}
-
-impl Arg for [u8] {
-    fn value(&self) -> Value<'_> {
-        Value::Blob(self)
-    }
-}
-
-impl Arg for Vec<u8> {
-    fn value(&self) -> Value<'_> {
-        Value::Blob(self)
-    }
-}
-
-impl Arg for bool {
-    fn value(&self) -> Value<'_> {
-        Value::Int(i64::from(*self))
-    }
-}
-
-impl Arg for f64 {
-    fn value(&self) -> Value<'_> {
-        Value::Real(*self)
-    }
-}
-
-macro_rules! int_arg {
-    ($($t:ty),*) => {$(
-        impl Arg for $t {
-            fn value(&self) -> Value<'_> {
-                // Counts and ids past i64::MAX do not occur; saturate rather than wrap.
-                Value::Int(i64::try_from(*self).unwrap_or(i64::MAX))
-            }
-        }
-    )*};
-}
-int_arg!(i64, i32, u32, u64, usize);
-
-/// A column type a row can be read into.
-pub trait Column: Sized {
-    /// None when the stored value has another type.
-    fn from_value(v: Value<'_>) -> Option<Self>;
-}
-
-impl<T: Column> Column for Option<T> {
-    fn from_value(v: Value<'_>) -> Option<Self> {
-        match v {
-            Value::Null => Some(None),
-            v => T::from_value(v).map(Some),
-        }
-    }
-}
-
-impl Column for String {
-    fn from_value(v: Value<'_>) -> Option<Self> {
-        match v {
-            Value::Text(s) => Some(s.to_string()),
-            _ => None,
-        }
-    }
-}
-
-impl Column for Vec<u8> {
-    fn from_value(v: Value<'_>) -> Option<Self> {
-        match v {
-            Value::Blob(b) => Some(b.to_vec()),
-            Value::Text(s) => Some(s.as_bytes().to_vec()),
-            _ => None,
-        }
-    }
-}
-
-impl Column for f64 {
-    fn from_value(v: Value<'_>) -> Option<Self> {
-        match v {
-            Value::Real(x) => Some(x),
-            Value::Int(i) => Some(i as f64),
-            _ => None,
-        }
-    }
-}
-
-impl Column for bool {
-    fn from_value(v: Value<'_>) -> Option<Self> {
-        match v {
-            Value::Int(i) => Some(i != 0),
-            _ => None,
-        }
-    }
-}
-
-macro_rules! int_column {
-    ($($t:ty),*) => {$(
-        impl Column for $t {
-            fn from_value(v: Value<'_>) -> Option<Self> {
-                match v {
-                    Value::Int(i) => <$t>::try_from(i).ok(),
-                    _ => None,
-                }
-            }
-        }
-    )*};
-}
-int_column!(i64, i32, u32, u64, usize);
-
 /// One result row; columns by position.
-pub struct Row<'r> {
-    inner: &'r rusqlite::Row<'r>,
+pub enum Row<'r> {
+    Sqlite(&'r rusqlite::Row<'r>),
+    Postgres(&'r postgres::Row),
 }
 
-impl Row<'_> {
+impl<'r> Row<'r> {
+    fn value(&self, idx: usize) -> StoreResult<Value<'r>> {
+        match *self {
+            Row::Sqlite(row) => sqlite::value(row, idx),
+            Row::Postgres(row) => postgres_engine::value(row, idx),
+        }
+    }
+
     /// A text column without copying it; None when it holds no text.
-    pub fn text(&self, idx: usize) -> StoreResult<Option<&str>> {
-        Ok(self.inner.get_ref(idx)?.as_str().ok())
+    pub fn text(&self, idx: usize) -> StoreResult<Option<&'r str>> {
+        Ok(match self.value(idx)? {
+            Value::Text(s) => Some(s),
+            _ => None,
+        })
     }
 
     pub fn get<T: Column>(&self, idx: usize) -> StoreResult<T> {
-        let raw = self.inner.get_ref(idx)?;
-        let value = match raw {
-            rusqlite::types::ValueRef::Null => Value::Null,
-            rusqlite::types::ValueRef::Integer(i) => Value::Int(i),
-            rusqlite::types::ValueRef::Real(x) => Value::Real(x),
-            rusqlite::types::ValueRef::Text(t) => Value::Text(
-                std::str::from_utf8(t)
-                    .map_err(|e| StoreError::Database(format!("column {idx}: {e}")))?,
-            ),
-            rusqlite::types::ValueRef::Blob(b) => Value::Blob(b),
-        };
+        let value = self.value(idx)?;
         T::from_value(value).ok_or_else(|| {
             StoreError::Database(format!(
                 "column {idx} holds {value:?}, not a {}",
@@ -190,37 +46,40 @@ impl Row<'_> {
     }
 }
 
-/// Binds an `Arg` for the SQLite driver without copying it.
-struct Bind<'a>(&'a dyn Arg);
-
-impl rusqlite::ToSql for Bind<'_> {
-    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-        use rusqlite::types::{ToSqlOutput, ValueRef};
-        Ok(ToSqlOutput::Borrowed(match self.0.value() {
-            Value::Null => ValueRef::Null,
-            Value::Int(i) => ValueRef::Integer(i),
-            Value::Real(x) => ValueRef::Real(x),
-            Value::Text(s) => ValueRef::Text(s.as_bytes()),
-            Value::Blob(b) => ValueRef::Blob(b),
-        }))
-    }
+/// A connection of either engine, as the engines hand it out.
+#[derive(Clone, Copy)]
+pub(super) enum Link<'a> {
+    Sqlite(&'a rusqlite::Connection),
+    Postgres(&'a RefCell<postgres_engine::Session>),
 }
 
-fn bind<'a>(args: &'a [&'a dyn Arg]) -> impl rusqlite::Params + 'a {
-    rusqlite::params_from_iter(args.iter().map(|a| Bind(*a)))
+impl Link<'_> {
+    fn rows(
+        self,
+        sql: &str,
+        args: &[&dyn Arg],
+        f: &mut dyn FnMut(&Row<'_>) -> StoreResult<ControlFlow<()>>,
+    ) -> StoreResult<()> {
+        match self {
+            Link::Sqlite(c) => sqlite::rows(c, sql, args, &mut |row| f(&Row::Sqlite(row))),
+            Link::Postgres(s) => {
+                postgres_engine::rows(s, sql, args, &mut |row| f(&Row::Postgres(row)))
+            }
+        }
+    }
 }
 
 /// A connection to read with: a pooled reader, or a write transaction seen
 /// through `Tx`. Statements are prepared once per connection and cached.
 #[derive(Clone, Copy)]
 pub struct Conn<'a> {
-    inner: &'a rusqlite::Connection,
+    link: Link<'a>,
     clock: &'a Clock,
 }
 
 impl<'a> Conn<'a> {
-    pub(super) fn new(inner: &'a rusqlite::Connection, clock: &'a Clock) -> Conn<'a> {
-        Conn { inner, clock }
+    pub(super) fn new(link: Link<'a>, clock: &'a Clock) -> Conn<'a> {
+        Conn { link, clock }
     }
 
     /// The store's clock: what "now" means for the rows this connection
@@ -246,12 +105,15 @@ impl<'a> Conn<'a> {
         args: &[&dyn Arg],
         f: impl FnOnce(&Row<'_>) -> StoreResult<T>,
     ) -> StoreResult<Option<T>> {
-        let mut stmt = self.inner.prepare_cached(sql)?;
-        let mut rows = stmt.query(bind(args))?;
-        match rows.next()? {
-            Some(row) => f(&Row { inner: row }).map(Some),
-            None => Ok(None),
-        }
+        let mut f = Some(f);
+        let mut out = None;
+        self.link.rows(sql, args, &mut |row| {
+            if let Some(f) = f.take() {
+                out = Some(f(row)?);
+            }
+            Ok(ControlFlow::Break(()))
+        })?;
+        Ok(out)
     }
 
     /// Every row `sql` returns, each mapped by `f`.
@@ -261,12 +123,11 @@ impl<'a> Conn<'a> {
         args: &[&dyn Arg],
         mut f: impl FnMut(&Row<'_>) -> StoreResult<T>,
     ) -> StoreResult<Vec<T>> {
-        let mut stmt = self.inner.prepare_cached(sql)?;
-        let mut rows = stmt.query(bind(args))?;
         let mut out = Vec::new();
-        while let Some(row) = rows.next()? {
-            out.push(f(&Row { inner: row })?);
-        }
+        self.for_each(sql, args, |row| {
+            out.push(f(row)?);
+            Ok(())
+        })?;
         Ok(out)
     }
 
@@ -277,13 +138,27 @@ impl<'a> Conn<'a> {
         args: &[&dyn Arg],
         mut f: impl FnMut(&Row<'_>) -> StoreResult<()>,
     ) -> StoreResult<()> {
-        let mut stmt = self.inner.prepare_cached(sql)?;
-        let mut rows = stmt.query(bind(args))?;
-        while let Some(row) = rows.next()? {
-            f(&Row { inner: row })?;
-        }
-        Ok(())
+        self.link.rows(sql, args, &mut |row| {
+            f(row)?;
+            Ok(ControlFlow::Continue(()))
+        })
     }
+
+    /// Which engine this connection belongs to, for the few statements
+    /// that exist on one of them only.
+    pub fn engine(&self) -> Engine {
+        match self.link {
+            Link::Sqlite(_) => Engine::Sqlite,
+            Link::Postgres(_) => Engine::Postgres,
+        }
+    }
+}
+
+/// The two database engines herald runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
 }
 
 /// The write transaction `Store::write` runs its closure in; reads as a
@@ -293,25 +168,29 @@ pub struct Tx<'a> {
 }
 
 impl<'a> Tx<'a> {
-    pub(super) fn new(tx: &'a rusqlite::Transaction<'_>, clock: &'a Clock) -> Tx<'a> {
+    pub(super) fn new(link: Link<'a>, clock: &'a Clock) -> Tx<'a> {
         Tx {
-            conn: Conn::new(tx, clock),
+            conn: Conn::new(link, clock),
         }
     }
 
     /// Runs one statement; how many rows it changed.
     pub fn execute(&self, sql: &str, args: &[&dyn Arg]) -> StoreResult<usize> {
-        Ok(self.conn.inner.prepare_cached(sql)?.execute(bind(args))?)
+        match self.conn.link {
+            Link::Sqlite(c) => sqlite::execute(c, sql, args),
+            Link::Postgres(s) => postgres_engine::execute(s, sql, args),
+        }
     }
 
-    /// Runs one INSERT of a row whose key is an INTEGER PRIMARY KEY: the new
+    /// Runs one INSERT of a row whose key the database generates: the new
     /// row's key, or None when a conflict skipped it (`ON CONFLICT DO
     /// NOTHING`). The one place engines differ on how an insert hands back
-    /// its key: SQLite reads the connection's last rowid, cheaper than
-    /// `RETURNING`, which buffers its rows in a temporary table.
+    /// its key.
     pub fn insert(&self, sql: &str, args: &[&dyn Arg]) -> StoreResult<Option<i64>> {
-        let changed = self.execute(sql, args)?;
-        Ok((changed > 0).then(|| self.conn.inner.last_insert_rowid()))
+        match self.conn.link {
+            Link::Sqlite(c) => sqlite::insert(c, sql, args),
+            Link::Postgres(s) => postgres_engine::insert(s, sql, args),
+        }
     }
 
     /// `insert` of a row that is always written: its key.
@@ -333,6 +212,7 @@ impl<'a> Deref for Tx<'a> {
 mod tests {
     use super::*;
 
+    use crate::args;
     use crate::store::{Store, Synchronous};
 
     #[test]

@@ -2,10 +2,11 @@
 //! invitee hears exactly once through the seam, conflicts and bad tokens
 //! write nothing, and accepting joins the org and tells the inviter.
 
+use herald::args;
 use serde_json::json;
 
 use crate::support::app::{
-    demo_builder, emails_to, footprint, inbox_rows, settle, start_demo, writable_db, ORG,
+    demo_builder, emails_to, footprint, inbox_rows, settle, start_demo, ORG,
 };
 use crate::support::FakeResend;
 
@@ -55,10 +56,7 @@ fn inviting_an_existing_user_gives_one_inbox_row_and_one_email() {
 
     // The token is stored hashed, never as itself.
     let token = token_of(&body["acceptUrl"]);
-    let stored: String = server
-        .db()
-        .query_row("SELECT token_hash FROM invitations", [], |r| r.get(0))
-        .unwrap();
+    let stored: String = server.row("SELECT token_hash FROM invitations", args![], |r| r.get(0));
     assert_ne!(stored, token);
     assert_eq!(
         server.count("SELECT COUNT(*) FROM audit_log WHERE action = 'invitation.sent'"),
@@ -284,12 +282,10 @@ fn reused_revoked_and_expired_tokens_are_refused_and_write_nothing() {
     // Expired: moved into the past, as seven days passing would.
     let (_, sent) = invite(&server, &demo.alice, "frank@example.com", "member");
     let frank_token = token_of(&sent["acceptUrl"]);
-    writable_db(&server)
-        .execute(
-            "UPDATE invitations SET expires_at = 1 WHERE id = ?1",
-            [sent["invitationId"].as_str().unwrap()],
-        )
-        .unwrap();
+    server.execute(
+        "UPDATE invitations SET expires_at = 1 WHERE id = ?1",
+        args![sent["invitationId"].as_str().unwrap()],
+    );
     settle(&server);
     let before = footprint(&server);
 

@@ -2,10 +2,11 @@
 //! append-only audit log: the role update, its audit row and its
 //! notification commit together or not at all.
 
+use herald::args;
 use serde_json::json;
 
 use crate::support::app::{
-    demo_builder, emails_to, footprint, inbox_rows, settle, start_demo, writable_db, ORG,
+    demo_builder, emails_to, footprint, inbox_rows, settle, start_demo, ORG,
 };
 use crate::support::FakeResend;
 
@@ -23,12 +24,11 @@ fn patch_role(
 }
 
 fn role_of(server: &crate::support::TestServer, member: &str) -> String {
-    server
-        .db()
-        .query_row("SELECT role FROM members WHERE id = ?1", [member], |r| {
-            r.get(0)
-        })
-        .unwrap()
+    server.row(
+        "SELECT role FROM members WHERE id = ?1",
+        args![member],
+        |r| r.get(0),
+    )
 }
 
 #[test]
@@ -117,12 +117,10 @@ fn audit_rows_cannot_be_updated_or_deleted_even_with_raw_sql() {
         patch_role(&server, &demo.alice, "mem_carol", "admin").0,
         200
     );
-    let conn = writable_db(&server);
-    let update = conn
-        .execute("UPDATE audit_log SET action = 'nothing.happened'", [])
-        .unwrap_err();
+    let raw = |sql: &str| server.store().write(|tx| tx.execute(sql, args![]));
+    let update = raw("UPDATE audit_log SET action = 'nothing.happened'").unwrap_err();
     assert!(update.to_string().contains("append-only"), "{update}");
-    let delete = conn.execute("DELETE FROM audit_log", []).unwrap_err();
+    let delete = raw("DELETE FROM audit_log").unwrap_err();
     assert!(delete.to_string().contains("append-only"), "{delete}");
     assert_eq!(
         server.count("SELECT COUNT(*) FROM audit_log WHERE action = 'member.role-changed'"),

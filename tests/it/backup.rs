@@ -5,6 +5,7 @@
 //! `compact` gives deleted space back without losing a row, and refuses a
 //! database `serve` has open.
 
+use herald::args;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Output;
@@ -263,16 +264,13 @@ fn a_backup_under_load_holds_every_committed_event_and_its_pending_emails_go_out
     assert_eq!(delivered, to_send);
     // By Idempotency-Key: each key the restored herald sends under was
     // accepted once, with as many emails as it covers.
-    let db = restored.db();
     let mut keys: BTreeMap<String, usize> = BTreeMap::new();
-    let mut stmt = db
-        .prepare("SELECT COALESCE(batch_id, id), address FROM deliveries")
-        .unwrap();
-    let rows = stmt
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-        .unwrap();
-    for row in rows {
-        let (key, address) = row.unwrap();
+    let rows = restored.rows(
+        "SELECT COALESCE(batch_id, id), address FROM deliveries",
+        args![],
+        |r| Ok((r.get::<String>(0)?, r.get::<String>(1)?)),
+    );
+    for (key, address) in rows {
         if to_send.contains(&address) {
             *keys.entry(key).or_default() += 1;
         }

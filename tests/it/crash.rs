@@ -4,6 +4,7 @@
 //! provider's replays, counted from its request log), and nothing resent
 //! once recorded sent, even when the provider has forgotten the keys.
 
+use herald::args;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -129,20 +130,17 @@ fn events_committed_but_never_dispatched_are_re_driven_at_start() {
     server.kill9();
     // Write outbox rows the way a crashed process leaves them: committed,
     // pending, never published.
-    let db = rusqlite::Connection::open(server.db_path()).unwrap();
     for i in 0..5 {
-        db.execute(
+        server.execute(
             "INSERT INTO outbox (id, type, body, created_at) VALUES (?1, 'system.announcement', ?2, 0)",
-            rusqlite::params![
+            args![
                 format!("evt_crash{i}"),
                 json!({"type": "system.announcement", "recipients": ["u1"],
                        "payload": {"title": "t", "body": "b"}})
                 .to_string()
             ],
-        )
-        .unwrap();
+        );
     }
-    drop(db);
     let server = server.restart();
     for i in 0..5 {
         let event = server.wait_event_done(&format!("evt_crash{i}"), Duration::from_secs(10));

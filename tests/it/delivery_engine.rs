@@ -3,6 +3,7 @@
 //! re-arming (HTTP and CLI), hanging sends, rate limits, and an idle server
 //! that really idles. Crash and SIGTERM runs live in `delivery_crash`.
 
+use herald::args;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -79,31 +80,19 @@ fn wait_delivery(server: &TestServer, event_id: &str, status: &str, timeout: Dur
 }
 
 pub fn delivery_ids(server: &TestServer) -> BTreeSet<String> {
-    let db = server.db();
-    let mut stmt = db.prepare("SELECT id FROM deliveries").unwrap();
-    let ids = stmt
-        .query_map([], |r| r.get::<_, String>(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    ids
+    let ids = server.rows("SELECT id FROM deliveries", args![], |r| r.get::<String>(0));
+    ids.into_iter().collect()
 }
 
 /// Per key herald sends under, how many emails it covers: a batch's id
 /// covers each of its members, a delivery sent alone is its own key.
 pub fn send_keys(server: &TestServer) -> BTreeMap<String, usize> {
-    let db = server.db();
-    let mut stmt = db
-        .prepare("SELECT COALESCE(batch_id, id), COUNT(*) FROM deliveries GROUP BY 1")
-        .unwrap();
-    let keys = stmt
-        .query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as usize))
-        })
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    keys
+    let keys = server.rows(
+        "SELECT COALESCE(batch_id, id), COUNT(*) FROM deliveries GROUP BY 1",
+        args![],
+        |r| Ok((r.get::<String>(0)?, r.get::<usize>(1)?)),
+    );
+    keys.into_iter().collect()
 }
 
 /// The provider accepted each delivery's email exactly once: every key

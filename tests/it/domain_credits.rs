@@ -3,9 +3,10 @@
 //! `organization.provisioned` change nothing, `herald reconcile` grants
 //! exactly what is missing, and `GET /v1/credits` shows the caller's ledger.
 
+use herald::args;
 use serde_json::{json, Value};
 
-use crate::support::app::{demo_builder, inbox_rows, settle, start_demo, writable_db, ORG, WAIT};
+use crate::support::app::{demo_builder, inbox_rows, settle, start_demo, ORG, WAIT};
 use crate::support::{wait_until, FakeResend, TestServer};
 
 pub const GRANTED: &str = "billing.referral.granted";
@@ -45,14 +46,11 @@ pub fn granted_notifications(server: &TestServer) -> i64 {
 
 /// (ref_id, user_id, amount) of every ledger row, by ref id.
 pub fn ledger(server: &TestServer) -> Vec<(String, String, i64)> {
-    let db = server.db();
-    let mut stmt = db
-        .prepare("SELECT ref_id, user_id, amount FROM credit_ledger ORDER BY ref_id")
-        .unwrap();
-    let rows = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap();
-    rows.collect::<Result<_, _>>().unwrap()
+    server.rows(
+        "SELECT ref_id, user_id, amount FROM credit_ledger ORDER BY ref_id",
+        args![],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
 }
 
 pub fn expected_ledger(invitation: &str, referee: &str, amount: i64) -> Vec<(String, String, i64)> {
@@ -132,12 +130,10 @@ fn accepting_grants_both_sides_once_and_replays_change_nothing() {
     wait_runs_done(&server, "billing.referral", 3);
 
     // Replay every domain event to the listener, across a restart.
-    writable_db(&server)
-        .execute(
-            "UPDATE listener_runs SET status = 'pending', done_at = NULL, next_attempt_at = 0",
-            [],
-        )
-        .unwrap();
+    server.execute(
+        "UPDATE listener_runs SET status = 'pending', done_at = NULL, next_attempt_at = 0",
+        args![],
+    );
     let server = server.restart();
     let replayed = wait_until(WAIT, || {
         server.count("SELECT COUNT(*) FROM listener_runs WHERE status = 'done' AND attempts = 2")

@@ -8,8 +8,9 @@
 use crate::domain_credits::{
     expected_ledger, granted_notifications, invite_and_accept, ledger, wait_runs_done,
 };
-use crate::support::app::{demo_builder, inbox_rows, settle, start_demo, writable_db, WAIT};
+use crate::support::app::{demo_builder, inbox_rows, settle, start_demo, WAIT};
 use crate::support::{wait_until, FakeResend, TestServer};
+use herald::args;
 
 fn run_stat(server: &TestServer, listener: &str, sql: &str) -> i64 {
     server.count(&format!(
@@ -149,12 +150,24 @@ fn a_crash_before_the_domain_events_are_routed_grants_exactly_once_after_restart
     // in one transaction; a trigger that refuses every run rolls it back, so
     // the dispatcher cannot route however long the test takes to kill it,
     // while the accept itself (which writes no run) commits as usual.
-    writable_db(&server)
-        .execute_batch(
+    if server.on_postgres() {
+        server.execute(
+            "CREATE FUNCTION test_no_routing() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN RAISE EXCEPTION 'test: routing held off'; END; $$",
+            args![],
+        );
+        server.execute(
+            "CREATE TRIGGER test_no_routing BEFORE INSERT ON listener_runs
+             FOR EACH ROW EXECUTE FUNCTION test_no_routing()",
+            args![],
+        );
+    } else {
+        server.execute(
             "CREATE TRIGGER test_no_routing BEFORE INSERT ON listener_runs
              BEGIN SELECT RAISE(ABORT, 'test: routing held off'); END;",
-        )
-        .unwrap();
+            args![],
+        );
+    }
     let inv = invite_and_accept(&server, &demo.alice, "dave@example.com", &dave);
     let tried = wait_until(WAIT, || {
         server.logs().contains("cannot route") && server.logs().contains("routing held off")
@@ -181,9 +194,12 @@ fn a_crash_before_the_domain_events_are_routed_grants_exactly_once_after_restart
     );
     assert_eq!(server.count("SELECT COUNT(*) FROM listener_runs"), 0);
     assert_eq!(server.count("SELECT COUNT(*) FROM credit_ledger"), 0);
-    writable_db(&server)
-        .execute_batch("DROP TRIGGER test_no_routing;")
-        .unwrap();
+    let drop = if server.on_postgres() {
+        "DROP TRIGGER test_no_routing ON listener_runs"
+    } else {
+        "DROP TRIGGER test_no_routing"
+    };
+    server.execute(drop, args![]);
 
     let server = server.restart();
     granted_once_after_restart(&server, &inv);

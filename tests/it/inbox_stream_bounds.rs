@@ -3,6 +3,7 @@
 //! and catches up from the database with `Last-Event-ID`, losing nothing
 //! and receiving nothing twice; open streams are bounded per user and in all.
 
+use herald::args;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -55,16 +56,11 @@ fn announce_many(server: &TestServer, user: &str, count: usize, body_len: usize)
 }
 
 fn row_ids(server: &TestServer, user: &str) -> Vec<i64> {
-    let conn = server.db();
-    let mut stmt = conn
-        .prepare("SELECT id FROM notifications WHERE user_id = ?1 ORDER BY id")
-        .unwrap();
-    let ids = stmt
-        .query_map([user], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<Vec<i64>, _>>()
-        .unwrap();
-    ids
+    server.rows(
+        "SELECT id FROM notifications WHERE user_id = ?1 ORDER BY id",
+        args![user],
+        |r| r.get(0),
+    )
 }
 
 #[test]

@@ -5,9 +5,10 @@
 //! that can no longer be used say why; the token stays out of the log, and
 //! signing in never redirects off-site.
 
+use herald::args;
 use serde_json::{json, Value};
 
-use crate::support::app::{demo_builder, inbox_rows, settle, start_demo, writable_db, Demo, ORG};
+use crate::support::app::{demo_builder, inbox_rows, settle, start_demo, Demo, ORG};
 use crate::support::{FakeResend, RawResponse, TestServer};
 
 /// Percent-encodes all but RFC 3986's unreserved characters.
@@ -246,9 +247,7 @@ fn links_that_can_no_longer_be_used_say_why_and_change_nothing() {
         no_token.text()
     );
 
-    writable_db(&server)
-        .execute("UPDATE invitations SET expires_at = 0", [])
-        .unwrap();
+    server.execute("UPDATE invitations SET expires_at = 0", args![]);
     let expired = page(&server, &accept, Some(&dave_cookie));
     assert_eq!(expired.status, 410);
     assert!(expired.text().contains("expired"), "{}", expired.text());
@@ -264,9 +263,7 @@ fn links_that_can_no_longer_be_used_say_why_and_change_nothing() {
     let (status, list) = server.get(&format!("/v1/orgs/{ORG}/invitations"), Some(&demo.alice));
     assert_eq!(status, 200);
     let id = list["items"][0]["id"].as_str().unwrap().to_string();
-    writable_db(&server)
-        .execute("UPDATE invitations SET expires_at = 9999999999999", [])
-        .unwrap();
+    server.execute("UPDATE invitations SET expires_at = 9999999999999", args![]);
     let (status, _) = server.delete(
         &format!("/v1/orgs/{ORG}/invitations/{id}"),
         Some(&demo.alice),

@@ -4,11 +4,11 @@
 //! the inbox API and the live stream hand to `inbox.js`, not in email HTML.
 //! And a payload's CR/LF never reaches an email subject.
 
+use herald::args;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::app::writable_db;
 use crate::support::sse::SseClient;
 use crate::support::{FakeResend, TestServer};
 
@@ -167,14 +167,12 @@ fn rows_stored_with_a_hostile_action_url_are_served_without_it() {
     let token = server.create_user("ann", "ann@acme.test", "Ann");
     invite(&server, 0, FINE[0]);
     // A row written before herald checked action urls at render time.
-    writable_db(&server)
-        .execute(
-            "UPDATE notifications SET actions = ?1",
-            [json!([{"label": "Open", "url": "/\t/evil.test/phish"},
-                    {"label": "Fine", "url": "/inbox"}])
-            .to_string()],
-        )
-        .unwrap();
+    server.execute(
+        "UPDATE notifications SET actions = ?1",
+        args![json!([{"label": "Open", "url": "/\t/evil.test/phish"},
+                     {"label": "Fine", "url": "/inbox"}])
+        .to_string()],
+    );
     let (_, page) = server.get("/v1/inbox", Some(&token));
     assert_eq!(
         page["items"][0]["actions"],

@@ -3,6 +3,7 @@
 //! lone upload stays its own type; each order has its own digest; a digest
 //! is stored, so a restart mid-window still delivers it once, when due.
 
+use herald::args;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -108,12 +109,9 @@ fn five_uploads_for_one_order_become_one_batch_notification() {
 
     // Each upload points at the batch event it was released as.
     let first = server.count("SELECT MIN(seq) FROM outbox");
-    let id: String = server
-        .db()
-        .query_row("SELECT id FROM outbox WHERE seq = ?1", [first], |r| {
-            r.get(0)
-        })
-        .unwrap();
+    let id: String = server.row("SELECT id FROM outbox WHERE seq = ?1", args![first], |r| {
+        r.get(0)
+    });
     let (_, event) = server.get(&format!("/v1/events/{id}"), Some(server.service_key()));
     assert_eq!(event["digests"][0]["status"], "flushed", "{event}");
     let released = event["digests"][0]["releasedAs"].as_str().unwrap();

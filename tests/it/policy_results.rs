@@ -4,11 +4,11 @@
 //! result matches the OpenAPI document, `herald outbox list` shows it, and
 //! a database from before the breakdown upgrades with its old results kept.
 
+use herald::args;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::app::writable_db;
 use crate::support::{result, FakeResend, TestServer};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -128,13 +128,11 @@ fn each_recipient_counts_once_whatever_befell_its_channels() {
     // existed when it was accepted, then dispatch it at the next start.
     server.stop();
     let everyone = json!(["ann", "bea", "cid", "ghost", {"email": "guest@example.com"}]);
-    writable_db(&server)
-        .execute(
-            "INSERT INTO outbox (id, type, body, created_at)
-             VALUES ('evt_all', 'org.member.role_changed', ?1, 0)",
-            [role_changed(everyone, "mem_1").to_string()],
-        )
-        .unwrap();
+    server.execute(
+        "INSERT INTO outbox (id, type, body, created_at)
+         VALUES ('evt_all', 'org.member.role_changed', ?1, 0)",
+        args![role_changed(everyone, "mem_1").to_string()],
+    );
     let server = server.restart();
     let event = server.wait_event_done("evt_all", WAIT);
     assert_eq!(

@@ -4,6 +4,7 @@
 //! prune; inbox rows stay unless their own retention is set; and under a
 //! steady load the database file stops growing.
 
+use herald::args;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -48,21 +49,15 @@ fn users(server: &TestServer) {
 /// Unfinished deliveries (a restart turns `retrying` back into `pending`)
 /// with whether their body and batch are there, as a comparable set.
 fn pending_work(server: &TestServer) -> BTreeSet<(String, bool, bool)> {
-    let conn = server.db();
-    let mut stmt = conn
-        .prepare(
-            "SELECT d.id,
-                    EXISTS (SELECT 1 FROM email_bodies b WHERE b.event_seq = d.event_seq),
-                    d.batch_id IS NULL OR EXISTS (SELECT 1 FROM mail_batches m WHERE m.id = d.batch_id)
-             FROM deliveries d WHERE d.status NOT IN ('sent', 'failed', 'dead')",
-        )
-        .unwrap();
-    let rows = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    rows
+    let rows = server.rows(
+        "SELECT d.id,
+                EXISTS (SELECT 1 FROM email_bodies b WHERE b.event_seq = d.event_seq),
+                d.batch_id IS NULL OR EXISTS (SELECT 1 FROM mail_batches m WHERE m.id = d.batch_id)
+         FROM deliveries d WHERE d.status NOT IN ('sent', 'failed', 'dead')",
+        args![],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    );
+    rows.into_iter().collect()
 }
 
 #[test]
@@ -314,9 +309,6 @@ fn version_4_keeps_inbox_rows_and_their_ids_while_their_events_are_pruned() {
         3,
         "the new row's id carries on past the deleted 2"
     );
-    let check: String = server
-        .db()
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
+    let check: String = server.row("PRAGMA integrity_check", args![], |r| r.get(0));
     assert_eq!(check, "ok");
 }

@@ -386,10 +386,10 @@ pub(crate) mod testing {
     }
 
     /// Records deliveries as sent, as the dispatcher does with outcomes.
-    pub fn record_sent<'a>(store: &Store, ids: impl IntoIterator<Item = &'a String>) {
+    pub fn record_sent<'a>(store: &Store, ids: impl IntoIterator<Item = &'a String> + Clone) {
         store
             .write(|tx| {
-                for id in ids {
+                for id in ids.clone() {
                     tx.execute(
                         "UPDATE deliveries SET status = 'sent' WHERE id = ?1",
                         args![id],

@@ -216,7 +216,7 @@ mod tests {
 
     fn record_one(store: &Store, o: Outcome) -> Option<i64> {
         store
-            .write(|tx| record(tx, &[o], &DeliveryPolicy::default()))
+            .write(|tx| record(tx, std::slice::from_ref(&o), &DeliveryPolicy::default()))
             .unwrap()
     }
 

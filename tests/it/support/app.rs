@@ -96,15 +96,6 @@ pub fn footprint(server: &TestServer) -> Vec<(&'static str, i64)> {
     .collect()
 }
 
-/// A read-write connection, for what the API must not allow (raw SQL on the
-/// audit log) or cannot do (moving a token's expiry into the past).
-pub fn writable_db(server: &TestServer) -> rusqlite::Connection {
-    let conn = rusqlite::Connection::open(server.db_path()).expect("open database read-write");
-    conn.busy_timeout(Duration::from_secs(5))
-        .expect("busy timeout");
-    conn
-}
-
 /// One `v1` signature per Stripe's docs: hex HMAC-SHA256 of "{t}.{payload}".
 pub fn stripe_v1(payload: &[u8], t: i64, secret: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");

@@ -5,6 +5,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod app;
+pub mod database;
 pub mod fake_resend;
 pub mod server;
 pub mod sse;

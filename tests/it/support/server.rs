@@ -1,8 +1,11 @@
 //! `TestServer`: runs the real `herald serve` binary on 127.0.0.1:0 with a
-//! temporary database, keeps its stdout/stderr for failure messages, and offers
-//! HTTP helpers (never panicking on a status), SQLite counts and restarts.
+//! temporary database (SQLite, or PostgreSQL: see `database.rs`), keeps its
+//! stdout/stderr for failure messages, and offers HTTP helpers (never
+//! panicking on a status), SQL through herald's own store, and restarts.
 
+use super::database::{self, PgDatabase};
 use super::fake_resend::FakeResend;
+use herald::store::Store;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read};
@@ -10,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::OnceLock;
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -53,6 +57,8 @@ pub struct TestServerBuilder {
     env: Vec<(String, String)>,
     args: Vec<String>,
     dir: Option<DbDir>,
+    /// The PostgreSQL database, shared by restarts; None on SQLite.
+    postgres: Option<Arc<PgDatabase>>,
     /// Logs of earlier runs on the same database, kept for failure messages.
     previous_logs: String,
 }
@@ -63,6 +69,7 @@ impl TestServerBuilder {
             env: Vec::new(),
             args: Vec::new(),
             dir: None,
+            postgres: None,
             previous_logs: String::new(),
         };
         builder
@@ -102,15 +109,26 @@ impl TestServerBuilder {
         self
     }
 
-    /// Uses `herald.db` in an existing directory the caller keeps alive,
-    /// instead of a fresh temp dir.
+    /// Uses the SQLite file `herald.db` in an existing directory the caller
+    /// keeps alive, instead of a fresh temp dir, whatever the suite's engine.
     pub fn db_dir(mut self, dir: impl AsRef<Path>) -> Self {
         self.dir = Some(DbDir::Given(dir.as_ref().to_path_buf()));
         self
     }
 
+    /// Runs on this PostgreSQL database (another instance's, say) whatever
+    /// the suite's engine.
+    pub fn postgres(mut self, db: &Arc<PgDatabase>) -> Self {
+        self.postgres = Some(db.clone());
+        self
+    }
+
     /// Spawns `herald serve` and waits for its listening line.
-    pub fn start(self) -> TestServer {
+    pub fn start(mut self) -> TestServer {
+        if self.postgres.is_none() && self.dir.is_none() && database::on_postgres() {
+            let server = database::postgres_server().expect("checked by on_postgres");
+            self.postgres = Some(Arc::new(PgDatabase::create(&server)));
+        }
         let dir = self.dir.clone().unwrap_or_else(|| {
             let temp = tempfile::Builder::new()
                 .prefix("herald-it-")
@@ -126,13 +144,12 @@ impl TestServerBuilder {
             .arg("serve")
             .arg("--addr")
             .arg("127.0.0.1:0")
-            .arg("--db")
-            .arg(&db_path)
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         isolate_env(&mut command, &self.env);
+        set_database(&mut command, self.postgres.as_deref(), &db_path);
         let mut child = command
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {HERALD_BIN}: {e}"));
@@ -151,6 +168,8 @@ impl TestServerBuilder {
         ];
 
         let mut server = TestServer {
+            store: OnceLock::new(),
+            postgres: self.postgres.clone(),
             child: Some(child),
             exit_status: None,
             drains,
@@ -179,6 +198,10 @@ impl TestServerBuilder {
 /// A running `herald serve`. Killed on drop; its logs are printed if the test
 /// is panicking.
 pub struct TestServer {
+    /// The test's own connection to the database (dropped before it, and
+    /// whenever the server stops, so that nothing holds the file open).
+    pub(super) store: OnceLock<Store>,
+    pub(super) postgres: Option<Arc<PgDatabase>>,
     child: Option<Child>,
     exit_status: Option<ExitStatus>,
     drains: Vec<JoinHandle<()>>,
@@ -186,7 +209,7 @@ pub struct TestServer {
     /// Set once the logs went into a panic message, so Drop does not repeat them.
     logs_shown: AtomicBool,
     base_url: String,
-    db_path: PathBuf,
+    pub(super) db_path: PathBuf,
     service_key: String,
     agent: ureq::Agent,
     /// What started this server (env, args, dir), for `restart`.
@@ -267,6 +290,7 @@ impl TestServer {
 
     /// Crash: SIGKILL, then reap the process.
     pub fn kill9(&mut self) {
+        self.store.take();
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             self.exit_status = child.wait().ok();
@@ -276,6 +300,7 @@ impl TestServer {
 
     /// Graceful stop: SIGTERM, then wait up to 10 s for the exit.
     pub fn stop(&mut self) -> ExitStatus {
+        self.store.take();
         let Some(mut child) = self.child.take() else {
             return self.exit_status.expect("server was stopped before");
         };
@@ -323,12 +348,12 @@ impl TestServer {
     }
 
     /// Runs another `herald` command (`outbox list`, `migrate`, ...) with this
-    /// server's env and `HERALD_DB` pointing at its database.
+    /// server's env and database (`HERALD_DB` or `HERALD_DATABASE_URL`).
     pub fn run_cli(&self, args: &[&str]) -> Output {
         let mut command = Command::new(HERALD_BIN);
         command.args(args).stdin(Stdio::null());
         isolate_env(&mut command, &self.builder.env);
-        command.env("HERALD_DB", &self.db_path);
+        set_database(&mut command, self.postgres.as_deref(), &self.db_path);
         command
             .output()
             .unwrap_or_else(|e| panic!("run {HERALD_BIN} {args:?}: {e}"))
@@ -505,24 +530,6 @@ impl TestServer {
 
     // ---- database ----
 
-    /// A read-only connection to the server's database (busy timeout 5 s).
-    pub fn db(&self) -> rusqlite::Connection {
-        let flags =
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = rusqlite::Connection::open_with_flags(&self.db_path, flags)
-            .unwrap_or_else(|e| self.fail(&format!("open {}: {e}", self.db_path.display())));
-        conn.busy_timeout(Duration::from_secs(5))
-            .expect("set busy timeout");
-        conn
-    }
-
-    /// Runs a `SELECT COUNT(*) ...` (or any single-integer query).
-    pub fn count(&self, sql: &str) -> i64 {
-        self.db()
-            .query_row(sql, [], |row| row.get(0))
-            .unwrap_or_else(|e| self.fail(&format!("query `{sql}`: {e}")))
-    }
-
     // ---- internals ----
 
     /// Panics with the server's logs attached.
@@ -596,6 +603,14 @@ impl Drop for TestServer {
     }
 }
 
+/// Points a `herald` command at the test's database.
+fn set_database(command: &mut Command, postgres: Option<&PgDatabase>, db_path: &Path) {
+    match postgres {
+        Some(db) => command.env("HERALD_DATABASE_URL", &db.url),
+        None => command.env("HERALD_DB", db_path),
+    };
+}
+
 /// The child gets exactly the env we give it, on top of the test's own minus
 /// any `HERALD_*` / `STRIPE_*` / `RUST_LOG` a developer may have exported.
 fn isolate_env(command: &mut Command, env: &[(String, String)]) {
@@ -666,7 +681,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn random_hex(bytes: usize) -> String {
+pub(super) fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     getrandom::fill(&mut buf).expect("random bytes");
     buf.iter().map(|b| format!("{b:02x}")).collect()

@@ -1,0 +1,552 @@
+//! The second engine: PostgreSQL, for deployments that outgrow one file or
+//! run several herald instances on one database. Every write transaction is
+//! SERIALIZABLE and is run again, whole, when PostgreSQL reports a
+//! serialization failure or a deadlock: the outcome is always that of some
+//! one-at-a-time order, as on SQLite's single writer, so every check-then-
+//! write herald does stays exact across connections and instances.
+//!
+//! herald's SQL is written once, with SQLite's `?N` placeholders; this
+//! module is where it becomes PostgreSQL's (`$N`, hints dropped, `RETURNING`
+//! for new keys), once per statement and connection.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::error::Error as StdError;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use postgres::error::SqlState;
+use postgres::types::{to_sql_checked, FromSql, IsNull, ToSql, Type};
+use postgres::{Client, NoTls, Statement};
+use r2d2_postgres::PostgresConnectionManager;
+
+use super::error::{StoreError, StoreResult};
+use super::migrate;
+use super::value::{Arg, Value};
+
+/// How long a caller waits for a pooled connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Times a write transaction is run in all when it keeps conflicting.
+const MAX_ATTEMPTS: u32 = 16;
+/// Statements a connection keeps prepared; herald's own are far fewer.
+const STATEMENT_CACHE: usize = 512;
+
+pub(super) struct Postgres {
+    pool: r2d2::Pool<Manager>,
+    /// The URL without its password, for messages.
+    pub(super) shown: String,
+}
+
+impl Postgres {
+    /// Connects to the database at `url` and applies pending migrations.
+    pub(super) fn open(url: &str) -> StoreResult<Postgres> {
+        let mut config: postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Pool(format!("{}: {e}", redact(url))))?;
+        if config.get_application_name().is_none() {
+            config.application_name("herald");
+        }
+        config.connect_timeout(CONNECT_TIMEOUT);
+        let mut client = config
+            .connect(NoTls)
+            .map_err(|e| StoreError::Pool(format!("cannot connect to {}: {e}", redact(url))))?;
+        migrate::apply_postgres(&mut client)?;
+        let keys = Arc::new(identity_columns(&mut client)?);
+        drop(client);
+        let manager = Manager {
+            inner: PostgresConnectionManager::new(config, NoTls),
+            keys,
+        };
+        let pool = r2d2::Pool::builder()
+            .max_size(16)
+            .min_idle(Some(2))
+            .connection_timeout(CONNECT_TIMEOUT)
+            .build(manager)?;
+        Ok(Postgres {
+            pool,
+            shown: redact(url),
+        })
+    }
+
+    fn session(&self) -> StoreResult<r2d2::PooledConnection<Manager>> {
+        let conn = self.pool.get()?;
+        // A closure that panicked mid-transaction left it open: end it
+        // before anyone else uses the connection.
+        conn.borrow_mut().end("ROLLBACK")?;
+        Ok(conn)
+    }
+
+    /// Runs `f` in a SERIALIZABLE transaction and commits when it returns
+    /// `Ok`; runs it again from the start when PostgreSQL refused it for a
+    /// conflict with another transaction. `f` must therefore have no effect
+    /// but its SQL, which is already herald's rule for write closures.
+    pub(super) fn write<T, E>(
+        &self,
+        mut f: impl FnMut(&RefCell<Session>) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        let conn = self.session()?;
+        let mut attempt = 1;
+        loop {
+            conn.borrow_mut()
+                .begin("BEGIN ISOLATION LEVEL SERIALIZABLE")?;
+            let result = f(&conn);
+            let ended = match &result {
+                Ok(_) => conn.borrow_mut().end("COMMIT"),
+                Err(_) => conn.borrow_mut().end("ROLLBACK"),
+            };
+            let conflicted = std::mem::take(&mut conn.borrow_mut().conflicted);
+            if conflicted && attempt < MAX_ATTEMPTS {
+                // Back off a little, growing, so that two transactions that
+                // keep colliding drift apart.
+                std::thread::sleep(Duration::from_micros(200 << attempt.min(6)));
+                attempt += 1;
+                continue;
+            }
+            ended?;
+            return result;
+        }
+    }
+
+    /// `f` on a pooled connection, inside one read-only REPEATABLE READ
+    /// transaction (one snapshot) when `snapshot`.
+    pub(super) fn read<T, E>(
+        &self,
+        snapshot: bool,
+        f: impl FnOnce(&RefCell<Session>) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        let conn = self.session()?;
+        if !snapshot {
+            return f(&conn);
+        }
+        conn.borrow_mut()
+            .begin("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
+        let result = f(&conn);
+        conn.borrow_mut().end("ROLLBACK")?;
+        result
+    }
+}
+
+/// A pooled connection with its prepared statements.
+pub(super) struct Session {
+    client: Client,
+    statements: HashMap<String, Statement>,
+    /// Each table's identity column, for `insert`.
+    keys: Arc<HashMap<String, String>>,
+    in_transaction: bool,
+    /// A statement failed because of another transaction; `write` retries.
+    conflicted: bool,
+}
+
+impl Session {
+    fn begin(&mut self, sql: &str) -> StoreResult<()> {
+        self.client.batch_execute(sql).map_err(|e| self.error(e))?;
+        self.in_transaction = true;
+        Ok(())
+    }
+
+    /// COMMIT or ROLLBACK, if a transaction is open.
+    fn end(&mut self, sql: &str) -> StoreResult<()> {
+        if !std::mem::take(&mut self.in_transaction) {
+            return Ok(());
+        }
+        self.client.batch_execute(sql).map_err(|e| self.error(e))
+    }
+
+    fn prepared(&mut self, sql: &str, returning: Option<&str>) -> StoreResult<Statement> {
+        if let Some(stmt) = self.statements.get(sql) {
+            return Ok(stmt.clone());
+        }
+        let mut text = translate(sql);
+        if let Some(key) = returning {
+            text.push_str(" RETURNING ");
+            text.push_str(key);
+        }
+        let stmt = self.client.prepare(&text).map_err(|e| self.error(e))?;
+        if self.statements.len() >= STATEMENT_CACHE {
+            self.statements.clear();
+        }
+        self.statements.insert(sql.to_string(), stmt.clone());
+        Ok(stmt)
+    }
+
+    fn query(&mut self, sql: &str, args: &[&dyn Arg]) -> StoreResult<Vec<postgres::Row>> {
+        let stmt = self.prepared(sql, None)?;
+        let values = values(args);
+        self.client
+            .query(&stmt, &params(&values))
+            .map_err(|e| self.error(e))
+    }
+
+    fn execute(&mut self, sql: &str, args: &[&dyn Arg]) -> StoreResult<usize> {
+        let stmt = self.prepared(sql, None)?;
+        let values = values(args);
+        let changed = self
+            .client
+            .execute(&stmt, &params(&values))
+            .map_err(|e| self.error(e))?;
+        Ok(changed as usize)
+    }
+
+    fn insert(&mut self, sql: &str, args: &[&dyn Arg]) -> StoreResult<Option<i64>> {
+        let table = inserted_table(sql)
+            .ok_or_else(|| StoreError::Database(format!("not an INSERT: {sql}")))?;
+        let key =
+            self.keys.get(table).cloned().ok_or_else(|| {
+                StoreError::Database(format!("table {table} has no generated key"))
+            })?;
+        // Cached under its own name: the same text may also run plainly.
+        let cached = format!("{sql}\u{0}{key}");
+        let stmt = match self.statements.get(&cached) {
+            Some(stmt) => stmt.clone(),
+            None => {
+                let stmt = self.prepared(sql, Some(&key))?;
+                self.statements.remove(sql);
+                self.statements.insert(cached, stmt.clone());
+                stmt
+            }
+        };
+        let values = values(args);
+        let row = self
+            .client
+            .query_opt(&stmt, &params(&values))
+            .map_err(|e| self.error(e))?;
+        row.map(|r| r.try_get::<_, i64>(0).map_err(StoreError::from))
+            .transpose()
+    }
+
+    /// Classifies a driver error, noting conflicts for `write`.
+    fn error(&mut self, e: postgres::Error) -> StoreError {
+        let code = e.code();
+        if code == Some(&SqlState::T_R_SERIALIZATION_FAILURE)
+            || code == Some(&SqlState::T_R_DEADLOCK_DETECTED)
+        {
+            self.conflicted = true;
+        }
+        StoreError::from(e)
+    }
+}
+
+/// Calls `f` on each row `sql` returns until it says stop. The rows are
+/// fetched first, so `f` may run statements of its own on the connection.
+pub(super) fn rows(
+    session: &RefCell<Session>,
+    sql: &str,
+    args: &[&dyn Arg],
+    f: &mut dyn FnMut(&postgres::Row) -> StoreResult<ControlFlow<()>>,
+) -> StoreResult<()> {
+    let rows = session.borrow_mut().query(sql, args)?;
+    for row in &rows {
+        if f(row)?.is_break() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn execute(
+    session: &RefCell<Session>,
+    sql: &str,
+    args: &[&dyn Arg],
+) -> StoreResult<usize> {
+    session.borrow_mut().execute(sql, args)
+}
+
+/// The new row's key, handed back by `RETURNING` on the table's identity
+/// column; None when `ON CONFLICT DO NOTHING` skipped the row.
+pub(super) fn insert(
+    session: &RefCell<Session>,
+    sql: &str,
+    args: &[&dyn Arg],
+) -> StoreResult<Option<i64>> {
+    session.borrow_mut().insert(sql, args)
+}
+
+/// Column `idx` of `row` as herald's `Value`: booleans read as 0 and 1 and
+/// NUMERIC (what SUM of integers gives) as an integer when it is whole, as
+/// SQLite would give them.
+pub(super) fn value(row: &postgres::Row, idx: usize) -> StoreResult<Value<'_>> {
+    let Some(column) = row.columns().get(idx) else {
+        return Err(StoreError::Database(format!("no column {idx}")));
+    };
+    let ty = column.type_().clone();
+    fn get<'r, T: FromSql<'r>>(row: &'r postgres::Row, idx: usize) -> StoreResult<Option<T>> {
+        Ok(row.try_get::<_, Option<T>>(idx)?)
+    }
+    let value = match ty {
+        Type::INT8 => get::<i64>(row, idx)?.map(Value::Int),
+        Type::INT4 => get::<i32>(row, idx)?.map(|i| Value::Int(i.into())),
+        Type::INT2 => get::<i16>(row, idx)?.map(|i| Value::Int(i.into())),
+        Type::BOOL => get::<bool>(row, idx)?.map(|b| Value::Int(b.into())),
+        Type::FLOAT8 => get::<f64>(row, idx)?.map(Value::Real),
+        Type::FLOAT4 => get::<f32>(row, idx)?.map(|x| Value::Real(x.into())),
+        Type::NUMERIC => get::<Numeric>(row, idx)?.map(|n| n.0),
+        Type::BYTEA => get::<&[u8]>(row, idx)?.map(Value::Blob),
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN => {
+            get::<&str>(row, idx)?.map(Value::Text)
+        }
+        other => {
+            return Err(StoreError::Database(format!(
+                "column {idx} has type {other}, which herald does not read"
+            )))
+        }
+    };
+    Ok(value.unwrap_or(Value::Null))
+}
+
+/// The SQL herald writes, in PostgreSQL's dialect: `?N` placeholders become
+/// `$N`, and SQLite's `INDEXED BY` planner hints are dropped (PostgreSQL's
+/// planner chooses from statistics). Quoted text is left alone.
+fn translate(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut chars = sql.char_indices().peekable();
+    let mut quote: Option<char> = None;
+    while let Some((i, c)) = chars.next() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '?') => {
+                out.push('$');
+                continue;
+            }
+            (None, 'I') if sql[i..].starts_with("INDEXED BY ") => {
+                // Skip the hint and the index name after it.
+                let rest = &sql[i + "INDEXED BY ".len()..];
+                let name = rest
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(rest.len());
+                let skip = "INDEXED BY ".len() + name;
+                while chars.peek().is_some_and(|&(j, _)| j < i + skip) {
+                    chars.next();
+                }
+                continue;
+            }
+            _ => {}
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The table an `INSERT INTO <table> ...` writes.
+fn inserted_table(sql: &str) -> Option<&str> {
+    let rest = sql.trim_start();
+    let rest = rest
+        .get(..12)
+        .filter(|head| head.eq_ignore_ascii_case("INSERT INTO "))
+        .map(|_| rest[12..].trim_start())?;
+    let end = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(rest.len());
+    Some(&rest[..end]).filter(|t| !t.is_empty())
+}
+
+/// Each table's identity column (the schema's generated keys).
+fn identity_columns(client: &mut Client) -> StoreResult<HashMap<String, String>> {
+    let rows = client.query(
+        "SELECT table_name::text, column_name::text FROM information_schema.columns
+         WHERE table_schema = current_schema() AND is_identity = 'YES'",
+        &[],
+    )?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
+}
+
+/// `url` with any password replaced, fit for logs and messages.
+pub(super) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<database url>".to_string();
+    };
+    match rest.split_once('@') {
+        Some((user, host)) => match user.split_once(':') {
+            Some((name, _)) => format!("{scheme}://{name}:***@{host}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+fn values<'a>(args: &'a [&'a dyn Arg]) -> Vec<Bound<'a>> {
+    args.iter().map(|a| Bound(a.value())).collect()
+}
+
+fn params<'a>(values: &'a [Bound<'a>]) -> Vec<&'a (dyn ToSql + Sync)> {
+    values.iter().map(|v| v as &(dyn ToSql + Sync)).collect()
+}
+
+/// An argument bound to whatever type PostgreSQL inferred for its
+/// placeholder: herald's values are SQLite's few storage classes, and an
+/// integer may meet a BIGINT, an INTEGER or a boolean column.
+#[derive(Debug)]
+struct Bound<'a>(Value<'a>);
+
+type BoxError = Box<dyn StdError + Sync + Send>;
+
+impl ToSql for Bound<'_> {
+    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, BoxError> {
+        let mismatch =
+            || -> BoxError { format!("cannot bind {:?} to a {ty} parameter", self.0).into() };
+        match (self.0, ty) {
+            (Value::Null, _) => Ok(IsNull::Yes),
+            (Value::Int(i), &Type::INT8) => i.to_sql(ty, out),
+            (Value::Int(i), &Type::INT4) => i32::try_from(i)?.to_sql(ty, out),
+            (Value::Int(i), &Type::INT2) => i16::try_from(i)?.to_sql(ty, out),
+            (Value::Int(i), &Type::BOOL) => (i != 0).to_sql(ty, out),
+            (Value::Int(i), &Type::FLOAT8) => (i as f64).to_sql(ty, out),
+            (Value::Real(x), &Type::FLOAT8) => x.to_sql(ty, out),
+            (Value::Real(x), &Type::FLOAT4) => (x as f32).to_sql(ty, out),
+            (Value::Int(i), t) if is_text(t) => i.to_string().as_str().to_sql(ty, out),
+            (Value::Real(x), t) if is_text(t) => x.to_string().as_str().to_sql(ty, out),
+            (Value::Text(s), t) if is_text(t) => s.to_sql(ty, out),
+            (Value::Blob(b), &Type::BYTEA) => b.to_sql(ty, out),
+            _ => Err(mismatch()),
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
+
+fn is_text(ty: &Type) -> bool {
+    matches!(
+        *ty,
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN
+    )
+}
+
+/// A NUMERIC column: whole values as integers, others as reals.
+struct Numeric(Value<'static>);
+
+impl<'a> FromSql<'a> for Numeric {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Numeric, BoxError> {
+        // PostgreSQL's binary NUMERIC: digit count, weight (of the first
+        // digit, in powers of 10,000), sign, display scale, then base-10,000
+        // digits.
+        let word = |i: usize| -> Result<i16, BoxError> {
+            let b = raw.get(i * 2..i * 2 + 2).ok_or("short NUMERIC")?;
+            Ok(i16::from_be_bytes([b[0], b[1]]))
+        };
+        let (ndigits, weight, sign) = (word(0)?, word(1)?, word(2)? as u16);
+        if sign == 0xC000 {
+            return Ok(Numeric(Value::Real(f64::NAN)));
+        }
+        let negative = sign == 0x4000;
+        let mut whole: Option<i128> = Some(0);
+        let mut real = 0f64;
+        for i in 0..ndigits.max(0) as usize {
+            let digit = i128::from(word(4 + i)?);
+            let power = i32::from(weight) - i as i32;
+            real += digit as f64 * 10_000f64.powi(power);
+            whole = match (whole, u32::try_from(power)) {
+                (Some(w), Ok(p)) => 10_000i128
+                    .checked_pow(p)
+                    .and_then(|scale| w.checked_add(digit.checked_mul(scale)?)),
+                // A fractional digit: zero keeps it whole.
+                (Some(w), Err(_)) if digit == 0 => Some(w),
+                _ => None,
+            };
+        }
+        let whole = whole
+            .map(|w| if negative { -w } else { w })
+            .and_then(|w| i64::try_from(w).ok());
+        Ok(Numeric(match whole {
+            Some(w) => Value::Int(w),
+            None => Value::Real(if negative { -real } else { real }),
+        }))
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::NUMERIC
+    }
+}
+
+/// r2d2_postgres's manager, with each connection's statement cache beside it.
+struct Manager {
+    inner: PostgresConnectionManager<NoTls>,
+    keys: Arc<HashMap<String, String>>,
+}
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = RefCell<Session>;
+    type Error = postgres::Error;
+
+    fn connect(&self) -> Result<RefCell<Session>, postgres::Error> {
+        Ok(RefCell::new(Session {
+            client: self.inner.connect()?,
+            statements: HashMap::new(),
+            keys: self.keys.clone(),
+            in_transaction: false,
+            conflicted: false,
+        }))
+    }
+
+    fn is_valid(&self, conn: &mut RefCell<Session>) -> Result<(), postgres::Error> {
+        self.inner.is_valid(&mut conn.get_mut().client)
+    }
+
+    fn has_broken(&self, conn: &mut RefCell<Session>) -> bool {
+        conn.get_mut().client.is_closed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_become_numbered_and_hints_go() {
+        assert_eq!(
+            translate("SELECT a FROM t INDEXED BY t_x WHERE a = ?1 AND b = '?2' AND c = ?12"),
+            "SELECT a FROM t  WHERE a = $1 AND b = '?2' AND c = $12"
+        );
+        assert_eq!(translate("SELECT \"q?\" FROM t"), "SELECT \"q?\" FROM t");
+    }
+
+    #[test]
+    fn the_inserted_table_is_found() {
+        assert_eq!(
+            inserted_table("\n  INSERT INTO outbox (id) VALUES (?1)"),
+            Some("outbox")
+        );
+        assert_eq!(inserted_table("INSERT INTO t(a) VALUES (1)"), Some("t"));
+        assert_eq!(inserted_table("UPDATE t SET a = 1"), None);
+    }
+
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert_eq!(
+            redact("postgres://herald:secret@db:5432/herald"),
+            "postgres://herald:***@db:5432/herald"
+        );
+        assert_eq!(redact("postgres://db/herald"), "postgres://db/herald");
+    }
+
+    #[test]
+    fn numerics_read_as_integers_when_whole() {
+        let numeric = |words: &[i16]| {
+            let raw: Vec<u8> = words.iter().flat_map(|w| w.to_be_bytes()).collect();
+            Numeric::from_sql(&Type::NUMERIC, &raw).unwrap().0
+        };
+        // 123456789 = 1|2345|6789, weight 2.
+        assert_eq!(
+            numeric(&[3, 2, 0, 0, 1, 2345, 6789]),
+            Value::Int(123_456_789)
+        );
+        assert_eq!(numeric(&[1, 0, 0x4000, 0, 7]), Value::Int(-7));
+        assert_eq!(numeric(&[0, 0, 0, 0]), Value::Int(0));
+        // 1.5 = 1 | 5000, weight 0, scale 1.
+        assert_eq!(numeric(&[2, 0, 0, 1, 1, 5000]), Value::Real(1.5));
+    }
+}
