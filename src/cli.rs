@@ -155,7 +155,9 @@ fn serve(config: &Config) -> Result<(), String> {
     if let Some(amount) = config.referral_credits {
         notifier.subscribe(Arc::new(app::credits::ReferralCredits { amount }));
     }
-    let running = notifier.start(provider);
+    let running = notifier
+        .start(provider)
+        .map_err(|e| format!("cannot start delivering: {e}"))?;
     let sweeper = match config.referral_credits {
         Some(amount) => Some(
             app::credits::Sweeper::start(notifier.clone(), amount, config.reconcile_interval)

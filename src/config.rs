@@ -237,6 +237,7 @@ impl Config {
                     })
                     .transpose()?,
             },
+            lease: Duration::from_millis(number("HERALD_LEASE_MS", 15_000)?.clamp(100, 3_600_000)),
         };
         let mail = MailConfig {
             provider: env("HERALD_MAIL_PROVIDER").unwrap_or_else(|| "console".into()),

@@ -25,7 +25,7 @@ use super::preferences::Switches;
 use super::registry::{Channel, TypeDef};
 use super::shared::Shared;
 use super::templates::Rendered;
-use super::{digest, inbox};
+use super::{digest, inbox, peers};
 use crate::metrics::{Fate, METRICS};
 use crate::store::{users, StoreResult};
 
@@ -210,8 +210,17 @@ fn handle_batch(
     if prepared.is_empty() && outcomes.is_empty() {
         return;
     }
+    let me = match shared.instance() {
+        Ok(me) => me,
+        Err(e) => {
+            log::error!(
+                "dispatcher cannot register this instance: {e}; the scheduler will re-drive"
+            );
+            return;
+        }
+    };
     let batch = shared.store().write(|tx| {
-        let written = write_all(tx, prepared, shared.policy.mail_batch)?;
+        let written = write_all(tx, prepared, shared.policy.mail_batch, me)?;
         let retry_scheduled = retry::record(tx, outcomes, &shared.policy)?.is_some();
         Ok::<_, crate::store::StoreError>((written, retry_scheduled))
     });
@@ -228,10 +237,9 @@ fn handle_batch(
             // One bad event must not hold the batch hostage: retry one by one.
             log::warn!("dispatch batch failed ({e}); retrying its parts one at a time");
             for p in prepared {
-                match shared
-                    .store()
-                    .write(|tx| write_all(tx, std::slice::from_ref(p), shared.policy.mail_batch))
-                {
+                match shared.store().write(|tx| {
+                    write_all(tx, std::slice::from_ref(p), shared.policy.mail_batch, me)
+                }) {
                     Ok(written) => after_commit(shared, written, queue, wake),
                     Err(e) => log::error!("event #{} not dispatched: {e}", p.seq),
                 }
@@ -384,9 +392,20 @@ fn prepare<'s>(
 
 /// Writes `prepared` in the caller's transaction. Email deliveries created
 /// together go out together: up to `mail_batch` of them share one request.
-fn write_all(tx: &Tx<'_>, prepared: &[Prepared<'_>], mail_batch: usize) -> StoreResult<Written> {
+/// The deliveries it creates are held by instance `me`; the inbox rows are
+/// announced to the other instances on commit.
+fn write_all(
+    tx: &Tx<'_>,
+    prepared: &[Prepared<'_>],
+    mail_batch: usize,
+    me: i64,
+) -> StoreResult<Written> {
     let mut written = Written::default();
-    let mut batcher = Batcher::new(mail_batch, expected_emails(prepared));
+    if prepared.is_empty() {
+        return Ok(written);
+    }
+    peers::order_inbox(tx)?;
+    let mut batcher = Batcher::new(mail_batch, expected_emails(prepared), me);
     for p in prepared {
         if !outbox::claim(tx, p.seq)? {
             continue;
@@ -403,6 +422,7 @@ fn write_all(tx: &Tx<'_>, prepared: &[Prepared<'_>], mail_batch: usize) -> Store
         }
     }
     batcher.write(tx)?;
+    peers::announce_inbox(tx, me, &written.inbox)?;
     Ok(written)
 }
 
@@ -521,6 +541,7 @@ fn fan_out(
                         address,
                         content,
                         batch.as_deref(),
+                        batcher.holder(),
                     )?;
                     let wrote = job.is_some();
                     written.emails.extend(job.map(|job| (batch, job)));

@@ -178,6 +178,25 @@ pub fn after(
     )
 }
 
+/// The rows with ids `first..=last` (one dispatch's), as committed: what
+/// another instance announced.
+pub fn committed_between(
+    conn: &Conn<'_>,
+    first: i64,
+    last: i64,
+) -> StoreResult<Vec<InboxCommitted>> {
+    conn.query_all(
+        "SELECT user_id, id FROM notifications WHERE id BETWEEN ?1 AND ?2 ORDER BY id",
+        args![first, last],
+        |r| {
+            Ok(InboxCommitted {
+                user_id: r.get(0)?,
+                id: r.get(1)?,
+            })
+        },
+    )
+}
+
 /// The id of the user's newest row (0 for an empty inbox): where a stream
 /// opened without `Last-Event-ID` starts.
 pub fn newest_id(conn: &Conn<'_>, user_id: &str) -> StoreResult<i64> {

@@ -4,6 +4,7 @@
 //! Everything the threads share lives in `Shared`; this file only wires
 //! them together, and nothing below it names it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -25,7 +26,7 @@ use super::publisher::Outbox;
 use super::registry::Registry;
 use super::shared::Shared;
 use super::templates::Templates;
-use super::{dispatcher, scheduler, service, threads};
+use super::{dispatcher, instance, peers, scheduler, service, threads};
 use crate::mail::MailProvider;
 use crate::store::{Store, StoreError, Tx};
 
@@ -155,14 +156,17 @@ impl Notifier {
         self.shared.bus_rx.len()
     }
 
-    /// Starts the dispatcher, the mail senders and the scheduler, and
-    /// re-drives everything a previous run left unfinished.
-    pub fn start(&self, provider: Arc<dyn MailProvider>) -> Running {
+    /// Registers this instance, starts the dispatcher, the mail senders,
+    /// the scheduler and, on a shared database, the thread that hears the
+    /// other instances, and re-drives everything a previous run left
+    /// unfinished.
+    pub fn start(&self, provider: Arc<dyn MailProvider>) -> Result<Running, NotifyError> {
         let shared = &self.shared;
+        let me = shared.instance()?;
         let queue = shared.mail_queue.clone();
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let pacer = Arc::new(Pacer::new(shared.policy.rate_per_sec));
-        scheduler::redrive(shared);
+        scheduler::redrive(shared, &queue, me);
 
         let mut senders = Vec::new();
         for i in 0..shared.policy.sender_threads.max(1) {
@@ -174,6 +178,7 @@ impl Notifier {
                 pacer: pacer.clone(),
                 store: shared.publisher.store_arc(),
                 mail_batch: shared.policy.mail_batch,
+                instance: me,
                 stop: stop_rx.clone(),
             };
             senders.push(threads::spawn(&format!("herald-mail-{i}"), move || {
@@ -198,29 +203,38 @@ impl Notifier {
             let shared = self.shared.clone();
             let wake = shared.wake_rx.clone();
             threads::spawn("herald-scheduler", move || {
-                scheduler::run(&shared, &queue, wake)
+                scheduler::run(&shared, &queue, wake, me)
             })
         };
-        Running {
+        let stop_peers = Arc::new(AtomicBool::new(false));
+        let peers = peers::start(&self.shared, me, stop_peers.clone());
+        Ok(Running {
             notifier: self.clone(),
+            me,
             stop_senders: Some(stop_tx),
             dispatcher: Some(dispatcher),
             scheduler: Some(scheduler),
             senders,
             listeners: Some(listeners),
-        }
+            peers,
+            stop_peers,
+        })
     }
 }
 
 /// The running delivery machinery; `shutdown` stops it in order.
 pub struct Running {
     notifier: Notifier,
+    /// This instance's id, retired at shutdown.
+    me: i64,
     /// Dropped to stop the senders (see `sender::SenderContext::stop`).
     stop_senders: Option<Sender<()>>,
     dispatcher: Option<JoinHandle<()>>,
     scheduler: Option<JoinHandle<()>>,
     senders: Vec<JoinHandle<()>>,
     listeners: Option<listeners::Threads>,
+    peers: Option<JoinHandle<()>>,
+    stop_peers: Arc<AtomicBool>,
 }
 
 impl Running {
@@ -248,5 +262,11 @@ impl Running {
         }
         let _ = self.notifier.shared.bus.send(BusMsg::Stop);
         threads::join_until(self.dispatcher.take(), deadline + Duration::from_secs(5));
+        self.stop_peers.store(true, Ordering::Relaxed);
+        threads::join_until(self.peers.take(), deadline + Duration::from_secs(1));
+        // What this instance still holds is the others' to take at once.
+        if let Err(e) = instance::retire(self.notifier.store(), self.me) {
+            log::warn!("cannot retire this instance: {e}");
+        }
     }
 }

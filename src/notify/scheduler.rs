@@ -6,6 +6,9 @@
 //! rarely, sweeps for work another process wrote (outbox rows whose bus
 //! message never arrived, deliveries re-armed by `herald outbox retry`). An
 //! idle server wakes this thread once per sweep, and nothing else.
+//! On a database several instances share, the sweep comes every fifth of
+//! the lease: it is this instance's heartbeat, and it takes over the
+//! deliveries and events of instances silent for longer than the lease.
 
 use std::time::Duration;
 
@@ -15,7 +18,7 @@ use super::bus::Wake;
 use super::delivery::deliveries;
 use super::delivery::mail_queue::MailQueue;
 use super::shared::Shared;
-use super::{digest, outbox, policy, retention};
+use super::{digest, instance, outbox, policy, retention};
 
 /// How often the scheduler looks for work written by another process; what
 /// `herald outbox retry` tells the operator to expect.
@@ -35,9 +38,47 @@ const PRUNE_CHUNKS_PER_SWEEP: usize = 50;
 /// A retention pass that left more behind comes back after this.
 const PRUNE_AGAIN_MS: i64 = 50;
 
-pub(super) fn run(shared: &Shared, queue: &MailQueue, wake: Receiver<Wake>) {
+/// When the sweep comes and what it takes for abandoned.
+struct Sweep {
+    every_ms: i64,
+    /// Pending outbox rows older than this are re-published.
+    stale_after_ms: i64,
+    lease_ms: i64,
+    /// Whether other instances may share the database.
+    shared: bool,
+}
+
+impl Sweep {
+    fn of(shared: &Shared) -> Sweep {
+        let lease_ms = shared
+            .policy
+            .lease
+            .as_millis()
+            .try_into()
+            .unwrap_or(i64::MAX);
+        if shared.store().engine().is_shared() {
+            Sweep {
+                every_ms: (lease_ms / 5).max(20),
+                // Younger rows may be on their own instance's bus still.
+                stale_after_ms: lease_ms,
+                lease_ms,
+                shared: true,
+            }
+        } else {
+            Sweep {
+                every_ms: SWEEP_EVERY_MS,
+                stale_after_ms: STALE_AFTER_MS,
+                lease_ms,
+                shared: false,
+            }
+        }
+    }
+}
+
+pub(super) fn run(shared: &Shared, queue: &MailQueue, wake: Receiver<Wake>, me: i64) {
     let store = shared.store();
-    let mut next_sweep = store.clock().now_ms() + SWEEP_EVERY_MS;
+    let sweep = Sweep::of(shared);
+    let mut next_sweep = store.clock().now_ms() + sweep.every_ms;
     let retention = &shared.policy.retention;
     let prune_every = retention
         .every(Duration::from_millis(SWEEP_EVERY_MS as u64))
@@ -47,11 +88,11 @@ pub(super) fn run(shared: &Shared, queue: &MailQueue, wake: Receiver<Wake>) {
         let now = store.clock().now_ms();
         let mut next_wake = next_sweep;
         if queue.behind() {
-            if let Err(e) = queue.page_in(store) {
+            if let Err(e) = queue.page_in(store, me) {
                 log::error!("scheduler cannot page in pending deliveries: {e}");
             }
         }
-        match store.write(|tx| deliveries::claim_due(tx, now, CLAIM_BATCH)) {
+        match store.write(|tx| deliveries::claim_due(tx, now, CLAIM_BATCH, me)) {
             Ok(due) => {
                 let full = due.len() == CLAIM_BATCH;
                 // A due retry the queue has no room for is pending again in
@@ -66,11 +107,20 @@ pub(super) fn run(shared: &Shared, queue: &MailQueue, wake: Receiver<Wake>) {
             Err(e) => log::error!("scheduler cannot claim due retries: {e}"),
         }
         if now >= next_sweep {
+            if sweep.shared {
+                if let Err(e) = instance::heartbeat(store, me) {
+                    log::error!("scheduler cannot write this instance's heartbeat: {e}");
+                }
+                take_over(shared, queue, me, now, sweep.lease_ms);
+            }
             if shared.bus_rx.is_empty() {
-                publish_stale(shared, now - STALE_AFTER_MS);
+                publish_stale(shared, now - sweep.stale_after_ms);
             }
             prune_dedup_marks(shared, now);
-            next_sweep = now + SWEEP_EVERY_MS;
+            if let Err(e) = instance::forget_silent(store, now) {
+                log::error!("scheduler cannot forget silent instances: {e}");
+            }
+            next_sweep = now + sweep.every_ms;
             next_wake = next_sweep;
         }
         if let Some(every) = prune_every {
@@ -105,8 +155,12 @@ pub(super) fn run(shared: &Shared, queue: &MailQueue, wake: Receiver<Wake>) {
 
 /// Everything a previous run (or a crash) left unfinished goes back in:
 /// undispatched events onto the bus now, unsent emails through the mail
-/// queue, which starts behind and pages them in from the database.
-pub(super) fn redrive(shared: &Shared) {
+/// queue, which starts behind and pages them in from the database. On
+/// SQLite this process takes every delivery another one held; on a shared
+/// database, only those of instances silent for longer than the lease.
+pub(super) fn redrive(shared: &Shared, queue: &MailQueue, me: i64) {
+    let now = shared.store().clock().now_ms();
+    take_over(shared, queue, me, now, Sweep::of(shared).lease_ms);
     let events = publish_stale(shared, i64::MAX);
     match shared.store().read(deliveries::pending_count) {
         Ok(emails) if events > 0 || emails > 0 => {
@@ -147,6 +201,29 @@ fn prune_dedup_marks(shared: &Shared, now: i64) {
             Ok(false) => return,
             Err(e) => {
                 log::error!("scheduler cannot prune dedup marks: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// Takes over the pending deliveries of instances taken for dead (see
+/// `instance::alive_since`) for this instance's mail queue.
+fn take_over(shared: &Shared, queue: &MailQueue, me: i64, now: i64, lease_ms: i64) {
+    let store = shared.store();
+    let alive_since = instance::alive_since(store, now, lease_ms);
+    loop {
+        match store.write(|tx| deliveries::take_over(tx, me, alive_since, CLAIM_BATCH)) {
+            Ok(0) => return,
+            Ok(taken) => {
+                log::info!("took over {taken} deliveries of instances no longer running");
+                queue.fall_behind();
+                if taken < CLAIM_BATCH {
+                    return;
+                }
+            }
+            Err(e) => {
+                log::error!("scheduler cannot take over abandoned deliveries: {e}");
                 return;
             }
         }

@@ -8,6 +8,7 @@ use super::error::NotifyError;
 use super::event_view::{self, EventView};
 use super::inbox::{self, Cursor, Item, Page};
 use super::outbox::{self, ResultRow};
+use super::peers;
 use super::preferences::{self, TypePreferences};
 use super::registry::{Channel, Registry};
 use crate::metrics::QueueGauges;
@@ -106,8 +107,16 @@ pub fn delivery_counts(store: &Store) -> StoreResult<Vec<(&'static str, i64)>> {
 /// Re-arms a dead or failed delivery (with its batch) for a fresh round of
 /// attempts, due now; `Conflict` for one in any other state. A running
 /// server's scheduler picks it up at its next look.
+/// Every instance's scheduler hears of it on commit (`peers::wake_all`).
 pub fn rearm(store: &Store, id: &str) -> Result<DeliveryView, NotifyError> {
-    store.write(|tx| views::rearm(tx, id))?.map_err(|status| {
+    let rearmed = store.write(|tx| {
+        let rearmed = views::rearm(tx, id)?;
+        if rearmed.is_ok() {
+            peers::wake_all(tx)?;
+        }
+        Ok::<_, StoreError>(rearmed)
+    })?;
+    rearmed.map_err(|status| {
         NotifyError::Conflict(format!(
             "delivery {id} is {status}; only dead or failed deliveries can be retried"
         ))
@@ -116,7 +125,13 @@ pub fn rearm(store: &Store, id: &str) -> Result<DeliveryView, NotifyError> {
 
 /// Re-arms every dead delivery; how many.
 pub fn rearm_dead(store: &Store) -> StoreResult<usize> {
-    store.write(views::rearm_dead)
+    store.write(|tx| {
+        let rearmed = views::rearm_dead(tx)?;
+        if rearmed > 0 {
+            peers::wake_all(tx)?;
+        }
+        Ok(rearmed)
+    })
 }
 
 /// The newest emails the console provider sent (`/dev/mail`).

@@ -4,7 +4,7 @@
 //! dispatcher and the scheduler take this, never the `Notifier` handle, so
 //! neither depends on the file that starts them.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -12,11 +12,12 @@ use super::bus::{BusMsg, Wake};
 use super::delivery::mail_queue::MailQueue;
 use super::delivery::policy::DeliveryPolicy;
 use super::inbox::InboxCommitted;
+use super::instance;
 use super::listeners::Listeners;
 use super::publisher::Publisher;
 use super::registry::Registry;
 use super::templates::Templates;
-use crate::store::Store;
+use crate::store::{Store, StoreResult};
 
 pub(crate) struct Shared {
     pub publisher: Publisher,
@@ -33,6 +34,9 @@ pub(crate) struct Shared {
     /// Who hears about committed inbox rows; a dropped receiver is forgotten
     /// at the next announcement.
     pub inbox_listeners: Mutex<Vec<Sender<InboxCommitted>>>,
+    /// This process's id among the instances sharing the database,
+    /// registered on first use (see `instance.rs`).
+    instance: OnceLock<i64>,
 }
 
 impl Shared {
@@ -56,7 +60,19 @@ impl Shared {
             listeners: Listeners::default(),
             mail_queue,
             inbox_listeners: Mutex::new(Vec::new()),
+            instance: OnceLock::new(),
         }
+    }
+
+    /// This process's instance id, registering it the first time.
+    pub fn instance(&self) -> StoreResult<i64> {
+        if let Some(id) = self.instance.get() {
+            return Ok(*id);
+        }
+        let id = instance::register(self.store())?;
+        // Two threads may race to register: the first to set wins, and the
+        // other row is forgotten once silent.
+        Ok(*self.instance.get_or_init(|| id))
     }
 
     pub fn store(&self) -> &Store {

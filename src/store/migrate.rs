@@ -14,6 +14,7 @@ const STEPS: &[&str] = &[
     include_str!("schema_v2.sql"),
     include_str!("schema_v3.sql"),
     include_str!("schema_v4.sql"),
+    include_str!("schema_v5.sql"),
 ];
 
 pub const SCHEMA_VERSION: i64 = STEPS.len() as i64;
@@ -22,7 +23,7 @@ pub const SCHEMA_VERSION: i64 = STEPS.len() as i64;
 const POSTGRES_BASE: (i64, &str) = (4, include_str!("postgres_v4.sql"));
 /// PostgreSQL's steps after its base: step `i` takes the schema from
 /// version `POSTGRES_BASE.0 + i` to the next.
-const POSTGRES_STEPS: &[&str] = &[];
+const POSTGRES_STEPS: &[&str] = &[include_str!("postgres_v5.sql")];
 const _: () = assert!(POSTGRES_BASE.0 + POSTGRES_STEPS.len() as i64 == SCHEMA_VERSION);
 
 /// An arbitrary key for PostgreSQL's advisory lock: instances starting
@@ -61,6 +62,8 @@ pub fn apply_postgres(client: &mut postgres::Client) -> StoreResult<()> {
     loop {
         let mut tx = client.transaction()?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+        // "relation already exists, skipping" is no news at every start.
+        tx.batch_execute("SET LOCAL client_min_messages = warning")?;
         tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")?;
         let current: i64 = tx
             .query_opt("SELECT version FROM schema_version", &[])?

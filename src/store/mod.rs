@@ -30,6 +30,7 @@ macro_rules! args {
     ($($a:expr),+ $(,)?) => { &[$(&$a as &dyn $crate::store::Arg),+] as &[&dyn $crate::store::Arg] };
 }
 
+pub use self::postgres::Heard;
 use self::postgres::Postgres;
 use self::sql::Link;
 use self::sqlite::{Sqlite, WalPolicy};
@@ -170,6 +171,21 @@ impl Store {
         match &self.backend {
             Backend::Sqlite(db) => db.read(snapshot, |c| f(&Conn::new(Link::Sqlite(c), clock))),
             Backend::Postgres(db) => db.read(snapshot, |s| f(&Conn::new(Link::Postgres(s), clock))),
+        }
+    }
+
+    /// Starts hearing what other instances `notify` on `channels`, until
+    /// `stop` is set; nothing on SQLite (one server per file: nobody else
+    /// to hear).
+    pub fn listen(
+        &self,
+        channels: &[&str],
+        heard: crossbeam_channel::Sender<Heard>,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> StoreResult<()> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(db) => db.listen(channels, heard, stop),
         }
     }
 

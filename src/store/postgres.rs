@@ -13,8 +13,12 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use crossbeam_channel::Sender;
+use postgres::fallible_iterator::FallibleIterator;
 
 use bytes::BytesMut;
 use postgres::error::SqlState;
@@ -33,8 +37,20 @@ const MAX_ATTEMPTS: u32 = 16;
 /// Statements a connection keeps prepared; herald's own are far fewer.
 const STATEMENT_CACHE: usize = 512;
 
+/// What `Store::listen` hears.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Heard {
+    /// A `Tx::notify` of a committed transaction, this process's included.
+    Message { channel: String, payload: String },
+    /// The connection was lost and made again: messages sent meanwhile
+    /// were missed.
+    Gap,
+}
+
 pub(super) struct Postgres {
     pool: r2d2::Pool<Manager>,
+    /// For connections of their own (`listen`).
+    config: postgres::Config,
     /// The URL without its password, for messages.
     pub(super) shown: String,
 }
@@ -56,7 +72,7 @@ impl Postgres {
         let keys = Arc::new(identity_columns(&mut client)?);
         drop(client);
         let manager = Manager {
-            inner: PostgresConnectionManager::new(config, NoTls),
+            inner: PostgresConnectionManager::new(config.clone(), NoTls),
             keys,
         };
         let pool = r2d2::Pool::builder()
@@ -66,6 +82,7 @@ impl Postgres {
             .build(manager)?;
         Ok(Postgres {
             pool,
+            config,
             shown: redact(url),
         })
     }
@@ -133,6 +150,70 @@ impl Postgres {
         result
     }
 }
+
+impl Postgres {
+    /// Hears `channels` on a connection of its own, on a thread that runs
+    /// until `stop` is set. When the connection drops it connects again and
+    /// reports `Heard::Gap`: what was sent meanwhile is lost.
+    pub(super) fn listen(
+        &self,
+        channels: &[&str],
+        heard: Sender<Heard>,
+        stop: Arc<AtomicBool>,
+    ) -> StoreResult<()> {
+        let listen: String = channels.iter().map(|c| format!("LISTEN {c};")).collect();
+        let config = self.config.clone();
+        let shown = self.shown.clone();
+        std::thread::Builder::new()
+            .name("herald-listen".into())
+            .spawn(move || {
+                let mut first = true;
+                while !stop.load(Ordering::Relaxed) {
+                    let mut client = match config.connect(NoTls).and_then(|mut c| {
+                        c.batch_execute(&listen)?;
+                        Ok(c)
+                    }) {
+                        Ok(client) => client,
+                        Err(e) => {
+                            log::warn!("cannot listen on {shown}: {e}; trying again");
+                            std::thread::sleep(LISTEN_RETRY);
+                            continue;
+                        }
+                    };
+                    if !std::mem::take(&mut first) && heard.send(Heard::Gap).is_err() {
+                        return;
+                    }
+                    while !stop.load(Ordering::Relaxed) {
+                        let mut notifications = client.notifications();
+                        let next = notifications.timeout_iter(LISTEN_POLL).next();
+                        match next {
+                            Ok(Some(n)) => {
+                                let message = Heard::Message {
+                                    channel: n.channel().to_string(),
+                                    payload: n.payload().to_string(),
+                                };
+                                if heard.send(message).is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(None) => {}
+                            Err(e) => {
+                                log::warn!("lost the listening connection to {shown}: {e}");
+                                break;
+                            }
+                        }
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Pool(format!("cannot start the listening thread: {e}")))?;
+        Ok(())
+    }
+}
+
+/// How often the listening thread looks whether it should stop.
+const LISTEN_POLL: Duration = Duration::from_millis(500);
+/// The pause before connecting again after the listening connection failed.
+const LISTEN_RETRY: Duration = Duration::from_secs(1);
 
 /// A pooled connection with its prepared statements.
 pub(super) struct Session {

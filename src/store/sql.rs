@@ -161,6 +161,26 @@ pub enum Engine {
     Postgres,
 }
 
+impl Engine {
+    /// Whether several herald instances may run on one database: on
+    /// PostgreSQL yes; an SQLite file has one server, so whatever another
+    /// process claimed in it belongs to a process that is gone.
+    pub fn is_shared(self) -> bool {
+        self == Engine::Postgres
+    }
+
+    /// The clause that ends a claiming `SELECT`: rows locked by another
+    /// transaction are left to it rather than waited for (PostgreSQL's
+    /// `FOR UPDATE OF table SKIP LOCKED`); nothing on SQLite, whose one
+    /// writer never meets another.
+    pub fn skip_locked(self, table: &str) -> String {
+        match self {
+            Engine::Sqlite => String::new(),
+            Engine::Postgres => format!(" FOR UPDATE OF {table} SKIP LOCKED"),
+        }
+    }
+}
+
 /// The write transaction `Store::write` runs its closure in; reads as a
 /// `Conn` too. Committed or rolled back by `Store::write`, never here.
 pub struct Tx<'a> {
@@ -191,6 +211,36 @@ impl<'a> Tx<'a> {
             Link::Sqlite(c) => sqlite::insert(c, sql, args),
             Link::Postgres(s) => postgres_engine::insert(s, sql, args),
         }
+    }
+
+    /// Tells every instance listening on `channel` (see `Store::listen`)
+    /// about `payload` when, and only if, this transaction commits. Nothing
+    /// on SQLite: no other instance shares the file.
+    pub fn notify(&self, channel: &str, payload: &str) -> StoreResult<()> {
+        if let Link::Postgres(s) = self.conn.link {
+            postgres_engine::rows(
+                s,
+                "SELECT pg_notify(?1, ?2)",
+                &[&channel as &dyn Arg, &payload],
+                &mut |_| Ok(ControlFlow::Continue(())),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Makes the transactions that call this with the same `key` run one
+    /// after another, each to its commit (PostgreSQL's transaction-level
+    /// advisory lock); SQLite's single writer already does.
+    pub fn exclusive(&self, key: i64) -> StoreResult<()> {
+        if let Link::Postgres(s) = self.conn.link {
+            postgres_engine::rows(
+                s,
+                "SELECT pg_advisory_xact_lock(?1)",
+                &[&key as &dyn Arg],
+                &mut |_| Ok(ControlFlow::Continue(())),
+            )?;
+        }
+        Ok(())
     }
 
     /// `insert` of a row that is always written: its key.

@@ -116,7 +116,7 @@ fn the_bus_is_pushed_only_after_commit() {
 fn rolled_back_delivers_nothing_and_committed_delivers_once() {
     let (_dir, notifier) = setup();
     let recorder = Arc::new(Recorder::default());
-    let running = notifier.start(recorder.clone());
+    let running = notifier.start(recorder.clone()).unwrap();
 
     // The raw entry point: enqueue in the caller's transaction, which fails.
     let rolled_back: Result<i64, StoreError> = notifier.store().write(|tx| {

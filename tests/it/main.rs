@@ -25,6 +25,7 @@ mod inbox;
 mod inbox_page;
 mod inbox_stream;
 mod inbox_stream_bounds;
+mod instances;
 mod invitation_page;
 mod library;
 mod links;

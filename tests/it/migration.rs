@@ -476,7 +476,7 @@ fn serve_upgrades_a_version_3_database_and_keeps_every_row() {
     let version: i64 = conn
         .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 4);
+    assert_eq!(version, herald::store::SCHEMA_VERSION);
     let check: String = conn
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap();

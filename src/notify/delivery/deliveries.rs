@@ -2,6 +2,8 @@
 //! at creation (the body stored once per event) and grouped into batches
 //! when created together; the requests (`MailJob`) read back from it for
 //! the senders, and the claims that move due retries back to pending.
+//! A pending delivery is held by one instance (`claimed_by`): only its
+//! senders send it, until `take_over` hands a dead instance's to another.
 //! Invariant: a batch's members are fixed once written and always read
 //! back in id order, so every attempt is the identical request under the
 //! same Idempotency-Key.
@@ -110,8 +112,8 @@ pub(crate) fn sort_members(emails: &mut [EmailJob]) {
 }
 
 /// Creates the email delivery for (event, recipient), rendered now and sent
-/// identically on every attempt, as a member of `batch` if given. None if
-/// it already exists.
+/// identically on every attempt, as a member of `batch` if given, held by
+/// instance `claimed_by`. None if it already exists.
 pub fn insert_delivery(
     tx: &Tx<'_>,
     event_seq: i64,
@@ -119,6 +121,7 @@ pub fn insert_delivery(
     address: &str,
     content: &EmailContent,
     batch: Option<&str>,
+    claimed_by: i64,
 ) -> StoreResult<Option<EmailJob>> {
     let id = ids::new_id("dlv");
     let now = tx.now_ms();
@@ -132,10 +135,10 @@ pub fn insert_delivery(
     let changed = tx.execute(
         "INSERT INTO deliveries
                  (id, event_seq, recipient, channel, address, status, created_at, updated_at,
-                  batch_id)
-             VALUES (?1, ?2, ?3, 'email', ?4, 'pending', ?5, ?5, ?6)
+                  batch_id, claimed_by)
+             VALUES (?1, ?2, ?3, 'email', ?4, 'pending', ?5, ?5, ?6, ?7)
              ON CONFLICT DO NOTHING",
-        args![id, event_seq, recipient, address, now, batch],
+        args![id, event_seq, recipient, address, now, batch, claimed_by],
     )?;
     Ok((changed == 1).then(|| EmailJob {
         delivery_id: id,
@@ -149,20 +152,28 @@ pub fn insert_delivery(
 /// Hands out batch ids to the email deliveries one dispatch transaction
 /// creates: up to `max` in a row share one. Off (every delivery alone) when
 /// the transaction is expected to create fewer than two emails, so a quiet
-/// server sends each email under its own delivery id.
+/// server sends each email under its own delivery id. The deliveries are
+/// held by instance `holder`.
 pub struct Batcher {
     max: usize,
+    holder: i64,
     /// Per batch: its id, members so far, and the range of their events.
     batches: Vec<(String, usize, i64, i64)>,
 }
 
 impl Batcher {
-    pub fn new(max: usize, expected_emails: usize) -> Batcher {
+    pub fn new(max: usize, expected_emails: usize, holder: i64) -> Batcher {
         let max = if expected_emails >= 2 { max } else { 1 };
         Batcher {
             max,
+            holder,
             batches: Vec::new(),
         }
+    }
+
+    /// The instance whose senders hold the deliveries created.
+    pub fn holder(&self) -> i64 {
+        self.holder
     }
 
     /// The batch the next delivery (of event `seq`) joins, or None to send
@@ -203,9 +214,9 @@ const INSERT_BATCH: &str = "INSERT INTO mail_batches (id, first_seq, last_seq) V
 /// merged into it are gone. Only for jobs no request has carried (see
 /// `MailJob::fresh`): once this commits, every attempt, after a crash too,
 /// is the new batch's request. A member that is no longer pending in the
-/// request its job names fails the whole call (`NotFound`), which rolls it
-/// back.
-pub fn merge_fresh(tx: &Tx<'_>, jobs: &[MailJob]) -> StoreResult<String> {
+/// request its job names, or no longer held by instance `me`, fails the
+/// whole call (`NotFound`), which rolls it back.
+pub fn merge_fresh(tx: &Tx<'_>, jobs: &[MailJob], me: i64) -> StoreResult<String> {
     let id = ids::new_id("bat");
     let (mut first, mut last) = (i64::MAX, i64::MIN);
     for job in jobs {
@@ -215,8 +226,9 @@ pub fn merge_fresh(tx: &Tx<'_>, jobs: &[MailJob]) -> StoreResult<String> {
                 .query_opt(
                     "UPDATE deliveries SET batch_id = ?2
          WHERE id = ?1 AND status = 'pending' AND batch_id IS NOT DISTINCT FROM ?3
+               AND claimed_by = ?4
          RETURNING event_seq",
-                    args![email.delivery_id, id, was],
+                    args![email.delivery_id, id, was, me],
                     |r| r.get(0),
                 )?
                 .ok_or(StoreError::NotFound)?;
@@ -280,15 +292,16 @@ fn batch_job(conn: &Conn<'_>, batch: String, attempts: u32) -> StoreResult<MailJ
     Ok(MailJob::batch(batch, emails, attempts))
 }
 
-/// The oldest deliveries waiting to be sent, at most `limit` rows read, as
-/// requests for the mail queue to page in; also how many rows were read.
-pub fn pending_jobs(conn: &Conn<'_>, limit: usize) -> StoreResult<(Vec<MailJob>, usize)> {
+/// The oldest deliveries instance `me` holds waiting to be sent, at most
+/// `limit` rows read, as requests for the mail queue to page in; also how
+/// many rows were read.
+pub fn pending_jobs(conn: &Conn<'_>, limit: usize, me: i64) -> StoreResult<(Vec<MailJob>, usize)> {
     let rows: Vec<JobRow> = conn.query_all(
         &format!(
-            "SELECT {JOB_COLUMNS} FROM {JOB_FROM} WHERE d.status = 'pending'
+            "SELECT {JOB_COLUMNS} FROM {JOB_FROM} WHERE d.status = 'pending' AND d.claimed_by = ?2
              ORDER BY d.created_at LIMIT ?1"
         ),
-        args![i64::try_from(limit).unwrap_or(i64::MAX)],
+        args![i64::try_from(limit).unwrap_or(i64::MAX), me],
         job_from_row,
     )?;
     let read = rows.len();
@@ -304,14 +317,16 @@ pub fn pending_count(conn: &Conn<'_>) -> StoreResult<i64> {
     )
 }
 
-/// Moves retries that are due back to pending (a batch whole) and returns
-/// them as requests.
-pub fn claim_due(tx: &Tx<'_>, now: i64, limit: usize) -> StoreResult<Vec<MailJob>> {
+/// Moves retries that are due back to pending (a batch whole), held by
+/// instance `me`, and returns them as requests. Rows another instance is
+/// claiming at the same moment are left to it.
+pub fn claim_due(tx: &Tx<'_>, now: i64, limit: usize, me: i64) -> StoreResult<Vec<MailJob>> {
     let rows: Vec<JobRow> = tx.query_all(
         &format!(
             "SELECT {JOB_COLUMNS} FROM {JOB_FROM}
              WHERE d.status = 'retrying' AND d.next_attempt_at <= ?1
-             ORDER BY d.next_attempt_at LIMIT ?2"
+             ORDER BY d.next_attempt_at LIMIT ?2{}",
+            tx.engine().skip_locked("d")
         ),
         args![now, limit],
         job_from_row,
@@ -319,12 +334,31 @@ pub fn claim_due(tx: &Tx<'_>, now: i64, limit: usize) -> StoreResult<Vec<MailJob
     let jobs = jobs_from_rows(tx, rows)?;
     for id in jobs.iter().flat_map(MailJob::delivery_ids) {
         tx.execute(
-            "UPDATE deliveries SET status = 'pending', next_attempt_at = NULL, updated_at = ?2
-         WHERE id = ?1 AND status = 'retrying'",
-            args![id, now],
+            "UPDATE deliveries
+             SET status = 'pending', next_attempt_at = NULL, updated_at = ?2, claimed_by = ?3
+             WHERE id = ?1 AND status = 'retrying'",
+            args![id, now, me],
         )?;
     }
     Ok(jobs)
+}
+
+/// Hands instance `me` up to `limit` pending deliveries held by no
+/// instance alive (a heartbeat at or after `alive_since`), or by none at
+/// all; how many. The mail queue then pages them in like its own.
+pub fn take_over(tx: &Tx<'_>, me: i64, alive_since: i64, limit: usize) -> StoreResult<usize> {
+    tx.execute(
+        &format!(
+            "UPDATE deliveries SET claimed_by = ?1
+             WHERE id IN (
+                 SELECT d.id FROM deliveries d
+                 WHERE d.status = 'pending' AND (d.claimed_by IS NULL OR (d.claimed_by <> ?1
+                     AND d.claimed_by NOT IN (SELECT id FROM instances WHERE heartbeat_at >= ?2)))
+                 LIMIT ?3{})",
+            tx.engine().skip_locked("d")
+        ),
+        args![me, alive_since, limit],
+    )
 }
 
 /// When the earliest waiting retry is due.
@@ -341,6 +375,9 @@ pub fn next_retry_at(conn: &Conn<'_>) -> StoreResult<Option<i64>> {
 #[cfg(test)]
 pub(crate) mod testing {
     use super::*;
+
+    /// The instance that holds the deliveries tests make.
+    pub(crate) const TEST_INSTANCE: i64 = 1;
     use crate::store::{Store, Synchronous};
 
     /// A store with `n` pending email deliveries, oldest first, in batches
@@ -358,7 +395,7 @@ pub(crate) mod testing {
         };
         let created = store
             .write(|tx| {
-                let mut batcher = Batcher::new(per_batch, n);
+                let mut batcher = Batcher::new(per_batch, n, TEST_INSTANCE);
                 let created = (0..n)
                     .map(|i| {
                         tx.execute(
@@ -374,6 +411,7 @@ pub(crate) mod testing {
                             &format!("{i}@x.io"),
                             &content,
                             batch.as_deref(),
+                            TEST_INSTANCE,
                         )?;
                         Ok((batch, job.unwrap()))
                     })

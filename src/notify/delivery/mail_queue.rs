@@ -130,6 +130,12 @@ impl MailQueue {
         self.behind() && self.len() <= self.capacity / 2
     }
 
+    /// Deliveries were taken over from another instance: they wait in the
+    /// database for the next page-in.
+    pub fn fall_behind(&self) {
+        self.spills.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Whether pending deliveries may be waiting in the database only.
     pub fn behind(&self) -> bool {
         self.spills.load(Ordering::Acquire) != self.caught_up.load(Ordering::Acquire)
@@ -142,7 +148,8 @@ impl MailQueue {
     /// The set stays locked across the read: a delivery is released only
     /// after its outcome is committed, so a pending row this read sees is
     /// either still held (and skipped) or genuinely unsent.
-    pub fn page_in(&self, store: &Store) -> StoreResult<usize> {
+    /// Only deliveries instance `me` holds are paged in.
+    pub fn page_in(&self, store: &Store, me: i64) -> StoreResult<usize> {
         let spills = self.spills.load(Ordering::Acquire);
         let room = self.capacity.saturating_sub(self.len());
         if room == 0 {
@@ -152,7 +159,7 @@ impl MailQueue {
         // Held deliveries are still pending until their outcome is recorded:
         // read past them.
         let limit = room.saturating_add(held.len());
-        let (pending, read) = store.read(|c| deliveries::pending_jobs(c, limit))?;
+        let (pending, read) = store.read(|c| deliveries::pending_jobs(c, limit, me))?;
         let everything = read < limit;
         let mut queued = 0;
         for job in pending {
@@ -183,7 +190,9 @@ mod tests {
 
     use super::*;
     use crate::args;
-    use crate::notify::delivery::deliveries::testing::{record_sent, store_with_pending};
+    use crate::notify::delivery::deliveries::testing::{
+        record_sent, store_with_pending, TEST_INSTANCE,
+    };
 
     /// The ids waiting in the queue, taken out as senders would.
     fn drain(queue: &MailQueue) -> BTreeSet<String> {
@@ -202,7 +211,7 @@ mod tests {
         let queue = MailQueue::bounded(4);
         // A fresh queue is behind: a previous run may have left work.
         assert!(queue.behind());
-        assert_eq!(queue.page_in(&store).unwrap(), 4);
+        assert_eq!(queue.page_in(&store, TEST_INSTANCE).unwrap(), 4);
         assert!(queue.behind(), "six deliveries were not seen yet");
 
         let first = drain(&queue);
@@ -213,14 +222,14 @@ mod tests {
         assert!(!queue.offer(paged.clone()));
         assert_eq!(queue.len(), 0);
         // Sent but not recorded: still held, so a page-in skips them.
-        assert_eq!(queue.page_in(&store).unwrap(), 4);
+        assert_eq!(queue.page_in(&store, TEST_INSTANCE).unwrap(), 4);
         let second = drain(&queue);
         assert!(first.is_disjoint(&second));
 
         // Record the first four as sent, then release them.
         record_sent(&store, &first);
         assert!(queue.release(first.iter().map(String::as_str)));
-        assert_eq!(queue.page_in(&store).unwrap(), 2);
+        assert_eq!(queue.page_in(&store, TEST_INSTANCE).unwrap(), 2);
         let third = drain(&queue);
         let all: BTreeSet<String> = jobs.iter().map(|j| j.key.clone()).collect();
         let seen: BTreeSet<String> = first.iter().chain(&second).chain(&third).cloned().collect();
@@ -234,7 +243,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, jobs) = store_with_pending(dir.path(), 3, 1);
         let queue = MailQueue::bounded(2);
-        assert_eq!(queue.page_in(&store).unwrap(), 2);
+        assert_eq!(queue.page_in(&store, TEST_INSTANCE).unwrap(), 2);
         assert!(queue.behind());
         // The dispatcher's offer of the third finds no room: it waits in the
         // database.
@@ -247,7 +256,7 @@ mod tests {
         let sent = drain(&queue);
         record_sent(&store, &sent);
         assert!(queue.release(sent.iter().map(String::as_str)));
-        assert_eq!(queue.page_in(&store).unwrap(), 1);
+        assert_eq!(queue.page_in(&store, TEST_INSTANCE).unwrap(), 1);
         assert_eq!(drain(&queue), BTreeSet::from([third.key.clone()]));
         assert!(!queue.behind());
     }
@@ -281,16 +290,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = store_with_pending(dir.path(), 1, 1);
         let queue = MailQueue::bounded(4);
-        assert_eq!(queue.page_in(&store).unwrap(), 1);
+        assert_eq!(queue.page_in(&store, TEST_INSTANCE).unwrap(), 1);
         let sent = drain(&queue);
         let job = store
-            .read(|c| deliveries::pending_jobs(c, 1))
+            .read(|c| deliveries::pending_jobs(c, 1, TEST_INSTANCE))
             .unwrap()
             .0
             .remove(0);
         assert!(!queue.offer(job), "still held: left in the database");
         assert!(queue.release(sent.iter().map(String::as_str)));
-        assert_eq!(queue.page_in(&store).unwrap(), 1);
+        assert_eq!(queue.page_in(&store, TEST_INSTANCE).unwrap(), 1);
         assert_eq!(drain(&queue), sent);
         assert!(!queue.behind());
     }
@@ -321,7 +330,7 @@ mod tests {
 
         let queue = MailQueue::bounded(4);
         assert_eq!(
-            queue.page_in(&store).unwrap(),
+            queue.page_in(&store, TEST_INSTANCE).unwrap(),
             1,
             "a second batch of 3 does not fit"
         );
@@ -340,7 +349,7 @@ mod tests {
 
         // The first batch is held (sent, not recorded): the next page-in
         // brings the other two requests and none of its members again.
-        assert_eq!(queue.page_in(&store).unwrap(), 2);
+        assert_eq!(queue.page_in(&store, TEST_INSTANCE).unwrap(), 2);
         let rest = drain(&queue);
         assert_eq!(rest.len(), 4);
         assert!(rest.iter().all(|id| !members.contains(&id.as_str())));

@@ -26,6 +26,9 @@ pub struct DeliveryPolicy {
     pub mail_batch: usize,
     /// What is kept of finished work, and for how long.
     pub retention: Retention,
+    /// How long an instance sharing the database may stay silent before
+    /// the others take its deliveries and events over.
+    pub lease: Duration,
 }
 
 impl Default for DeliveryPolicy {
@@ -40,6 +43,7 @@ impl Default for DeliveryPolicy {
             queue_capacity: 1024,
             mail_batch: crate::mail::MAX_BATCH_EMAILS,
             retention: Retention::default(),
+            lease: Duration::from_secs(15),
         }
     }
 }

@@ -199,6 +199,7 @@ pub fn backoff(policy: &DeliveryPolicy, attempts: u32, retry_after: Option<Durat
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::notify::delivery::deliveries::testing::TEST_INSTANCE;
     use crate::notify::delivery::deliveries::testing::{ids, states, store_with_pending};
     use crate::notify::delivery::deliveries::{claim_due, MailJob};
     use crate::notify::delivery::views::rearm;
@@ -241,7 +242,9 @@ mod tests {
                 "every member shares the batch's one retry time"
             );
         }
-        let due = store.write(|tx| claim_due(tx, at, 500)).unwrap();
+        let due = store
+            .write(|tx| claim_due(tx, at, 500, TEST_INSTANCE))
+            .unwrap();
         assert_eq!(due.len(), 1, "the batch is claimed as one request");
         assert_eq!(
             (due[0].key.as_str(), due[0].batched),
@@ -262,7 +265,9 @@ mod tests {
         let before = store.clock().now_ms();
         let at = record_one(&store, outcome(job, Err(refused))).expect("due again");
         assert!(at >= before && at <= store.clock().now_ms());
-        let due = store.write(|tx| claim_due(tx, at, 500)).unwrap();
+        let due = store
+            .write(|tx| claim_due(tx, at, 500, TEST_INSTANCE))
+            .unwrap();
         let mut alone: Vec<(String, bool)> =
             due.iter().map(|j| (j.key.clone(), j.batched)).collect();
         alone.sort();
@@ -310,7 +315,7 @@ mod tests {
             .iter()
             .all(|s| s.0 == "retrying" && s.1 == 0));
         let due = store
-            .write(|tx| claim_due(tx, store.clock().now_ms(), 500))
+            .write(|tx| claim_due(tx, store.clock().now_ms(), 500, TEST_INSTANCE))
             .unwrap();
         assert_eq!(due.len(), 1);
         assert_eq!(ids(&due[0]), members);

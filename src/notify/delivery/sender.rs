@@ -30,6 +30,8 @@ pub(crate) struct SenderContext {
     pub store: Arc<Store>,
     /// At most this many emails per batch; below 2, no batches.
     pub mail_batch: usize,
+    /// This instance: `coalesce` merges only deliveries it still holds.
+    pub instance: i64,
     /// Never carries a message: dropping its sender is the stop signal, which
     /// wakes every sender at once, even one waiting for its turn.
     pub stop: Receiver<()>,
@@ -186,7 +188,10 @@ fn coalesce(
     if members.len() < 2 {
         return members.remove(0);
     }
-    match ctx.store.write(|tx| merge_fresh(tx, &members)) {
+    match ctx
+        .store
+        .write(|tx| merge_fresh(tx, &members, ctx.instance))
+    {
         Ok(key) => {
             let mut emails: Vec<EmailJob> = members.into_iter().flat_map(|j| j.emails).collect();
             sort_members(&mut emails);
@@ -223,7 +228,7 @@ mod tests {
     use crate::args;
     use crate::notify::delivery::deliveries::pending_jobs;
     use crate::notify::delivery::deliveries::testing::{
-        ids, record_sent, states, store_with_pending,
+        ids, record_sent, states, store_with_pending, TEST_INSTANCE,
     };
 
     fn batch_rows(store: &Store) -> i64 {
@@ -242,6 +247,7 @@ mod tests {
             pacer: Arc::new(Pacer::new(None)),
             store: Arc::new(store),
             mail_batch: 100,
+            instance: TEST_INSTANCE,
             stop: crossbeam_channel::never(),
         }
     }
@@ -281,7 +287,10 @@ mod tests {
         );
         assert_eq!(queue.len(), 1, "the job behind it waits for any sender");
 
-        let (pending, _) = ctx.store.read(|c| pending_jobs(c, 10)).unwrap();
+        let (pending, _) = ctx
+            .store
+            .read(|c| pending_jobs(c, 10, TEST_INSTANCE))
+            .unwrap();
         let read = pending
             .iter()
             .find(|j| j.batched)
@@ -327,7 +336,10 @@ mod tests {
         );
         assert_eq!(queue.len(), 1);
 
-        let (pending, _) = ctx.store.read(|c| pending_jobs(c, 10)).unwrap();
+        let (pending, _) = ctx
+            .store
+            .read(|c| pending_jobs(c, 10, TEST_INSTANCE))
+            .unwrap();
         let requests: BTreeSet<(&String, Vec<String>)> =
             pending.iter().map(|j| (&j.key, ids(j))).collect();
         let expected = BTreeSet::from([

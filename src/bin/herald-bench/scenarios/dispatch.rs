@@ -33,7 +33,7 @@ pub fn run(dir: &Path, events: usize, users: usize, batch: usize) -> Result<f64,
         DeliveryPolicy::default(),
     );
     let counter = Arc::new(Counter::default());
-    let running = notifier.start(counter.clone());
+    let running = notifier.start(counter.clone()).map_err(|e| e.to_string())?;
     let started = Instant::now();
     for first in (0..events).step_by(batch) {
         let chunk: Vec<Event> = (first..(first + batch).min(events))
