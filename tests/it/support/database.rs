@@ -79,6 +79,15 @@ impl TestServer {
         })
     }
 
+    /// Where the server keeps its data, for messages: the SQLite file or
+    /// the PostgreSQL database's URL.
+    pub fn database(&self) -> String {
+        match &self.postgres {
+            Some(db) => db.url.clone(),
+            None => self.db_path.display().to_string(),
+        }
+    }
+
     /// True when this server runs on PostgreSQL.
     pub fn on_postgres(&self) -> bool {
         self.postgres.is_some()
