@@ -387,7 +387,8 @@ impl QueueGauges {
             out,
             "herald_database_bytes",
             "gauge",
-            "Size on disk of the SQLite database file and of its write-ahead log.",
+            "Size on disk of the database: the SQLite file and its write-ahead log; \
+             on PostgreSQL, the database as the server reports it (no WAL of its own).",
         );
         for (file, bytes) in [("db", self.database_bytes), ("wal", self.wal_bytes)] {
             sample(

@@ -119,7 +119,7 @@ pub fn send(
 
 fn user_by_email(scope: &impl Scope, email: &str) -> AppResult<Option<String>> {
     Ok(scope.conn().query_opt(
-        "SELECT id FROM users WHERE email = ?1 COLLATE NOCASE ORDER BY created_at, id LIMIT 1",
+        "SELECT id FROM users WHERE lower(email) = lower(?1) ORDER BY created_at, id LIMIT 1",
         args![email],
         |r| r.get(0),
     )?)

@@ -3,20 +3,22 @@
 //! new herald, delivers exactly the emails still pending in it, once each;
 //! a backup never replaces a file it should not or leaves a partial one;
 //! `compact` gives deleted space back without losing a row, and refuses a
-//! database `serve` has open.
+//! database `serve` has open. Both work on the SQLite file; on PostgreSQL
+//! they refuse and name the server's own tools.
 
 use herald::args;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Output;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 use serde_json::{json, Value};
 
 use crate::delivery_engine::role_changed;
+use crate::support::database::{postgres_or_skip, sqlite_only, PgDatabase};
 use crate::support::{wait_until, FakeResend, Fault, Mode, TestServer};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -138,6 +140,9 @@ fn post_load(
 #[test]
 fn a_backup_under_load_holds_every_committed_event_and_its_pending_emails_go_out_once_after_a_restore(
 ) {
+    if sqlite_only("backup::a_backup_under_load_holds_every_committed_event_and_its_pending_emails_go_out_once_after_a_restore") {
+        return;
+    }
     let mail = FakeResend::start();
     // The provider is slow and fails some requests, and herald may send
     // only a few small batches a second: emails pile up, some sent, some
@@ -284,6 +289,11 @@ fn a_backup_under_load_holds_every_committed_event_and_its_pending_emails_go_out
 
 #[test]
 fn a_backup_replaces_a_file_only_with_force_and_never_leaves_a_partial_one() {
+    if sqlite_only(
+        "backup::a_backup_replaces_a_file_only_with_force_and_never_leaves_a_partial_one",
+    ) {
+        return;
+    }
     let server = TestServer::start();
     for i in 0..5 {
         let (status, body) = server.post_event(role_changed(
@@ -343,6 +353,10 @@ fn a_backup_replaces_a_file_only_with_force_and_never_leaves_a_partial_one() {
 
 #[test]
 fn compact_shrinks_a_database_after_deletes_and_keeps_every_remaining_row() {
+    if sqlite_only("backup::compact_shrinks_a_database_after_deletes_and_keeps_every_remaining_row")
+    {
+        return;
+    }
     let mut server = TestServer::start();
     let events: Vec<Value> = (0..500)
         .map(|i| {
@@ -410,6 +424,9 @@ fn compact_shrinks_a_database_after_deletes_and_keeps_every_remaining_row() {
 
 #[test]
 fn compact_refuses_while_serve_has_the_database_open() {
+    if sqlite_only("backup::compact_refuses_while_serve_has_the_database_open") {
+        return;
+    }
     let server = TestServer::start();
     let refused = failed(&server.run_cli(&["compact"]));
     assert!(
@@ -417,5 +434,37 @@ fn compact_refuses_while_serve_has_the_database_open() {
         "{refused}"
     );
     let (status, body) = server.post_event(role_changed(json!([{ "email": address(1) }]), "s1"));
+    assert_eq!(status, 202, "{body}");
+}
+
+#[test]
+fn on_postgresql_backup_and_compact_refuse_and_name_the_servers_own_tools() {
+    let test = "backup::on_postgresql_backup_and_compact_refuse_and_name_the_servers_own_tools";
+    let Some(url) = postgres_or_skip(test) else {
+        return;
+    };
+    let server = TestServer::builder()
+        .postgres(&Arc::new(PgDatabase::create(&url)))
+        .start();
+    let (status, body) = server.post_event(role_changed(json!([{ "email": address(1) }]), "s1"));
+    assert_eq!(status, 202, "{body}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("copy.db");
+
+    let refused = failed(&server.run_cli(&["backup", file.to_str().unwrap()]));
+    assert!(
+        refused.contains("SQLite file") && refused.contains("pg_dump"),
+        "{refused}"
+    );
+    assert!(!file.exists(), "a refused backup wrote {}", file.display());
+    let refused = failed(&server.run_cli(&["compact"]));
+    assert!(
+        refused.contains("SQLite file") && refused.contains("VACUUM FULL"),
+        "{refused}"
+    );
+
+    // Nothing was touched: the server goes on as before.
+    assert_eq!(server.count("SELECT COUNT(*) FROM outbox"), 1);
+    let (status, body) = server.post_event(role_changed(json!([{ "email": address(2) }]), "s2"));
     assert_eq!(status, 202, "{body}");
 }

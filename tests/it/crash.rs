@@ -75,8 +75,9 @@ fn kill_9_with_sends_hanging_loses_and_duplicates_nothing() {
         events * 3
     );
     assert_eq!(
-        server
-            .count("SELECT COUNT(*) FROM (SELECT DISTINCT event_seq, user_id FROM notifications)"),
+        server.count(
+            "SELECT COUNT(*) FROM (SELECT DISTINCT event_seq, user_id FROM notifications) AS pairs"
+        ),
         events * 3
     );
 

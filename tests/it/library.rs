@@ -1,16 +1,18 @@
 //! The library entry point (SPEC 2.1): an event enqueued in a transaction
 //! that rolls back delivers nothing; committed, it delivers once; and the bus
-//! is only pushed after COMMIT. Runs herald in-process against a real SQLite
-//! file, with a recording mail provider at the one faked edge.
+//! is only pushed after COMMIT. Runs herald in-process against a real
+//! database (the suite's engine), with a recording mail provider at the one
+//! faked edge.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use herald::mail::{Email, MailError, MailProvider, RateHint, Sent};
 use herald::notify::{DeliveryPolicy, Event, Notifier, Recipient, Registry, Templates};
-use herald::store::{users, Store, StoreError, Synchronous};
+use herald::store::{users, StoreError};
 use serde_json::json;
 
+use crate::support::database::TestDatabase;
 use crate::support::wait_until;
 
 #[derive(Default)]
@@ -44,9 +46,9 @@ impl MailProvider for Recorder {
     }
 }
 
-fn setup() -> (tempfile::TempDir, Notifier) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(&dir.path().join("lib.db"), Synchronous::Normal).unwrap());
+fn setup() -> (TestDatabase, Notifier) {
+    let db = TestDatabase::new();
+    let store = Arc::new(db.open());
     store
         .write(|tx| {
             users::upsert(
@@ -62,7 +64,7 @@ fn setup() -> (tempfile::TempDir, Notifier) {
     let registry = Registry::embedded().unwrap();
     let templates = Templates::load(&registry, None).unwrap();
     (
-        dir,
+        db,
         Notifier::new(store, registry, templates, DeliveryPolicy::default()),
     )
 }
@@ -84,7 +86,7 @@ fn count(notifier: &Notifier, sql: &str) -> i64 {
 
 #[test]
 fn the_bus_is_pushed_only_after_commit() {
-    let (_dir, notifier) = setup();
+    let (_db, notifier) = setup();
     // Not started: the bus is observable.
     notifier
         .transaction(|outbox| {
@@ -114,7 +116,7 @@ fn the_bus_is_pushed_only_after_commit() {
 
 #[test]
 fn rolled_back_delivers_nothing_and_committed_delivers_once() {
-    let (_dir, notifier) = setup();
+    let (_db, notifier) = setup();
     let recorder = Arc::new(Recorder::default());
     let running = notifier.start(recorder.clone()).unwrap();
 
@@ -172,7 +174,7 @@ fn rolled_back_delivers_nothing_and_committed_delivers_once() {
 /// one.
 #[test]
 fn a_seq_published_twice_in_one_batch_is_dispatched_once() {
-    let (_dir, notifier) = setup();
+    let (_db, notifier) = setup();
     // Published with its event at COMMIT, then again by seq alone.
     let seq = notifier
         .transaction(|outbox| outbox.enqueue(&event()).map(|e| e.seq))

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::support::database::sqlite_only;
 use crate::support::{result, FakeResend, TestServer};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -288,6 +289,11 @@ fn version_2_database(dir: &std::path::Path) {
 
 #[test]
 fn a_database_from_before_the_breakdown_upgrades_and_keeps_its_old_results() {
+    if sqlite_only(
+        "policy_results::a_database_from_before_the_breakdown_upgrades_and_keeps_its_old_results",
+    ) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     version_2_database(dir.path());
     let server = TestServer::builder().db_dir(dir.path()).start();

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use crate::support::database::sqlite_only;
 use crate::support::{wait_until, FakeResend, Mode, TestServer, TestServerBuilder};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -130,14 +131,17 @@ fn final_work_is_pruned_and_pending_work_survives_kill_9_mid_prune() {
         pending_before,
         "pending work is never pruned"
     );
-    // The pages freed go back to the filesystem (inbox rows stay, so not
-    // all of them).
-    let shrunk = wait_until(Duration::from_secs(10), || file_size() < full_size * 3 / 4);
-    assert!(
-        shrunk,
-        "the file did not shrink: {full_size} then {} bytes",
-        file_size()
-    );
+    // On SQLite the pages freed go back to the filesystem (inbox rows stay,
+    // so not all of them). PostgreSQL keeps the space its vacuum frees for
+    // new rows and never gives it back by itself: nothing to check there.
+    if !server.on_postgres() {
+        let shrunk = wait_until(Duration::from_secs(10), || file_size() < full_size * 3 / 4);
+        assert!(
+            shrunk,
+            "the file did not shrink: {full_size} then {} bytes",
+            file_size()
+        );
+    }
     assert_eq!(
         server.count("SELECT COUNT(*) FROM outbox WHERE status != 'pending'"),
         100,
@@ -206,6 +210,11 @@ fn inbox_retention_prunes_old_inbox_rows_and_the_stream_ids_go_on() {
     );
 }
 
+/// What herald keeps stops growing under a steady load, on both engines;
+/// on SQLite so does the file, whose freed pages go back to the
+/// filesystem. PostgreSQL makes the space of pruned rows reusable when its
+/// autovacuum gets to the tables, on the server's schedule (a minute apart
+/// by default), which these 16 seconds cannot wait for.
 #[test]
 fn under_steady_load_the_database_stops_growing() {
     let server = TestServer::builder()
@@ -215,7 +224,18 @@ fn under_steady_load_the_database_stops_growing() {
         .start();
     users(&server);
     let db = server.db_path().to_path_buf();
-    let size = || std::fs::metadata(&db).map_or(0, |m| m.len());
+    let size = || {
+        if server.on_postgres() {
+            return server.count("SELECT pg_database_size(current_database())") as u64;
+        }
+        std::fs::metadata(&db).map_or(0, |m| m.len())
+    };
+    let rows = || {
+        server.count(
+            "SELECT (SELECT COUNT(*) FROM outbox) + (SELECT COUNT(*) FROM deliveries)
+                  + (SELECT COUNT(*) FROM email_bodies) + (SELECT COUNT(*) FROM notifications)",
+        ) as u64
+    };
     let started = Instant::now();
     let mut samples = Vec::new();
     let mut posted = 0;
@@ -223,26 +243,33 @@ fn under_steady_load_the_database_stops_growing() {
         post_role_changes(&server, posted, 200);
         posted += 200;
         std::thread::sleep(Duration::from_millis(500));
-        samples.push((started.elapsed().as_secs_f64(), size()));
+        samples.push((started.elapsed().as_secs_f64(), size(), rows()));
     }
     let curve: Vec<String> = samples
         .iter()
-        .map(|(t, bytes)| format!("{t:.0}s {} KB", bytes / 1024))
+        .map(|(t, bytes, rows)| format!("{t:.0}s {} KB {rows} rows", bytes / 1024))
         .collect();
     eprintln!(
-        "database file under 400 events/s with 2 s retention: {}",
+        "database under 400 events/s with 2 s retention: {}",
         curve.join(", ")
     );
     let third = samples.len() / 3;
-    let early = samples[..third].iter().map(|s| s.1).max().unwrap();
-    let late = samples[2 * third..].iter().map(|s| s.1).max().unwrap();
-    // Without retention the file would grow by 2.5x from the first third
-    // to the last.
+    let early = |of: fn(&(f64, u64, u64)) -> u64| samples[..third].iter().map(of).max().unwrap();
+    let late = |of: fn(&(f64, u64, u64)) -> u64| samples[2 * third..].iter().map(of).max().unwrap();
+    // Without retention both would grow by 2.5x from the first third to the
+    // last.
     assert!(
-        late <= early * 3 / 2,
-        "the file kept growing: {}",
+        late(|s| s.2) <= early(|s| s.2) * 3 / 2,
+        "the rows kept growing: {}",
         curve.join(", ")
     );
+    if !server.on_postgres() {
+        assert!(
+            late(|s| s.1) <= early(|s| s.1) * 3 / 2,
+            "the file kept growing: {}",
+            curve.join(", ")
+        );
+    }
 }
 
 /// A database as schema version 3 left it, with inbox rows whose ids 1 and
@@ -274,6 +301,11 @@ fn version_3_database(dir: &std::path::Path) {
 
 #[test]
 fn version_4_keeps_inbox_rows_and_their_ids_while_their_events_are_pruned() {
+    if sqlite_only(
+        "retention::version_4_keeps_inbox_rows_and_their_ids_while_their_events_are_pruned",
+    ) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     version_3_database(dir.path());
     let server = TestServer::builder()

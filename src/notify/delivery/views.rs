@@ -106,11 +106,12 @@ pub fn list(
     after: Option<&str>,
     limit: usize,
 ) -> StoreResult<Vec<DeliveryRecord>> {
+    // CAST: a parameter only tested for NULL has no type PostgreSQL can infer.
     let rows = conn.query_all(
         "SELECT d.id, d.recipient, d.channel, d.status, d.attempts, d.next_attempt_at,
                 d.last_error, d.batch_id, o.id, d.created_at, d.updated_at
          FROM deliveries d JOIN outbox o ON o.seq = d.event_seq
-         WHERE (?1 IS NULL OR d.status = ?1) AND d.id > ?2
+         WHERE (CAST(?1 AS TEXT) IS NULL OR d.status = ?1) AND d.id > ?2
          ORDER BY d.id LIMIT ?3",
         args![status, after.unwrap_or(""), limit],
         |r| {

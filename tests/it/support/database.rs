@@ -1,9 +1,11 @@
-//! The database a test server runs on. The suite runs on SQLite (a file in
-//! a temporary directory) unless `HERALD_TEST_ENGINE=postgres`: then each
-//! server gets a fresh database on the PostgreSQL server that
-//! `HERALD_TEST_DATABASE_URL` names, dropped when the test ends. Tests of
-//! several instances need PostgreSQL whatever the suite's engine, and are
-//! skipped with a notice when no server is named.
+//! The database a test server (or herald run in-process) runs on. The
+//! suite runs on SQLite (a file in a temporary directory) unless
+//! `HERALD_TEST_ENGINE=postgres`: then each server gets a fresh database on
+//! the PostgreSQL server that `HERALD_TEST_DATABASE_URL` names, dropped
+//! when the test ends. Tests of several instances need PostgreSQL whatever
+//! the suite's engine, and are skipped with a notice when no server is
+//! named; tests about the SQLite file itself skip on PostgreSQL
+//! (`sqlite_only`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -77,6 +79,15 @@ impl TestServer {
         })
     }
 
+    /// Where the server keeps its data, for messages: the SQLite file or
+    /// the PostgreSQL database's URL.
+    pub fn database(&self) -> String {
+        match &self.postgres {
+            Some(db) => db.url.clone(),
+            None => self.db_path.display().to_string(),
+        }
+    }
+
     /// True when this server runs on PostgreSQL.
     pub fn on_postgres(&self) -> bool {
         self.postgres.is_some()
@@ -118,6 +129,38 @@ impl TestServer {
         self.store()
             .write(|tx| tx.execute(sql, args))
             .unwrap_or_else(|e| self.fail(&format!("execute `{sql}`: {e}")))
+    }
+}
+
+/// A database for a test that runs herald in-process: an SQLite file in a
+/// temporary directory, or a fresh PostgreSQL database when the suite runs
+/// on PostgreSQL. Removed when dropped.
+pub struct TestDatabase {
+    pub database: Database,
+    _dir: tempfile::TempDir,
+    _postgres: Option<PgDatabase>,
+}
+
+impl TestDatabase {
+    pub fn new() -> TestDatabase {
+        let dir = tempfile::tempdir().expect("create temp dir for the test database");
+        let postgres = on_postgres()
+            .then(|| PgDatabase::create(&postgres_server().expect("checked by on_postgres")));
+        let database = match &postgres {
+            Some(db) => Database::Postgres(db.url.clone()),
+            None => Database::File(dir.path().join("herald.db")),
+        };
+        TestDatabase {
+            database,
+            _dir: dir,
+            _postgres: postgres,
+        }
+    }
+
+    /// herald's store on it, migrated.
+    pub fn open(&self) -> Store {
+        Store::connect(&self.database, Synchronous::Normal, Clock::system())
+            .unwrap_or_else(|e| panic!("open {}: {e}", self.database))
     }
 }
 

@@ -537,7 +537,7 @@ impl TestServer {
         self.logs_shown.store(true, Ordering::SeqCst);
         panic!(
             "{message}\n--- herald logs ({}) ---\n{}--- end of herald logs ---",
-            self.db_path.display(),
+            self.database(),
             self.logs()
         );
     }
@@ -596,7 +596,7 @@ impl Drop for TestServer {
         if thread::panicking() && !self.logs_shown.load(Ordering::SeqCst) {
             eprintln!(
                 "--- herald logs ({}) ---\n{}--- end of herald logs ---",
-                self.db_path.display(),
+                self.database(),
                 self.logs()
             );
         }
