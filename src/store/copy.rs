@@ -262,7 +262,7 @@ fn copy_table(
         inserted: 0,
     };
     let mut read = 0u64;
-    src.for_each(&format!("SELECT {list} FROM {table}"), args![], |row| {
+    let copied = src.for_each(&format!("SELECT {list} FROM {table}"), args![], |row| {
         for i in 0..columns.len() {
             let cell: Cell = row.get(i)?;
             batch.bytes += cell.len();
@@ -274,8 +274,13 @@ fn copy_table(
             progress(table, read);
         }
         Ok(())
+    });
+    copied.and_then(|()| batch.flush(tx)).map_err(|e| match e {
+        // A value PostgreSQL refuses (text SQLite kept in an integer
+        // column, say): say where.
+        StoreError::Database(m) => StoreError::Database(format!("copying {table}: {m}")),
+        other => other,
     })?;
-    batch.flush(tx)?;
     progress(table, read);
     let counted = count(src, table)?;
     if batch.inserted != read || read != counted {

@@ -432,6 +432,37 @@ fn what_cannot_be_copied_safely_is_refused_and_nothing_is_written() {
     assert_eq!(count(&target, "SELECT COUNT(*) FROM api_tokens"), 0);
     unchanged();
 
+    // A value PostgreSQL refuses, in the last table copied: the whole
+    // copy is rolled back, the tables before it included.
+    let odd = tempfile::tempdir().unwrap();
+    let odd_db = odd.path().join("herald.db");
+    let store = open(Database::File(odd_db.clone()));
+    store
+        .write(|tx| {
+            tx.execute(
+                "INSERT INTO users (id, email, created_at, updated_at)
+                 VALUES ('erin', 'erin@acme.test', 0, 0)",
+                args![],
+            )?;
+            tx.execute(
+                "INSERT INTO dedup_marks (type, recipient, subject_id, dedup_key, notified_at)
+                 VALUES ('t', 'erin', '', '', 'yesterday')",
+                args![],
+            )
+        })
+        .unwrap();
+    drop(store);
+    let empty = PgDatabase::create(&pg_server);
+    let refused = failed(&migrate(&odd_db, &empty.url));
+    assert!(refused.contains("copying dedup_marks"), "{refused}");
+    let target = open(Database::Postgres(empty.url.clone()));
+    assert_eq!(count(&target, "SELECT COUNT(*) FROM users"), 0);
+    assert_eq!(
+        count(&target, "SELECT COUNT(*) FROM schema_version"),
+        1,
+        "only herald's empty tables"
+    );
+
     // The target every refusal left alone takes the copy; a second copy
     // into it is refused.
     succeeded(&migrate(&db, &pg.url));
