@@ -110,12 +110,14 @@ fn pending_emails_and_a_half_open_digest_are_each_delivered_once_after_the_move(
             .env("HERALD_MAX_ATTEMPTS", "100")
     };
 
-    // On SQLite, with the provider down and slow to be asked: emails stay
-    // pending or wait for a retry, none is sent.
+    // On SQLite, with the provider down and asked once a second, about
+    // four emails at a time: emails stay pending or wait for a retry, none
+    // is sent.
     let down = FakeResend::start();
     down.set_mode(Mode::Fail(503));
     let mut sqlite = builder(&down)
         .env("HERALD_MAIL_RATE_PER_SEC", "1")
+        .env("HERALD_MAIL_BATCH", "4")
         .db_dir(dir.path())
         .start();
     let dave = sqlite.create_user("dave", "dave@acme.test", "Dave");
