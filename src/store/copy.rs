@@ -82,11 +82,12 @@ impl Migrated {
 
 /// Copies the herald database in the SQLite file `source` into the empty
 /// PostgreSQL database at `url`, calling `progress(table, rows so far)`
-/// as rows go in. Refuses, having written nothing, a missing file (none is
+/// as rows go in. Refuses, copying no row, a missing file (none is
 /// created), a file another process has open (a running `serve` would go
 /// on writing after the snapshot), a URL that is not PostgreSQL's, and a
-/// target that holds any herald row. The file is migrated to the current
-/// schema version first, the target created at it.
+/// target that holds any herald row. The target is created at the current
+/// schema version (its empty tables stay after a later refusal), then the
+/// file migrated to it.
 pub fn migrate_to_postgres(
     source: &Path,
     url: &str,
