@@ -1,6 +1,6 @@
 //! The `herald` command line: `serve`, `migrate`, `seed`, `check`, `send`,
-//! `outbox list|retry|retry-dead`, `user add|token`, `stripe sign`, `backup`
-//! and `compact`. Each command builds what it needs from `Config`;
+//! `outbox list|retry|retry-dead`, `user add|token`, `stripe sign`, `backup`,
+//! `compact` and `migrate-to-postgres`. Each command builds what it needs from `Config`;
 //! `serve` wires store -> notifier -> HTTP and shuts them down in reverse.
 
 use std::ops::ControlFlow;
@@ -17,6 +17,7 @@ use crate::notify::service;
 use crate::notify::{
     outbox, DeliveryPolicy, Event, Notifier, NotifyError, Recipient, Registry, Templates,
 };
+use crate::store::copy;
 use crate::store::files::{self, BackupOptions};
 use crate::store::{users, Database, Store, StoreError, SCHEMA_VERSION};
 use crate::time::Clock;
@@ -45,6 +46,9 @@ usage:
                                       (without its old -wal and -shm files), start it
   herald compact                      rewrite the database without its free space (serve
                                       stopped: after a large prune); prints its size before and after
+  herald migrate-to-postgres <sqlite file> <postgres url>
+                                      copy a deployment (serve stopped) into an empty PostgreSQL
+                                      database, pending work included; then serve --database-url
   herald user add <id> --email <address> [--name <name>]
   herald user token <id>              issue a new API token for a user
   herald stripe sign <file>           print a Stripe-Signature header for the file's bytes,
@@ -80,6 +84,7 @@ pub fn main(words: Vec<String>) -> i32 {
         ["outbox", "retry-dead"] => outbox_retry(&config, None),
         ["backup", file] => backup(&config, &args, file),
         ["compact"] => compact(&config),
+        ["migrate-to-postgres", file, url] => migrate_to_postgres(file, url),
         ["user", "add", id] => user_add(&config, &args, id),
         ["user", "token", id] => user_token(&config, id),
         _ => Err(format!("unknown command {:?}\n\n{USAGE}", words.join(" "))),
@@ -356,6 +361,44 @@ fn compact(config: &Config) -> Result<(), String> {
         size(done.after.db),
         size(done.after.wal),
         done.took.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Copies the SQLite deployment in `file` into the empty PostgreSQL
+/// database at `url`; see `store::copy`.
+fn migrate_to_postgres(file: &str, url: &str) -> Result<(), String> {
+    let mut last_report = Instant::now();
+    let mut progress = |table: &str, rows: u64| {
+        if last_report.elapsed() >= PROGRESS_EVERY {
+            last_report = Instant::now();
+            println!("migrate-to-postgres: {table}: {rows} rows");
+        }
+    };
+    let done = copy::migrate_to_postgres(std::path::Path::new(file), url, &mut progress)
+        .map_err(|e| format!("migrate-to-postgres: {e}"))?;
+    println!(
+        "copied {file} into {} (rows per table, SQLite = PostgreSQL):",
+        done.target
+    );
+    for t in &done.tables {
+        println!(
+            "  {:<18} {:>10} = {}",
+            t.table, t.source_rows, t.target_rows
+        );
+    }
+    let secs = done.took.as_secs_f64();
+    println!(
+        "{} rows in {secs:.2} s ({:.0} rows/s)",
+        done.rows(),
+        done.rows() as f64 / secs.max(1e-3)
+    );
+    for (table, next) in &done.next_keys {
+        println!("  next {table} key: {next}");
+    }
+    println!(
+        "start herald with --database-url (HERALD_DATABASE_URL) set to the target: \
+         it sends what was pending"
     );
     Ok(())
 }

@@ -1,8 +1,9 @@
 //! The database's files as an operator handles them: their size on disk
 //! (for `/metrics`), a consistent copy taken while `serve` runs (`herald
-//! backup`, SQLite's online backup API) and a full `VACUUM` (`herald
-//! compact`). Each opens its own connection on the path; none goes through
-//! `Store::open`, which would create a missing database and migrate it.
+//! backup`, SQLite's online backup API), a full `VACUUM` (`herald
+//! compact`), and whether another process has the file open. Each opens
+//! its own connection on the path; none goes through `Store::open`, which
+//! would create a missing database and migrate it.
 
 use std::ffi::OsString;
 use std::ops::ControlFlow;
@@ -20,9 +21,9 @@ use crate::args;
 pub const BACKUP_PAGES_PER_STEP: i32 = 256;
 /// The pause between two steps, leaving the disk and a core to `serve`.
 pub const BACKUP_PAUSE: Duration = Duration::from_millis(2);
-/// How long `compact` waits for the database to be free before it reports
-/// that something still has it open.
-const COMPACT_WAIT: Duration = Duration::from_secs(2);
+/// How long `compact` (and `migrate-to-postgres`) waits for the database
+/// to be free before it reports that something still has it open.
+const ALONE_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Debug)]
 pub enum FileError {
@@ -365,6 +366,34 @@ impl Drop for Partial {
     }
 }
 
+/// Opens the existing database at `db` for this connection alone, for as
+/// long as it stays open: `InUse` while another process (a running
+/// `serve`, Litestream) has it open, and then nothing was changed.
+fn open_alone(db: &Path) -> Result<Connection, FileError> {
+    let conn = open_existing(db)?;
+    conn.busy_timeout(ALONE_WAIT)?;
+    conn.execute_batch("PRAGMA locking_mode = EXCLUSIVE")?;
+    // In WAL mode every open connection keeps a shared lock on the file;
+    // the first read in exclusive mode wants the exclusive lock.
+    conn.query_row("SELECT COUNT(*) FROM sqlite_schema", [], |_| Ok(()))
+        .map_err(|e| match e.sqlite_error_code() {
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+                FileError::InUse(db.to_path_buf())
+            }
+            _ => e.into(),
+        })?;
+    Ok(conn)
+}
+
+/// `Missing` when there is no database at `db`, `InUse` while another
+/// process has it open. Changes no row (closing copies a WAL left by the
+/// last `serve` back into the file, as any last connection does). What
+/// opens the file after this check may still race a `serve` started in
+/// between: it is the operator's mistake caught cheaply, not a lock.
+pub(super) fn check_unused(db: &Path) -> Result<(), FileError> {
+    open_alone(db).map(drop)
+}
+
 /// What `compact` did.
 #[derive(Debug, Clone, Copy)]
 pub struct Compacted {
@@ -387,19 +416,8 @@ pub struct Compacted {
 pub fn compact(db: &Path) -> Result<Compacted, FileError> {
     let started = Instant::now();
     let before = DiskUsage::of(db);
-    let conn = open_existing(db)?;
-    conn.busy_timeout(COMPACT_WAIT)?;
-    conn.execute_batch("PRAGMA locking_mode = EXCLUSIVE")?;
-    // In WAL mode every open connection keeps a shared lock on the file;
-    // the first read in exclusive mode wants the exclusive lock.
-    let auto_vacuum_before = conn
-        .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
-        .map_err(|e| match e.sqlite_error_code() {
-            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
-                FileError::InUse(db.to_path_buf())
-            }
-            _ => e.into(),
-        })?;
+    let conn = open_alone(db)?;
+    let auto_vacuum_before = conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
     conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL; VACUUM")?;
     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
     conn.close().map_err(|(_, e)| FileError::from(e))?;

@@ -5,6 +5,7 @@
 //! on pooled connections. Callers see only `sql::{Conn, Tx}`: driver types
 //! and errors never leave this folder.
 
+pub mod copy;
 mod error;
 pub mod files;
 mod migrate;

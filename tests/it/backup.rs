@@ -32,7 +32,7 @@ fn text(bytes: &[u8]) -> String {
 }
 
 /// The command's stdout; fails the test unless it succeeded.
-fn succeeded(output: &Output) -> String {
+pub(crate) fn succeeded(output: &Output) -> String {
     assert!(
         output.status.success(),
         "exit {:?}\nstdout: {}\nstderr: {}",
@@ -44,7 +44,7 @@ fn succeeded(output: &Output) -> String {
 }
 
 /// The command's stderr; fails the test unless it failed with status 1.
-fn failed(output: &Output) -> String {
+pub(crate) fn failed(output: &Output) -> String {
     assert_eq!(
         output.status.code(),
         Some(1),

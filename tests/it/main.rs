@@ -30,6 +30,7 @@ mod invitation_page;
 mod library;
 mod links;
 mod metrics;
+mod migrate_postgres;
 mod migration;
 mod openapi;
 mod policy_catalog;

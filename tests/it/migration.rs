@@ -28,7 +28,8 @@ const VERSION_3_STEPS: &[&str] = &[
 
 /// Secrets whose SHA-256 the version 3 database holds.
 const ALICE_TOKEN: &str = "hrld_6767a4a32f456656f7b556dca5dcaf0165036d1fecbaadc977061fd34fe020e1";
-const DAVE_TOKEN: &str = "hrld_7ada14dcf82db18e20b6f2bab16c0444c2696463848174efc01ce5108a8197db";
+pub(crate) const DAVE_TOKEN: &str =
+    "hrld_7ada14dcf82db18e20b6f2bab16c0444c2696463848174efc01ce5108a8197db";
 const ALICE_SESSION: &str = "hses_9ac1b1dfd71814a905c675a17a33bd1be2cd4a11dd406a160c643e6e9ed3554c";
 const DAVE_INVITATION: &str =
     "hinv_5b71a70930769f09cc84ce6b46f579531d9db9cd73cdfb7f71103a050ee57e84";
@@ -199,7 +200,7 @@ INSERT INTO notifications (id, event_seq, user_id, type, title, body, actions, p
 DELETE FROM notifications WHERE id = 7;
 "#;
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -212,7 +213,7 @@ fn sha256_hex(secret: &str) -> String {
 
 /// Writes `herald.db` in `dir` as herald 3 did (WAL, foreign keys on) and
 /// fills it with `VERSION_3_ROWS` an hour before `now`.
-fn version_3_database(dir: &Path, now: i64) {
+pub(crate) fn version_3_database(dir: &Path, now: i64) {
     let mut conn = Connection::open(dir.join("herald.db")).unwrap();
     conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON;")
         .unwrap();

@@ -14,7 +14,7 @@ use crate::support::{result, wait_until, FakeResend, TestServer};
 const WAIT: Duration = Duration::from_secs(15);
 
 /// The built-in catalog with a short digest window for `document_uploaded`.
-fn catalog(window_secs: u64) -> Catalog {
+pub(crate) fn catalog(window_secs: u64) -> Catalog {
     let mut catalog = Catalog::builtin();
     catalog.set(
         "document_uploaded",

@@ -207,7 +207,7 @@ fn admin(server: &str) -> postgres::Client {
 }
 
 /// `url` naming database `name` instead of its own.
-fn with_database(url: &str, name: &str) -> String {
+pub fn with_database(url: &str, name: &str) -> String {
     let (base, query) = match url.split_once('?') {
         Some((base, query)) => (base, Some(query)),
         None => (url, None),
