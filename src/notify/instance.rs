@@ -5,8 +5,9 @@
 //! the living (`deliveries::take_over`). On SQLite one server owns the file,
 //! so only this process counts as alive.
 
+use super::delivery::deliveries;
 use crate::args;
-use crate::store::{Store, StoreResult};
+use crate::store::{Conn, Store, StoreResult, Tx};
 
 /// Instances silent this long are forgotten (their claims were taken over
 /// long before).
@@ -24,9 +25,12 @@ pub fn register(store: &Store) -> StoreResult<i64> {
     })
 }
 
-/// Tells the others this instance still lives; a row forgotten meanwhile
-/// (after a very long pause) is written again under the same id.
-pub fn heartbeat(store: &Store, id: i64) -> StoreResult<()> {
+/// One transaction of a shared database's sweep: tells the others this
+/// instance still lives (a row forgotten meanwhile, after a very long
+/// pause, is written again under the same id), forgets instances silent
+/// for a day, and takes over up to `limit` deliveries of instances silent
+/// for longer than `lease_ms`; how many it took.
+pub fn beat(store: &Store, id: i64, lease_ms: i64, limit: usize) -> StoreResult<usize> {
     store.write(|tx| {
         let now = tx.now_ms();
         let beat = tx.execute(
@@ -39,7 +43,8 @@ pub fn heartbeat(store: &Store, id: i64) -> StoreResult<()> {
                 args![id, now, std::process::id()],
             )?;
         }
-        Ok(())
+        forget_silent(tx, now)?;
+        deliveries::take_over(tx, id, alive_since(tx, now, lease_ms), limit)
     })
 }
 
@@ -51,20 +56,27 @@ pub fn retire(store: &Store, id: i64) -> StoreResult<()> {
 }
 
 /// Forgets instances silent for a day.
-pub fn forget_silent(store: &Store, now: i64) -> StoreResult<usize> {
+fn forget_silent(tx: &Tx<'_>, now: i64) -> StoreResult<usize> {
+    tx.execute(
+        "DELETE FROM instances WHERE heartbeat_at < ?1",
+        args![now - FORGET_AFTER_MS],
+    )
+}
+
+/// Takes over, for this process starting, the deliveries of instances
+/// taken for dead (see `alive_since`), `limit` at most; how many.
+pub fn take_over(store: &Store, id: i64, lease_ms: i64, limit: usize) -> StoreResult<usize> {
     store.write(|tx| {
-        tx.execute(
-            "DELETE FROM instances WHERE heartbeat_at < ?1",
-            args![now - FORGET_AFTER_MS],
-        )
+        let now = tx.now_ms();
+        deliveries::take_over(tx, id, alive_since(tx, now, lease_ms), limit)
     })
 }
 
 /// The oldest heartbeat of an instance still taken for alive at `now`:
 /// within the lease on a shared database; on SQLite none but this process
 /// is (no heartbeat is that new).
-pub fn alive_since(store: &Store, now: i64, lease_ms: i64) -> i64 {
-    if store.engine().is_shared() {
+fn alive_since(conn: &Conn<'_>, now: i64, lease_ms: i64) -> i64 {
+    if conn.engine().is_shared() {
         now - lease_ms
     } else {
         i64::MAX

@@ -4,7 +4,7 @@
 //! Everything the threads share lives in `Shared`; this file only wires
 //! them together, and nothing below it names it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -262,8 +262,12 @@ impl Running {
         }
         let _ = self.notifier.shared.bus.send(BusMsg::Stop);
         threads::join_until(self.dispatcher.take(), deadline + Duration::from_secs(5));
-        self.stop_peers.store(true, Ordering::Relaxed);
-        threads::join_until(self.peers.take(), deadline + Duration::from_secs(1));
+        peers::stop(
+            &self.notifier.shared,
+            self.peers.take(),
+            &self.stop_peers,
+            deadline + Duration::from_secs(1),
+        );
         // What this instance still holds is the others' to take at once.
         if let Err(e) = instance::retire(self.notifier.store(), self.me) {
             log::warn!("cannot retire this instance: {e}");

@@ -69,6 +69,24 @@ pub(super) fn start(
     }))
 }
 
+/// Stops the thread `start` returned: sets `stop`, then wakes the listener
+/// with a message, since it waits for one.
+pub(super) fn stop(
+    shared: &Shared,
+    thread: Option<std::thread::JoinHandle<()>>,
+    stop: &AtomicBool,
+    deadline: std::time::Instant,
+) {
+    if thread.is_none() {
+        return;
+    }
+    stop.store(true, Ordering::Relaxed);
+    if let Err(e) = shared.store().write(wake_all) {
+        log::warn!("cannot wake the listening thread to stop it: {e}");
+    }
+    threads::join_until(thread, deadline);
+}
+
 fn hear(shared: &Shared, me: i64, message: Heard) {
     match message {
         Heard::Message { channel, payload } if channel == INBOX_CHANNEL => {

@@ -19,6 +19,7 @@ use super::delivery::deliveries;
 use super::delivery::mail_queue::MailQueue;
 use super::shared::Shared;
 use super::{digest, instance, outbox, policy, retention};
+use crate::store::StoreResult;
 
 /// How often the scheduler looks for work written by another process; what
 /// `herald outbox retry` tells the operator to expect.
@@ -108,18 +109,14 @@ pub(super) fn run(shared: &Shared, queue: &MailQueue, wake: Receiver<Wake>, me: 
         }
         if now >= next_sweep {
             if sweep.shared {
-                if let Err(e) = instance::heartbeat(store, me) {
-                    log::error!("scheduler cannot write this instance's heartbeat: {e}");
-                }
-                take_over(shared, queue, me, now, sweep.lease_ms);
+                take_over(queue, |limit| {
+                    instance::beat(store, me, sweep.lease_ms, limit)
+                });
             }
             if shared.bus_rx.is_empty() {
                 publish_stale(shared, now - sweep.stale_after_ms);
             }
             prune_dedup_marks(shared, now);
-            if let Err(e) = instance::forget_silent(store, now) {
-                log::error!("scheduler cannot forget silent instances: {e}");
-            }
             next_sweep = now + sweep.every_ms;
             next_wake = next_sweep;
         }
@@ -159,8 +156,10 @@ pub(super) fn run(shared: &Shared, queue: &MailQueue, wake: Receiver<Wake>, me: 
 /// SQLite this process takes every delivery another one held; on a shared
 /// database, only those of instances silent for longer than the lease.
 pub(super) fn redrive(shared: &Shared, queue: &MailQueue, me: i64) {
-    let now = shared.store().clock().now_ms();
-    take_over(shared, queue, me, now, Sweep::of(shared).lease_ms);
+    let lease_ms = Sweep::of(shared).lease_ms;
+    take_over(queue, |limit| {
+        instance::take_over(shared.store(), me, lease_ms, limit)
+    });
     let events = publish_stale(shared, i64::MAX);
     match shared.store().read(deliveries::pending_count) {
         Ok(emails) if events > 0 || emails > 0 => {
@@ -207,13 +206,11 @@ fn prune_dedup_marks(shared: &Shared, now: i64) {
     }
 }
 
-/// Takes over the pending deliveries of instances taken for dead (see
-/// `instance::alive_since`) for this instance's mail queue.
-fn take_over(shared: &Shared, queue: &MailQueue, me: i64, now: i64, lease_ms: i64) {
-    let store = shared.store();
-    let alive_since = instance::alive_since(store, now, lease_ms);
+/// Takes over, through `take` (up to so many a call), the pending
+/// deliveries of instances taken for dead, for this instance's mail queue.
+fn take_over(queue: &MailQueue, mut take: impl FnMut(usize) -> StoreResult<usize>) {
     loop {
-        match store.write(|tx| deliveries::take_over(tx, me, alive_since, CLAIM_BATCH)) {
+        match take(CLAIM_BATCH) {
             Ok(0) => return,
             Ok(taken) => {
                 log::info!("took over {taken} deliveries of instances no longer running");

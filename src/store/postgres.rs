@@ -78,6 +78,10 @@ impl Postgres {
         let pool = r2d2::Pool::builder()
             .max_size(16)
             .min_idle(Some(2))
+            // A check on every checkout would double the round trips; a
+            // closed connection is found by `has_broken` instead, and a
+            // statement on a dead one fails and is retried by its caller.
+            .test_on_check_out(false)
             .connection_timeout(CONNECT_TIMEOUT)
             .build(manager)?;
         Ok(Postgres {
@@ -153,8 +157,9 @@ impl Postgres {
 
 impl Postgres {
     /// Hears `channels` on a connection of its own, on a thread that runs
-    /// until `stop` is set. When the connection drops it connects again and
-    /// reports `Heard::Gap`: what was sent meanwhile is lost.
+    /// until `stop` is set and it hears a message (or a minute passes).
+    /// When the connection drops it connects again and reports
+    /// `Heard::Gap`: what was sent meanwhile is lost.
     pub(super) fn listen(
         &self,
         channels: &[&str],
@@ -210,8 +215,10 @@ impl Postgres {
     }
 }
 
-/// How often the listening thread looks whether it should stop.
-const LISTEN_POLL: Duration = Duration::from_millis(500);
+/// How long the listening thread waits for a message before it looks
+/// whether it should stop: long, so that an idle server stays asleep; a
+/// stopping instance wakes it with a message of its own.
+const LISTEN_POLL: Duration = Duration::from_secs(60);
 /// The pause before connecting again after the listening connection failed.
 const LISTEN_RETRY: Duration = Duration::from_secs(1);
 

@@ -160,8 +160,8 @@ fn the_mail_provider_is_called_only_by_the_sender() {
 #[test]
 fn the_database_driver_is_named_only_by_the_storage_layer() {
     only_in(
-        "the driver only in src/store/",
-        r"\b(rusqlite|r2d2|r2d2_sqlite)\b",
+        "the drivers only in src/store/",
+        r"\b(rusqlite|r2d2|r2d2_sqlite|r2d2_postgres)\b|\bpostgres::",
         |f| f.starts_with("src/store/"),
         Some("src/store/sql.rs"),
     );

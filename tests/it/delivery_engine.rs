@@ -492,7 +492,14 @@ fn cpu_ticks(pid: u32) -> u64 {
 #[test]
 fn an_idle_server_sleeps() {
     let mail = FakeResend::start();
-    let server = engine(&mail).env("HERALD_MAIL_SENDERS", "8").start();
+    // On PostgreSQL the scheduler wakes every fifth of the lease to tell
+    // the other instances this one lives (about 15 statements, 30 context
+    // switches); a long lease leaves at most one such beat in the window.
+    let server = engine(&mail)
+        .env("HERALD_MAIL_SENDERS", "8")
+        .env("HERALD_LEASE_MS", "60000")
+        .start();
+    let heartbeat = if server.on_postgres() { 35 } else { 0 };
     let event = post_email(&server, 1);
     wait_delivery(&server, &event, "sent", WAIT);
     std::thread::sleep(Duration::from_millis(500));
@@ -504,7 +511,7 @@ fn an_idle_server_sleeps() {
     eprintln!("idle for 10 s: {ticks} CPU ticks, {switches} context switches");
     // Eight senders polling every 200 ms would be 400 wakeups here.
     assert!(
-        switches <= 20,
+        switches <= 20 + heartbeat,
         "{switches} thread wakeups in 10 idle seconds"
     );
     assert!(ticks <= 2, "{ticks} clock ticks of CPU in 10 idle seconds");
