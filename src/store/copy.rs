@@ -174,12 +174,7 @@ pub fn migrate_to_postgres(
 fn plan(src: &Conn<'_>, target: &Store) -> Result<Vec<(&'static str, Vec<String>)>, FileError> {
     let mut expected: Vec<&str> = TABLES.to_vec();
     expected.sort_unstable();
-    let source_tables = src.query_all(
-        "SELECT name FROM sqlite_schema WHERE type = 'table'
-         AND name NOT LIKE 'sqlite_%' AND name != 'schema_version' ORDER BY name",
-        args![],
-        |r| r.get::<String>(0),
-    )?;
+    let source_tables = sqlite_tables(src)?;
     let target_tables = target.read(|c| {
         c.query_all(
             "SELECT table_name::text FROM information_schema.tables
@@ -227,6 +222,16 @@ fn plan(src: &Conn<'_>, target: &Store) -> Result<Vec<(&'static str, Vec<String>
         plan.push((table, columns));
     }
     Ok(plan)
+}
+
+/// The SQLite file's tables, by name, but its own and `schema_version`.
+fn sqlite_tables(src: &Conn<'_>) -> StoreResult<Vec<String>> {
+    src.query_all(
+        "SELECT name FROM sqlite_schema WHERE type = 'table'
+         AND name NOT LIKE 'sqlite_%' AND name != 'schema_version' ORDER BY name",
+        args![],
+        |r| r.get::<String>(0),
+    )
 }
 
 /// Refuses a target that holds any herald row.
@@ -462,12 +467,7 @@ mod tests {
         let (_dir, store) = sqlite();
         let (tables, references) = store
             .read(|c| {
-                let tables = c.query_all(
-                    "SELECT name FROM sqlite_schema WHERE type = 'table'
-                     AND name NOT LIKE 'sqlite_%' AND name != 'schema_version' ORDER BY name",
-                    args![],
-                    |r| r.get::<String>(0),
-                )?;
+                let tables = sqlite_tables(c)?;
                 let references = c.query_all(
                     "SELECT m.name, f.\"table\" FROM sqlite_schema m,
                      pragma_foreign_key_list(m.name) f WHERE m.type = 'table'",
