@@ -64,10 +64,13 @@ fn forget_silent(tx: &Tx<'_>, now: i64) -> StoreResult<usize> {
 }
 
 /// Takes over, for this process starting, the deliveries of instances
-/// taken for dead (see `alive_since`), `limit` at most; how many.
+/// taken for dead (see `alive_since`), `limit` at most; how many. Forgets
+/// instances silent for a day too: on SQLite, where no heartbeat runs,
+/// this is where their rows go.
 pub fn take_over(store: &Store, id: i64, lease_ms: i64, limit: usize) -> StoreResult<usize> {
     store.write(|tx| {
         let now = tx.now_ms();
+        forget_silent(tx, now)?;
         deliveries::take_over(tx, id, alive_since(tx, now, lease_ms), limit)
     })
 }

@@ -130,6 +130,13 @@ impl Notifier {
         if !outcomes.is_empty() {
             dispatcher::record_now(&self.shared, &outcomes);
         }
+        // Every email it created was tried here; a failed one waits as a
+        // retry, which any instance claims.
+        if let Some(me) = self.shared.registered() {
+            if let Err(e) = instance::retire(self.store(), me) {
+                log::warn!("cannot retire this process's instance: {e}");
+            }
+        }
         seqs.len()
     }
 

@@ -75,6 +75,11 @@ impl Shared {
         Ok(*self.instance.get_or_init(|| id))
     }
 
+    /// The instance id, if this process registered one.
+    pub fn registered(&self) -> Option<i64> {
+        self.instance.get().copied()
+    }
+
     pub fn store(&self) -> &Store {
         self.publisher.store()
     }

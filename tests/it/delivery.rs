@@ -210,6 +210,8 @@ fn herald_send_delivers_from_the_command_line_beside_a_running_server() {
     // The running server neither dispatches nor sends any of it again.
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(mail.request_count(), 1);
+    // The command left as it came: only the server is registered.
+    assert_eq!(server.count("SELECT COUNT(*) FROM instances"), 1);
     assert_eq!(server.count("SELECT COUNT(*) FROM notifications"), 1);
 
     let out = server.run_cli(&["send", "no.such.type", "--to", "frank"]);
