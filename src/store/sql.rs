@@ -1,8 +1,10 @@
 //! herald's own face of a database connection: the only types the modules
-//! that own tables use to run SQL. Arguments and columns travel as engine-
-//! neutral `Value`s, so no driver type or error crosses this boundary, and a
-//! second engine can sit behind the same methods. Writes exist only on `Tx`,
-//! which only `Store::write` hands out: every write is inside a transaction.
+//! that own tables use to run SQL, on either engine. Arguments and columns
+//! travel as engine-neutral `Value`s, so no driver type or error crosses
+//! this boundary. Writes exist only on `Tx`, which only `Store::write`
+//! hands out: every write is inside a transaction. Where the engines truly
+//! differ, the difference has one named method here (`Tx::insert`,
+//! `Tx::notify`, `Tx::exclusive`, `Engine::skip_locked`).
 
 use std::cell::RefCell;
 use std::ops::{ControlFlow, Deref};
@@ -14,16 +16,21 @@ use super::value::{Arg, Column, Value};
 use crate::time::Clock;
 
 /// One result row; columns by position.
-pub enum Row<'r> {
+pub struct Row<'r> {
+    inner: Driver<'r>,
+}
+
+/// The driver's row underneath.
+enum Driver<'r> {
     Sqlite(&'r rusqlite::Row<'r>),
     Postgres(&'r postgres::Row),
 }
 
 impl<'r> Row<'r> {
     fn value(&self, idx: usize) -> StoreResult<Value<'r>> {
-        match *self {
-            Row::Sqlite(row) => sqlite::value(row, idx),
-            Row::Postgres(row) => postgres_engine::value(row, idx),
+        match self.inner {
+            Driver::Sqlite(row) => sqlite::value(row, idx),
+            Driver::Postgres(row) => postgres_engine::value(row, idx),
         }
     }
 
@@ -61,10 +68,16 @@ impl Link<'_> {
         f: &mut dyn FnMut(&Row<'_>) -> StoreResult<ControlFlow<()>>,
     ) -> StoreResult<()> {
         match self {
-            Link::Sqlite(c) => sqlite::rows(c, sql, args, &mut |row| f(&Row::Sqlite(row))),
-            Link::Postgres(s) => {
-                postgres_engine::rows(s, sql, args, &mut |row| f(&Row::Postgres(row)))
-            }
+            Link::Sqlite(c) => sqlite::rows(c, sql, args, &mut |row| {
+                f(&Row {
+                    inner: Driver::Sqlite(row),
+                })
+            }),
+            Link::Postgres(s) => postgres_engine::rows(s, sql, args, &mut |row| {
+                f(&Row {
+                    inner: Driver::Postgres(row),
+                })
+            }),
         }
     }
 }
