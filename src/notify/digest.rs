@@ -143,9 +143,13 @@ struct Due {
 /// returns the rows' seqs (one digest can yield none if its stored state is
 /// unreadable, which is logged and closed rather than retried forever).
 fn close_due(tx: &Tx<'_>, now: i64) -> Result<Vec<i64>, NotifyError> {
+    // Digests another instance is closing right now are left to it.
     let due: Vec<Due> = tx.query_all(
-        "SELECT id, type, batch_type, recipient, channels FROM digests
-             WHERE status = 'open' AND due_at <= ?1 ORDER BY due_at LIMIT ?2",
+        &format!(
+            "SELECT id, type, batch_type, recipient, channels FROM digests
+             WHERE status = 'open' AND due_at <= ?1 ORDER BY due_at LIMIT ?2{}",
+            tx.engine().skip_locked("digests")
+        ),
         args![now, CLOSE_BATCH as i64],
         |r| {
             Ok(Due {

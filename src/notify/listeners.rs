@@ -511,9 +511,14 @@ fn next_due_at(conn: &Conn<'_>, listener: &str) -> StoreResult<Option<i64>> {
     )
 }
 
+/// Whether the run is still to do; on a shared database, a run another
+/// instance is doing right now is left to it.
 fn is_open(tx: &Tx<'_>, seq: i64, listener: &str) -> StoreResult<bool> {
     let status: Option<String> = tx.query_opt(
-        "SELECT status FROM listener_runs WHERE event_seq = ?1 AND listener = ?2",
+        &format!(
+            "SELECT status FROM listener_runs WHERE event_seq = ?1 AND listener = ?2{}",
+            tx.engine().skip_locked("listener_runs")
+        ),
         args![seq, listener],
         |r| r.get(0),
     )?;

@@ -122,10 +122,15 @@ pub fn load_pending_split(
 }
 
 /// Claims a pending row for dispatch inside the dispatcher's transaction.
-/// False if another dispatcher (or an earlier run) already took it.
+/// False if another dispatcher (or an earlier run) already took it, or, on
+/// a shared database, is dispatching it right now (its lock is skipped,
+/// not waited for: it commits the row or leaves it pending for a sweep).
 pub fn claim(tx: &Tx<'_>, seq: i64) -> StoreResult<bool> {
     let status: Option<String> = tx.query_opt(
-        "SELECT status FROM outbox WHERE seq = ?1",
+        &format!(
+            "SELECT status FROM outbox WHERE seq = ?1{}",
+            tx.engine().skip_locked("outbox")
+        ),
         args![seq],
         |r| r.get(0),
     )?;

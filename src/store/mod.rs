@@ -10,6 +10,7 @@ mod error;
 pub mod files;
 mod migrate;
 mod postgres;
+mod postgres_types;
 pub mod sessions;
 mod sql;
 mod sqlite;

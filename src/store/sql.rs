@@ -11,6 +11,7 @@ use std::ops::{ControlFlow, Deref};
 
 use super::error::{StoreError, StoreResult};
 use super::postgres as postgres_engine;
+use super::postgres_types;
 use super::sqlite;
 use super::value::{Arg, Column, Value};
 use crate::time::Clock;
@@ -30,7 +31,7 @@ impl<'r> Row<'r> {
     fn value(&self, idx: usize) -> StoreResult<Value<'r>> {
         match self.inner {
             Driver::Sqlite(row) => sqlite::value(row, idx),
-            Driver::Postgres(row) => postgres_engine::value(row, idx),
+            Driver::Postgres(row) => postgres_types::value(row, idx),
         }
     }
 
