@@ -4,6 +4,7 @@
 //! the other commits; a digest and a re-armed dead delivery happen once.
 //! Each test needs PostgreSQL and is skipped, with a notice, without it.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -319,4 +320,70 @@ fn a_digest_and_a_dead_delivery_retry_happen_once_with_two_instances() {
         a.count("SELECT COUNT(*) FROM deliveries WHERE status = 'sent'"),
         2
     );
+}
+
+/// Unique keys in the database, not one process's memory, make a repeated
+/// idempotency key and a repeat inside the dedup window count once, when
+/// the copies arrive at both instances at the same moment.
+#[test]
+fn idempotency_keys_and_dedup_windows_hold_across_instances() {
+    let mail = FakeResend::start();
+    let Some((_db, builder)) = pair("idempotency_keys_and_dedup_windows_hold", &mail) else {
+        return;
+    };
+    let a = builder.clone().start();
+    let b = builder.start();
+    a.create_user("u0", "u0@acme.test", "U");
+    let at_once = |event: serde_json::Value| -> Vec<(u16, serde_json::Value)> {
+        std::thread::scope(|scope| {
+            let posts: Vec<_> = (0..8)
+                .map(|i| {
+                    let (server, event) = (if i % 2 == 0 { &a } else { &b }, &event);
+                    scope.spawn(move || server.post_event(event))
+                })
+                .collect();
+            posts.into_iter().map(|p| p.join().unwrap()).collect()
+        })
+    };
+    for round in 0..5 {
+        let mut event = role_changed(json!(["u0"]), &format!("keyed-{round}"));
+        event["idempotencyKey"] = json!(format!("key-{round}"));
+        let answers = at_once(event);
+        let ids: BTreeSet<&str> = answers
+            .iter()
+            .map(|(_, b)| b["eventId"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids.len(), 1, "one event per key: {answers:?}");
+        let created = answers.iter().filter(|(status, _)| *status == 202).count();
+        assert_eq!(created, 1, "one 202, the rest duplicates: {answers:?}");
+    }
+    // Eight events alike (same type, recipient, subject and dedup key), none
+    // keyed: the first dispatched is sent, the others deduped.
+    let answers = at_once(role_changed(json!(["u0"]), "same"));
+    assert!(
+        answers.iter().all(|(status, _)| *status == 202),
+        "{answers:?}"
+    );
+    for (_, body) in &answers {
+        a.wait_event_done(body["eventId"].as_str().unwrap(), WAIT);
+    }
+    let sent: i64 = answers
+        .iter()
+        .map(|(_, body)| {
+            let (_, event) = b.get(
+                &format!("/v1/events/{}", body["eventId"].as_str().unwrap()),
+                Some(b.service_key()),
+            );
+            event["result"]["sent"].as_i64().unwrap()
+        })
+        .sum();
+    assert_eq!(sent, 1, "one of eight alike events sent");
+    assert!(mail.wait_for_accepted(6, Duration::from_secs(20)));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        mail.accepted_count(),
+        6,
+        "five keyed events and one of the alike"
+    );
+    assert_eq!(a.count("SELECT COUNT(*) FROM notifications"), 6);
 }
