@@ -47,7 +47,9 @@ usage: herald-bench [--scenario raw|dispatch|http|inbox|two-instances|all]
 The two-instances scenario (PostgreSQL only) starts two herald processes on
 one database, both sending to one fake provider, and runs the http
 scenario's single and bulk phases with the requests spread round-robin over
-both (two_instances_*), then commit-to-inbox at --rate, round-robin too.
+both, then commit-to-inbox at --rate, round-robin too (two_instances_*).
+Each load phase reports events/s accepted (*_events_per_s) and delivered,
+every inbox row written and every email sent (*_delivered_per_s).
 
 The http, inbox and two-instances scenarios start the release `herald` binary
 found next to this one (cargo build --release first). The last stdout line is JSON.";

@@ -71,8 +71,10 @@ pub fn run(engine: &Engine, opts: &Opts, out: &mut Map<String, Value>) -> Result
 }
 
 /// The single then the bulk load phase on `heralds`, reported as
-/// `{name}_events_per_s`, `{name}_drain_s`, `{name}_cpu_us_per_event` and
-/// their `{name}_bulk_*` twins.
+/// `{name}_events_per_s` (accepted), `{name}_drain_s` (from the first
+/// request until every event's inbox row and email were written and sent),
+/// `{name}_delivered_per_s` (events over that time),
+/// `{name}_cpu_us_per_event` and their `{name}_bulk_*` twins.
 pub(super) fn load_phases(
     heralds: &[&Herald],
     mail: &FakeResend,
@@ -99,6 +101,11 @@ pub(super) fn load_phases(
         let (per_s, drain_s) = load_phase(heralds, mail, store, opts, batch, before, users)?;
         out.insert(format!("{phase}_events_per_s"), json!(round(per_s)));
         out.insert(format!("{phase}_drain_s"), json!(ratio(drain_s)));
+        let delivered_per_s = opts.events as f64 / drain_s;
+        out.insert(
+            format!("{phase}_delivered_per_s"),
+            json!(round(delivered_per_s)),
+        );
         out.insert(
             format!("{phase}_cpu_us_per_event"),
             cpu_us_per_event(cpu_before),
@@ -218,7 +225,10 @@ fn load_phase(
     let drain_s = started.elapsed().as_secs_f64();
     eprintln!();
     let per_s = total as f64 / accept_s;
-    eprintln!("  {per_s:.0} events/s accepted, everything delivered in {drain_s:.2} s");
+    eprintln!(
+        "  {per_s:.0} events/s accepted, everything delivered in {drain_s:.2} s ({:.0} events/s)",
+        total as f64 / drain_s
+    );
     Ok((per_s, drain_s))
 }
 
