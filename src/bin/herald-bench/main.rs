@@ -1,14 +1,17 @@
 //! herald-bench: measures herald against SQLite's own ceiling on this
 //! machine and prints the figures as one JSON object on the last line of
 //! stdout (a human summary goes to stderr). Ratios against the raw insert
-//! loop of the same run are what compare across machines.
+//! loop of the same run are what compare across machines. With
+//! `--database-url` the same scenarios run on PostgreSQL.
 //!
 //! This file runs the scenarios the options ask for and assembles the JSON;
 //! `scenarios/` measure, and the other modules are their tools: the fake
-//! mail providers, the load client, the herald child process, the seeded
-//! databases and the one module that opens SQLite directly (`db`).
+//! mail providers, the load client, the herald child process, where each
+//! scenario's database lives (`databases`), the seeded databases and the
+//! one module that names the database drivers (`db`).
 
 mod client;
+mod databases;
 mod db;
 mod events;
 mod fake_provider;
@@ -22,10 +25,11 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value};
 
+use databases::Engine;
 use options::{parse_opts, Opts};
 use process::herald_binary;
 use report::{ratio, round};
-use scenarios::{dispatch, http, inbox, raw};
+use scenarios::{dispatch, http, inbox, raw, two_instances};
 
 fn main() {
     let opts = match parse_opts() {
@@ -57,7 +61,25 @@ fn run(opts: &Opts) -> Result<(), String> {
     );
     let all = opts.scenario == "all";
     let work = WorkDir::new()?;
-    let raw = if all || opts.scenario == "raw" || opts.scenario == "dispatch" {
+    let engine = match &opts.database_url {
+        Some(url) => Engine::Postgres(url.clone()),
+        None => Engine::Sqlite(work.path().to_path_buf()),
+    };
+    out.insert("engine".into(), json!(engine.name()));
+    if let Some(url) = &opts.database_url {
+        let settings = db::server_settings(url)?;
+        let shown: Vec<String> = settings.iter().map(|(n, v)| format!("{n} {v}")).collect();
+        eprintln!("on PostgreSQL: {}", shown.join(", "));
+        let settings: Map<String, Value> = settings
+            .into_iter()
+            .map(|(name, value)| (name, json!(value)))
+            .collect();
+        out.insert("postgres".into(), Value::Object(settings));
+    }
+    // The raw ceiling is SQLite's; on PostgreSQL there is nothing to pair
+    // dispatch with but the SQLite run beside it.
+    let sqlite = !engine.is_postgres();
+    let raw = if sqlite && (all || opts.scenario == "raw" || opts.scenario == "dispatch") {
         let rows_per_s = raw::run(work.path(), opts.events, opts.users)?;
         out.insert("raw_rows_per_s".into(), json!(round(rows_per_s)));
         Some(rows_per_s)
@@ -65,17 +87,20 @@ fn run(opts: &Opts) -> Result<(), String> {
         None
     };
     if all || opts.scenario == "dispatch" {
-        let per_s = dispatch::run(work.path(), opts.events, opts.users, opts.enqueue_batch)?;
+        let per_s = dispatch::run(&engine, opts.events, opts.users, opts.enqueue_batch)?;
         out.insert("dispatch_notifications_per_s".into(), json!(round(per_s)));
         if let Some(raw) = raw {
             out.insert("dispatch_ratio_to_raw".into(), json!(ratio(per_s / raw)));
         }
     }
     if all || opts.scenario == "http" {
-        http::run(work.path(), opts, &mut out)?;
+        http::run(&engine, opts, &mut out)?;
     }
     if all || opts.scenario == "inbox" {
-        inbox::run(work.path(), opts, &mut out)?;
+        inbox::run(&engine, opts, &mut out)?;
+    }
+    if (all && engine.is_postgres()) || opts.scenario == "two-instances" {
+        two_instances::run(&engine, opts, &mut out)?;
     }
     if let Ok(meta) = std::fs::metadata(herald_binary()) {
         out.insert("binary_mb".into(), json!(ratio(meta.len() as f64 / 1e6)));

@@ -5,10 +5,13 @@
 const USAGE: &str = "\
 herald-bench: herald's throughput and latency against a raw SQLite insert loop
 
-usage: herald-bench [--scenario raw|dispatch|http|inbox|all] [--events N]
+usage: herald-bench [--scenario raw|dispatch|http|inbox|two-instances|all]
+                    [--database-url postgres://...] [--events N]
                     [--inbox-rows N] [--users N] [--clients N] [--rate N]
 
-  --events N       events for raw, dispatch and http (default 100000)
+  --scenario S     what to measure (default all); two-instances runs only
+                   on PostgreSQL, raw only on SQLite
+  --events N       events for raw, dispatch, http and two-instances (default 100000)
   --inbox-rows N   notifications in the inbox scenario (default 1000000)
   --users N        distinct recipients (default 10000)
   --clients N      concurrent HTTP clients (default 8)
@@ -28,11 +31,28 @@ usage: herald-bench [--scenario raw|dispatch|http|inbox|all] [--events N]
                    (db_bytes_per_notification, by table), and last, on a
                    fresh server keeping everything 5 s, commit-to-inbox while
                    the pruner works (commit_to_inbox_p99_ms_while_pruning)
-                   and the database file's size every 5 s under 1,000
-                   events/s (retention_db_mb_every_5s)
+                   and the database's size every 5 s under 1,000 events/s
+                   (retention_db_mb_every_5s)
+  --database-url URL  run on PostgreSQL instead of SQLite files: each
+                   scenario, and each phase that starts a fresh server, on
+                   a database of its own created on the server URL names
+                   (CREATE DATABASE: its user needs that right) and dropped
+                   afterwards. `all` is then dispatch, http, inbox and
+                   two-instances; raw, a bare SQLite insert loop (SQLite's
+                   own ceiling), runs on SQLite only. What SQLite reports of
+                   its file comes from the server instead: bytes per
+                   notification from each table's and index's size, the
+                   retention curve from pg_database_size.
 
-The http and inbox scenarios start the release `herald` binary found next to
-this one (cargo build --release first). The last stdout line is JSON.";
+The two-instances scenario (PostgreSQL only) starts two herald processes on
+one database, both sending to one fake provider, and runs the http
+scenario's single and bulk phases with the requests spread round-robin over
+both, then commit-to-inbox at --rate, round-robin too (two_instances_*).
+Each load phase reports events/s accepted (*_events_per_s) and delivered,
+every inbox row written and every email sent (*_delivered_per_s).
+
+The http, inbox and two-instances scenarios start the release `herald` binary
+found next to this one (cargo build --release first). The last stdout line is JSON.";
 
 pub struct Opts {
     pub scenario: String,
@@ -43,6 +63,8 @@ pub struct Opts {
     pub rate: usize,
     pub enqueue_batch: usize,
     pub http_batch: usize,
+    /// `--database-url`: the PostgreSQL server to create databases on.
+    pub database_url: Option<String>,
 }
 
 pub fn parse_opts() -> Result<Opts, String> {
@@ -55,6 +77,7 @@ pub fn parse_opts() -> Result<Opts, String> {
         rate: 1000,
         enqueue_batch: 100,
         http_batch: 100,
+        database_url: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -77,11 +100,36 @@ pub fn parse_opts() -> Result<Opts, String> {
             "--rate" => opts.rate = number()?.max(1),
             "--enqueue-batch" => opts.enqueue_batch = number()?.max(1),
             "--http-batch" => opts.http_batch = number()?.clamp(2, 1000),
+            "--database-url" => opts.database_url = Some(value.clone()),
             other => return Err(format!("unknown flag {other}\n\n{USAGE}")),
         }
     }
-    if !["raw", "dispatch", "http", "inbox", "all"].contains(&opts.scenario.as_str()) {
+    validate(&opts)?;
+    Ok(opts)
+}
+
+/// What no run can do: an unknown scenario, a URL that is not PostgreSQL's,
+/// the raw SQLite loop on PostgreSQL, two instances on one SQLite file.
+fn validate(opts: &Opts) -> Result<(), String> {
+    let scenarios = ["raw", "dispatch", "http", "inbox", "two-instances", "all"];
+    if !scenarios.contains(&opts.scenario.as_str()) {
         return Err(format!("unknown scenario {:?}", opts.scenario));
     }
-    Ok(opts)
+    match &opts.database_url {
+        Some(url) if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) => Err(
+            format!("--database-url must be a postgres:// or postgresql:// URL, not {url:?}"),
+        ),
+        Some(_) if opts.scenario == "raw" => Err(
+            "the raw scenario is a bare SQLite insert loop, SQLite's own ceiling; \
+             it does not run on PostgreSQL (drop --database-url)"
+                .into(),
+        ),
+        None if opts.scenario == "two-instances" => Err(
+            "the two-instances scenario needs --database-url postgres://...: \
+             several herald instances share one database only on PostgreSQL \
+             (an SQLite file has one server)"
+                .into(),
+        ),
+        _ => Ok(()),
+    }
 }

@@ -1,9 +1,12 @@
 //! The real `herald serve` as a child process: finding the release binary
-//! next to this one, starting it on a database with the fake provider,
-//! stopping it, and reading its memory and CPU time from /proc.
+//! next to this one, starting it on a database (an SQLite file or a
+//! PostgreSQL URL) with the fake provider, stopping it, and reading its
+//! memory and CPU time from /proc.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+
+use herald::store::Database;
 
 /// The `herald` binary beside this one (both from `cargo build --release`).
 pub fn herald_binary() -> PathBuf {
@@ -26,13 +29,16 @@ impl Drop for Herald {
 }
 
 /// `herald serve` on `db`, sending mail to the Resend API at `mail_url`.
-pub fn start_herald(db: &Path, mail_url: &str) -> Result<Herald, String> {
+pub fn start_herald(db: &Database, mail_url: &str) -> Result<Herald, String> {
     start_herald_with(db, mail_url, &[])
 }
 
-/// `start_herald` with more environment for the server.
+/// `start_herald` with more environment for the server. The database is
+/// named as an operator would: `--db` for a file, `HERALD_DATABASE_URL`
+/// for PostgreSQL (an environment variable, as a URL with a password
+/// belongs in one, not on a command line `ps` shows).
 pub fn start_herald_with(
-    db: &Path,
+    db: &Database,
     mail_url: &str,
     env: &[(&str, &str)],
 ) -> Result<Herald, String> {
@@ -44,9 +50,16 @@ pub fn start_herald_with(
         ));
     }
     let key = "hsk_bench_key".to_string();
-    let mut child = Command::new(&bin)
-        .args(["serve", "--addr", "127.0.0.1:0", "--db"])
-        .arg(db)
+    let mut command = Command::new(&bin);
+    command
+        .args(["serve", "--addr", "127.0.0.1:0"])
+        .env_remove("HERALD_DB")
+        .env_remove("HERALD_DATABASE_URL");
+    match db {
+        Database::File(path) => command.arg("--db").arg(path),
+        Database::Postgres(url) => command.env("HERALD_DATABASE_URL", url),
+    };
+    let mut child = command
         .env("HERALD_SERVICE_KEY", &key)
         .env("HERALD_MAIL_PROVIDER", "resend")
         .env("HERALD_MAIL_API_URL", mail_url)

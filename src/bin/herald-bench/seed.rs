@@ -1,21 +1,24 @@
 //! Databases the scenarios start from, filled through herald's own `Store`:
-//! users and outbox rows to hang inbox rows on, and inbox rows inserted by
-//! herald's inbox insert in transactions of 1,000.
+//! users and outbox rows to hang inbox rows on, and inbox rows: inserted by
+//! herald's inbox insert in transactions of 1,000 on SQLite, loaded with
+//! COPY on PostgreSQL (`db::copy_inbox_rows`).
 
-use std::path::Path;
 use std::time::Instant;
 
 use herald::args;
 use herald::notify::inbox;
 use herald::notify::templates::InboxContent;
-use herald::store::{Store, StoreError, Synchronous};
+use herald::store::{Database, Store, StoreError, Synchronous};
+use herald::time::Clock;
 
+use crate::db::{self, BODY, PAYLOAD, TITLE};
 use crate::report::progress;
 
 /// A database with herald's schema, `users` users and the outbox rows that
 /// inbox-shaped rows reference.
-pub fn prepared_db(path: &Path, users: usize, events: usize) -> Result<Store, String> {
-    let store = Store::open(path, Synchronous::Normal).map_err(|e| e.to_string())?;
+pub fn prepared_db(database: &Database, users: usize, events: usize) -> Result<Store, String> {
+    let store = Store::connect(database, Synchronous::Normal, Clock::system())
+        .map_err(|e| format!("{database}: {e}"))?;
     store
         .write(|tx| {
             for u in 0..users {
@@ -38,20 +41,29 @@ pub fn prepared_db(path: &Path, users: usize, events: usize) -> Result<Store, St
     Ok(store)
 }
 
-/// Inserts `rows` inbox rows over `users` users in transactions of 1,000,
-/// through herald's own inbox insert (the seam's one writer of inbox rows).
-pub fn insert_inbox_rows(
+/// Fills `store` (on `database`) with `rows` inbox rows over `users` users;
+/// rows per second.
+pub fn fill_inbox(
     store: &Store,
+    database: &Database,
     rows: usize,
     users: usize,
     label: &str,
 ) -> Result<f64, String> {
+    match database {
+        Database::File(_) => insert_inbox_rows(store, rows, users, label),
+        Database::Postgres(url) => db::copy_inbox_rows(url, rows, users, label),
+    }
+}
+
+/// Inserts `rows` inbox rows over `users` users in transactions of 1,000,
+/// through herald's own inbox insert (the seam's one writer of inbox rows).
+fn insert_inbox_rows(store: &Store, rows: usize, users: usize, label: &str) -> Result<f64, String> {
     let content = InboxContent {
-        title: "Your role in Acme is now admin".into(),
-        body: "Alice changed your role in Acme from member to admin.".into(),
+        title: TITLE.into(),
+        body: BODY.into(),
         actions: Vec::new(),
     };
-    let payload = r#"{"newRole":"admin","before":"member","orgName":"Acme","actorName":"Alice"}"#;
     let started = Instant::now();
     let mut done = 0;
     while done < rows {
@@ -60,7 +72,7 @@ pub fn insert_inbox_rows(
                 for i in done..(done + 1000).min(rows) {
                     let seq = (i / users + 1) as i64;
                     let user = format!("u{}", i % users);
-                    inbox::insert(tx, seq, &user, "bench", &content, payload)?;
+                    inbox::insert(tx, seq, &user, "bench", &content, PAYLOAD)?;
                 }
                 Ok::<_, StoreError>(())
             })

@@ -1,29 +1,34 @@
 //! Dispatch through the library: events enqueued in transactions of
 //! `--enqueue-batch`, each to an inbox row and an email to the in-process
 //! `Counter`; notifications per second from the first enqueue until the last
-//! email is accepted and the last inbox row stored.
+//! email is accepted and the last inbox row stored. On PostgreSQL the
+//! library's store is connected to the scenario's database on the server.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herald::args;
 use herald::notify::{DeliveryPolicy, Event, Notifier, Registry, Templates};
 use herald::store::{Store, Synchronous};
+use herald::time::Clock;
 
+use crate::databases::Engine;
 use crate::events::role_changed;
 use crate::fake_provider::{wait_for_emails, Counter};
 use crate::report::progress;
 use crate::seed::prepared_db;
 
-pub fn run(dir: &Path, events: usize, users: usize, batch: usize) -> Result<f64, String> {
+pub fn run(engine: &Engine, events: usize, users: usize, batch: usize) -> Result<f64, String> {
     eprintln!(
         "dispatch: {events} events (inbox + email each) through the library, {batch} per \
-         transaction, to an in-process provider"
+         transaction, to an in-process provider, on {}",
+        engine.name()
     );
-    let path = dir.join("dispatch.db");
-    drop(prepared_db(&path, users, 0)?);
-    let store = Arc::new(Store::open(&path, Synchronous::Normal).map_err(|e| e.to_string())?);
+    let db = engine.fresh("dispatch")?;
+    drop(prepared_db(&db.database, users, 0)?);
+    let store = Store::connect(&db.database, Synchronous::Normal, Clock::system())
+        .map_err(|e| e.to_string())?;
+    let store = Arc::new(store);
     let registry = Registry::embedded().map_err(|e| e.to_string())?;
     let templates = Templates::load(&registry, None).map_err(|e| e.to_string())?;
     let notifier = Notifier::new(

@@ -2,19 +2,19 @@
 //! notifications, served by a herald child process, then the inbox page and
 //! the unseen count read by one client (latency) and by four (throughput).
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde_json::{json, Map, Value};
 
 use crate::client::{issue_token, new_agent, LoadClient};
+use crate::databases::Engine;
 use crate::db;
 use crate::fake_provider::fake_resend;
 use crate::options::Opts;
 use crate::process::start_herald;
 use crate::report::{percentile, ratio, round};
-use crate::seed::{insert_inbox_rows, prepared_db};
+use crate::seed::{fill_inbox, prepared_db};
 
 /// Read latency percentiles and throughput of one measured run.
 struct Reads {
@@ -23,21 +23,23 @@ struct Reads {
     per_s: f64,
 }
 
-pub fn run(dir: &Path, opts: &Opts, out: &mut Map<String, Value>) -> Result<(), String> {
+pub fn run(engine: &Engine, opts: &Opts, out: &mut Map<String, Value>) -> Result<(), String> {
     let users = opts.users;
     eprintln!(
-        "inbox: {} notifications over {users} users, then page and unseen-count reads",
-        opts.inbox_rows
+        "inbox: {} notifications over {users} users, then page and unseen-count reads, on {}",
+        opts.inbox_rows,
+        engine.name()
     );
-    let db = dir.join("inbox.db");
+    let db = engine.fresh("inbox")?;
     {
-        let store = prepared_db(&db, users, opts.inbox_rows)?;
-        insert_inbox_rows(&store, opts.inbox_rows, users, "filled")?;
+        let store = prepared_db(&db.database, users, opts.inbox_rows)?;
+        let per_s = fill_inbox(&store, &db.database, opts.inbox_rows, users, "filled")?;
+        out.insert("inbox_seed_rows_per_s".into(), json!(round(per_s)));
         drop(store);
-        db::settle(&db)?;
+        db::settle(&db.database)?;
     }
     let mail = fake_resend()?;
-    let herald = start_herald(&db, &mail.url)?;
+    let herald = start_herald(&db.database, &mail.url)?;
     let agent = new_agent();
     let sample_users = 200.min(users);
     let mut tokens = Vec::new();

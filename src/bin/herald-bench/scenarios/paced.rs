@@ -3,12 +3,12 @@
 //! and one of two-recipient events; emails per second and how long the last
 //! email trails the last event.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
 use crate::client::LoadClient;
+use crate::databases::Engine;
 use crate::events::{bulk_json, event_to};
 use crate::fake_provider::{fake_resend, wait_for_emails, FakeResend};
 use crate::process::start_herald_with;
@@ -19,14 +19,18 @@ use crate::seed::prepared_db;
 /// limit of 2 requests a second (`HERALD_MAIL_RATE_PER_SEC=2`): how fast a
 /// burst reaches its recipients on a provider's default plan. A fresh
 /// server and database, so nothing else is queued.
-pub fn phase(dir: &Path, users: usize, out: &mut Map<String, Value>) -> Result<(), String> {
+pub fn phase(engine: &Engine, users: usize, out: &mut Map<String, Value>) -> Result<(), String> {
     const EMAILS: usize = 2_000;
     const PER_REQUEST: usize = 100;
     eprintln!("  paced: {EMAILS} events in bulk, emails at most 2 requests a second");
-    let db = dir.join("paced.db");
-    drop(prepared_db(&db, users, 0)?);
+    let db = engine.fresh("paced")?;
+    drop(prepared_db(&db.database, users, 0)?);
     let mail = fake_resend()?;
-    let herald = start_herald_with(&db, &mail.url, &[("HERALD_MAIL_RATE_PER_SEC", "2")])?;
+    let herald = start_herald_with(
+        &db.database,
+        &mail.url,
+        &[("HERALD_MAIL_RATE_PER_SEC", "2")],
+    )?;
     let mut client = LoadClient::new(&herald.base);
     let started = Instant::now();
     for first in (0..EMAILS).step_by(PER_REQUEST) {

@@ -1,0 +1,97 @@
+//! Where each scenario's database lives: a file in the bench's scratch
+//! directory (SQLite, the default), or, with `--database-url`, a database
+//! of its own created on that PostgreSQL server for the one scenario (or
+//! phase) and dropped when it is done, so every measurement starts from an
+//! empty database on either engine.
+
+use std::path::PathBuf;
+
+use herald::store::Database;
+
+use crate::db::{self, PgDatabase};
+
+/// The engine the scenarios run on.
+pub enum Engine {
+    /// SQLite files under the bench's scratch directory.
+    Sqlite(PathBuf),
+    /// Databases created on the PostgreSQL server this URL reaches.
+    Postgres(String),
+}
+
+/// A scenario's database, removed with this value: the SQLite file stays in
+/// the scratch directory (removed with it at the end); a PostgreSQL
+/// database is dropped.
+pub struct Fresh {
+    pub database: Database,
+    _created: Option<PgDatabase>,
+}
+
+impl Engine {
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Engine::Postgres(_))
+    }
+
+    /// The engine's name in the JSON (`sqlite` or `postgres`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Engine::Sqlite(_) => "sqlite",
+            Engine::Postgres(_) => "postgres",
+        }
+    }
+
+    /// An empty database named after `name` (a scenario or phase): the file
+    /// `{name}.db`, or the database `herald_bench_{pid}_{name}`, created
+    /// now on the server. herald creates its tables when it first opens it.
+    pub fn fresh(&self, name: &str) -> Result<Fresh, String> {
+        match self {
+            Engine::Sqlite(dir) => Ok(Fresh {
+                database: Database::File(dir.join(format!("{name}.db"))),
+                _created: None,
+            }),
+            Engine::Postgres(server) => {
+                let db_name = format!("herald_bench_{}_{name}", std::process::id());
+                let created = db::create_database(server, &db_name)?;
+                Ok(Fresh {
+                    database: Database::Postgres(with_database(server, &db_name)),
+                    _created: Some(created),
+                })
+            }
+        }
+    }
+}
+
+/// `url` naming database `name` instead of its own, its server and options
+/// kept.
+pub fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{name}", &base[..host_end]);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn a_scenario_database_keeps_the_server_and_its_options() {
+        assert_eq!(
+            with_database("postgres://u@127.0.0.1:5432/postgres?sslmode=disable", "x"),
+            "postgres://u@127.0.0.1:5432/x?sslmode=disable"
+        );
+        assert_eq!(
+            with_database("postgresql://u:p@db", "x"),
+            "postgresql://u:p@db/x"
+        );
+    }
+}
