@@ -131,14 +131,18 @@ fn events_committed_but_never_dispatched_are_re_driven_at_start() {
     server.kill9();
     // Write outbox rows the way a crashed process leaves them: committed,
     // pending, never published.
+    // Written now: a row from 1970 would be a month past the log's
+    // retention, and pruned as soon as it is dispatched.
+    let now_ms = crate::support::app::now_secs() * 1000;
     for i in 0..5 {
         server.execute(
-            "INSERT INTO outbox (id, type, body, created_at) VALUES (?1, 'system.announcement', ?2, 0)",
+            "INSERT INTO outbox (id, type, body, created_at) VALUES (?1, 'system.announcement', ?2, ?3)",
             args![
                 format!("evt_crash{i}"),
                 json!({"type": "system.announcement", "recipients": ["u1"],
                        "payload": {"title": "t", "body": "b"}})
-                .to_string()
+                .to_string(),
+                now_ms
             ],
         );
     }

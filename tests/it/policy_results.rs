@@ -129,10 +129,15 @@ fn each_recipient_counts_once_whatever_befell_its_channels() {
     // existed when it was accepted, then dispatch it at the next start.
     server.stop();
     let everyone = json!(["ann", "bea", "cid", "ghost", {"email": "guest@example.com"}]);
+    // Written now: a row from 1970 would be past the log's retention, and
+    // pruned as soon as it is dispatched.
     server.execute(
         "INSERT INTO outbox (id, type, body, created_at)
-         VALUES ('evt_all', 'org.member.role_changed', ?1, 0)",
-        args![role_changed(everyone, "mem_1").to_string()],
+         VALUES ('evt_all', 'org.member.role_changed', ?1, ?2)",
+        args![
+            role_changed(everyone, "mem_1").to_string(),
+            crate::support::app::now_secs() * 1000
+        ],
     );
     let server = server.restart();
     let event = server.wait_event_done("evt_all", WAIT);
