@@ -159,7 +159,8 @@ pub const PAYLOAD: &str =
 /// Not through herald's insert: on PostgreSQL each row is a round trip to
 /// the server, and COPY streams them. On the 2-core machine of the
 /// README's figures, with the server on it, herald's insert seeded 17,600
-/// rows/s and COPY 52,000 (1,000,000 rows in 19 s instead of a minute).
+/// rows/s where COPY did 52,000 at the same time (and 67,000-69,000 when
+/// the machine was quiet: 1,000,000 rows in 15 s).
 pub fn copy_inbox_rows(url: &str, rows: usize, users: usize, label: &str) -> Result<f64, String> {
     const PER_COPY: usize = 50_000;
     let mut client = connect(url)?;

@@ -37,12 +37,14 @@ usage: herald-bench [--scenario raw|dispatch|http|inbox|two-instances|all]
                    scenario, and each phase that starts a fresh server, on
                    a database of its own created on the server URL names
                    (CREATE DATABASE: its user needs that right) and dropped
-                   afterwards. `all` is then dispatch, http, inbox and
-                   two-instances; raw, a bare SQLite insert loop (SQLite's
-                   own ceiling), runs on SQLite only. What SQLite reports of
-                   its file comes from the server instead: bytes per
-                   notification from each table's and index's size, the
-                   retention curve from pg_database_size.
+                   afterwards (a run killed half-way leaves its
+                   herald_bench_<pid>_* databases behind). `all` is then
+                   dispatch, http, inbox and two-instances; raw, a bare
+                   SQLite insert loop (SQLite's own ceiling), runs on
+                   SQLite only. What SQLite reports of its file comes from
+                   the server instead: bytes per notification from each
+                   table's and index's size, the retention curve from
+                   pg_database_size.
 
 The two-instances scenario (PostgreSQL only) starts two herald processes on
 one database, both sending to one fake provider, and runs the http
