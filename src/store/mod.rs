@@ -10,6 +10,7 @@ mod error;
 pub mod files;
 mod migrate;
 mod postgres;
+mod postgres_sql;
 mod postgres_types;
 pub mod sessions;
 mod sql;
@@ -34,6 +35,7 @@ macro_rules! args {
 
 pub use self::postgres::Heard;
 use self::postgres::Postgres;
+pub use self::postgres_sql::with_database;
 use self::sql::Link;
 use self::sqlite::{Sqlite, WalPolicy};
 use crate::time::Clock;
@@ -51,7 +53,7 @@ impl std::fmt::Display for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Database::File(path) => write!(f, "{}", path.display()),
-            Database::Postgres(url) => write!(f, "{}", postgres::redact(url)),
+            Database::Postgres(url) => write!(f, "{}", postgres_sql::redact(url)),
         }
     }
 }

@@ -25,6 +25,7 @@ use r2d2_postgres::PostgresConnectionManager;
 
 use super::error::{StoreError, StoreResult};
 use super::migrate;
+use super::postgres_sql::{inserted_table, redact, translate};
 use super::postgres_types::{params, values};
 use super::value::Arg;
 
@@ -227,6 +228,8 @@ const LISTEN_RETRY: Duration = Duration::from_secs(1);
 pub(super) struct Session {
     client: Client,
     statements: HashMap<String, Statement>,
+    /// `Tx::insert`'s statements, with `RETURNING` their table's key.
+    inserts: HashMap<String, Statement>,
     /// Each table's identity column, for `insert`.
     keys: Arc<HashMap<String, String>>,
     in_transaction: bool,
@@ -263,8 +266,14 @@ impl Session {
         self.client.batch_execute(sql).map_err(|e| self.error(e))
     }
 
+    /// `sql` prepared in PostgreSQL's dialect, with `RETURNING returning`
+    /// when given; cached apart, since the same text may also run plainly.
     fn prepared(&mut self, sql: &str, returning: Option<&str>) -> StoreResult<Statement> {
-        if let Some(stmt) = self.statements.get(sql) {
+        let cached = match returning {
+            None => &self.statements,
+            Some(_) => &self.inserts,
+        };
+        if let Some(stmt) = cached.get(sql) {
             return Ok(stmt.clone());
         }
         let mut text = translate(sql);
@@ -273,10 +282,14 @@ impl Session {
             text.push_str(key);
         }
         let stmt = self.client.prepare(&text).map_err(|e| self.error(e))?;
-        if self.statements.len() >= STATEMENT_CACHE {
-            self.statements.clear();
+        let cache = match returning {
+            None => &mut self.statements,
+            Some(_) => &mut self.inserts,
+        };
+        if cache.len() >= STATEMENT_CACHE {
+            cache.clear();
         }
-        self.statements.insert(sql.to_string(), stmt.clone());
+        cache.insert(sql.to_string(), stmt.clone());
         Ok(stmt)
     }
 
@@ -299,21 +312,15 @@ impl Session {
     }
 
     fn insert(&mut self, sql: &str, args: &[&dyn Arg]) -> StoreResult<Option<i64>> {
-        let table = inserted_table(sql)
-            .ok_or_else(|| StoreError::Database(format!("not an INSERT: {sql}")))?;
-        let key =
-            self.keys.get(table).cloned().ok_or_else(|| {
-                StoreError::Database(format!("table {table} has no generated key"))
-            })?;
-        // Cached under its own name: the same text may also run plainly.
-        let cached = format!("{sql}\u{0}{key}");
-        let stmt = match self.statements.get(&cached) {
+        let stmt = match self.inserts.get(sql) {
             Some(stmt) => stmt.clone(),
             None => {
-                let stmt = self.prepared(sql, Some(&key))?;
-                self.statements.remove(sql);
-                self.statements.insert(cached, stmt.clone());
-                stmt
+                let table = inserted_table(sql)
+                    .ok_or_else(|| StoreError::Database(format!("not an INSERT: {sql}")))?;
+                let key = self.keys.get(table).cloned().ok_or_else(|| {
+                    StoreError::Database(format!("table {table} has no generated key"))
+                })?;
+                self.prepared(sql, Some(&key))?
             }
         };
         let values = values(args);
@@ -373,54 +380,6 @@ pub(super) fn insert(
     session.borrow_mut().insert(sql, args)
 }
 
-/// The SQL herald writes, in PostgreSQL's dialect: `?N` placeholders become
-/// `$N`, and SQLite's `INDEXED BY` planner hints are dropped (PostgreSQL's
-/// planner chooses from statistics). Quoted text is left alone.
-fn translate(sql: &str) -> String {
-    let mut out = String::with_capacity(sql.len() + 8);
-    let mut chars = sql.char_indices().peekable();
-    let mut quote: Option<char> = None;
-    while let Some((i, c)) = chars.next() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), _) => {}
-            (None, '\'' | '"') => quote = Some(c),
-            (None, '?') => {
-                out.push('$');
-                continue;
-            }
-            (None, 'I') if sql[i..].starts_with("INDEXED BY ") => {
-                // Skip the hint and the index name after it.
-                let rest = &sql[i + "INDEXED BY ".len()..];
-                let name = rest
-                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                    .unwrap_or(rest.len());
-                let skip = "INDEXED BY ".len() + name;
-                while chars.peek().is_some_and(|&(j, _)| j < i + skip) {
-                    chars.next();
-                }
-                continue;
-            }
-            _ => {}
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// The table an `INSERT INTO <table> ...` writes.
-fn inserted_table(sql: &str) -> Option<&str> {
-    let rest = sql.trim_start();
-    let rest = rest
-        .get(..12)
-        .filter(|head| head.eq_ignore_ascii_case("INSERT INTO "))
-        .map(|_| rest[12..].trim_start())?;
-    let end = rest
-        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .unwrap_or(rest.len());
-    Some(&rest[..end]).filter(|t| !t.is_empty())
-}
-
 /// Each table's identity column (the schema's generated keys).
 fn identity_columns(client: &mut Client) -> StoreResult<HashMap<String, String>> {
     let rows = client.query(
@@ -431,20 +390,6 @@ fn identity_columns(client: &mut Client) -> StoreResult<HashMap<String, String>>
     rows.iter()
         .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
         .collect()
-}
-
-/// `url` with any password replaced, fit for logs and messages.
-pub(super) fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "<database url>".to_string();
-    };
-    match rest.split_once('@') {
-        Some((user, host)) => match user.split_once(':') {
-            Some((name, _)) => format!("{scheme}://{name}:***@{host}"),
-            None => url.to_string(),
-        },
-        None => url.to_string(),
-    }
 }
 
 /// r2d2_postgres's manager, with each connection's statement cache beside it.
@@ -461,6 +406,7 @@ impl r2d2::ManageConnection for Manager {
         Ok(RefCell::new(Session {
             client: self.inner.connect()?,
             statements: HashMap::new(),
+            inserts: HashMap::new(),
             keys: self.keys.clone(),
             in_transaction: false,
             conflicted: false,
@@ -481,7 +427,7 @@ impl r2d2::ManageConnection for Manager {
 mod tests {
     use super::*;
     use crate::args;
-    use crate::store::{Database, Store, Synchronous};
+    use crate::store::{with_database, Database, Store, Synchronous};
     use crate::time::Clock;
 
     /// A store on a database of its own on the server
@@ -507,8 +453,7 @@ mod tests {
             ] {
                 admin.batch_execute(&sql).unwrap();
             }
-            let (base, _) = server.rsplit_once('/').unwrap();
-            let url = format!("{base}/{name}");
+            let url = with_database(&server, &name);
             let store = Store::connect(
                 &Database::Postgres(url),
                 Synchronous::Normal,
@@ -625,6 +570,27 @@ mod tests {
         assert_eq!(n, 200);
     }
 
+    /// The same INSERT text run plainly and then through `Tx::insert`
+    /// is two statements: the second still hands back the new key.
+    #[test]
+    fn an_insert_run_plainly_first_still_hands_back_its_key() {
+        let Some(db) = TestDb::create("insert_after_execute") else {
+            return;
+        };
+        let sql = "INSERT INTO organizations (id, name, created_at) VALUES (?1, 'o', 0)";
+        let audit = "INSERT INTO audit_log (org_id, action, subject_type, subject_id, created_at)
+                     VALUES ('o1', 'a', 's', 'x', 0)";
+        let keys = db
+            .store()
+            .write(|tx| {
+                tx.execute(sql, args!["o1"])?;
+                tx.execute(audit, args![])?;
+                Ok::<_, StoreError>((tx.insert(audit, args![])?, tx.insert(audit, args![])?))
+            })
+            .unwrap();
+        assert_eq!(keys, (Some(2), Some(3)));
+    }
+
     /// PostgreSQL answers COMMIT after a failed statement by rolling back
     /// and reporting success; a closure that ignored the failure must not
     /// be told its writes were committed.
@@ -649,33 +615,5 @@ mod tests {
             .read(|c| c.query_one("SELECT COUNT(*) FROM users", args![], |r| r.get(0)))
             .unwrap();
         assert_eq!(users, 0);
-    }
-
-    #[test]
-    fn placeholders_become_numbered_and_hints_go() {
-        assert_eq!(
-            translate("SELECT a FROM t INDEXED BY t_x WHERE a = ?1 AND b = '?2' AND c = ?12"),
-            "SELECT a FROM t  WHERE a = $1 AND b = '?2' AND c = $12"
-        );
-        assert_eq!(translate("SELECT \"q?\" FROM t"), "SELECT \"q?\" FROM t");
-    }
-
-    #[test]
-    fn the_inserted_table_is_found() {
-        assert_eq!(
-            inserted_table("\n  INSERT INTO outbox (id) VALUES (?1)"),
-            Some("outbox")
-        );
-        assert_eq!(inserted_table("INSERT INTO t(a) VALUES (1)"), Some("t"));
-        assert_eq!(inserted_table("UPDATE t SET a = 1"), None);
-    }
-
-    #[test]
-    fn passwords_stay_out_of_messages() {
-        assert_eq!(
-            redact("postgres://herald:secret@db:5432/herald"),
-            "postgres://herald:***@db:5432/herald"
-        );
-        assert_eq!(redact("postgres://db/herald"), "postgres://db/herald");
     }
 }

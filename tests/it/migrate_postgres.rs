@@ -23,9 +23,10 @@ use crate::backup::{failed, succeeded};
 use crate::delivery_engine::{post_email, post_to_addresses, role_changed};
 use crate::migration::{now_ms, version_3_database, DAVE_TOKEN};
 use crate::policy_digest::catalog;
-use crate::support::database::{postgres_or_skip, with_database, PgDatabase};
+use crate::support::database::{postgres_or_skip, PgDatabase};
 use crate::support::server::HERALD_BIN;
 use crate::support::{wait_until, FakeResend, Mode, TestServer, TestServerBuilder};
+use herald::store::with_database;
 
 const WAIT: Duration = Duration::from_secs(60);
 /// The digest window: long enough to stop, copy and start again inside it.

@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use herald::store::Database;
+use herald::store::{with_database, Database};
 
 use crate::db::{self, PgDatabase};
 
@@ -57,41 +57,5 @@ impl Engine {
                 })
             }
         }
-    }
-}
-
-/// `url` naming database `name` instead of its own, its server and options
-/// kept.
-pub fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let host_end = base[scheme_end..]
-        .find('/')
-        .map_or(base.len(), |i| scheme_end + i);
-    let mut out = format!("{}/{name}", &base[..host_end]);
-    if let Some(query) = query {
-        out.push('?');
-        out.push_str(query);
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::with_database;
-
-    #[test]
-    fn a_scenario_database_keeps_the_server_and_its_options() {
-        assert_eq!(
-            with_database("postgres://u@127.0.0.1:5432/postgres?sslmode=disable", "x"),
-            "postgres://u@127.0.0.1:5432/x?sslmode=disable"
-        );
-        assert_eq!(
-            with_database("postgresql://u:p@db", "x"),
-            "postgresql://u:p@db/x"
-        );
     }
 }

@@ -9,7 +9,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use herald::store::{Arg, Database, Row, Store, StoreResult, Synchronous};
+use herald::store::{with_database, Arg, Database, Row, Store, StoreResult, Synchronous};
 use herald::time::Clock;
 use postgres::NoTls;
 
@@ -204,34 +204,4 @@ impl Drop for PgDatabase {
 fn admin(server: &str) -> postgres::Client {
     postgres::Client::connect(server, NoTls)
         .unwrap_or_else(|e| panic!("connect to {DATABASE_URL_ENV}={server}: {e}"))
-}
-
-/// `url` naming database `name` instead of its own.
-pub fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let host_end = base[scheme_end..]
-        .find('/')
-        .map_or(base.len(), |i| scheme_end + i);
-    let mut out = format!("{}/{name}", &base[..host_end]);
-    if let Some(query) = query {
-        out.push('?');
-        out.push_str(query);
-    }
-    out
-}
-
-#[test]
-fn a_test_database_url_keeps_the_server_and_its_options() {
-    assert_eq!(
-        with_database("postgres://u@127.0.0.1:5432/test?sslmode=disable", "x"),
-        "postgres://u@127.0.0.1:5432/x?sslmode=disable"
-    );
-    assert_eq!(
-        with_database("postgres://127.0.0.1", "x"),
-        "postgres://127.0.0.1/x"
-    );
 }
