@@ -20,7 +20,6 @@ use crate::notify::{
 use crate::store::copy;
 use crate::store::files::{self, BackupOptions};
 use crate::store::{users, Database, Store, StoreError, SCHEMA_VERSION};
-use crate::time::Clock;
 use crate::{ids, mail};
 
 const USAGE: &str = "\
@@ -101,7 +100,7 @@ fn fail(code: i32, message: &str) -> i32 {
 }
 
 fn open_store(config: &Config) -> Result<Arc<Store>, String> {
-    Store::connect(&config.database, config.synchronous, Clock::system())
+    Store::connect(&config.database, config.synchronous, config.clock.clone())
         .map(Arc::new)
         .map_err(|e| format!("{}: {e}", config.database))
 }

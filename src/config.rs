@@ -109,6 +109,10 @@ pub struct Config {
     pub streams: crate::http::StreamLimits,
     pub synchronous: Synchronous,
     pub shutdown_grace: Duration,
+    /// The clock rows are written by: the system's, or shifted by
+    /// `HERALD_TEST_CLOCK_OFFSET_MS` to rehearse a moment (quiet hours at
+    /// night, a daylight-saving change) without waiting for it.
+    pub clock: crate::time::Clock,
 }
 
 impl std::fmt::Debug for Config {
@@ -314,6 +318,16 @@ impl Config {
             },
             synchronous,
             shutdown_grace: Duration::from_millis(number("HERALD_SHUTDOWN_GRACE_MS", 10_000)?),
+            clock: match env("HERALD_TEST_CLOCK_OFFSET_MS") {
+                None => crate::time::Clock::system(),
+                Some(v) => {
+                    let offset = v.parse::<i64>().map_err(|_| {
+                        format!("HERALD_TEST_CLOCK_OFFSET_MS={v:?} is not a number of milliseconds")
+                    })?;
+                    log::warn!("TEST HOOK: herald's clock runs {offset} ms off the system's");
+                    crate::time::Clock::offset(offset)
+                }
+            },
         })
     }
 }

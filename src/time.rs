@@ -14,11 +14,13 @@ pub fn system_now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// What "now" is for the rows herald writes: the system clock, or a manual
-/// one that tests set and advance. Cheap to clone; clones share the time.
+/// What "now" is for the rows herald writes: the system clock (shifted by
+/// a fixed offset, to rehearse a given moment), or a manual one that tests
+/// set and advance. Cheap to clone; clones share the time.
 #[derive(Debug, Clone, Default)]
 pub struct Clock {
     manual: Option<Arc<AtomicI64>>,
+    offset_ms: i64,
 }
 
 impl Clock {
@@ -26,17 +28,26 @@ impl Clock {
         Clock::default()
     }
 
+    /// The system clock moved by `offset_ms`: it runs at the same pace.
+    pub fn offset(offset_ms: i64) -> Clock {
+        Clock {
+            manual: None,
+            offset_ms,
+        }
+    }
+
     /// A clock that stands at `ms` until set or advanced.
     pub fn manual(ms: i64) -> Clock {
         Clock {
             manual: Some(Arc::new(AtomicI64::new(ms))),
+            offset_ms: 0,
         }
     }
 
     pub fn now_ms(&self) -> i64 {
         match &self.manual {
             Some(ms) => ms.load(Ordering::Relaxed),
-            None => system_now_ms(),
+            None => system_now_ms().saturating_add(self.offset_ms),
         }
     }
 
@@ -53,6 +64,13 @@ impl Clock {
             now.fetch_add(by.as_millis() as i64, Ordering::Relaxed);
         }
     }
+}
+
+/// An RFC 3339 timestamp with its offset (`2026-12-03T18:00:00Z`,
+/// `...+01:00`) to epoch ms; None for anything else.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    let ts: jiff::Timestamp = s.parse().ok()?;
+    Some(ts.as_millisecond())
 }
 
 /// `1732530000123` -> `2024-11-25T10:20:00.123Z`.
@@ -179,5 +197,26 @@ mod tests {
         );
         assert_eq!(parse_http_date("Wed, 21 Foo 2015 07:28:00 GMT"), None);
         assert_eq!(parse_http_date("garbage"), None);
+    }
+
+    #[test]
+    fn an_offset_clock_runs_at_the_systems_pace_from_another_moment() {
+        let shifted = Clock::offset(-86_400_000);
+        let behind = system_now_ms() - shifted.now_ms();
+        assert!((86_400_000..86_401_000).contains(&behind), "{behind}");
+    }
+
+    #[test]
+    fn rfc3339_timestamps_parse_with_their_offset() {
+        assert_eq!(
+            parse_rfc3339("2000-02-29T00:00:00.001Z"),
+            Some(951_782_400_001)
+        );
+        assert_eq!(
+            parse_rfc3339("2000-02-29T01:00:00+01:00"),
+            Some(951_782_400_000)
+        );
+        assert_eq!(parse_rfc3339("2000-02-29"), None);
+        assert_eq!(parse_rfc3339("tomorrow"), None);
     }
 }

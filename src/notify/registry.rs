@@ -63,6 +63,14 @@ pub struct TypeDef {
     /// (`PUT /v1/preferences`); every other channel defaults to on.
     #[serde(default)]
     pub default_off: Vec<Channel>,
+    /// Holds a channel back, and sends it later only if the recipient has
+    /// not seen (or read) the inbox row by then (SPEC 9).
+    #[serde(default)]
+    pub escalate: Option<EscalateDef>,
+    /// At most `limit` notifications per recipient (and rendered key) in
+    /// any sliding window (SPEC 9).
+    #[serde(default)]
+    pub throttle: Option<ThrottleDef>,
 }
 
 impl TypeDef {
@@ -77,6 +85,49 @@ pub struct DigestDef {
     pub key: String,
     pub window_secs: u64,
     pub batch_type: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EscalateDef {
+    pub channel: Channel,
+    pub after_secs: u64,
+    pub unless: Unless,
+}
+
+/// What spares a recipient an escalated channel: the inbox row of the same
+/// event seen, or read, by the time it is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unless {
+    Seen,
+    Read,
+}
+
+impl Unless {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unless::Seen => "seen",
+            Unless::Read => "read",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Unless> {
+        [Unless::Seen, Unless::Read]
+            .into_iter()
+            .find(|u| u.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ThrottleDef {
+    pub limit: u32,
+    pub window_secs: u64,
+    /// A template over the payload, like `dedupKey`: throttled apart per
+    /// rendered value (per organization, per project...).
+    #[serde(default)]
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -155,6 +206,16 @@ impl Registry {
             if let Some(digest) = &def.digest {
                 problems.extend(self.digest_problems(name, def, digest));
             }
+            if let Some(escalate) = &def.escalate {
+                problems.extend(escalate_problems(name, def, escalate));
+            }
+            if let Some(throttle) = &def.throttle {
+                if throttle.limit == 0 || throttle.window_secs == 0 {
+                    problems.push(format!(
+                        "type {name}: throttle limit and windowSecs must each be at least 1"
+                    ));
+                }
+            }
         }
         if problems.is_empty() {
             Ok(())
@@ -204,6 +265,34 @@ impl Registry {
         }
         problems
     }
+}
+
+/// An escalated channel is one the type uses, not the inbox (whose row is
+/// what the condition reads, so the type needs it), and waits at least a
+/// second.
+fn escalate_problems(name: &str, def: &TypeDef, escalate: &EscalateDef) -> Vec<String> {
+    let channel = escalate.channel.as_str();
+    let mut problems = Vec::new();
+    if escalate.channel == Channel::Inbox {
+        problems.push(format!(
+            "type {name}: escalate cannot hold \"inbox\": the inbox row is what \"unless\" reads"
+        ));
+    } else if !def.has(escalate.channel) {
+        problems.push(format!(
+            "type {name}: escalate names channel {channel:?} the type does not use"
+        ));
+    }
+    if !def.has(Channel::Inbox) {
+        problems.push(format!(
+            "type {name}: escalate needs the inbox channel, whose row \"unless\" reads"
+        ));
+    }
+    if escalate.after_secs == 0 {
+        problems.push(format!(
+            "type {name}: escalate afterSecs must be at least 1"
+        ));
+    }
+    problems
 }
 
 /// The payload fields a digest gives its batch notification.
@@ -279,5 +368,52 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.get("a").unwrap().default_off, vec![Channel::Email]);
+    }
+
+    #[test]
+    fn escalations_and_throttles_are_checked_against_the_type() {
+        let err = Registry::parse(
+            "r.json",
+            r#"{"types": {
+                "a": {"channels": ["inbox"],
+                      "escalate": {"channel": "email", "afterSecs": 0, "unless": "seen"}},
+                "b": {"channels": ["inbox", "email"],
+                      "escalate": {"channel": "inbox", "afterSecs": 5, "unless": "read"}},
+                "c": {"channels": ["email"],
+                      "escalate": {"channel": "email", "afterSecs": 5, "unless": "seen"}},
+                "d": {"channels": ["inbox"], "throttle": {"limit": 0, "windowSecs": 60}}}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        for expected in [
+            "type a: escalate names channel \"email\" the type does not use",
+            "type a: escalate afterSecs must be at least 1",
+            "type b: escalate cannot hold \"inbox\"",
+            "type c: escalate needs the inbox channel",
+            "type d: throttle limit and windowSecs must each be at least 1",
+        ] {
+            assert!(err.contains(expected), "missing {expected:?} in {err}");
+        }
+        let err = Registry::parse(
+            "r.json",
+            r#"{"types": {"a": {"channels": ["inbox", "email"],
+                "escalate": {"channel": "sms", "afterSecs": 5, "unless": "seen"}}}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("r.json") && err.contains("sms"), "{err}");
+        let ok = Registry::parse(
+            "r.json",
+            r#"{"types": {"a": {"channels": ["inbox", "email"],
+                "escalate": {"channel": "email", "afterSecs": 600, "unless": "seen"},
+                "throttle": {"limit": 3, "windowSecs": 3600, "key": "{{ org }}"}}}}"#,
+        )
+        .unwrap();
+        let a = ok.get("a").unwrap();
+        assert_eq!(a.escalate.as_ref().unwrap().unless, Unless::Seen);
+        assert_eq!(
+            a.throttle.as_ref().unwrap().key.as_deref(),
+            Some("{{ org }}")
+        );
     }
 }

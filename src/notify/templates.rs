@@ -27,6 +27,9 @@ pub struct Rendered {
     pub dedup_key: Option<String>,
     /// The rendered digest key, if the type is digested.
     pub digest_key: Option<String>,
+    /// The rendered throttle key: "" for a throttle without one, None for a
+    /// type without a throttle.
+    pub throttle_key: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -66,6 +69,7 @@ struct Names {
     actions: Vec<String>,
     dedup_key: String,
     digest_key: String,
+    throttle_key: String,
 }
 
 impl Names {
@@ -81,6 +85,7 @@ impl Names {
                 .collect(),
             dedup_key: inline_name(ty, "dedupKey"),
             digest_key: inline_name(ty, "digestKey"),
+            throttle_key: inline_name(ty, "throttleKey"),
         }
     }
 
@@ -213,6 +218,12 @@ impl Templates {
             email,
             dedup_key: key(def.dedup_key.is_some(), &names.dedup_key)?,
             digest_key: key(def.digest.is_some(), &names.digest_key)?,
+            throttle_key: match &def.throttle {
+                Some(throttle) => {
+                    Some(key(throttle.key.is_some(), &names.throttle_key)?.unwrap_or_default())
+                }
+                None => None,
+            },
         })
     }
 
@@ -300,6 +311,9 @@ fn inline_templates(def: &TypeDef) -> Vec<(String, String)> {
     }
     if let Some(digest) = &def.digest {
         out.push(("digestKey".into(), digest.key.clone()));
+    }
+    if let Some(key) = def.throttle.as_ref().and_then(|t| t.key.as_ref()) {
+        out.push(("throttleKey".into(), key.clone()));
     }
     out
 }

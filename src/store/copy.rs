@@ -44,6 +44,8 @@ pub const TABLES: &[&str] = &[
     "digest_events",
     "listener_runs",
     "dedup_marks",
+    "throttle_hits",
+    "schedules",
 ];
 
 /// Tables left behind: the instances are the processes that ran on the

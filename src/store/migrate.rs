@@ -15,6 +15,7 @@ const STEPS: &[&str] = &[
     include_str!("schema_v3.sql"),
     include_str!("schema_v4.sql"),
     include_str!("schema_v5.sql"),
+    include_str!("schema_v6.sql"),
 ];
 
 pub const SCHEMA_VERSION: i64 = STEPS.len() as i64;
@@ -23,14 +24,27 @@ pub const SCHEMA_VERSION: i64 = STEPS.len() as i64;
 const POSTGRES_BASE: (i64, &str) = (4, include_str!("postgres_v4.sql"));
 /// PostgreSQL's steps after its base: step `i` takes the schema from
 /// version `POSTGRES_BASE.0 + i` to the next.
-const POSTGRES_STEPS: &[&str] = &[include_str!("postgres_v5.sql")];
+const POSTGRES_STEPS: &[&str] = &[
+    include_str!("postgres_v5.sql"),
+    include_str!("postgres_v6.sql"),
+];
 const _: () = assert!(POSTGRES_BASE.0 + POSTGRES_STEPS.len() as i64 == SCHEMA_VERSION);
 
 /// An arbitrary key for PostgreSQL's advisory lock: instances starting
 /// together migrate one after the other.
 const MIGRATION_LOCK: i64 = 0x6865_7261_6c64; // "herald"
 
+/// Steps that rebuild a table (SQLite's way to change a constraint) run with
+/// foreign keys off, as SQLite's own procedure asks; every key is checked
+/// before each step commits, and the setting is restored after.
 pub fn apply_sqlite(conn: &mut Connection) -> StoreResult<()> {
+    conn.execute_batch("PRAGMA foreign_keys = OFF")?;
+    let applied = apply_sqlite_steps(conn);
+    conn.execute_batch("PRAGMA foreign_keys = ON")?;
+    applied
+}
+
+fn apply_sqlite_steps(conn: &mut Connection) -> StoreResult<()> {
     conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
     loop {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -48,6 +62,15 @@ pub fn apply_sqlite(conn: &mut Connection) -> StoreResult<()> {
             return Ok(());
         };
         tx.execute_batch(step)?;
+        let broken: Option<String> = tx
+            .query_row("PRAGMA foreign_key_check", [], |r| r.get(0))
+            .optional()?;
+        if let Some(table) = broken {
+            return Err(StoreError::Database(format!(
+                "schema step {} left a broken foreign key in {table}",
+                current + 1
+            )));
+        }
         tx.execute("DELETE FROM schema_version", [])?;
         tx.execute(
             "INSERT INTO schema_version (version) VALUES (?1)",

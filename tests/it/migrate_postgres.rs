@@ -283,6 +283,27 @@ fn pending_emails_and_a_half_open_digest_are_each_delivered_once_after_the_move(
     assert_eq!(count(&postgres, &newer), 2);
 }
 
+/// Upgrades the file and fills the tables that came after version 3.
+fn with_tables_of_later_versions(db: &Path) {
+    let store = open(Database::File(db.to_path_buf()));
+    store
+        .write(|tx| {
+            tx.execute(
+                "INSERT INTO throttle_hits (type, recipient, throttle_key, at, event_seq)
+                 VALUES ('org.member.role_changed', 'dave', 'Acme', 1, 7)",
+                args![],
+            )?;
+            tx.execute(
+                "INSERT INTO schedules (id, type, recipients, payload, repeat, next_run_at,
+                                        created_at)
+                 VALUES ('sch_1', 'system.announcement', '[\"dave\"]', '{}',
+                         '{\"frequency\":\"daily\"}', 2, 1)",
+                args![],
+            )
+        })
+        .unwrap();
+}
+
 /// Every table of herald 3's fixture (no table empty; the newest inbox row
 /// deleted): the file is upgraded, then each row reaches PostgreSQL with
 /// the same values, and herald there signs in with the old credentials
@@ -295,6 +316,7 @@ fn every_row_of_every_table_is_copied_unchanged_and_the_old_credentials_sign_in(
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("herald.db");
     version_3_database(dir.path(), now_ms());
+    with_tables_of_later_versions(&db);
     let pg = Arc::new(PgDatabase::create(&pg_server));
     let printed = succeeded(&migrate(&db, &pg.url));
 
