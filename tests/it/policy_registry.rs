@@ -196,6 +196,65 @@ fn herald_check_exits_non_zero_naming_file_type_and_line() {
     assert!(stderr(&out).contains("no_such_batch"), "{}", stderr(&out));
 }
 
+/// The workflow fields are checked like the rest: an escalation of a
+/// channel the type lacks (or one herald does not have), and a throttle key
+/// that does not render, each fail `herald check` naming the type.
+#[test]
+fn herald_check_refuses_a_broken_escalation_or_throttle_key() {
+    let mut catalog = Catalog::builtin();
+    catalog.set(
+        "org.invitation.accepted",
+        "escalate",
+        json!({"channel": "email", "afterSecs": 60, "unless": "seen"}),
+    );
+    let out = catalog.check();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "type org.invitation.accepted: escalate names channel \"email\" the type does not use"
+        ),
+        "{err}"
+    );
+
+    let mut catalog = Catalog::builtin();
+    catalog.set(
+        "org.invitation.sent",
+        "escalate",
+        json!({"channel": "sms", "afterSecs": 60, "unless": "seen"}),
+    );
+    let out = catalog.check();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(catalog.registry_path().to_str().unwrap()) && err.contains("sms"),
+        "{err}"
+    );
+
+    let mut catalog = Catalog::builtin();
+    catalog.set(
+        "org.member.role_changed",
+        "throttle",
+        json!({"limit": 3, "windowSecs": 60, "key": "{{ orgName "}),
+    );
+    let out = catalog.check();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("org.member.role_changed") && err.contains("throttleKey"),
+        "{err}"
+    );
+
+    let mut catalog = Catalog::builtin();
+    catalog.set(
+        "org.member.role_changed",
+        "throttle",
+        json!({"limit": 3, "windowSecs": 60, "key": "{{ orgName }}"}),
+    );
+    let out = catalog.check();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 #[test]
 fn script_in_a_payload_is_escaped_in_email_html_and_payloads_are_never_templates() {
     let mail = FakeResend::start();
