@@ -5,6 +5,7 @@
 
 mod op;
 pub mod operations;
+mod schedules;
 mod schemas;
 
 use std::sync::OnceLock;
