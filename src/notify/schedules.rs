@@ -23,6 +23,11 @@ use crate::time::{parse_rfc3339, rfc3339};
 /// lock for long.
 const RUN_BATCH: usize = 100;
 pub const MAX_PAGE: usize = 500;
+/// How soon to look again at a due schedule another instance holds: it
+/// commits within moments, and the scheduler must not spin meanwhile.
+const LOOK_AGAIN_MS: i64 = 200;
+/// How soon to try again after the database failed.
+const AFTER_ERROR_MS: i64 = 5_000;
 
 /// A schedule as `POST /v1/schedules` asks for it, parsed and checked for
 /// shape (the registry and the users are checked by `create`).
@@ -250,29 +255,39 @@ pub fn next_due_at(conn: &Conn<'_>) -> StoreResult<Option<i64>> {
 }
 
 /// The scheduler's hook: runs every schedule due by now, publishes the
-/// events after commit, and returns when the next one is due.
+/// events after commit, and returns when to look again. Nothing due costs
+/// one read, never the write lock.
 pub fn run_due(store: &Store, publish: impl Fn(i64)) -> Option<i64> {
     loop {
+        let now = store.clock().now_ms();
+        let next = match store.read(next_due_at) {
+            Ok(next) => next,
+            Err(e) => {
+                log::error!("cannot read the schedules' next run: {e}");
+                return Some(now + AFTER_ERROR_MS);
+            }
+        };
+        if next.is_none_or(|at| at > now) {
+            return next;
+        }
         match store.write(run_batch) {
             Ok((seqs, full)) => {
                 for seq in seqs {
                     publish(seq);
                 }
-                if !full {
-                    break;
+                if full {
+                    continue;
                 }
+                // What is still due is being run by another instance now.
+                return match store.read(next_due_at) {
+                    Ok(next) => next.map(|at| at.max(now + LOOK_AGAIN_MS)),
+                    Err(_) => Some(now + AFTER_ERROR_MS),
+                };
             }
             Err(e) => {
                 log::error!("cannot run due schedules: {e}");
-                break;
+                return Some(now + AFTER_ERROR_MS);
             }
-        }
-    }
-    match store.read(next_due_at) {
-        Ok(at) => at,
-        Err(e) => {
-            log::error!("cannot read the schedules' next run: {e}");
-            None
         }
     }
 }

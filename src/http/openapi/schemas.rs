@@ -338,6 +338,5 @@ pub fn all(event_types: &[&str]) -> Value {
                 "enabled": {"type": "boolean"}, "critical": {"type": "boolean"}}
         }),
     );
-    super::schedules::add(&mut schemas, event_types);
     Value::Object(schemas)
 }
