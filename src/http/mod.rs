@@ -19,6 +19,7 @@ mod preferences;
 mod request;
 mod response;
 mod routes;
+mod schedules;
 mod server;
 mod stream;
 mod stripe;

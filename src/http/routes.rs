@@ -13,7 +13,9 @@ use super::error::ApiError;
 use super::openapi::{self, operations as op, Endpoint, Op};
 use super::request::Req;
 use super::response::Reply;
-use super::{credits, deliveries, events, inbox, metrics, orgs, pages, preferences, stripe, users};
+use super::{
+    credits, deliveries, events, inbox, metrics, orgs, pages, preferences, schedules, stripe, users,
+};
 
 /// A handler gets the request and the values of the pattern's `{params}`,
 /// in order.
@@ -86,6 +88,10 @@ pub const ROUTES: &[Route] = &[
     api("POST", "/v1/events", op::trigger_event, |c, r, _| events::create(c, r)),
     api("POST", "/v1/events/bulk", op::trigger_events, |c, r, _| events::create_bulk(c, r)),
     api("GET", "/v1/events/{id}", op::get_event, |c, r, p| events::get(c, r, p[0])),
+    api("POST", "/v1/schedules", op::create_schedule, |c, r, _| schedules::create(c, r)),
+    api("GET", "/v1/schedules", op::list_schedules, |c, r, _| schedules::list(c, r)),
+    api("GET", "/v1/schedules/{id}", op::get_schedule, |c, r, p| schedules::get(c, r, p[0])),
+    api("DELETE", "/v1/schedules/{id}", op::delete_schedule, |c, r, p| schedules::delete(c, r, p[0])),
     api("GET", "/v1/deliveries", op::list_deliveries, |c, r, _| deliveries::list(c, r)),
     api("POST", "/v1/deliveries/{id}/retry", op::retry_delivery, |c, r, p| deliveries::retry(c, r, p[0])),
     api("GET", "/v1/inbox", op::list_inbox, |c, r, _| inbox::list(c, r)),

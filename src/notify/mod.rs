@@ -20,6 +20,8 @@
 //!   sender threads, mail queue, pacer, operator views, `DeliveryPolicy`).
 //! - `inbox`, `outbox`, `digest`, `policy` (dedup and preferences applied),
 //!   `preferences`, `retention`, `stats`: the tables, each owning its SQL;
+//!   `schedules`: recurring schedules (table, operations, the scheduler's
+//!   runs), with `recurrence` (their rules and occurrences, pure);
 //!   `event_view` and `service`: what the API and CLI read and change.
 //! - `event`, `registry`, `templates`, `links`: what an event is and how it
 //!   renders; `error`: `NotifyError`.
@@ -44,9 +46,11 @@ mod peers;
 pub mod policy;
 pub mod preferences;
 mod publisher;
+pub mod recurrence;
 pub mod registry;
 pub mod retention;
 mod scheduler;
+pub mod schedules;
 pub mod service;
 mod shared;
 pub mod stats;

@@ -24,6 +24,7 @@ use super::listeners::{self, Listener, ListenerHooks};
 use super::outbox::Enqueued;
 use super::publisher::Outbox;
 use super::registry::Registry;
+use super::schedules::{self, NewSchedule, Schedule};
 use super::shared::Shared;
 use super::templates::Templates;
 use super::{dispatcher, instance, peers, scheduler, service, threads};
@@ -86,6 +87,14 @@ impl Notifier {
         let view = service::rearm(self.store(), id)?;
         let _ = self.shared.wake.send(Wake::Retry);
         Ok(view)
+    }
+
+    /// Stores a recurring schedule (see `schedules::create`) and wakes the
+    /// scheduler, whose sleep its first run may now bound.
+    pub fn create_schedule(&self, new: &NewSchedule) -> Result<Schedule, NotifyError> {
+        let schedule = schedules::create(self.store(), self.registry(), new)?;
+        let _ = self.shared.wake.send(Wake::Retry);
+        Ok(schedule)
     }
 
     /// Re-arms every dead delivery; returns how many.

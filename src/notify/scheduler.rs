@@ -1,10 +1,11 @@
 //! The scheduler: at start it re-drives every unfinished outbox row and
-//! pending delivery; then its thread sleeps until the earliest due retry or
-//! digest (woken early when a sooner one is scheduled or a delivery is
-//! re-armed, or when the senders' queue has room for deliveries waiting in
-//! the database), releases due digests, pages those deliveries in and,
-//! rarely, sweeps for work another process wrote (outbox rows whose bus
-//! message never arrived, deliveries re-armed by `herald outbox retry`). An
+//! pending delivery; then its thread sleeps until the earliest due retry,
+//! digest or schedule run (woken early when a sooner one is scheduled or a
+//! delivery is re-armed, or when the senders' queue has room for deliveries
+//! waiting in the database), releases due digests, runs due schedules,
+//! pages those deliveries in and, rarely, sweeps for work another process
+//! wrote (outbox rows whose bus message never arrived, deliveries re-armed
+//! by `herald outbox retry`). An
 //! idle server wakes this thread once per sweep, and nothing else.
 //! On a database several instances share, the sweep comes every fifth of
 //! the lease: it is this instance's heartbeat, and it takes over the
@@ -18,7 +19,7 @@ use super::bus::Wake;
 use super::delivery::deliveries;
 use super::delivery::mail_queue::MailQueue;
 use super::shared::Shared;
-use super::{digest, instance, outbox, policy, retention};
+use super::{digest, instance, outbox, policy, retention, schedules};
 use crate::store::StoreResult;
 
 /// How often the scheduler looks for work written by another process; what
@@ -129,6 +130,10 @@ pub(super) fn run(shared: &Shared, queue: &MailQueue, wake: Receiver<Wake>, me: 
         }
         // Digests due now are released; the next one bounds the sleep.
         if let Some(at) = digest::flush_due(store, |seq| shared.publisher.publish(seq)) {
+            next_wake = next_wake.min(at);
+        }
+        // So are due recurring schedules' runs; the next run bounds it too.
+        if let Some(at) = schedules::run_due(store, |seq| shared.publisher.publish(seq)) {
             next_wake = next_wake.min(at);
         }
         match store.read(deliveries::next_retry_at) {

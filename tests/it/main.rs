@@ -40,3 +40,4 @@ mod policy_prefs;
 mod policy_registry;
 mod policy_results;
 mod retention;
+mod schedules;

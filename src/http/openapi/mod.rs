@@ -5,6 +5,7 @@
 
 mod op;
 pub mod operations;
+mod schedules;
 mod schemas;
 
 use std::sync::OnceLock;
@@ -62,9 +63,18 @@ pub fn document(event_types: &[&str], endpoints: impl IntoIterator<Item = Endpoi
                 "stripeSignature": {"type": "apiKey", "in": "header", "name": "Stripe-Signature",
                     "description": "t=<unix time>,v1=<HMAC-SHA256 of \"{t}.{raw body}\" with STRIPE_WEBHOOK_SECRET>"}
             },
-            "schemas": schemas::all(event_types)
+            "schemas": all_schemas(event_types)
         }
     })
+}
+
+/// `schemas::all` with the features that keep their shapes apart.
+fn all_schemas(event_types: &[&str]) -> Value {
+    let mut all = schemas::all(event_types);
+    if let Some(map) = all.as_object_mut() {
+        schedules::add(map, event_types);
+    }
+    all
 }
 
 #[cfg(test)]

@@ -131,6 +131,48 @@ pub fn get_event() -> Op {
     .ok(200, "The event", schema("EventView"))
 }
 
+pub fn create_schedule() -> Op {
+    Op::new(
+        "createSchedule",
+        "Create a recurring schedule: one event per run, in a time zone",
+        Service,
+    )
+    .body(schema("ScheduleInput"))
+    .ok(201, "The schedule, with its first run", schema("Schedule"))
+}
+
+pub fn list_schedules() -> Op {
+    Op::new(
+        "listSchedules",
+        "Recurring schedules, newest first",
+        Service,
+    )
+    .param(query(
+        "limit",
+        "Page size (default 50).",
+        json!({"type": "integer", "minimum": 1, "maximum": 500}),
+    ))
+    .param(cursor_param())
+    .ok(200, "One page", schema("SchedulePage"))
+}
+
+pub fn get_schedule() -> Op {
+    Op::new("getSchedule", "A recurring schedule", Service).ok(
+        200,
+        "The schedule",
+        schema("Schedule"),
+    )
+}
+
+pub fn delete_schedule() -> Op {
+    Op::new(
+        "deleteSchedule",
+        "Delete a recurring schedule (events of past runs stay)",
+        Service,
+    )
+    .no_content("Deleted")
+}
+
 pub fn list_deliveries() -> Op {
     Op::new(
         "listDeliveries",
