@@ -8,6 +8,8 @@
 //! condition there, and ends it `skipped` or hands it to this instance's
 //! senders as `pending`; they get it only after COMMIT.
 
+use std::collections::HashMap;
+
 use super::deliveries::{insert_body, Batcher, EmailJob, MailJob};
 use crate::args;
 use crate::ids;
@@ -163,6 +165,7 @@ pub fn release_due(
     critical: &dyn Fn(&str) -> bool,
 ) -> StoreResult<Released> {
     let now = tx.now_ms();
+    let marks = lock_marks(tx, now, limit)?;
     let due: Vec<Due> = tx.query_all(
         &format!("{DUE}{}", tx.engine().skip_locked("d")),
         args![now, limit],
@@ -175,7 +178,7 @@ pub fn release_due(
     let mut batcher = Batcher::new(mail_batch, due.len(), me);
     let mut created = Vec::new();
     for row in due {
-        if let Some(reason) = spared(tx, &row)? {
+        if let Some(reason) = spared(tx, &row, &marks)? {
             tx.execute(
                 "UPDATE deliveries SET status = 'skipped', next_attempt_at = NULL,
                      last_error = ?2, released_at = ?3, updated_at = ?3
@@ -211,14 +214,46 @@ pub fn release_due(
     Ok(released)
 }
 
+/// (seen_at, read_at) of an inbox row, by (event, user).
+type Marks = HashMap<(i64, String), (Option<i64>, Option<i64>)>;
+
+/// Locks, by writing each to itself, the inbox rows that the escalations
+/// due next read, and returns their marks: all in the transaction's first
+/// statement. A mark of one of those rows committing after this
+/// transaction began makes it fail and run again (PostgreSQL); one coming
+/// later waits for its COMMIT and runs again after it. Locked one by one
+/// over many round trips instead, a release of many rows would rarely
+/// finish while their recipients are marking them.
+fn lock_marks(tx: &Tx<'_>, now: i64, limit: usize) -> StoreResult<Marks> {
+    let rows = tx.query_all(
+        &format!(
+            "UPDATE notifications SET seen_at = seen_at WHERE id IN (
+                 SELECT n.id FROM deliveries d
+                 JOIN notifications n ON n.event_seq = d.event_seq AND n.user_id = d.recipient
+                 WHERE d.status = 'held' AND d.next_attempt_at <= ?1
+                       AND d.release_unless IS NOT NULL
+                 ORDER BY d.next_attempt_at LIMIT ?2{})
+             RETURNING event_seq, user_id, seen_at, read_at",
+            tx.engine().skip_locked("d")
+        ),
+        args![now, limit],
+        |r| Ok(((r.get(0)?, r.get(1)?), (r.get(2)?, r.get(3)?))),
+    )?;
+    Ok(rows.into_iter().collect())
+}
+
 /// Why the recipient no longer needs this email (its inbox row of the
 /// event seen, or read), or None. A row switched off by preference, or
-/// never written, was not seen.
-fn spared(tx: &Tx<'_>, row: &Due) -> StoreResult<Option<&'static str>> {
+/// never written, was not seen. A row `lock_marks` did not reach (there
+/// is none, or it was not among the first due) is read on its own.
+fn spared(tx: &Tx<'_>, row: &Due, locked: &Marks) -> StoreResult<Option<&'static str>> {
     let Some(unless) = row.unless else {
         return Ok(None);
     };
-    let marks = inbox::marks_for_release(tx, row.event_seq, &row.recipient)?;
+    let marks = match locked.get(&(row.event_seq, row.recipient.clone())) {
+        Some(marks) => Some(*marks),
+        None => inbox::marks_for_release(tx, row.event_seq, &row.recipient)?,
+    };
     Ok(match (unless, marks) {
         (Unless::Seen, Some((Some(_), _))) => Some("seen before the escalation was due"),
         (Unless::Read, Some((_, Some(_)))) => Some("read before the escalation was due"),
