@@ -187,10 +187,20 @@ pub(super) fn redrive(shared: &Shared, queue: &MailQueue, me: i64) {
 /// or handed to the mail queue after COMMIT); true when there may be more
 /// due at once.
 fn release_held(shared: &Shared, queue: &MailQueue, me: i64) -> bool {
+    // A read first: most passes find nothing due, and a write transaction
+    // would take the write lock for nothing.
+    let store = shared.store();
+    match store.read(held::next_due_at) {
+        Ok(Some(at)) if at <= store.clock().now_ms() => {}
+        Ok(_) => return false,
+        Err(e) => {
+            log::error!("scheduler cannot read the held emails: {e}");
+            return false;
+        }
+    }
     let registry = shared.registry();
     let critical = |kind: &str| registry.get(kind).is_some_and(|def| def.critical);
-    let released = shared
-        .store()
+    let released = store
         .write(|tx| held::release_due(tx, CLAIM_BATCH, me, shared.policy.mail_batch, &critical));
     match released {
         Ok(released) => {
