@@ -463,7 +463,8 @@ fn write_all(
 /// the email channel alone. An email held for an escalation or quiet hours
 /// counts `sent` now, as it is created: a later skip (the row was seen in
 /// time) shows on the delivery and in the metrics, never in this result,
-/// so a recipient is never counted twice. Some recipients count nowhere at the top:
+/// so a recipient is never counted twice. Some recipients count nowhere at
+/// the top:
 /// - a user that no longer exists: nothing was attempted (it is logged);
 ///   counting it `suppressedByPrefs` would blame a preference nobody set;
 /// - a recipient whose event joins a digest: nothing goes out yet. The

@@ -300,19 +300,38 @@ mod tests {
         store
             .write(|tx| {
                 tx.execute(
-                    "INSERT INTO outbox (seq, id, type, body, created_at) VALUES (1, 'evt_1', 't', '{}', 0)",
+                    "INSERT INTO outbox (seq, id, type, body, created_at)
+                     VALUES (1, 'evt_1', 't', '{}', 0)",
                     args![],
                 )?;
-                for (u, unless) in [("u0", Some(Unless::Seen)), ("u1", Some(Unless::Seen)),
-                                    ("u2", Some(Unless::Read)), ("u3", None)] {
-                    let user = User { id: u.into(), email: format!("{u}@x.io"), name: String::new() };
+                for (u, unless) in [
+                    ("u0", Some(Unless::Seen)),
+                    ("u1", Some(Unless::Seen)),
+                    ("u2", Some(Unless::Read)),
+                    ("u3", None),
+                ] {
+                    let user = User {
+                        id: u.into(),
+                        email: format!("{u}@x.io"),
+                        name: String::new(),
+                    };
                     users::upsert(tx, &user)?;
                     inbox::insert(tx, 1, u, "t", &row, "{}")?;
                     insert(tx, 1, u, &user.email, &email, Hold { due: 1_000, unless })?;
                 }
                 users::set_timezone(tx, "u3", Some("UTC"))?;
                 users::set_quiet_hours(tx, "u3", Some((22 * 60, 8 * 60)))?;
-                insert(tx, 1, "email:a@x.io", "a@x.io", &email, Hold { due: 1_000, unless: None })?;
+                insert(
+                    tx,
+                    1,
+                    "email:a@x.io",
+                    "a@x.io",
+                    &email,
+                    Hold {
+                        due: 1_000,
+                        unless: None,
+                    },
+                )?;
                 // u0 saw the row, u2 saw it but did not read it.
                 inbox::mark(tx, "u0", 1, false)?;
                 inbox::mark(tx, "u2", 3, false)?;
