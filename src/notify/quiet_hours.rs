@@ -426,6 +426,8 @@ mod tests {
         for (tz, q, field) in [
             (Some(json!("Mars/Base")), None, "timezone"),
             (Some(json!("EST5EDT,M3.2.0,M11.1.0")), None, "timezone"),
+            (Some(json!("../../../etc/passwd")), None, "timezone"),
+            (Some(json!("")), None, "timezone"),
             (Some(json!(5)), None, "timezone"),
             (None, Some(json!("22:00-08:00")), "quietHours"),
             (
