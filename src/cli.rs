@@ -483,7 +483,7 @@ fn outbox_list(config: &Config) -> Result<(), String> {
         );
     }
     let mut oldest = Vec::new();
-    for status in ["dead", "failed", "retrying", "pending"] {
+    for status in ["dead", "failed", "retrying", "pending", "held"] {
         let page = service::deliveries(&store, Some(status), None, OUTBOX_OLDEST)
             .map_err(|e| e.to_string())?;
         oldest.extend(page);
@@ -501,7 +501,10 @@ fn outbox_list(config: &Config) -> Result<(), String> {
             v.id,
             v.status,
             v.attempts,
-            v.next_attempt_at.as_deref().unwrap_or("-"),
+            v.next_attempt_at
+                .as_deref()
+                .or(v.hold.release_at.as_deref())
+                .unwrap_or("-"),
             d.event_id,
             v.recipient,
             v.batch_id.as_deref().unwrap_or("-"),
@@ -583,7 +586,9 @@ fn user_add(config: &Config, args: &Args, id: &str) -> Result<(), String> {
         name: args.value("name").unwrap_or("").to_string(),
     };
     let store = open_store(config)?;
-    let created = service::save_user(&store, &user).map_err(|e| e.to_string())?;
+    // Settings stay as they are: the CLI sets who, not when.
+    let (created, _) =
+        service::save_user(&store, &user, &Default::default()).map_err(|e| e.to_string())?;
     println!("{} user {id}", if created { "created" } else { "updated" });
     Ok(())
 }

@@ -58,6 +58,8 @@ pub struct Metrics {
     retries: AtomicU64,
     /// (type, channel, fate) -> count.
     notifications: Family<(String, &'static str, Fate), AtomicU64>,
+    /// Held emails skipped at release, by type.
+    skipped: Family<String, AtomicU64>,
     email_sends: Family<SendResult, AtomicU64>,
     /// Requests to the mail provider by kind: "single" or "batch".
     mail_requests: Family<&'static str, AtomicU64>,
@@ -76,6 +78,7 @@ impl Metrics {
             events_accepted: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             notifications: Family::new(),
+            skipped: Family::new(),
             email_sends: Family::new(),
             mail_requests: Family::new(),
             http: Family::new(),
@@ -120,6 +123,13 @@ impl Metrics {
     pub fn notification(&self, kind: &str, channel: &'static str, fate: Fate) {
         self.notifications
             .get_or_insert(&(kind.to_string(), channel, fate))
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A held email not sent: its inbox row was seen (or read) in time.
+    pub fn skipped(&self, kind: &str) {
+        self.skipped
+            .get_or_insert(&kind.to_string())
             .fetch_add(1, Ordering::Relaxed);
     }
 
@@ -202,6 +212,15 @@ impl Metrics {
             });
         }
 
+        one_label_counter(
+            &mut out,
+            "herald_notifications_skipped_total",
+            "Escalated emails not sent, by type: the recipient saw (or read) the inbox row \
+             before they were due. They counted sent when created, held.",
+            "type",
+            &self.skipped,
+            String::as_str,
+        );
         one_label_counter(
             &mut out,
             "herald_email_sends_total",
@@ -321,6 +340,8 @@ pub struct QueueGauges {
     pub email_pending: i64,
     /// Email deliveries waiting for a retry.
     pub retry_queue: i64,
+    /// Email deliveries held (escalation, quiet hours) until they are due.
+    pub held: i64,
     /// Age of the oldest pending outbox row and email delivery, if any.
     pub oldest_outbox_pending_secs: Option<f64>,
     pub oldest_email_pending_secs: Option<f64>,
@@ -355,7 +376,7 @@ impl QueueGauges {
             "herald_queue_depth",
             "gauge",
             "Work waiting: outbox rows to dispatch, emails to send, emails to retry, bus messages, \
-             emails queued in memory for the senders.",
+             emails queued in memory for the senders, emails held until they are due.",
         );
         for (queue, n) in [
             ("outbox", self.outbox_pending),
@@ -363,6 +384,7 @@ impl QueueGauges {
             ("retry", self.retry_queue),
             ("bus", self.bus_len as i64),
             ("senders", self.senders_len as i64),
+            ("held", self.held),
         ] {
             sample(out, "herald_queue_depth", &[("queue", queue)], n as f64);
         }

@@ -85,6 +85,7 @@ pub const ROUTES: &[Route] = &[
     api("POST", "/v1/users/{id}/tokens", op::issue_token, |c, r, p| users::issue_token(c, r, p[0])),
     api("DELETE", "/v1/users/{id}/tokens", op::revoke_tokens, |c, r, p| users::revoke_tokens(c, r, p[0])),
     api("GET", "/v1/me", op::me, |c, r, _| users::me(c, r)),
+    api("PUT", "/v1/me/settings", op::update_my_settings, |c, r, _| users::put_settings(c, r)),
     api("POST", "/v1/events", op::trigger_event, |c, r, _| events::create(c, r)),
     api("POST", "/v1/events/bulk", op::trigger_events, |c, r, _| events::create_bulk(c, r)),
     api("GET", "/v1/events/{id}", op::get_event, |c, r, p| events::get(c, r, p[0])),

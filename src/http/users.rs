@@ -1,7 +1,9 @@
-//! User management for the service key (upsert, issue a token) and `/v1/me`.
+//! User management for the service key (upsert, issue a token) and `/v1/me`,
+//! with each user's time zone and quiet hours: a field left out of a
+//! request stays as it is, `null` clears it.
 
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Deserializer};
+use serde_json::{json, Value};
 
 use super::auth;
 use super::ctx::Ctx;
@@ -10,16 +12,48 @@ use super::request::Req;
 use super::response::Reply;
 use super::stream::EndStreams;
 use crate::notify::event::is_plausible_email;
+use crate::notify::quiet_hours::SettingsChange;
 use crate::notify::service;
 use crate::store::users::User;
 use crate::store::StoreError;
 
+/// The settings fields are None when left out, `Some(Null)` when null.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct UpsertUser {
     email: String,
     #[serde(default)]
     name: String,
+    #[serde(default, deserialize_with = "present")]
+    timezone: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    quiet_hours: Option<Value>,
+}
+
+/// `PUT /v1/me/settings`, read like the same fields of `UpsertUser`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct SettingsBody {
+    #[serde(default, deserialize_with = "present")]
+    timezone: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    quiet_hours: Option<Value>,
+}
+
+/// A field that is present, even as null (which `Option` would read as
+/// absent).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+fn change(
+    timezone: &Option<Value>,
+    quiet_hours: &Option<Value>,
+) -> Result<SettingsChange, ApiError> {
+    Ok(SettingsChange::parse(
+        timezone.as_ref(),
+        quiet_hours.as_ref(),
+    )?)
 }
 
 pub fn upsert(ctx: &Ctx, req: &Req, id: &str) -> Result<Reply, ApiError> {
@@ -37,13 +71,14 @@ pub fn upsert(ctx: &Ctx, req: &Req, id: &str) -> Result<Reply, ApiError> {
     if body.name.len() > 200 {
         return Err(ApiError::validation("name", "at most 200 characters"));
     }
+    let change = change(&body.timezone, &body.quiet_hours)?;
     let user = User {
         id: id.to_string(),
         email: body.email,
         name: body.name,
     };
-    let created = service::save_user(ctx.notifier.store(), &user)?;
-    Ok(Reply::json(if created { 201 } else { 200 }, &user))
+    let (created, view) = service::save_user(ctx.notifier.store(), &user, &change)?;
+    Ok(Reply::json(if created { 201 } else { 200 }, &view))
 }
 
 pub fn issue_token(ctx: &Ctx, req: &Req, id: &str) -> Result<Reply, ApiError> {
@@ -68,7 +103,17 @@ pub fn revoke_tokens(ctx: &Ctx, req: &Req, id: &str) -> Result<Reply, ApiError> 
 
 pub fn me(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
     let user = auth::user(ctx, req)?;
-    Ok(Reply::json(200, &user))
+    let view = service::user_view(ctx.notifier.store(), user)?;
+    Ok(Reply::json(200, &view))
+}
+
+/// `PUT /v1/me/settings`: the caller's time zone and quiet hours.
+pub fn put_settings(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
+    let user = auth::user(ctx, req)?;
+    let body: SettingsBody = req.json()?;
+    let change = change(&body.timezone, &body.quiet_hours)?;
+    let view = service::change_settings(ctx.notifier.store(), user, &change)?;
+    Ok(Reply::json(200, &view))
 }
 
 /// `NotFound` from the store names the user the path asked for.

@@ -15,6 +15,7 @@ use crossbeam_channel::Sender;
 
 use super::bus::{BusMsg, Wake};
 use super::delivery::deliveries::{self, Batcher, EmailJob, MailJob};
+use super::delivery::held;
 use super::delivery::mail_queue::MailQueue;
 use super::delivery::retry::{self, Outcome};
 use super::event::{Event, Recipient};
@@ -22,6 +23,7 @@ use super::inbox::InboxCommitted;
 use super::outbox::{self, ChannelCounts, DispatchResult};
 use super::policy::{self, DedupKey};
 use super::preferences::Switches;
+use super::quiet_hours::QuietHours;
 use super::registry::{Channel, TypeDef};
 use super::shared::Shared;
 use super::templates::Rendered;
@@ -182,6 +184,8 @@ struct Ready<'r> {
 struct Reach {
     address: String,
     switches: Switches,
+    /// The user's quiet hours, when they could hold this event's email.
+    quiet: Option<QuietHours>,
 }
 
 /// What a dispatch transaction hands on after COMMIT.
@@ -193,6 +197,8 @@ struct Written {
     inbox: Vec<InboxCommitted>,
     /// A digest was opened: the scheduler must look at its due time.
     digest_opened: bool,
+    /// When the earliest email held by this transaction is due.
+    held_due: Option<i64>,
     /// (type, channel, fate) per recipient, counted in the metrics only
     /// once the transaction has committed.
     fates: Vec<(String, Channel, Fate)>,
@@ -329,7 +335,10 @@ fn after_commit(shared: &Shared, written: Written, queue: &MailQueue, wake: &Sen
     for (kind, channel, fate) in &written.fates {
         METRICS.notification(kind, channel.as_str(), *fate);
     }
-    if written.digest_opened {
+    let held_sooner = written
+        .held_due
+        .is_some_and(|due| shared.next_wake.misses(due));
+    if written.digest_opened || held_sooner {
         let _ = wake.send(Wake::Retry);
     }
     for job in MailJob::group(written.emails) {
@@ -366,19 +375,27 @@ fn prepare<'s>(
         Ok(rendered) => rendered,
         Err(e) => return Ok(Err(e.to_string())),
     };
+    // Quiet hours only ever hold a non-critical email.
+    let may_be_quiet = !def.critical && def.has(Channel::Email);
     let reach = event
         .recipients
         .iter()
         .map(|recipient| {
-            let address = match recipient {
-                Recipient::User(id) => match users::email_of(conn, id)? {
-                    Some(email) => email,
+            let (address, quiet) = match recipient {
+                Recipient::User(id) => match users::reach_of(conn, id)? {
+                    Some((email, settings)) => {
+                        (email, QuietHours::of(&settings).filter(|_| may_be_quiet))
+                    }
                     None => return Ok(None),
                 },
-                Recipient::Address { email } => email.clone(),
+                Recipient::Address { email } => (email.clone(), None),
             };
             let switches = policy::switches_for(conn, &event, def, recipient)?;
-            Ok(Some(Reach { address, switches }))
+            Ok(Some(Reach {
+                address,
+                switches,
+                quiet,
+            }))
         })
         .collect::<StoreResult<_>>()?;
     Ok(Ok(Ready {
@@ -443,7 +460,11 @@ fn write_all(
 ///   would have got is switched off; each switched-off channel counts it.
 ///
 /// An address-only recipient has no inbox and no preferences: it counts on
-/// the email channel alone. Some recipients count nowhere at the top:
+/// the email channel alone. An email held for an escalation or quiet hours
+/// counts `sent` now, as it is created: a later skip (the row was seen in
+/// time) shows on the delivery and in the metrics, never in this result,
+/// so a recipient is never counted twice. Some recipients count nowhere at
+/// the top:
 /// - a user that no longer exists: nothing was attempted (it is logged);
 ///   counting it `suppressedByPrefs` would blame a preference nobody set;
 /// - a recipient whose event joins a digest: nothing goes out yet. The
@@ -483,7 +504,12 @@ fn fan_out(
     let release = event.from_digest.as_ref();
     for (recipient, reach) in event.recipients.iter().zip(reach) {
         let key = recipient.key();
-        let Some(Reach { address, switches }) = reach else {
+        let Some(Reach {
+            address,
+            switches,
+            quiet,
+        }) = reach
+        else {
             log::warn!("event #{seq}: user {key:?} no longer exists; skipped");
             continue;
         };
@@ -533,19 +559,30 @@ fn fan_out(
                     row.is_some()
                 }
                 (Channel::Email, _, _, Some(content)) => {
-                    let batch = batcher.join(seq);
-                    let job = deliveries::insert_delivery(
-                        tx,
-                        seq,
-                        &key,
-                        address,
-                        content,
-                        batch.as_deref(),
-                        batcher.holder(),
-                    )?;
-                    let wrote = job.is_some();
-                    written.emails.extend(job.map(|job| (batch, job)));
-                    wrote
+                    // A held email is not handed to the senders: the
+                    // scheduler releases it when due.
+                    if let Some(hold) = held::hold_for(def, recipient, quiet.as_ref(), now) {
+                        let wrote = held::insert(tx, seq, &key, address, content, hold)?;
+                        if wrote {
+                            let sooner = written.held_due.map_or(hold.due, |d| d.min(hold.due));
+                            written.held_due = Some(sooner);
+                        }
+                        wrote
+                    } else {
+                        let batch = batcher.join(seq);
+                        let job = deliveries::insert_delivery(
+                            tx,
+                            seq,
+                            &key,
+                            address,
+                            content,
+                            batch.as_deref(),
+                            batcher.holder(),
+                        )?;
+                        let wrote = job.is_some();
+                        written.emails.extend(job.map(|job| (batch, job)));
+                        wrote
+                    }
                 }
                 _ => false,
             };

@@ -259,6 +259,25 @@ pub fn mark(tx: &Tx<'_>, user_id: &str, id: i64, read: bool) -> StoreResult<()> 
     Ok(())
 }
 
+/// When the user's row of an event was seen and read, for the release of
+/// a held email (None: there is no row, it was never written or is gone).
+/// The row is written (to itself) so that, on PostgreSQL too, a mark
+/// committing at the same moment either comes first and is read here, or
+/// waits for this transaction and runs again after it: never both a mark
+/// missed here and a `seen_at` before the release.
+pub fn marks_for_release(
+    tx: &Tx<'_>,
+    event_seq: i64,
+    user_id: &str,
+) -> StoreResult<Option<(Option<i64>, Option<i64>)>> {
+    tx.query_opt(
+        "UPDATE notifications SET seen_at = seen_at WHERE event_seq = ?1 AND user_id = ?2
+         RETURNING seen_at, read_at",
+        args![event_seq, user_id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+}
+
 /// Marks every unseen row of the user seen; returns how many changed.
 pub fn mark_all_seen(tx: &Tx<'_>, user_id: &str) -> StoreResult<usize> {
     tx.execute(
@@ -303,6 +322,7 @@ pub fn deliveries_of(conn: &Conn<'_>, event_seq: i64) -> StoreResult<Vec<Deliver
                 next_attempt_at: None,
                 last_error: None,
                 batch_id: None,
+                hold: Default::default(),
             })
         },
     )

@@ -24,7 +24,8 @@
 //!   runs), with `recurrence` (their rules and occurrences, pure);
 //!   `event_view` and `service`: what the API and CLI read and change.
 //! - `event`, `registry`, `templates`, `links`: what an event is and how it
-//!   renders; `error`: `NotifyError`.
+//!   renders; `quiet_hours`: a user's time zone and quiet-hours window;
+//!   `error`: `NotifyError`.
 //!
 //! Invariants: inbox rows are inserted only by `inbox`; the mail provider is
 //! called only by `delivery::sender`, never inside a transaction.
@@ -46,6 +47,7 @@ mod peers;
 pub mod policy;
 pub mod preferences;
 mod publisher;
+pub mod quiet_hours;
 pub mod recurrence;
 pub mod registry;
 pub mod retention;

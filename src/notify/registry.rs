@@ -314,9 +314,20 @@ mod tests {
             "document_uploaded",
             "document_uploaded_batch",
             "system.announcement",
+            "comment.mentioned",
         ] {
             assert!(r.get(t).is_some(), "missing built-in type {t}");
         }
+        let mention = r
+            .get("comment.mentioned")
+            .unwrap()
+            .escalate
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            (mention.channel, mention.after_secs, mention.unless),
+            (Channel::Email, 600, Unless::Seen)
+        );
         assert!(r.get("org.billing.past_due").unwrap().critical);
         assert_eq!(
             r.get("system.announcement").unwrap().channels,

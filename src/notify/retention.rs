@@ -164,7 +164,7 @@ pub fn step(tx: &Tx<'_>, now: i64, retention: &Retention) -> StoreResult<Pruned>
                      SELECT b.event_seq FROM email_bodies b
                      WHERE b.event_seq <= ?1 AND NOT EXISTS (
                          SELECT 1 FROM deliveries d
-                         WHERE d.event_seq = b.event_seq AND d.status NOT IN ('sent', 'failed', 'dead'))
+                         WHERE d.event_seq = b.event_seq AND d.status NOT IN ('sent', 'failed', 'dead', 'skipped'))
                      ORDER BY b.event_seq LIMIT ?2)", args![horizon, limit])?;
     }
     if let Some(keep) = retention.log {
@@ -202,7 +202,7 @@ fn prune_log(tx: &Tx<'_>, before: i64, pruned: &mut Pruned) -> StoreResult<()> {
     let run = |sql: &str| -> StoreResult<usize> { tx.execute(sql, args![horizon, limit]) };
     pruned.deliveries += run("DELETE FROM deliveries WHERE id IN (
              SELECT id FROM deliveries
-             WHERE event_seq <= ?1 AND status IN ('sent', 'failed', 'dead')
+             WHERE event_seq <= ?1 AND status IN ('sent', 'failed', 'dead', 'skipped')
              ORDER BY event_seq LIMIT ?2)")?;
     pruned.email_bodies += run("DELETE FROM email_bodies WHERE event_seq IN (
              SELECT b.event_seq FROM email_bodies b

@@ -1,11 +1,11 @@
 //! The scheduler: at start it re-drives every unfinished outbox row and
 //! pending delivery; then its thread sleeps until the earliest due retry,
-//! digest or schedule run (woken early when a sooner one is scheduled or a
-//! delivery is re-armed, or when the senders' queue has room for deliveries
-//! waiting in the database), releases due digests, runs due schedules,
-//! pages those deliveries in and, rarely, sweeps for work another process
-//! wrote (outbox rows whose bus message never arrived, deliveries re-armed
-//! by `herald outbox retry`). An
+//! digest, held email or schedule run (woken early when a sooner one is
+//! scheduled or a delivery is re-armed, or when the senders' queue has room
+//! for deliveries waiting in the database), releases due digests and held
+//! emails (`delivery::held`), runs due schedules, pages those deliveries in
+//! and, rarely, sweeps for work another process wrote (outbox rows whose bus
+//! message never arrived, deliveries re-armed by `herald outbox retry`). An
 //! idle server wakes this thread once per sweep, and nothing else.
 //! On a database several instances share, the sweep comes every fifth of
 //! the lease: it is this instance's heartbeat, and it takes over the
@@ -16,10 +16,11 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::bus::Wake;
-use super::delivery::deliveries;
 use super::delivery::mail_queue::MailQueue;
+use super::delivery::{deliveries, held};
 use super::shared::Shared;
 use super::{digest, instance, outbox, policy, retention, schedules};
+use crate::metrics::METRICS;
 use crate::store::StoreResult;
 
 /// How often the scheduler looks for work written by another process; what
@@ -87,6 +88,8 @@ pub(super) fn run(shared: &Shared, queue: &MailQueue, wake: Receiver<Wake>, me: 
         .map(|d| d.as_millis() as i64);
     let mut next_prune = store.clock().now_ms();
     loop {
+        // Work committed from here on may not be in what this pass reads.
+        shared.next_wake.awake();
         let now = store.clock().now_ms();
         let mut next_wake = next_sweep;
         if queue.behind() {
@@ -107,6 +110,9 @@ pub(super) fn run(shared: &Shared, queue: &MailQueue, wake: Receiver<Wake>, me: 
                 }
             }
             Err(e) => log::error!("scheduler cannot claim due retries: {e}"),
+        }
+        if release_held(shared, queue, me) {
+            continue;
         }
         if now >= next_sweep {
             if sweep.shared {
@@ -141,6 +147,12 @@ pub(super) fn run(shared: &Shared, queue: &MailQueue, wake: Receiver<Wake>, me: 
             Ok(None) => {}
             Err(e) => log::error!("scheduler cannot read the retry queue: {e}"),
         }
+        match store.read(held::next_due_at) {
+            Ok(Some(at)) => next_wake = next_wake.min(at),
+            Ok(None) => {}
+            Err(e) => log::error!("scheduler cannot read the held emails: {e}"),
+        }
+        shared.next_wake.asleep_until(next_wake);
         let sleep = Duration::from_millis((next_wake - store.clock().now_ms()).max(0) as u64);
         match wake.recv_timeout(sleep) {
             Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => return,
@@ -172,6 +184,48 @@ pub(super) fn redrive(shared: &Shared, queue: &MailQueue, me: i64) {
         }
         Ok(_) => {}
         Err(e) => log::error!("cannot count pending deliveries: {e}"),
+    }
+}
+
+/// Releases the held emails due now (skipped, held again for quiet hours,
+/// or handed to the mail queue after COMMIT); true when there may be more
+/// due at once.
+fn release_held(shared: &Shared, queue: &MailQueue, me: i64) -> bool {
+    // A read first: most passes find nothing due, and a write transaction
+    // would take the write lock for nothing.
+    let store = shared.store();
+    match store.read(held::next_due_at) {
+        Ok(Some(at)) if at <= store.clock().now_ms() => {}
+        Ok(_) => return false,
+        Err(e) => {
+            log::error!("scheduler cannot read the held emails: {e}");
+            return false;
+        }
+    }
+    let registry = shared.registry();
+    let critical = |kind: &str| registry.get(kind).is_some_and(|def| def.critical);
+    let released = store
+        .write(|tx| held::release_due(tx, CLAIM_BATCH, me, shared.policy.mail_batch, &critical));
+    match released {
+        Ok(released) => {
+            for kind in &released.skipped {
+                METRICS.skipped(kind);
+            }
+            if released.deferred > 0 {
+                log::info!(
+                    "{} due emails held again until their recipients' quiet hours end",
+                    released.deferred
+                );
+            }
+            for job in released.jobs {
+                queue.offer(job);
+            }
+            released.full
+        }
+        Err(e) => {
+            log::error!("scheduler cannot release held emails: {e}");
+            false
+        }
     }
 }
 

@@ -10,6 +10,7 @@ use super::inbox::{self, Cursor, Item, Page};
 use super::outbox::{self, ResultRow};
 use super::peers;
 use super::preferences::{self, TypePreferences};
+use super::quiet_hours::{SettingsChange, UserView};
 use super::registry::{Channel, Registry};
 use crate::metrics::QueueGauges;
 use crate::store::users::{self, User};
@@ -161,9 +162,52 @@ pub fn set_preference(
     store.write(|tx| preferences::set(tx, user_id, kind, channel, enabled))
 }
 
-/// Creates or updates a user; true when the user is new.
-pub fn save_user(store: &Store, user: &User) -> StoreResult<bool> {
-    store.write(|tx| users::upsert(tx, user))
+/// Creates or updates a user and applies `change` to their settings, in
+/// one transaction; true when the user is new, and the user as saved.
+pub fn save_user(
+    store: &Store,
+    user: &User,
+    change: &SettingsChange,
+) -> StoreResult<(bool, UserView)> {
+    store.write(|tx| {
+        let created = users::upsert(tx, user)?;
+        apply_settings(tx, &user.id, change)?;
+        Ok((
+            created,
+            UserView::new(user.clone(), users::settings_of(tx, &user.id)?),
+        ))
+    })
+}
+
+/// A user with their settings, as `GET /v1/me` shows them.
+pub fn user_view(store: &Store, user: User) -> StoreResult<UserView> {
+    let settings = store.read(|c| users::settings_of(c, &user.id))?;
+    Ok(UserView::new(user, settings))
+}
+
+/// Applies `change` to an existing user's settings, in one transaction;
+/// the user as saved. A change takes effect for emails dispatched after it
+/// (and for held emails, when they are released).
+pub fn change_settings(
+    store: &Store,
+    user: User,
+    change: &SettingsChange,
+) -> StoreResult<UserView> {
+    let settings = store.write(|tx| {
+        apply_settings(tx, &user.id, change)?;
+        users::settings_of(tx, &user.id)
+    })?;
+    Ok(UserView::new(user, settings))
+}
+
+fn apply_settings(tx: &crate::store::Tx<'_>, id: &str, change: &SettingsChange) -> StoreResult<()> {
+    if let Some(timezone) = &change.timezone {
+        users::set_timezone(tx, id, timezone.as_deref())?;
+    }
+    if let Some(window) = change.quiet_hours {
+        users::set_quiet_hours(tx, id, window)?;
+    }
+    Ok(())
 }
 
 /// A new API token for an existing user (the secret, shown once);

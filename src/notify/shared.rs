@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::bus::{BusMsg, Wake};
+use super::bus::{BusMsg, NextWake, Wake};
 use super::delivery::mail_queue::MailQueue;
 use super::delivery::policy::DeliveryPolicy;
 use super::inbox::InboxCommitted;
@@ -28,6 +28,8 @@ pub(crate) struct Shared {
     /// Wakes the scheduler (it sleeps until the earliest due retry).
     pub wake: Sender<Wake>,
     pub wake_rx: Receiver<Wake>,
+    /// When the scheduler wakes next by itself.
+    pub next_wake: NextWake,
     pub listeners: Listeners,
     /// Emails waiting for a sender thread, bounded in memory.
     pub mail_queue: Arc<MailQueue>,
@@ -57,6 +59,7 @@ impl Shared {
             bus_rx,
             wake,
             wake_rx,
+            next_wake: NextWake::new(),
             listeners: Listeners::default(),
             mail_queue,
             inbox_listeners: Mutex::new(Vec::new()),

@@ -1,5 +1,5 @@
 //! Queue gauges for `/metrics`, read from the database at scrape time so they
-//! hold across restarts: deliveries by status, pending and retrying depth,
+//! hold across restarts: deliveries by status, pending, retrying and held depth,
 //! and the age of the oldest waiting item. Read-only; uses the partial
 //! indexes the dispatcher and scheduler already rely on.
 
@@ -33,11 +33,17 @@ pub fn queue_gauges(conn: &Conn<'_>) -> StoreResult<QueueGauges> {
         args![],
         |r| r.get(0),
     )?;
+    let held: i64 = conn.query_one(
+        "SELECT COUNT(*) FROM deliveries WHERE status = 'held'",
+        args![],
+        |r| r.get(0),
+    )?;
     Ok(QueueGauges {
         deliveries,
         outbox_pending,
         email_pending,
         retry_queue,
+        held,
         oldest_outbox_pending_secs: age(oldest_outbox),
         oldest_email_pending_secs: age(oldest_email),
         bus_len: 0,

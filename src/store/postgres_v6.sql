@@ -48,3 +48,6 @@ CREATE TABLE schedules (
     created_at   BIGINT NOT NULL
 );
 CREATE INDEX schedules_due ON schedules (next_run_at) WHERE next_run_at IS NOT NULL;
+
+-- Escalation and quiet hours: when a held email was released or skipped.
+ALTER TABLE deliveries ADD COLUMN released_at BIGINT;

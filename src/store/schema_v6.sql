@@ -130,3 +130,7 @@ CREATE TABLE schedules (
     created_at   INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX schedules_due ON schedules (next_run_at) WHERE next_run_at IS NOT NULL;
+
+-- Escalation and quiet hours: when a held email was released (handed to
+-- the senders) or skipped, kept once it is sent (updated_at moves on).
+ALTER TABLE deliveries ADD COLUMN released_at INTEGER;

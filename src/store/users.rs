@@ -6,7 +6,7 @@ use super::{Conn, Row, Tx};
 use crate::args;
 use serde::Serialize;
 
-use super::error::StoreResult;
+use super::error::{StoreError, StoreResult};
 use crate::ids;
 
 #[derive(Debug, Clone, Serialize)]
@@ -36,12 +36,70 @@ pub fn exists(conn: &Conn<'_>, id: &str) -> StoreResult<bool> {
         .is_some())
 }
 
-/// A user's address, or None for an unknown id: all the dispatcher needs
-/// of a recipient, read without the rest of the row.
-pub fn email_of(conn: &Conn<'_>, id: &str) -> StoreResult<Option<String>> {
-    conn.query_opt("SELECT email FROM users WHERE id = ?1", args![id], |r| {
-        r.get(0)
+/// A user's time zone (an IANA name) and quiet hours (minutes after local
+/// midnight), as stored; None where unset.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QuietSettings {
+    pub timezone: Option<String>,
+    pub quiet_from: Option<i64>,
+    pub quiet_to: Option<i64>,
+}
+
+/// A user's address and quiet-hours settings, or None for an unknown id:
+/// all the dispatcher needs of a recipient, in one read without the rest
+/// of the row.
+pub fn reach_of(conn: &Conn<'_>, id: &str) -> StoreResult<Option<(String, QuietSettings)>> {
+    conn.query_opt(
+        "SELECT email, timezone, quiet_from, quiet_to FROM users WHERE id = ?1",
+        args![id],
+        |r| Ok((r.get(0)?, quiet_from_row(r, 1)?)),
+    )
+}
+
+/// A user's settings; `NotFound` for an unknown id.
+pub fn settings_of(conn: &Conn<'_>, id: &str) -> StoreResult<QuietSettings> {
+    conn.query_one(
+        "SELECT timezone, quiet_from, quiet_to FROM users WHERE id = ?1",
+        args![id],
+        |r| quiet_from_row(r, 0),
+    )
+}
+
+/// `timezone, quiet_from, quiet_to` from column `first` on.
+fn quiet_from_row(r: &Row<'_>, first: usize) -> StoreResult<QuietSettings> {
+    Ok(QuietSettings {
+        timezone: r.get(first)?,
+        quiet_from: r.get(first + 1)?,
+        quiet_to: r.get(first + 2)?,
     })
+}
+
+/// Sets (or with None clears) a user's time zone; `NotFound` for an
+/// unknown id.
+pub fn set_timezone(tx: &Tx<'_>, id: &str, timezone: Option<&str>) -> StoreResult<()> {
+    let changed = tx.execute(
+        "UPDATE users SET timezone = ?2, updated_at = ?3 WHERE id = ?1",
+        args![id, timezone, tx.now_ms()],
+    )?;
+    found(changed)
+}
+
+/// Sets (or with None clears) a user's quiet hours, (from, to) in minutes
+/// after local midnight; `NotFound` for an unknown id.
+pub fn set_quiet_hours(tx: &Tx<'_>, id: &str, window: Option<(i64, i64)>) -> StoreResult<()> {
+    let (from, to) = (window.map(|w| w.0), window.map(|w| w.1));
+    let changed = tx.execute(
+        "UPDATE users SET quiet_from = ?2, quiet_to = ?3, updated_at = ?4 WHERE id = ?1",
+        args![id, from, to, tx.now_ms()],
+    )?;
+    found(changed)
+}
+
+fn found(changed: usize) -> StoreResult<()> {
+    match changed {
+        0 => Err(StoreError::NotFound),
+        _ => Ok(()),
+    }
 }
 
 pub fn by_id(conn: &Conn<'_>, id: &str) -> StoreResult<Option<User>> {

@@ -393,7 +393,8 @@ fn serve_upgrades_a_version_3_database_and_keeps_every_row() {
     assert_eq!(status, 200, "{me}");
     assert_eq!(
         me,
-        json!({"id": "dave", "email": "dave@example.com", "name": "Dave"})
+        json!({"id": "dave", "email": "dave@example.com", "name": "Dave",
+               "timezone": null, "quietHours": null})
     );
     let page = server.request_raw(
         "GET",

@@ -181,8 +181,8 @@ fn the_preferences_api_lists_every_type_and_refuses_unknown_types_and_channels()
     assert_eq!(find(&prefs, "org.billing.past_due")["critical"], true);
     assert_eq!(
         prefs["items"].as_array().unwrap().len(),
-        9,
-        "* plus the 8 built-in types: {prefs}"
+        10,
+        "* plus the 9 built-in types: {prefs}"
     );
 
     for (body, field) in [

@@ -63,7 +63,7 @@ fn a_new_type_from_a_registry_file_and_templates_dir_is_triggerable_without_rebu
     add_shipped(&mut catalog);
     let out = catalog.check();
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("9 notification types"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("10 notification types"));
 
     let mail = FakeResend::start();
     let server = catalog.serve(TestServer::builder().mail(&mail)).start();

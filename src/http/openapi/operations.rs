@@ -54,12 +54,16 @@ pub fn openapi() -> Op {
 }
 
 pub fn upsert_user() -> Op {
-    Op::new("upsertUser", "Create or update a user", Service)
-        .body(schema("UserInput"))
-        .ok(200, "The user was updated", schema("User"))
-        .ok(201, "The user was created", schema("User"))
-        // The id in the path is validated too, not only the body.
-        .errors(&[422])
+    Op::new(
+        "upsertUser",
+        "Create or update a user (time zone and quiet hours: left out stays, null clears)",
+        Service,
+    )
+    .body(schema("UserInput"))
+    .ok(200, "The user was updated", schema("User"))
+    .ok(201, "The user was created", schema("User"))
+    // The id in the path is validated too, not only the body.
+    .errors(&[422])
 }
 
 pub fn issue_token() -> Op {
@@ -89,6 +93,16 @@ pub fn revoke_tokens() -> Op {
 
 pub fn me() -> Op {
     Op::new("me", "The user the token belongs to", User).ok(200, "The calling user", schema("User"))
+}
+
+pub fn update_my_settings() -> Op {
+    Op::new(
+        "updateMySettings",
+        "Set the caller's time zone and quiet hours (left out stays, null clears)",
+        User,
+    )
+    .body(schema("SettingsInput"))
+    .ok(200, "The calling user as saved", schema("User"))
 }
 
 pub fn trigger_event() -> Op {
@@ -182,7 +196,8 @@ pub fn list_deliveries() -> Op {
     .param(query(
         "status",
         "Only deliveries in this state.",
-        json!({"type": "string", "enum": ["pending", "retrying", "sent", "failed", "dead"]}),
+        json!({"type": "string",
+               "enum": ["pending", "retrying", "sent", "failed", "dead", "held", "skipped"]}),
     ))
     .param(query(
         "limit",

@@ -13,6 +13,29 @@ fn nullable(kind: &str) -> Value {
     json!({"type": [kind, "null"]})
 }
 
+/// A local time of day, as quiet hours take it.
+fn clock() -> Value {
+    json!({"type": "string", "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$"})
+}
+
+/// A quiet-hours window.
+fn window() -> Value {
+    json!({"type": "object", "required": ["from", "to"], "additionalProperties": false,
+           "properties": {"from": clock(), "to": clock()},
+           "description": "Local times in the user's time zone; from after to spans midnight."})
+}
+
+/// The `timezone` and `quietHours` fields of a request: left out, the
+/// setting stays; null clears it.
+fn settings_fields() -> (Value, Value) {
+    (
+        json!({"type": ["string", "null"],
+               "description": "An IANA time zone name, e.g. Europe/Paris (422 if unknown)."}),
+        json!({"oneOf": [{"type": "null"}, window()],
+               "description": "Holds non-critical emails created inside the window until it ends (needs a timezone); from and to must differ (422)."}),
+    )
+}
+
 /// Every schema; the registry's types are the enum of an event's `type`.
 pub fn all(event_types: &[&str]) -> Value {
     let role = json!({"type": "string", "enum": ["owner", "admin", "member"]});
@@ -32,19 +55,29 @@ pub fn all(event_types: &[&str]) -> Value {
         json!({"type": "object", "required": ["status"],
             "properties": {"status": {"const": "ok"}}}),
     );
+    let (timezone, quiet_hours) = settings_fields();
     schemas.insert(
         "UserInput".into(),
         json!({
             "type": "object", "required": ["email"], "additionalProperties": false,
             "properties": {"email": {"type": "string", "format": "email"},
-                           "name": {"type": "string", "maxLength": 200}}
+                           "name": {"type": "string", "maxLength": 200},
+                           "timezone": timezone, "quietHours": quiet_hours}
+        }),
+    );
+    schemas.insert(
+        "SettingsInput".into(),
+        json!({
+            "type": "object", "additionalProperties": false,
+            "properties": {"timezone": timezone, "quietHours": quiet_hours}
         }),
     );
     schemas.insert(
         "User".into(),
-        json!({"type": "object", "required": ["id", "email", "name"],
+        json!({"type": "object", "required": ["id", "email", "name", "timezone", "quietHours"],
             "properties": {"id": {"type": "string"}, "email": {"type": "string"},
-                           "name": {"type": "string"}}}),
+                           "name": {"type": "string"}, "timezone": nullable("string"),
+                           "quietHours": {"oneOf": [{"type": "null"}, window()]}}}),
     );
     schemas.insert(
         "Token".into(),
@@ -103,12 +136,17 @@ pub fn all(event_types: &[&str]) -> Value {
             "properties": {
                 "id": {"type": "string"}, "recipient": {"type": "string"},
                 "channel": {"type": "string"},
-                "status": {"type": "string", "enum": ["pending", "retrying", "sent", "failed", "dead", "delivered"],
-                    "description": "Email: pending, retrying, sent, failed or dead; inbox rows read delivered."},
+                "status": {"type": "string",
+                    "enum": ["pending", "retrying", "sent", "failed", "dead", "held", "skipped", "delivered"],
+                    "description": "Email: pending, retrying, sent, failed or dead; held until releaseAt (escalation, quiet hours), then sent on or skipped (the inbox row was seen or read in time); inbox rows read delivered."},
                 "attempts": {"type": "integer"},
                 "nextAttemptAt": nullable("string"), "lastError": nullable("string"),
                 "batchId": {"type": ["string", "null"],
-                    "description": "The batch this email goes out in, under the batch id as Idempotency-Key; null when it goes alone, under its own id."}
+                    "description": "The batch this email goes out in, under the batch id as Idempotency-Key; null when it goes alone, under its own id."},
+                "releaseAt": {"type": "string", "description": "A held email: when it is due for release."},
+                "releaseUnless": {"type": "string", "enum": ["seen", "read"],
+                    "description": "A held escalation: it is skipped if the recipient's inbox row is seen (or read) by releaseAt."},
+                "releasedAt": {"type": "string", "description": "A once-held email: when it was released to be sent, or skipped."}
             }
         }));
     schemas.insert(

@@ -125,13 +125,7 @@ pub fn insert_delivery(
 ) -> StoreResult<Option<EmailJob>> {
     let id = ids::new_id("dlv");
     let now = tx.now_ms();
-    // One body per event: its other recipients' deliveries find it there.
-    tx.execute(
-        "INSERT INTO email_bodies (event_seq, subject, html, text)
-         VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT DO NOTHING",
-        args![event_seq, content.subject, content.html, content.text],
-    )?;
+    insert_body(tx, event_seq, content)?;
     let changed = tx.execute(
         "INSERT INTO deliveries
                  (id, event_seq, recipient, channel, address, status, created_at, updated_at,
@@ -147,6 +141,18 @@ pub fn insert_delivery(
         html: content.html.clone(),
         text: content.text.clone(),
     }))
+}
+
+/// Stores the email of event `event_seq` once: its other recipients'
+/// deliveries find it there.
+pub(crate) fn insert_body(tx: &Tx<'_>, event_seq: i64, content: &EmailContent) -> StoreResult<()> {
+    tx.execute(
+        "INSERT INTO email_bodies (event_seq, subject, html, text)
+         VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT DO NOTHING",
+        args![event_seq, content.subject, content.html, content.text],
+    )?;
+    Ok(())
 }
 
 /// Hands out batch ids to the email deliveries one dispatch transaction

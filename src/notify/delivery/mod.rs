@@ -1,6 +1,7 @@
 //! The email delivery engine, from the rows the dispatcher writes to the
 //! provider's answer:
 //! - `deliveries`: the table (rows, batches, requests read back, claims);
+//! - `held`: emails that wait (escalation, quiet hours) and their release;
 //! - `mail_queue`: the requests waiting in memory for a sender, bounded;
 //! - `pacer`: the request rate every sender shares;
 //! - `sender`: the sender threads, the only callers of the mail provider;
@@ -13,6 +14,7 @@
 //! and hand outcomes back to the dispatcher thread to record.
 
 pub mod deliveries;
+pub mod held;
 pub(crate) mod mail_queue;
 pub(crate) mod pacer;
 pub mod policy;

@@ -3,6 +3,7 @@
 //! outbox`, `/v1/deliveries`), the emails the console provider "sent"
 //! (`/dev/mail`), and re-arming dead or failed deliveries. Reads, but for
 //! `rearm`: a batch is one request, so a member is re-armed with its batch.
+//! A held email shows when it is due (`releaseAt`), not a next attempt.
 
 use serde::Serialize;
 
@@ -23,6 +24,25 @@ pub struct DeliveryView {
     pub last_error: Option<String>,
     /// The batch the email goes out in (its Idempotency-Key); None alone.
     pub batch_id: Option<String>,
+    #[serde(flatten)]
+    pub hold: HoldView,
+}
+
+/// What a held email waits for (escalation, quiet hours), and when it was
+/// released or skipped; every field absent for an email never held.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HoldView {
+    /// When a held email is due for release.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release_at: Option<String>,
+    /// What spares the recipient this email: its inbox row `seen` (or
+    /// `read`) by `releaseAt`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release_unless: Option<String>,
+    /// When it was released to the senders, or skipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub released_at: Option<String>,
 }
 
 /// An email as the console provider "sent" it, for `/dev/mail`.
@@ -69,23 +89,38 @@ pub fn deliveries_of(conn: &Conn<'_>, event_seq: i64) -> StoreResult<Vec<Deliver
 }
 
 const VIEW_COLUMNS: &str =
-    "id, recipient, channel, status, attempts, next_attempt_at, last_error, batch_id";
+    "id, recipient, channel, status, attempts, next_attempt_at, last_error, \
+     batch_id, release_unless, released_at";
 
+/// A held email's due time is its release, not an attempt.
 fn view_from_row(r: &Row<'_>) -> StoreResult<DeliveryView> {
+    let status: String = r.get(3)?;
+    let due = r.get::<Option<i64>>(5)?.map(rfc3339);
+    let (next_attempt_at, release_at) = match status.as_str() {
+        "held" => (None, due),
+        _ => (due, None),
+    };
     Ok(DeliveryView {
         id: r.get(0)?,
         recipient: r.get(1)?,
         channel: r.get(2)?,
-        status: r.get(3)?,
         attempts: r.get(4)?,
-        next_attempt_at: r.get::<Option<i64>>(5)?.map(rfc3339),
+        next_attempt_at,
         last_error: r.get(6)?,
         batch_id: r.get(7)?,
+        hold: HoldView {
+            release_at,
+            release_unless: r.get::<Option<String>>(8)?.filter(|_| status == "held"),
+            released_at: r.get::<Option<i64>>(9)?.map(rfc3339),
+        },
+        status,
     })
 }
 
 /// The states a delivery can be in, as stored.
-pub const STATUSES: &[&str] = &["pending", "retrying", "sent", "failed", "dead"];
+pub const STATUSES: &[&str] = &[
+    "pending", "retrying", "sent", "failed", "dead", "held", "skipped",
+];
 
 /// A delivery as the operator sees it (`herald outbox`, `/v1/deliveries`).
 #[derive(Debug, Serialize)]
@@ -109,7 +144,8 @@ pub fn list(
     // CAST: a parameter only tested for NULL has no type PostgreSQL can infer.
     let rows = conn.query_all(
         "SELECT d.id, d.recipient, d.channel, d.status, d.attempts, d.next_attempt_at,
-                d.last_error, d.batch_id, o.id, d.created_at, d.updated_at
+                d.last_error, d.batch_id, d.release_unless, d.released_at,
+                o.id, d.created_at, d.updated_at
          FROM deliveries d JOIN outbox o ON o.seq = d.event_seq
          WHERE (CAST(?1 AS TEXT) IS NULL OR d.status = ?1) AND d.id > ?2
          ORDER BY d.id LIMIT ?3",
@@ -117,9 +153,9 @@ pub fn list(
         |r| {
             Ok(DeliveryRecord {
                 delivery: view_from_row(r)?,
-                event_id: r.get(8)?,
-                created_at: rfc3339(r.get(9)?),
-                updated_at: rfc3339(r.get(10)?),
+                event_id: r.get(10)?,
+                created_at: rfc3339(r.get(11)?),
+                updated_at: rfc3339(r.get(12)?),
             })
         },
     )?;
