@@ -26,6 +26,8 @@ pub enum Fate {
     Sent,
     Deduped,
     Suppressed,
+    /// Held back by the type's throttle (SPEC 9).
+    Throttled,
 }
 
 /// The recorded result of one email send attempt.
@@ -186,6 +188,11 @@ impl Metrics {
                 Fate::Suppressed,
                 "herald_notifications_suppressed_total",
                 "Notifications switched off by the recipient's preferences.",
+            ),
+            (
+                Fate::Throttled,
+                "herald_notifications_throttled_total",
+                "Notifications held back by their type's throttle, per channel they would have used.",
             ),
         ] {
             header(&mut out, name, "counter", help);

@@ -19,7 +19,8 @@
 //! - `delivery/`: the email delivery engine (deliveries table, retry policy,
 //!   sender threads, mail queue, pacer, operator views, `DeliveryPolicy`).
 //! - `inbox`, `outbox`, `digest`, `policy` (dedup and preferences applied),
-//!   `preferences`, `retention`, `stats`: the tables, each owning its SQL;
+//!   `throttle`, `preferences`, `retention`, `stats`: the tables, each
+//!   owning its SQL;
 //!   `event_view` and `service`: what the API and CLI read and change.
 //! - `event`, `registry`, `templates`, `links`: what an event is and how it
 //!   renders; `error`: `NotifyError`.
@@ -52,6 +53,7 @@ mod shared;
 pub mod stats;
 pub mod templates;
 mod threads;
+pub mod throttle;
 
 pub use delivery::policy::DeliveryPolicy;
 pub use error::NotifyError;

@@ -7,7 +7,7 @@ use super::delivery::views::{self, ConsoleEmail, DeliveryRecord, DeliveryView};
 use super::error::NotifyError;
 use super::event_view::{self, EventView};
 use super::inbox::{self, Cursor, Item, Page};
-use super::outbox::{self, ResultRow};
+use super::outbox::{self, NotCancelled, ResultRow};
 use super::peers;
 use super::preferences::{self, TypePreferences};
 use super::registry::{Channel, Registry};
@@ -82,6 +82,32 @@ pub fn newest_inbox_id(store: &Store, user_id: &str) -> StoreResult<i64> {
 /// An event with its result and every delivery.
 pub fn event(store: &Store, id: &str) -> StoreResult<EventView> {
     store.snapshot(|c| event_view::view(c, id))
+}
+
+/// Cancels an event not yet dispatched (scheduled, or still waiting for
+/// the dispatcher) and returns it, in one write transaction; an event
+/// already cancelled is returned as it is. `Conflict` once it was
+/// dispatched or failed: the claim and the cancel both need it pending,
+/// so it is one or the other, never both.
+pub fn cancel_event(store: &Store, id: &str) -> Result<EventView, NotifyError> {
+    let cancelled = store.write(|tx| match outbox::cancel(tx, id)? {
+        Ok(()) => Ok(Ok(event_view::view(tx, id)?)),
+        Err(refused) => Ok::<_, StoreError>(Err(refused)),
+    })?;
+    cancelled.map_err(|refused| {
+        NotifyError::Conflict(match refused {
+            NotCancelled::Finished(status) => {
+                format!("event {id} is {status}; only an event not yet dispatched can be cancelled")
+            }
+            NotCancelled::Domain => format!("event {id} is a domain event; it cannot be cancelled"),
+        })
+    })
+}
+
+/// Cancels every event not yet dispatched that carries `key`, in one write
+/// transaction; how many.
+pub fn cancel_by_key(store: &Store, key: &str) -> StoreResult<usize> {
+    store.write(|tx| outbox::cancel_by_key(tx, key))
 }
 
 /// The `limit` notification events dispatched last, newest first.

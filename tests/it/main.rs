@@ -40,3 +40,5 @@ mod policy_prefs;
 mod policy_registry;
 mod policy_results;
 mod retention;
+mod scheduled;
+mod throttle;
