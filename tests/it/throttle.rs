@@ -2,14 +2,17 @@
 //! most `limit` notifications per recipient (and rendered key) through in
 //! any sliding window; the rest count `throttled`, per recipient and per
 //! channel, and leave nothing behind (no inbox row, no email, no dedup
-//! mark). Deduped and preference-suppressed notifications use no budget.
+//! mark). Deduped and preference-suppressed notifications use no budget,
+//! and two instances on one PostgreSQL database share the budget exactly.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use crate::metrics::scrape;
 use crate::policy_catalog::Catalog;
+use crate::support::database::{postgres_or_skip, PgDatabase};
 use crate::support::{result4, FakeResend, TestServer};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -240,4 +243,50 @@ fn a_channel_switched_off_counts_suppressed_and_the_other_throttled() {
             .any(|l| l.ends_with("throttled 1  [inbox: throttled 1] [email: suppressed 1]")),
         "{stdout}"
     );
+}
+
+#[test]
+fn two_instances_share_one_budget() {
+    let Some(pg) = postgres_or_skip("throttle::two_instances_share_one_budget") else {
+        return;
+    };
+    let db = Arc::new(PgDatabase::create(&pg));
+    let catalog = catalog(json!({"limit": 3, "windowSecs": 600}));
+    let builder = catalog.serve(TestServer::builder().postgres(&db));
+    let a = builder.clone().start();
+    let b = builder.start();
+    a.create_user("carol", "carol@acme.test", "Carol");
+
+    // Posted to both at once: each instance dispatches its own events,
+    // against the one budget.
+    let ids: Vec<String> = std::thread::scope(|scope| {
+        let posters: Vec<_> = [&a, &b]
+            .into_iter()
+            .enumerate()
+            .map(|(n, server)| {
+                scope.spawn(move || {
+                    (0..5)
+                        .map(|i| {
+                            let event = role_changed("carol", &format!("s{n}_{i}"), "Acme");
+                            let (status, body) = server.post_event(event);
+                            assert_eq!(status, 202, "{body}");
+                            body["eventId"].as_str().unwrap().to_string()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        posters
+            .into_iter()
+            .flat_map(|p| p.join().unwrap())
+            .collect()
+    });
+    let results: Vec<Value> = ids
+        .iter()
+        .map(|id| a.wait_event_done(id, WAIT)["result"].clone())
+        .collect();
+    let count = |expected: Value| results.iter().filter(|r| **r == expected).count();
+    assert_eq!((count(sent()), count(throttled())), (3, 7), "{results:?}");
+    assert_eq!(a.count("SELECT COUNT(*) FROM notifications"), 3);
+    assert_eq!(a.count("SELECT COUNT(*) FROM throttle_hits"), 3);
 }
