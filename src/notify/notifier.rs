@@ -60,9 +60,10 @@ impl Notifier {
     /// the caller's transaction. The caller commits, then calls `publish`;
     /// a rolled-back transaction therefore notifies nobody. An event whose
     /// idempotency key was seen before returns the first event's id with
-    /// `created: false`. An event due later (`send_at`) is dispatched when
-    /// due, whether or not it is published: every instance's scheduler is
-    /// woken on commit to look at its time.
+    /// `created: false`. An event due later (`send_at`) is published like
+    /// any other: the dispatcher leaves it to the scheduler, which publishes
+    /// it again when due (on PostgreSQL every instance's scheduler is also
+    /// woken on commit to look at its time).
     pub fn enqueue(&self, tx: &Tx<'_>, event: &Event) -> Result<Enqueued, NotifyError> {
         let enqueued = self.shared.publisher.enqueue(tx, event)?;
         if enqueued.scheduled {
