@@ -322,8 +322,10 @@ impl Metrics {
 pub struct QueueGauges {
     /// (channel, status) -> deliveries.
     pub deliveries: Vec<(String, String, i64)>,
-    /// Outbox rows committed but not yet dispatched.
+    /// Outbox rows due and not yet dispatched.
     pub outbox_pending: i64,
+    /// Outbox rows due later (`sendAt`): waiting by design, not behind.
+    pub outbox_scheduled: i64,
     /// Email deliveries waiting to be sent now.
     pub email_pending: i64,
     /// Email deliveries waiting for a retry.
@@ -361,11 +363,12 @@ impl QueueGauges {
             out,
             "herald_queue_depth",
             "gauge",
-            "Work waiting: outbox rows to dispatch, emails to send, emails to retry, bus messages, \
-             emails queued in memory for the senders.",
+            "Work waiting: outbox rows to dispatch, events scheduled for later, emails to send, \
+             emails to retry, bus messages, emails queued in memory for the senders.",
         );
         for (queue, n) in [
             ("outbox", self.outbox_pending),
+            ("scheduled", self.outbox_scheduled),
             ("email", self.email_pending),
             ("retry", self.retry_queue),
             ("bus", self.bus_len as i64),

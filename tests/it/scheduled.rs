@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::delivery_engine::{engine, role_changed};
+use crate::metrics::scrape;
 use crate::support::database::{postgres_or_skip, PgDatabase};
 use crate::support::{FakeResend, TestServer};
 
@@ -106,6 +107,10 @@ fn an_event_two_seconds_ahead_arrives_once_when_due_and_not_before() {
         assert_eq!(before["result"], Value::Null);
         assert_eq!(written(&server), (0, 0));
         assert_eq!(mail.accepted_count(), 0);
+        // Waiting by design is not a backlog.
+        let metrics = scrape(&server);
+        let depth = |queue: &str| metrics.value("herald_queue_depth", &[("queue", queue)]);
+        assert_eq!((depth("scheduled"), depth("outbox")), (2.0, 0.0));
     }
 
     let done = server.wait_event_done(&id, WAIT);
