@@ -416,6 +416,9 @@ pub enum NotCancelled {
     Finished(String),
     /// A domain event: it belongs to the listeners, not to the caller.
     Domain,
+    /// A released digest: it carries events already accepted (see
+    /// `digest::is_release`).
+    Digest,
 }
 
 /// Cancels the notification event `id` if it is still pending (scheduled or

@@ -4,6 +4,7 @@
 //! sessions are here too: recipients are the notification service's users.
 
 use super::delivery::views::{self, ConsoleEmail, DeliveryRecord, DeliveryView};
+use super::digest;
 use super::error::NotifyError;
 use super::event_view::{self, EventView};
 use super::inbox::{self, Cursor, Item, Page};
@@ -90,9 +91,14 @@ pub fn event(store: &Store, id: &str) -> StoreResult<EventView> {
 /// dispatched or failed: the claim and the cancel both need it pending,
 /// so it is one or the other, never both.
 pub fn cancel_event(store: &Store, id: &str) -> Result<EventView, NotifyError> {
-    let cancelled = store.write(|tx| match outbox::cancel(tx, id)? {
-        Ok(()) => Ok(Ok(event_view::view(tx, id)?)),
-        Err(refused) => Ok::<_, StoreError>(Err(refused)),
+    let cancelled = store.write(|tx| {
+        if digest::is_release(tx, outbox::by_id(tx, id)?.seq)? {
+            return Ok(Err(NotCancelled::Digest));
+        }
+        match outbox::cancel(tx, id)? {
+            Ok(()) => Ok(Ok(event_view::view(tx, id)?)),
+            Err(refused) => Ok::<_, StoreError>(Err(refused)),
+        }
     })?;
     cancelled.map_err(|refused| {
         NotifyError::Conflict(match refused {
@@ -100,6 +106,9 @@ pub fn cancel_event(store: &Store, id: &str) -> Result<EventView, NotifyError> {
                 format!("event {id} is {status}; only an event not yet dispatched can be cancelled")
             }
             NotCancelled::Domain => format!("event {id} is a domain event; it cannot be cancelled"),
+            NotCancelled::Digest => {
+                format!("event {id} is a released digest; its events were accepted already")
+            }
         })
     })
 }
@@ -235,4 +244,57 @@ pub fn start_session(store: &Store, user_id: &str) -> StoreResult<String> {
 /// Ends a session; unknown secrets are ignored.
 pub fn end_session(store: &Store, secret: &str) -> StoreResult<()> {
     store.write(|tx| sessions::delete(tx, secret))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args;
+    use crate::notify::event::Event;
+    use crate::store::Synchronous;
+
+    #[test]
+    fn only_a_pending_event_the_caller_sent_can_be_cancelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("c.db"), Synchronous::Normal).unwrap();
+        let enqueue = || {
+            let event = Event::new("t", vec![], serde_json::json!({}));
+            store.write(|tx| outbox::enqueue(tx, &event)).unwrap()
+        };
+        let plain = enqueue();
+        let released = enqueue();
+        store
+            .write(|tx| {
+                tx.execute(
+                    "INSERT INTO digests (type, batch_type, recipient_key, recipient, digest_key,
+                                          channels, opened_at, due_at, status, flushed_seq)
+                     VALUES ('t', 'tb', 'u', '\"u\"', 'k', '[]', 0, 0, 'flushed', ?1)",
+                    args![released.seq],
+                )
+            })
+            .unwrap();
+
+        let view = cancel_event(&store, &plain.id).unwrap();
+        assert_eq!(view.status, "cancelled");
+        assert_eq!(cancel_event(&store, &plain.id).unwrap().status, "cancelled");
+        let refused = cancel_event(&store, &released.id);
+        assert!(
+            matches!(&refused, Err(NotifyError::Conflict(m)) if m.contains("released digest")),
+            "{refused:?}"
+        );
+        assert!(matches!(
+            cancel_event(&store, "evt_nope"),
+            Err(NotifyError::Store(StoreError::NotFound))
+        ));
+        let status: String = store
+            .read(|c| {
+                c.query_one(
+                    "SELECT status FROM outbox WHERE seq = ?1",
+                    args![released.seq],
+                    |r| r.get(0),
+                )
+            })
+            .unwrap();
+        assert_eq!(status, "pending");
+    }
 }
