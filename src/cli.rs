@@ -522,6 +522,9 @@ fn describe_result(result: &outbox::DispatchResult) -> String {
         "sent {}  deduped {}  suppressed {}",
         result.sent, result.deduped, result.suppressed_by_prefs
     );
+    if result.throttled != 0 {
+        line.push_str(&format!("  throttled {}", result.throttled));
+    }
     let Some(channels) = result.channels else {
         line.push_str("  [per channel: not recorded]");
         return line;
@@ -532,6 +535,7 @@ fn describe_result(result: &outbox::DispatchResult) -> String {
             ("sent", counts.sent),
             ("deduped", counts.deduped),
             ("suppressed", counts.suppressed_by_prefs),
+            ("throttled", counts.throttled),
         ]
         .into_iter()
         .filter(|(_, n)| *n != 0)

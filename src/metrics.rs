@@ -26,6 +26,8 @@ pub enum Fate {
     Sent,
     Deduped,
     Suppressed,
+    /// Held back by the type's throttle (SPEC 9).
+    Throttled,
 }
 
 /// The recorded result of one email send attempt.
@@ -197,6 +199,11 @@ impl Metrics {
                 "herald_notifications_suppressed_total",
                 "Notifications switched off by the recipient's preferences.",
             ),
+            (
+                Fate::Throttled,
+                "herald_notifications_throttled_total",
+                "Notifications held back by their type's throttle, per channel they would have used.",
+            ),
         ] {
             header(&mut out, name, "counter", help);
             self.notifications.for_each(|(kind, channel, f), count| {
@@ -334,8 +341,10 @@ impl Metrics {
 pub struct QueueGauges {
     /// (channel, status) -> deliveries.
     pub deliveries: Vec<(String, String, i64)>,
-    /// Outbox rows committed but not yet dispatched.
+    /// Outbox rows due and not yet dispatched.
     pub outbox_pending: i64,
+    /// Outbox rows due later (`sendAt`): waiting by design, not behind.
+    pub outbox_scheduled: i64,
     /// Email deliveries waiting to be sent now.
     pub email_pending: i64,
     /// Email deliveries waiting for a retry.
@@ -375,11 +384,13 @@ impl QueueGauges {
             out,
             "herald_queue_depth",
             "gauge",
-            "Work waiting: outbox rows to dispatch, emails to send, emails to retry, bus messages, \
-             emails queued in memory for the senders, emails held until they are due.",
+            "Work waiting: outbox rows to dispatch, events scheduled for later, emails to send, \
+             emails to retry, bus messages, emails queued in memory for the senders, emails \
+             held until they are due.",
         );
         for (queue, n) in [
             ("outbox", self.outbox_pending),
+            ("scheduled", self.outbox_scheduled),
             ("email", self.email_pending),
             ("retry", self.retry_queue),
             ("bus", self.bus_len as i64),

@@ -1,16 +1,17 @@
 //! Triggering events (service key), one or in bulk: validate, write the
-//! outbox rows in one transaction, publish after commit; and reading an
-//! event's result with every delivery.
+//! outbox rows in one transaction, publish after commit (or, with
+//! `sendAt`, when due); reading an event's result with every delivery; and
+//! cancelling events not yet dispatched, by id or by `cancellationKey`.
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::auth;
 use super::ctx::Ctx;
 use super::error::ApiError;
 use super::request::Req;
 use super::response::Reply;
-use crate::notify::service;
-use crate::notify::{Event, NotifyError};
+use crate::notify::{event, service};
+use crate::notify::{Enqueued, Event, NotifyError};
 
 pub fn create(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
     auth::service(ctx, req)?;
@@ -26,14 +27,23 @@ pub fn create(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
     let enqueued = ctx
         .notifier
         .transaction(|outbox| outbox.enqueue(&event).map_err(ApiError::from))?;
+    let mut body = accepted(&enqueued);
     if enqueued.created {
-        Ok(Reply::json(202, &json!({ "eventId": enqueued.id })))
+        Ok(Reply::json(202, &body))
     } else {
-        Ok(Reply::json(
-            200,
-            &json!({ "eventId": enqueued.id, "duplicate": true }),
-        ))
+        body["duplicate"] = json!(true);
+        Ok(Reply::json(200, &body))
     }
+}
+
+/// What an accepted event is answered with: its id and, for an event given
+/// `sendAt`, when it is due.
+fn accepted(enqueued: &Enqueued) -> Value {
+    let mut body = json!({ "eventId": enqueued.id });
+    if let Some(at) = enqueued.due_at {
+        body["sendAt"] = json!(crate::time::rfc3339(at));
+    }
+    body
 }
 
 /// Events in one bulk request at most.
@@ -87,7 +97,11 @@ pub fn create_bulk(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
     let created = enqueued.iter().any(|e| e.created);
     let items: Vec<_> = enqueued
         .iter()
-        .map(|e| json!({ "eventId": e.id, "duplicate": !e.created }))
+        .map(|e| {
+            let mut item = accepted(e);
+            item["duplicate"] = json!(!e.created);
+            item
+        })
         .collect();
     Ok(Reply::json(
         if created { 202 } else { 200 },
@@ -113,4 +127,31 @@ pub fn get(ctx: &Ctx, req: &Req, id: &str) -> Result<Reply, ApiError> {
     auth::service(ctx, req)?;
     let view = service::event(ctx.notifier.store(), id)?;
     Ok(Reply::json(200, &view))
+}
+
+/// `DELETE /v1/events/{id}`: cancels an event not yet dispatched; 409 once
+/// it was, 200 again for one already cancelled.
+pub fn cancel(ctx: &Ctx, req: &Req, id: &str) -> Result<Reply, ApiError> {
+    auth::service(ctx, req)?;
+    let view = service::cancel_event(ctx.notifier.store(), id)?;
+    Ok(Reply::json(200, &view))
+}
+
+/// `POST /v1/events/cancel {cancellationKey}`: cancels every event not yet
+/// dispatched that carries the key; how many.
+pub fn cancel_by_key(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
+    auth::service(ctx, req)?;
+    let body = req.json_value()?;
+    let Value::Object(mut fields) = body else {
+        return Err(ApiError::validation("body", "expected a JSON object"));
+    };
+    if let Some(field) = fields.keys().find(|k| *k != "cancellationKey") {
+        return Err(ApiError::validation(field, "is not a known field"));
+    }
+    let Some(key) = fields.remove("cancellationKey") else {
+        return Err(ApiError::validation("cancellationKey", "is required"));
+    };
+    let key = event::cancellation_key(key)?;
+    let cancelled = service::cancel_by_key(ctx.notifier.store(), &key)?;
+    Ok(Reply::json(200, &json!({ "cancelled": cancelled })))
 }

@@ -232,6 +232,16 @@ pub struct HeldView {
     pub released_as: Option<String>,
 }
 
+/// Whether outbox row `seq` is the notification a digest was released
+/// as: it belongs to the digest's events, and is not the caller's to cancel.
+pub fn is_release(conn: &Conn<'_>, seq: i64) -> StoreResult<bool> {
+    conn.query_one(
+        "SELECT COUNT(*) FROM digests WHERE flushed_seq = ?1",
+        args![seq],
+        |r| Ok(r.get::<i64>(0)? > 0),
+    )
+}
+
 pub fn held_views(conn: &Conn<'_>, event_seq: i64) -> StoreResult<Vec<HeldView>> {
     let rows = conn.query_all(
         "SELECT d.recipient_key, d.status, d.due_at, o.id

@@ -20,13 +20,14 @@ use super::delivery::mail_queue::MailQueue;
 use super::delivery::retry::{self, Outcome};
 use super::event::{Event, Recipient};
 use super::inbox::InboxCommitted;
-use super::outbox::{self, ChannelCounts, DispatchResult};
+use super::outbox::{self, ChannelCounts, Claim, DispatchResult};
 use super::policy::{self, DedupKey};
 use super::preferences::Switches;
 use super::quiet_hours::QuietHours;
 use super::registry::{Channel, TypeDef};
 use super::shared::Shared;
 use super::templates::Rendered;
+use super::throttle::{self, Budget};
 use super::{digest, inbox, peers};
 use crate::metrics::{Fate, METRICS};
 use crate::store::{users, StoreResult};
@@ -195,8 +196,9 @@ struct Written {
     emails: Vec<(Option<String>, EmailJob)>,
     /// Inbox rows written, announced to the live stream after COMMIT.
     inbox: Vec<InboxCommitted>,
-    /// A digest was opened: the scheduler must look at its due time.
-    digest_opened: bool,
+    /// A digest was opened, or an event came before its `sendAt`: the
+    /// scheduler must look at its due time.
+    wake_scheduler: bool,
     /// When the earliest email held by this transaction is due.
     held_due: Option<i64>,
     /// (type, channel, fate) per recipient, counted in the metrics only
@@ -338,7 +340,7 @@ fn after_commit(shared: &Shared, written: Written, queue: &MailQueue, wake: &Sen
     let held_sooner = written
         .held_due
         .is_some_and(|due| shared.next_wake.misses(due));
-    if written.digest_opened || held_sooner {
+    if written.wake_scheduler || held_sooner {
         let _ = wake.send(Wake::Retry);
     }
     for job in MailJob::group(written.emails) {
@@ -424,8 +426,15 @@ fn write_all(
     peers::order_inbox(tx)?;
     let mut batcher = Batcher::new(mail_batch, expected_emails(prepared), me);
     for p in prepared {
-        if !outbox::claim(tx, p.seq)? {
-            continue;
+        match outbox::claim_due(tx, p.seq)? {
+            Claim::Taken => {}
+            Claim::Gone => continue,
+            // Published early (`Notifier::publish` of a scheduled event):
+            // the scheduler's timer is its way out, told here of its time.
+            Claim::NotDue => {
+                written.wake_scheduler = true;
+                continue;
+            }
         }
         match &p.ready {
             Ok(ready) => {
@@ -444,10 +453,10 @@ fn write_all(
 }
 
 /// One event to each recipient, applying SPEC 2.3 in order: the dedup
-/// window, preferences, the digest (the event is held, nothing is sent
-/// now), else an inbox row per user and an email delivery per user and per
-/// address-only recipient. A released digest skips dedup and digest: it was
-/// checked on the way in.
+/// window, preferences, the throttle (SPEC 9), the digest (the event is
+/// held, nothing is sent now), else an inbox row per user and an email
+/// delivery per user and per address-only recipient. A released digest
+/// skips dedup, throttle and digest: it was checked on the way in.
 ///
 /// The result counts each recipient once at the top, and each of its
 /// channels in `channels`:
@@ -457,7 +466,9 @@ fn write_all(
 /// - deduped: a recipient caught by the window counts `deduped`, and so
 ///   does every channel it would have got;
 /// - suppressedByPrefs: a recipient counts it only when every channel it
-///   would have got is switched off; each switched-off channel counts it.
+///   would have got is switched off; each switched-off channel counts it;
+/// - throttled: a recipient over its type's throttle counts `throttled`,
+///   and so does every channel its preferences left it.
 ///
 /// An address-only recipient has no inbox and no preferences: it counts on
 /// the email channel alone. An email held for an escalation or quiet hours
@@ -497,6 +508,7 @@ fn fan_out(
             Fate::Sent => counts.sent += 1,
             Fate::Deduped => counts.deduped += 1,
             Fate::Suppressed => counts.suppressed_by_prefs += 1,
+            Fate::Throttled => counts.throttled += 1,
         }
         written.fates.push((event.kind.clone(), channel, fate));
     };
@@ -516,13 +528,16 @@ fn fan_out(
         let dedup = DedupKey::of(event, &key, rendered.dedup_key.as_deref());
         let only = release.map(|r| r.channels.as_slice());
         let (channels, suppressed) = policy::channels_for(switches, def, recipient, only);
+        let throttle = def.throttle.as_ref().filter(|_| release.is_none());
         // Dedup comes first in SPEC 2.3, but the preferences are already
         // known: when something goes out, one upsert both checks the window
-        // and marks it; when nothing does, only the check runs.
-        let duplicate = match (release, channels.is_empty()) {
-            (Some(_), _) => false,
-            (None, true) => policy::is_duplicate(tx, def, &dedup, now)?,
-            (None, false) => !policy::mark_unless_duplicate(tx, def, &dedup, now)?,
+        // and marks it; when nothing does, only the check runs. A throttled
+        // type is only checked here, and marked once the throttle lets it
+        // through: a throttled notification must leave no mark.
+        let duplicate = match (release, channels.is_empty(), throttle) {
+            (Some(_), _, _) => false,
+            (None, true, _) | (None, false, Some(_)) => policy::is_duplicate(tx, def, &dedup, now)?,
+            (None, false, None) => !policy::mark_unless_duplicate(tx, def, &dedup, now)?,
         };
         if duplicate {
             result.deduped += 1;
@@ -542,9 +557,24 @@ fn fan_out(
             result.suppressed_by_prefs += i64::from(suppressed > 0);
             continue;
         }
+        if let Some(throttle) = throttle {
+            let budget = Budget {
+                kind: &event.kind,
+                recipient: &key,
+                key: rendered.throttle_key.as_deref().unwrap_or(""),
+            };
+            if !throttle::admit(tx, throttle, &budget, seq, now)? {
+                result.throttled += 1;
+                for &channel in &channels {
+                    tally(channel, Fate::Throttled);
+                }
+                continue;
+            }
+            policy::mark_unless_duplicate(tx, def, &dedup, now)?;
+        }
         if let (Some(spec), Some(digest_key), None) = (&def.digest, &rendered.digest_key, release) {
             let opened = digest::join(tx, seq, event, recipient, digest_key, spec, &channels, now)?;
-            written.digest_opened |= opened.is_some();
+            written.wake_scheduler |= opened.is_some();
             continue;
         }
         let mut reached = false;

@@ -11,6 +11,9 @@ use super::registry::{Channel, Registry};
 const MAX_RECIPIENTS: usize = 1000;
 const MAX_ID_LEN: usize = 200;
 const MAX_EMAIL_LEN: usize = 320;
+/// How far ahead `sendAt` may be: a year, leap day included. Further is
+/// more likely a unit mistake (seconds for milliseconds) than a plan.
+pub const MAX_SEND_AHEAD_MS: i64 = 366 * 86_400 * 1000;
 
 /// What a released digest's event carries (see `Event::from_digest`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +59,14 @@ pub struct Event {
     /// digest, on the channels its events were allowed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_digest: Option<Release>,
+    /// `sendAt`, epoch ms: dispatched then, not at commit (SPEC 9). Kept in
+    /// the outbox row's `due_at`, not in its body.
+    #[serde(skip)]
+    pub send_at: Option<i64>,
+    /// `cancellationKey`: `POST /v1/events/cancel` cancels every event
+    /// not yet dispatched that carries it. Kept in its own outbox column.
+    #[serde(skip)]
+    pub cancellation_key: Option<String>,
 }
 
 impl Event {
@@ -67,6 +78,8 @@ impl Event {
             payload,
             idempotency_key: None,
             from_digest: None,
+            send_at: None,
+            cancellation_key: None,
         }
     }
 
@@ -97,6 +110,17 @@ impl Event {
         }
         let subject_id = optional_string(&mut obj, "subjectId")?;
         let idempotency_key = optional_string(&mut obj, "idempotencyKey")?;
+        let cancellation_key = match obj.remove("cancellationKey") {
+            None | Some(Value::Null) => None,
+            Some(value) => Some(cancellation_key(value)?),
+        };
+        let send_at = match obj.remove("sendAt") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(crate::time::parse_rfc3339(&s).ok_or_else(|| {
+                invalid("sendAt", "expected an RFC 3339 timestamp with an offset")
+            })?),
+            Some(_) => return Err(invalid("sendAt", "expected an RFC 3339 timestamp string")),
+        };
         let payload = match obj.remove("payload") {
             Some(Value::Object(map)) => Value::Object(map),
             None | Some(Value::Null) => Value::Object(Map::new()),
@@ -112,9 +136,22 @@ impl Event {
             payload,
             idempotency_key,
             from_digest: None,
+            send_at,
+            cancellation_key,
         };
         event.dedupe_recipients();
         Ok(event)
+    }
+
+    /// Checks `sendAt` against `now`: at most `MAX_SEND_AHEAD_MS` ahead (a
+    /// time past means now).
+    pub fn validate_send_at(&self, now: i64) -> Result<(), NotifyError> {
+        match self.send_at {
+            Some(at) if at > now.saturating_add(MAX_SEND_AHEAD_MS) => {
+                Err(invalid("sendAt", "must be at most 366 days ahead"))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Checks the event against the registry: the type exists and the
@@ -160,6 +197,17 @@ fn parse_recipient(i: usize, value: Value) -> Result<Recipient, NotifyError> {
         _ => Err(invalid(
             &field,
             "expected a user id string or {\"email\": \"address\"}",
+        )),
+    }
+}
+
+/// A `cancellationKey`: 1 to 200 characters (as JSON Schema counts them).
+pub fn cancellation_key(value: Value) -> Result<String, NotifyError> {
+    match value {
+        Value::String(s) if !s.is_empty() && s.chars().count() <= MAX_ID_LEN => Ok(s),
+        _ => Err(invalid(
+            "cancellationKey",
+            &format!("expected a string of 1 to {MAX_ID_LEN} characters"),
         )),
     }
 }
@@ -246,6 +294,54 @@ mod tests {
         );
         assert_eq!(field_of(json!({"type": "t", "payload": []})), "payload");
         assert_eq!(field_of(json!({"type": "t", "color": "red"})), "color");
+    }
+
+    #[test]
+    fn send_at_and_cancellation_keys_are_checked() {
+        let e = Event::from_json(json!({
+            "type": "t", "sendAt": "2026-03-01T09:00:00+01:00", "cancellationKey": "cart_7"
+        }))
+        .unwrap();
+        assert_eq!(
+            e.send_at,
+            crate::time::parse_rfc3339("2026-03-01T08:00:00Z")
+        );
+        assert_eq!(e.cancellation_key.as_deref(), Some("cart_7"));
+        for bad in [
+            json!("tomorrow"),
+            json!("2026-03-01 09:00"),
+            json!(1_772_352_000),
+        ] {
+            assert_eq!(field_of(json!({"type": "t", "sendAt": bad})), "sendAt");
+        }
+        for bad in [json!(""), json!("é".repeat(201)), json!(7)] {
+            assert_eq!(
+                field_of(json!({"type": "t", "cancellationKey": bad})),
+                "cancellationKey"
+            );
+        }
+        // 200 characters is the limit, however many bytes they take.
+        let key = "é".repeat(200);
+        let e = Event::from_json(json!({"type": "t", "cancellationKey": key})).unwrap();
+        assert_eq!(e.cancellation_key, Some(key));
+        // Neither goes into the stored body: each has its own column.
+        let body = serde_json::to_value(&e).unwrap();
+        assert!(body.get("cancellationKey").is_none() && body.get("sendAt").is_none());
+    }
+
+    #[test]
+    fn send_at_may_be_a_year_ahead_and_no_more() {
+        let now = 1_000_000;
+        let at = |send_at: i64| {
+            let mut e = Event::new("t", vec![], json!({}));
+            e.send_at = Some(send_at);
+            e.validate_send_at(now)
+        };
+        assert!(at(now - 5_000).is_ok(), "a time past means now");
+        assert!(at(now + MAX_SEND_AHEAD_MS).is_ok());
+        assert!(
+            matches!(at(now + MAX_SEND_AHEAD_MS + 1), Err(NotifyError::Invalid { field, .. }) if field == "sendAt")
+        );
     }
 
     #[test]

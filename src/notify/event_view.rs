@@ -16,8 +16,13 @@ pub struct EventView {
     pub id: String,
     #[serde(rename = "type")]
     pub kind: String,
+    /// The outbox status, except that a pending event due later reads
+    /// `scheduled`.
     pub status: String,
     pub created_at: String,
+    /// When it is due, for an event given `sendAt`.
+    pub send_at: Option<String>,
+    pub cancellation_key: Option<String>,
     pub result: Option<DispatchResult>,
     pub error: Option<String>,
     pub deliveries: Vec<DeliveryView>,
@@ -31,11 +36,17 @@ pub fn view(conn: &Conn<'_>, id: &str) -> StoreResult<EventView> {
     let row = outbox::by_id(conn, id)?;
     let mut deliveries = inbox::deliveries_of(conn, row.seq)?;
     deliveries.extend(views::deliveries_of(conn, row.seq)?);
+    let ahead = row.due_at.is_some_and(|at| at > conn.now_ms());
     Ok(EventView {
         id: id.to_string(),
         kind: row.kind,
-        status: row.status,
+        status: match row.status.as_str() {
+            "pending" if ahead => "scheduled".to_string(),
+            _ => row.status,
+        },
         created_at: crate::time::rfc3339(row.created_at),
+        send_at: row.due_at.map(crate::time::rfc3339),
+        cancellation_key: row.cancellation_key,
         result: row.result,
         error: row.error,
         deliveries,

@@ -19,9 +19,10 @@
 //! - `delivery/`: the email delivery engine (deliveries table, retry policy,
 //!   sender threads, mail queue, pacer, operator views, `DeliveryPolicy`).
 //! - `inbox`, `outbox`, `digest`, `policy` (dedup and preferences applied),
-//!   `preferences`, `retention`, `stats`: the tables, each owning its SQL;
-//!   `schedules`: recurring schedules (table, operations, the scheduler's
-//!   runs), with `recurrence` (their rules and occurrences, pure);
+//!   `throttle`, `preferences`, `retention`, `stats`: the tables, each
+//!   owning its SQL; `schedules`: recurring schedules (table, operations,
+//!   the scheduler's runs), with `recurrence` (their rules and
+//!   occurrences, pure);
 //!   `event_view` and `service`: what the API and CLI read and change.
 //! - `event`, `registry`, `templates`, `links`: what an event is and how it
 //!   renders; `quiet_hours`: a user's time zone and quiet-hours window;
@@ -58,6 +59,7 @@ mod shared;
 pub mod stats;
 pub mod templates;
 mod threads;
+pub mod throttle;
 
 pub use delivery::policy::DeliveryPolicy;
 pub use error::NotifyError;

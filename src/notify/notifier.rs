@@ -61,9 +61,16 @@ impl Notifier {
     /// the caller's transaction. The caller commits, then calls `publish`;
     /// a rolled-back transaction therefore notifies nobody. An event whose
     /// idempotency key was seen before returns the first event's id with
-    /// `created: false`.
+    /// `created: false`. An event due later (`send_at`) is published like
+    /// any other: the dispatcher leaves it to the scheduler, which publishes
+    /// it again when due (on PostgreSQL every instance's scheduler is also
+    /// woken on commit to look at its time).
     pub fn enqueue(&self, tx: &Tx<'_>, event: &Event) -> Result<Enqueued, NotifyError> {
-        self.shared.publisher.enqueue(tx, event)
+        let enqueued = self.shared.publisher.enqueue(tx, event)?;
+        if enqueued.scheduled {
+            peers::wake_all(tx)?;
+        }
+        Ok(enqueued)
     }
 
     /// Hands a committed outbox row to the dispatcher. Publishing an id whose
@@ -73,12 +80,20 @@ impl Notifier {
     }
 
     /// The call sites' write transaction: `Publisher::transaction`, whose
-    /// events are published only after COMMIT.
+    /// events are published only after COMMIT. Events due later wake every
+    /// instance's scheduler on commit instead: any of them may publish one
+    /// when due, and the outbox claim keeps it once.
     pub fn transaction<T, E: From<StoreError>>(
         &self,
-        f: impl FnMut(&mut Outbox<'_, '_>) -> Result<T, E>,
+        mut f: impl FnMut(&mut Outbox<'_, '_>) -> Result<T, E>,
     ) -> Result<T, E> {
-        self.shared.publisher.transaction(f)
+        self.shared.publisher.transaction(|outbox| {
+            let value = f(outbox)?;
+            if outbox.scheduled() {
+                peers::wake_all(outbox.tx())?;
+            }
+            Ok(value)
+        })
     }
 
     /// Re-arms a dead or failed delivery for a fresh round of attempts, due

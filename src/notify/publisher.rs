@@ -1,13 +1,15 @@
 //! The write side of the seam: an event is validated and its outbox row
 //! written in the caller's transaction (`Outbox`), and its id goes on the
 //! bus only after COMMIT has returned, so a rolled-back transaction
-//! notifies nobody. Listeners enqueue through the same door.
+//! notifies nobody. An event due later (`sendAt`) is not published at all:
+//! the scheduler, woken after COMMIT, publishes it when due. Listeners
+//! enqueue through the same door.
 
 use std::sync::Arc;
 
 use crossbeam_channel::Sender;
 
-use super::bus::BusMsg;
+use super::bus::{BusMsg, Wake};
 use super::error::NotifyError;
 use super::event::{Event, Recipient};
 use super::outbox::{self, Enqueued};
@@ -20,14 +22,22 @@ pub(crate) struct Publisher {
     store: Arc<Store>,
     registry: Arc<Registry>,
     bus: Sender<BusMsg>,
+    /// The scheduler's, told of events due later.
+    wake: Sender<Wake>,
 }
 
 impl Publisher {
-    pub fn new(store: Arc<Store>, registry: Registry, bus: Sender<BusMsg>) -> Publisher {
+    pub fn new(
+        store: Arc<Store>,
+        registry: Registry,
+        bus: Sender<BusMsg>,
+        wake: Sender<Wake>,
+    ) -> Publisher {
         Publisher {
             store,
             registry: Arc::new(registry),
             bus,
+            wake,
         }
     }
 
@@ -48,6 +58,7 @@ impl Publisher {
     /// `Notifier::enqueue`.
     pub fn enqueue(&self, tx: &Tx<'_>, event: &Event) -> Result<Enqueued, NotifyError> {
         event.validate(&self.registry)?;
+        event.validate_send_at(tx.now_ms())?;
         for (i, recipient) in event.recipients.iter().enumerate() {
             if let Recipient::User(id) = recipient {
                 if !users::exists(tx, id)? {
@@ -83,14 +94,20 @@ impl Publisher {
                 tx,
                 publisher: self,
                 committed_later: Vec::new(),
+                scheduled: 0,
             };
             let value = f(&mut outbox)?;
-            Ok::<_, E>((value, outbox.committed_later))
+            Ok::<_, E>((value, (outbox.committed_later, outbox.scheduled)))
         })?;
-        crate::metrics::METRICS.events_accepted(committed.len() as u64);
+        let (committed, scheduled) = committed;
+        crate::metrics::METRICS.events_accepted((committed.len() + scheduled) as u64);
         for (seq, event) in committed {
             // The bus's receiver lives as long as the notifier, so this cannot fail.
             let _ = self.bus.send(BusMsg::Dispatch(seq, event));
+        }
+        if scheduled > 0 {
+            // It looks again for the soonest due time.
+            let _ = self.wake.send(Wake::Retry);
         }
         Ok(value)
     }
@@ -101,6 +118,8 @@ pub struct Outbox<'a, 'c> {
     tx: &'a Tx<'c>,
     publisher: &'a Publisher,
     committed_later: Vec<(i64, Option<Arc<Event>>)>,
+    /// New events due later, which the scheduler publishes.
+    scheduled: usize,
 }
 
 impl<'c> Outbox<'_, 'c> {
@@ -111,11 +130,18 @@ impl<'c> Outbox<'_, 'c> {
     /// Validates `event` and writes its outbox row in this transaction.
     pub fn enqueue(&mut self, event: &Event) -> Result<Enqueued, NotifyError> {
         let enqueued = self.publisher.enqueue(self.tx, event)?;
-        if enqueued.created {
+        if enqueued.scheduled {
+            self.scheduled += 1;
+        } else if enqueued.created {
             self.committed_later
                 .push((enqueued.seq, Some(Arc::new(event.clone()))));
         }
         Ok(enqueued)
+    }
+
+    /// Whether this transaction enqueued an event due later.
+    pub fn scheduled(&self) -> bool {
+        self.scheduled > 0
     }
 
     /// Writes a domain event (`invitation.accepted`, ...) for the listeners

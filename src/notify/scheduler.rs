@@ -1,16 +1,18 @@
 //! The scheduler: at start it re-drives every unfinished outbox row and
 //! pending delivery; then its thread sleeps until the earliest due retry,
-//! digest, held email or schedule run (woken early when a sooner one is
-//! scheduled or a delivery is re-armed, or when the senders' queue has room
-//! for deliveries waiting in the database), releases due digests and held
-//! emails (`delivery::held`), runs due schedules, pages those deliveries in
-//! and, rarely, sweeps for work another process wrote (outbox rows whose bus
+//! digest, held email, scheduled event (`sendAt`) or schedule run (woken
+//! early when a sooner one is scheduled or a delivery is re-armed, or when
+//! the senders' queue has room for deliveries waiting in the database),
+//! releases due digests and held emails (`delivery::held`), publishes due
+//! events, runs due schedules, pages those deliveries in and, rarely, sweeps
+//! for work another process wrote (outbox rows whose bus
 //! message never arrived, deliveries re-armed by `herald outbox retry`). An
 //! idle server wakes this thread once per sweep, and nothing else.
 //! On a database several instances share, the sweep comes every fifth of
 //! the lease: it is this instance's heartbeat, and it takes over the
 //! deliveries and events of instances silent for longer than the lease.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -19,7 +21,7 @@ use super::bus::Wake;
 use super::delivery::mail_queue::MailQueue;
 use super::delivery::{deliveries, held};
 use super::shared::Shared;
-use super::{digest, instance, outbox, policy, retention, schedules};
+use super::{digest, instance, outbox, policy, retention, schedules, throttle};
 use crate::metrics::METRICS;
 use crate::store::StoreResult;
 
@@ -34,6 +36,8 @@ const SWEEP_EVERY_MS: i64 = SWEEP_EVERY_SECS * 1000;
 /// Rows younger than this are probably still on the bus.
 const STALE_AFTER_MS: i64 = 1_000;
 const CLAIM_BATCH: usize = 500;
+/// Scheduled events published per look; more wait for the next one.
+const DUE_BATCH: usize = 5_000;
 /// Dedup marks deleted per write transaction, and chunks per sweep: pruning
 /// keeps up with any realistic rate while never holding the write lock long.
 const PRUNE_CHUNK: usize = 1_000;
@@ -87,6 +91,9 @@ pub(super) fn run(shared: &Shared, queue: &MailQueue, wake: Receiver<Wake>, me: 
         .every(Duration::from_millis(SWEEP_EVERY_MS as u64))
         .map(|d| d.as_millis() as i64);
     let mut next_prune = store.clock().now_ms();
+    // Scheduled events published and not yet seen dispatched: not
+    // published again while the dispatcher has them.
+    let mut published_due = HashSet::new();
     loop {
         // Work committed from here on may not be in what this pass reads.
         shared.next_wake.awake();
@@ -124,6 +131,7 @@ pub(super) fn run(shared: &Shared, queue: &MailQueue, wake: Receiver<Wake>, me: 
                 publish_stale(shared, now - sweep.stale_after_ms);
             }
             prune_dedup_marks(shared, now);
+            prune_throttle_hits(shared, now);
             next_sweep = now + sweep.every_ms;
             next_wake = next_sweep;
         }
@@ -140,6 +148,10 @@ pub(super) fn run(shared: &Shared, queue: &MailQueue, wake: Receiver<Wake>, me: 
         }
         // So are due recurring schedules' runs; the next run bounds it too.
         if let Some(at) = schedules::run_due(store, |seq| shared.publisher.publish(seq)) {
+            next_wake = next_wake.min(at);
+        }
+        // So are scheduled events.
+        if let Some(at) = publish_due(shared, &mut published_due) {
             next_wake = next_wake.min(at);
         }
         match store.read(deliveries::next_retry_at) {
@@ -265,6 +277,71 @@ fn prune_dedup_marks(shared: &Shared, now: i64) {
     }
 }
 
+/// Publishes the scheduled events due now that `published` does not hold
+/// yet, and keeps in it those still pending (the dispatcher has them, or
+/// they failed to dispatch and the sweep re-drives them as stale). On a
+/// shared database every instance publishes a due event; the outbox claim
+/// dispatches it once. Returns when the next one is due.
+fn publish_due(shared: &Shared, published: &mut HashSet<i64>) -> Option<i64> {
+    let store = shared.store();
+    let now = store.clock().now_ms();
+    let found: StoreResult<_> = store.read(|c| {
+        Ok((
+            outbox::due(c, now, DUE_BATCH)?,
+            outbox::next_due_at(c, now)?,
+        ))
+    });
+    match found {
+        Ok((due, next)) => {
+            let full = due.len() == DUE_BATCH;
+            let due: HashSet<i64> = due.into_iter().collect();
+            published.retain(|seq| due.contains(seq));
+            for seq in due {
+                if published.insert(seq) {
+                    shared.publisher.publish(seq);
+                }
+            }
+            // A full batch: more are due, behind those the dispatcher has
+            // yet to take. Look again once it has made some way.
+            match full {
+                true => Some(now + PRUNE_AGAIN_MS),
+                false => next,
+            }
+        }
+        Err(e) => {
+            log::error!("scheduler cannot read scheduled events: {e}");
+            None
+        }
+    }
+}
+
+/// Deletes throttle hits older than the longest throttle window of any
+/// type: they count in no window any more.
+fn prune_throttle_hits(shared: &Shared, now: i64) {
+    let Some(before) = throttle::horizon(shared.registry(), now) else {
+        return;
+    };
+    let store = shared.store();
+    for _ in 0..PRUNE_CHUNKS_PER_SWEEP {
+        let pruned = store
+            .read(|c| throttle::chunk_end(c, before, PRUNE_CHUNK))
+            .and_then(|end| {
+                let through = end.unwrap_or(i64::MAX);
+                store
+                    .write(|tx| throttle::delete(tx, before, through))
+                    .map(|_| end.is_some())
+            });
+        match pruned {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                log::error!("scheduler cannot prune throttle hits: {e}");
+                return;
+            }
+        }
+    }
+}
+
 /// Takes over, through `take` (up to so many a call), the pending
 /// deliveries of instances taken for dead, for this instance's mail queue.
 fn take_over(queue: &MailQueue, mut take: impl FnMut(usize) -> StoreResult<usize>) {
@@ -286,13 +363,16 @@ fn take_over(queue: &MailQueue, mut take: impl FnMut(usize) -> StoreResult<usize
     }
 }
 
+/// Publishes the pending rows due before `before_ms` (see
+/// `outbox::stale_pending`); how many.
 fn publish_stale(shared: &Shared, before_ms: i64) -> usize {
     let mut published = 0;
     let mut after = 0;
+    let now = shared.store().clock().now_ms();
     loop {
         let seqs = match shared
             .store()
-            .read(|c| outbox::stale_pending(c, before_ms, after, 10_000))
+            .read(|c| outbox::stale_pending(c, before_ms, now, after, 10_000))
         {
             Ok(seqs) => seqs,
             Err(e) => {

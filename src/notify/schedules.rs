@@ -47,12 +47,22 @@ impl NewSchedule {
         let Value::Object(mut obj) = value else {
             return Err(invalid("body", "expected a JSON object"));
         };
-        if obj.contains_key("idempotencyKey") {
-            return Err(invalid(
+        // Each run's event has its own key and time; a schedule is
+        // cancelled by deleting it.
+        for (field, why) in [
+            (
                 "idempotencyKey",
-                "is not accepted on a schedule: each run's event has the key \
-                 schedule:<id>:<run time>",
-            ));
+                "each run's event has the key schedule:<id>:<run time>",
+            ),
+            ("sendAt", "each run's event is due at its run time"),
+            ("cancellationKey", "delete the schedule to stop its runs"),
+        ] {
+            if obj.contains_key(field) {
+                return Err(invalid(
+                    field,
+                    &format!("is not accepted on a schedule: {why}"),
+                ));
+            }
         }
         let repeat = obj.remove("repeat");
         let starts_at = instant(&mut obj, "startsAt")?;
@@ -429,6 +439,12 @@ mod tests {
         let mut body = daily_at_nine();
         body["idempotencyKey"] = json!("k");
         assert_eq!(field_of(body), "idempotencyKey");
+        let mut body = daily_at_nine();
+        body["sendAt"] = json!("2026-05-02T00:00:00Z");
+        assert_eq!(field_of(body), "sendAt");
+        let mut body = daily_at_nine();
+        body["cancellationKey"] = json!("k");
+        assert_eq!(field_of(body), "cancellationKey");
         let mut body = daily_at_nine();
         body["startsAt"] = json!("tomorrow");
         assert_eq!(field_of(body), "startsAt");

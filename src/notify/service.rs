@@ -4,10 +4,11 @@
 //! sessions are here too: recipients are the notification service's users.
 
 use super::delivery::views::{self, ConsoleEmail, DeliveryRecord, DeliveryView};
+use super::digest;
 use super::error::NotifyError;
 use super::event_view::{self, EventView};
 use super::inbox::{self, Cursor, Item, Page};
-use super::outbox::{self, ResultRow};
+use super::outbox::{self, NotCancelled, ResultRow};
 use super::peers;
 use super::preferences::{self, TypePreferences};
 use super::quiet_hours::{SettingsChange, UserView};
@@ -83,6 +84,40 @@ pub fn newest_inbox_id(store: &Store, user_id: &str) -> StoreResult<i64> {
 /// An event with its result and every delivery.
 pub fn event(store: &Store, id: &str) -> StoreResult<EventView> {
     store.snapshot(|c| event_view::view(c, id))
+}
+
+/// Cancels an event not yet dispatched (scheduled, or still waiting for
+/// the dispatcher) and returns it, in one write transaction; an event
+/// already cancelled is returned as it is. `Conflict` once it was
+/// dispatched or failed: the claim and the cancel both need it pending,
+/// so it is one or the other, never both.
+pub fn cancel_event(store: &Store, id: &str) -> Result<EventView, NotifyError> {
+    let cancelled = store.write(|tx| {
+        if digest::is_release(tx, outbox::by_id(tx, id)?.seq)? {
+            return Ok(Err(NotCancelled::Digest));
+        }
+        match outbox::cancel(tx, id)? {
+            Ok(()) => Ok(Ok(event_view::view(tx, id)?)),
+            Err(refused) => Ok::<_, StoreError>(Err(refused)),
+        }
+    })?;
+    cancelled.map_err(|refused| {
+        NotifyError::Conflict(match refused {
+            NotCancelled::Finished(status) => {
+                format!("event {id} is {status}; only an event not yet dispatched can be cancelled")
+            }
+            NotCancelled::Domain => format!("event {id} is a domain event; it cannot be cancelled"),
+            NotCancelled::Digest => {
+                format!("event {id} is a released digest; its events were accepted already")
+            }
+        })
+    })
+}
+
+/// Cancels every event not yet dispatched that carries `key`, in one write
+/// transaction; how many.
+pub fn cancel_by_key(store: &Store, key: &str) -> StoreResult<usize> {
+    store.write(|tx| outbox::cancel_by_key(tx, key))
 }
 
 /// The `limit` notification events dispatched last, newest first.
@@ -253,4 +288,57 @@ pub fn start_session(store: &Store, user_id: &str) -> StoreResult<String> {
 /// Ends a session; unknown secrets are ignored.
 pub fn end_session(store: &Store, secret: &str) -> StoreResult<()> {
     store.write(|tx| sessions::delete(tx, secret))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args;
+    use crate::notify::event::Event;
+    use crate::store::Synchronous;
+
+    #[test]
+    fn only_a_pending_event_the_caller_sent_can_be_cancelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("c.db"), Synchronous::Normal).unwrap();
+        let enqueue = || {
+            let event = Event::new("t", vec![], serde_json::json!({}));
+            store.write(|tx| outbox::enqueue(tx, &event)).unwrap()
+        };
+        let plain = enqueue();
+        let released = enqueue();
+        store
+            .write(|tx| {
+                tx.execute(
+                    "INSERT INTO digests (type, batch_type, recipient_key, recipient, digest_key,
+                                          channels, opened_at, due_at, status, flushed_seq)
+                     VALUES ('t', 'tb', 'u', '\"u\"', 'k', '[]', 0, 0, 'flushed', ?1)",
+                    args![released.seq],
+                )
+            })
+            .unwrap();
+
+        let view = cancel_event(&store, &plain.id).unwrap();
+        assert_eq!(view.status, "cancelled");
+        assert_eq!(cancel_event(&store, &plain.id).unwrap().status, "cancelled");
+        let refused = cancel_event(&store, &released.id);
+        assert!(
+            matches!(&refused, Err(NotifyError::Conflict(m)) if m.contains("released digest")),
+            "{refused:?}"
+        );
+        assert!(matches!(
+            cancel_event(&store, "evt_nope"),
+            Err(NotifyError::Store(StoreError::NotFound))
+        ));
+        let status: String = store
+            .read(|c| {
+                c.query_one(
+                    "SELECT status FROM outbox WHERE seq = ?1",
+                    args![released.seq],
+                    |r| r.get(0),
+                )
+            })
+            .unwrap();
+        assert_eq!(status, "pending");
+    }
 }

@@ -52,7 +52,7 @@ impl Shared {
         let (wake, wake_rx) = crossbeam_channel::unbounded();
         let mail_queue = Arc::new(MailQueue::bounded(policy.queue_capacity));
         Shared {
-            publisher: Publisher::new(store, registry, bus.clone()),
+            publisher: Publisher::new(store, registry, bus.clone(), wake.clone()),
             templates,
             policy,
             bus,

@@ -1,6 +1,6 @@
 //! Queue gauges for `/metrics`, read from the database at scrape time so they
-//! hold across restarts: deliveries by status, pending, retrying and held depth,
-//! and the age of the oldest waiting item. Read-only; uses the partial
+//! hold across restarts: deliveries by status, pending, scheduled, retrying
+//! and held depth, and the age of the oldest waiting item. Read-only; uses the partial
 //! indexes the dispatcher and scheduler already rely on.
 
 use crate::args;
@@ -18,10 +18,19 @@ pub fn queue_gauges(conn: &Conn<'_>) -> StoreResult<QueueGauges> {
         args![],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )?;
+    // An event scheduled for later is not behind: it waits from its due
+    // time, and until then counts apart.
     let (outbox_pending, oldest_outbox): (i64, Option<i64>) = conn.query_one(
-        "SELECT COUNT(*), MIN(created_at) FROM outbox WHERE status = 'pending'",
-        args![],
+        "SELECT COUNT(*), MIN(COALESCE(due_at, created_at)) FROM outbox
+         WHERE status = 'pending' AND (due_at IS NULL OR due_at <= ?1)",
+        args![now],
         |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let outbox_scheduled: i64 = conn.query_one(
+        "SELECT COUNT(*) FROM outbox WHERE status = 'pending' AND due_at IS NOT NULL
+         AND due_at > ?1",
+        args![now],
+        |r| r.get(0),
     )?;
     let (email_pending, oldest_email): (i64, Option<i64>) = conn.query_one(
         "SELECT COUNT(*), MIN(created_at) FROM deliveries WHERE status = 'pending'",
@@ -41,6 +50,7 @@ pub fn queue_gauges(conn: &Conn<'_>) -> StoreResult<QueueGauges> {
     Ok(QueueGauges {
         deliveries,
         outbox_pending,
+        outbox_scheduled,
         email_pending,
         retry_queue,
         held,

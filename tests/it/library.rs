@@ -1,6 +1,7 @@
 //! The library entry point (SPEC 2.1): an event enqueued in a transaction
 //! that rolls back delivers nothing; committed, it delivers once; and the bus
-//! is only pushed after COMMIT. Runs herald in-process against a real
+//! is only pushed after COMMIT (for an event due later, not even then).
+//! Runs herald in-process against a real
 //! database (the suite's engine), with a recording mail provider at the one
 //! faked edge.
 
@@ -198,5 +199,55 @@ fn a_seq_published_twice_in_one_batch_is_dispatched_once() {
         ],
         [1, 1, 1],
         "one recipient, its inbox row and its email"
+    );
+}
+
+/// An event due later (`send_at`) is not published at COMMIT; published by
+/// its caller anyway, the dispatcher leaves it to the scheduler. Either way
+/// it goes out once, when due.
+#[test]
+fn an_event_due_later_waits_for_the_scheduler_whoever_publishes_it() {
+    let (_db, notifier) = setup();
+    let due = herald::time::system_now_ms() + 1_500;
+    let later = |subject: &str| {
+        let mut event = event();
+        event.subject_id = Some(subject.to_string());
+        event.send_at = Some(due);
+        event
+    };
+    let first = notifier
+        .transaction(|outbox| outbox.enqueue(&later("s1")))
+        .unwrap();
+    assert!(first.scheduled);
+    assert_eq!(notifier.bus_len(), 0, "not published at COMMIT");
+
+    let recorder = Arc::new(Recorder::default());
+    let running = notifier.start(recorder.clone()).unwrap();
+    let second = notifier
+        .store()
+        .write(|tx| {
+            notifier
+                .enqueue(tx, &later("s2"))
+                .map_err(|_| StoreError::NotFound)
+        })
+        .unwrap();
+    notifier.publish(second.seq);
+    assert!(running.flush(Duration::from_secs(5)));
+    if herald::time::system_now_ms() < due - 300 {
+        assert_eq!(count(&notifier, "SELECT COUNT(*) FROM notifications"), 0);
+    }
+    let sent = || recorder.sent.lock().unwrap().len();
+    assert!(wait_until(Duration::from_secs(10), || sent() == 2));
+    std::thread::sleep(Duration::from_millis(200));
+    running.shutdown(Duration::from_secs(5));
+    assert_eq!(sent(), 2, "one email each");
+    assert_eq!(
+        count(
+            &notifier,
+            "SELECT COUNT(*) FROM notifications n JOIN outbox o ON o.seq = n.event_seq
+             WHERE n.created_at >= o.due_at"
+        ),
+        2,
+        "each inbox row written once, when due"
     );
 }

@@ -42,4 +42,6 @@ mod policy_registry;
 mod policy_results;
 mod quiet_hours;
 mod retention;
+mod scheduled;
 mod schedules;
+mod throttle;

@@ -436,6 +436,7 @@ fn a_fresh_server_exposes_every_family_with_a_type() {
         ("herald_notifications_sent_total", "counter"),
         ("herald_notifications_deduped_total", "counter"),
         ("herald_notifications_suppressed_total", "counter"),
+        ("herald_notifications_throttled_total", "counter"),
         ("herald_email_sends_total", "counter"),
         ("herald_delivery_retries_total", "counter"),
         ("herald_deliveries", "gauge"),

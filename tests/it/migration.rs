@@ -420,7 +420,7 @@ fn serve_upgrades_a_version_3_database_and_keeps_every_row() {
     let (_, invite) = server.get("/v1/events/evt_invite_dave", Some(&key));
     assert_eq!(
         invite["result"],
-        json!({"sent": 2, "deduped": 0, "suppressedByPrefs": 0, "channels": null}),
+        json!({"sent": 2, "deduped": 0, "suppressedByPrefs": 0, "throttled": 0, "channels": null}),
         "{invite}"
     );
     let (status, role) = server.get("/v1/events/evt_role_bob", Some(&key));

@@ -42,9 +42,9 @@ fn a_recipient_reached_on_both_channels_counts_sent_once() {
     let event = send(&server, role_changed(json!(["carol"]), "mem_1"));
     assert_eq!(
         event["result"],
-        json!({"sent": 1, "deduped": 0, "suppressedByPrefs": 0, "channels": {
-            "inbox": {"sent": 1, "deduped": 0, "suppressedByPrefs": 0},
-            "email": {"sent": 1, "deduped": 0, "suppressedByPrefs": 0}}}),
+        json!({"sent": 1, "deduped": 0, "suppressedByPrefs": 0, "throttled": 0, "channels": {
+            "inbox": {"sent": 1, "deduped": 0, "suppressedByPrefs": 0, "throttled": 0},
+            "email": {"sent": 1, "deduped": 0, "suppressedByPrefs": 0, "throttled": 0}}}),
         "{event}"
     );
     assert!(mail.wait_for_accepted(1, WAIT), "{}", server.logs());
@@ -166,7 +166,10 @@ fn the_served_result_matches_the_openapi_document() {
     let event_view = json!({"$ref": "#/components/schemas/EventView"});
     assert_eq!(conforms(&doc, &event_view, &event), Ok(()), "{event}");
     let counts = &doc["components"]["schemas"]["ResultCounts"]["required"];
-    assert_eq!(*counts, json!(["sent", "deduped", "suppressedByPrefs"]));
+    assert_eq!(
+        *counts,
+        json!(["sent", "deduped", "suppressedByPrefs", "throttled"])
+    );
     let required = &doc["components"]["schemas"]["DispatchResult"]["required"];
     assert!(
         required.as_array().unwrap().contains(&json!("channels")),
@@ -307,7 +310,7 @@ fn a_database_from_before_the_breakdown_upgrades_and_keeps_its_old_results() {
     let old = server.wait_event_done("evt_old", WAIT);
     assert_eq!(
         old["result"],
-        json!({"sent": 1, "deduped": 0, "suppressedByPrefs": 1, "channels": null}),
+        json!({"sent": 1, "deduped": 0, "suppressedByPrefs": 1, "throttled": 0, "channels": null}),
         "{old}"
     );
     // Pending at the upgrade, dispatched after it: counted the new way.

@@ -187,6 +187,35 @@ pub fn delete_schedule() -> Op {
     .no_content("Deleted")
 }
 
+pub fn cancel_event() -> Op {
+    Op::new(
+        "cancelEvent",
+        "Cancel an event not yet dispatched (scheduled, or still waiting)",
+        Service,
+    )
+    .ok(
+        200,
+        "The event, cancelled (also when it already was)",
+        schema("EventView"),
+    )
+    .errors(&[409])
+}
+
+pub fn cancel_events() -> Op {
+    Op::new(
+        "cancelEvents",
+        "Cancel every event not yet dispatched that carries a cancellationKey",
+        Service,
+    )
+    .body(schema("CancelInput"))
+    .ok(
+        200,
+        "How many events were cancelled",
+        json!({"type": "object", "required": ["cancelled"], "additionalProperties": false,
+               "properties": {"cancelled": {"type": "integer", "minimum": 0}}}),
+    )
+}
+
 pub fn list_deliveries() -> Op {
     Op::new(
         "listDeliveries",

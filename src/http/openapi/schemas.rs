@@ -100,28 +100,40 @@ pub fn all(event_types: &[&str]) -> Value {
                     ]}},
                 "subjectId": {"type": ["string", "null"]},
                 "payload": {"type": ["object", "null"]},
-                "idempotencyKey": {"type": ["string", "null"]}
+                "idempotencyKey": {"type": ["string", "null"]},
+                "sendAt": {"type": ["string", "null"], "format": "date-time",
+                    "description": "Dispatch at this time (RFC 3339) rather than now; a time past means now; at most 366 days ahead."},
+                "cancellationKey": {"type": ["string", "null"], "minLength": 1, "maxLength": 200,
+                    "description": "POST /v1/events/cancel with this key cancels the event while it is not yet dispatched."}
             }
         }),
     );
     schemas.insert(
         "EventAccepted".into(),
         json!({"type": "object", "required": ["eventId"],
-            "properties": {"eventId": {"type": "string"}, "duplicate": {"type": "boolean"}}}),
+            "properties": {"eventId": {"type": "string"}, "duplicate": {"type": "boolean"},
+                           "sendAt": {"type": "string",
+                                      "description": "When the event is due, for one given sendAt."}}}),
+    );
+    schemas.insert(
+        "CancelInput".into(),
+        json!({"type": "object", "required": ["cancellationKey"], "additionalProperties": false,
+            "properties": {"cancellationKey": {"type": "string", "minLength": 1, "maxLength": 200}}}),
     );
     schemas.insert(
         "ResultCounts".into(),
-        json!({"type": "object", "required": ["sent", "deduped", "suppressedByPrefs"],
+        json!({"type": "object", "required": ["sent", "deduped", "suppressedByPrefs", "throttled"],
             "properties": {"sent": {"type": "integer"}, "deduped": {"type": "integer"},
-                           "suppressedByPrefs": {"type": "integer"}}}),
+                           "suppressedByPrefs": {"type": "integer"},
+                           "throttled": {"type": "integer"}}}),
     );
     schemas.insert(
         "DispatchResult".into(),
-        json!({"type": "object", "required": ["sent", "deduped", "suppressedByPrefs", "channels"],
-            "description": "sent, deduped and suppressedByPrefs count recipients: sent those who got at least one channel, suppressedByPrefs those whose every channel was switched off.",
+        json!({"type": "object", "required": ["sent", "deduped", "suppressedByPrefs", "throttled", "channels"],
+            "description": "sent, deduped, suppressedByPrefs and throttled count recipients: sent those who got at least one channel, suppressedByPrefs those whose every channel was switched off, throttled those over the type's throttle.",
             "properties": {
                 "sent": {"type": "integer"}, "deduped": {"type": "integer"},
-                "suppressedByPrefs": {"type": "integer"},
+                "suppressedByPrefs": {"type": "integer"}, "throttled": {"type": "integer"},
                 "channels": {"oneOf": [
                     {"type": "null"},
                     {"type": "object", "required": ["inbox", "email"],
@@ -163,7 +175,8 @@ pub fn all(event_types: &[&str]) -> Value {
             "type": "object", "required": ["events"],
             "properties": {"events": {"type": "array", "items": {
                 "type": "object", "required": ["eventId", "duplicate"],
-                "properties": {"eventId": {"type": "string"}, "duplicate": {"type": "boolean"}}
+                "properties": {"eventId": {"type": "string"}, "duplicate": {"type": "boolean"},
+                               "sendAt": {"type": "string"}}
             }}}
         }),
     );
@@ -211,11 +224,15 @@ pub fn all(event_types: &[&str]) -> Value {
         "EventView".into(),
         json!({
             "type": "object",
-            "required": ["id", "type", "status", "createdAt", "result", "error", "deliveries"],
+            "required": ["id", "type", "status", "createdAt", "sendAt", "cancellationKey", "result",
+                         "error", "deliveries"],
             "properties": {
                 "id": {"type": "string"}, "type": {"type": "string"},
-                "status": {"type": "string", "enum": ["pending", "dispatched", "failed"]},
+                "status": {"type": "string",
+                    "enum": ["pending", "scheduled", "dispatched", "failed", "cancelled"],
+                    "description": "scheduled: pending, due at sendAt; pending: due, waiting for the dispatcher."},
                 "createdAt": {"type": "string"},
+                "sendAt": nullable("string"), "cancellationKey": nullable("string"),
                 "result": {"oneOf": [{"type": "null"}, schema("DispatchResult")]},
                 "error": nullable("string"),
                 "deliveries": {"type": "array", "items": schema("Delivery")},

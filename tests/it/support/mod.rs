@@ -33,10 +33,18 @@ pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
 
 /// An event's `result` as `GET /v1/events/{id}` serves it: `recipients`
 /// are the per-recipient `[sent, deduped, suppressedByPrefs]`, `inbox` and
-/// `email` the same counts per channel.
+/// `email` the same counts per channel; nothing throttled.
 pub fn result(recipients: [i64; 3], inbox: [i64; 3], email: [i64; 3]) -> serde_json::Value {
-    fn counts([sent, deduped, suppressed]: [i64; 3]) -> serde_json::Value {
-        serde_json::json!({"sent": sent, "deduped": deduped, "suppressedByPrefs": suppressed})
+    let throttled = |[sent, deduped, suppressed]: [i64; 3]| [sent, deduped, suppressed, 0];
+    result4(throttled(recipients), throttled(inbox), throttled(email))
+}
+
+/// `result` with the fourth count: `[sent, deduped, suppressedByPrefs,
+/// throttled]` per recipient and per channel.
+pub fn result4(recipients: [i64; 4], inbox: [i64; 4], email: [i64; 4]) -> serde_json::Value {
+    fn counts([sent, deduped, suppressed, throttled]: [i64; 4]) -> serde_json::Value {
+        serde_json::json!({"sent": sent, "deduped": deduped, "suppressedByPrefs": suppressed,
+                           "throttled": throttled})
     }
     let mut result = counts(recipients);
     result["channels"] = serde_json::json!({"inbox": counts(inbox), "email": counts(email)});
