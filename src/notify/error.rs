@@ -23,6 +23,14 @@ pub enum NotifyError {
     Store(StoreError),
 }
 
+/// A malformed field, named as the request spells it (`repeat.days[1]`).
+pub fn invalid(field: &str, message: &str) -> NotifyError {
+    NotifyError::Invalid {
+        field: field.to_string(),
+        message: message.to_string(),
+    }
+}
+
 impl std::fmt::Display for NotifyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::error::NotifyError;
+use super::error::{invalid, NotifyError};
 use super::registry::{Channel, Registry};
 
 const MAX_RECIPIENTS: usize = 1000;
@@ -240,13 +240,6 @@ pub fn is_plausible_email(s: &str) -> bool {
             .chars()
             .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
         && !domain.contains('@')
-}
-
-fn invalid(field: &str, message: &str) -> NotifyError {
-    NotifyError::Invalid {
-        field: field.to_string(),
-        message: message.to_string(),
-    }
 }
 
 #[cfg(test)]

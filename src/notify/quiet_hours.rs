@@ -10,7 +10,7 @@ use jiff::Timestamp;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::error::NotifyError;
+use super::error::{invalid, NotifyError};
 use crate::store::users::{QuietSettings, User};
 
 const MINUTES_PER_DAY: i64 = 24 * 60;
@@ -144,13 +144,6 @@ impl SettingsChange {
 
     pub fn is_empty(&self) -> bool {
         self.timezone.is_none() && self.quiet_hours.is_none()
-    }
-}
-
-fn invalid(field: &str, message: &str) -> NotifyError {
-    NotifyError::Invalid {
-        field: field.to_string(),
-        message: message.to_string(),
     }
 }
 

@@ -9,7 +9,7 @@ use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use serde_json::{json, Map, Value};
 
-use super::error::NotifyError;
+use super::error::{invalid, NotifyError};
 
 /// The days of the week as the API spells them, Monday first.
 const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
@@ -270,13 +270,6 @@ fn timezone(obj: &Map<String, Value>) -> Result<(TimeZone, String), NotifyError>
     }
     let canonical = tz.iana_name().unwrap_or(name).to_string();
     Ok((tz, canonical))
-}
-
-fn invalid(field: &str, message: &str) -> NotifyError {
-    NotifyError::Invalid {
-        field: field.to_string(),
-        message: message.to_string(),
-    }
 }
 
 #[cfg(test)]

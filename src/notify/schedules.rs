@@ -8,7 +8,7 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::error::NotifyError;
+use super::error::{invalid, NotifyError};
 use super::event::{Event, Recipient};
 use super::outbox;
 use super::peers;
@@ -388,13 +388,6 @@ fn run_one(tx: &Tx<'_>, d: &Due, now: i64) -> Result<Option<i64>, NotifyError> {
 /// The idempotency key of schedule `id`'s run for `occurrence`.
 pub fn run_key(id: &str, occurrence: i64) -> String {
     format!("schedule:{id}:{}", rfc3339(occurrence))
-}
-
-fn invalid(field: &str, message: &str) -> NotifyError {
-    NotifyError::Invalid {
-        field: field.to_string(),
-        message: message.to_string(),
-    }
 }
 
 #[cfg(test)]
