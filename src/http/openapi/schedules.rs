@@ -50,6 +50,8 @@ pub fn add(schemas: &mut Map<String, Value>, event_types: &[&str]) {
             "description": "When a schedule runs, in its time zone's local time. A time a \
                 daylight-saving gap skips runs as far after the gap as it was into it \
                 (02:30 at 03:30); one a fold repeats runs once, the first time.",
+            "examples": [{"frequency": "weekly", "days": ["mon", "tue", "wed", "thu", "fri"],
+                          "hours": 9, "minutes": 25, "timezone": "Europe/Paris"}],
             "oneOf": [
                 at("daily", json!({}), &[]),
                 at("weekly", json!({"days": {"type": "array", "minItems": 1, "maxItems": 7,

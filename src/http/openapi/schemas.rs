@@ -29,9 +29,10 @@ fn window() -> Value {
 /// setting stays; null clears it.
 fn settings_fields() -> (Value, Value) {
     (
-        json!({"type": ["string", "null"],
+        json!({"type": ["string", "null"], "examples": ["Europe/Paris"],
                "description": "An IANA time zone name, e.g. Europe/Paris (422 if unknown)."}),
         json!({"oneOf": [{"type": "null"}, window()],
+               "examples": [{"from": "22:00", "to": "08:00"}],
                "description": "Holds non-critical emails created inside the window until it ends (needs a timezone); from and to must differ (422)."}),
     )
 }
@@ -102,8 +103,10 @@ pub fn all(event_types: &[&str]) -> Value {
                 "payload": {"type": ["object", "null"]},
                 "idempotencyKey": {"type": ["string", "null"]},
                 "sendAt": {"type": ["string", "null"], "format": "date-time",
+                    "examples": ["2027-01-04T09:00:00+01:00"],
                     "description": "Dispatch at this time (RFC 3339) rather than now; a time past means now; at most 366 days ahead."},
                 "cancellationKey": {"type": ["string", "null"], "minLength": 1, "maxLength": 200,
+                    "examples": ["onboarding-reminder:usr_123"],
                     "description": "POST /v1/events/cancel with this key cancels the event while it is not yet dispatched."}
             }
         }),
