@@ -46,6 +46,7 @@ pub const TABLES: &[&str] = &[
     "dedup_marks",
     "throttle_hits",
     "schedules",
+    "topics",
 ];
 
 /// Tables left behind: the instances are the processes that ran on the

@@ -16,6 +16,7 @@ const STEPS: &[&str] = &[
     include_str!("schema_v4.sql"),
     include_str!("schema_v5.sql"),
     include_str!("schema_v6.sql"),
+    include_str!("schema_v7.sql"),
 ];
 
 pub const SCHEMA_VERSION: i64 = STEPS.len() as i64;
@@ -27,6 +28,7 @@ const POSTGRES_BASE: (i64, &str) = (4, include_str!("postgres_v4.sql"));
 const POSTGRES_STEPS: &[&str] = &[
     include_str!("postgres_v5.sql"),
     include_str!("postgres_v6.sql"),
+    include_str!("postgres_v7.sql"),
 ];
 const _: () = assert!(POSTGRES_BASE.0 + POSTGRES_STEPS.len() as i64 == SCHEMA_VERSION);
 

@@ -299,6 +299,11 @@ fn with_tables_of_later_versions(db: &Path) {
                  VALUES ('sch_1', 'system.announcement', '[\"dave\"]', '{}',
                          '{\"frequency\":\"daily\"}', 2, 1)",
                 args![],
+            )?;
+            tx.execute(
+                "INSERT INTO topics (key, name, created_at, updated_at)
+                 VALUES ('project:42', 'Project 42', 1, 1)",
+                args![],
             )
         })
         .unwrap();
