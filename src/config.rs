@@ -242,6 +242,21 @@ impl Config {
                     .transpose()?,
             },
             lease: Duration::from_millis(number("HERALD_LEASE_MS", 15_000)?.clamp(100, 3_600_000)),
+            webhooks: crate::notify::webhooks::WebhookPolicy {
+                senders: number("HERALD_WEBHOOK_SENDERS", 4)?.clamp(1, 64) as usize,
+                timeout: Duration::from_millis(
+                    number("HERALD_WEBHOOK_TIMEOUT_MS", 10_000)?.clamp(100, 300_000),
+                ),
+                retry_base: Duration::from_millis(
+                    number("HERALD_WEBHOOK_RETRY_BASE_MS", 5_000)?.max(1),
+                ),
+                retry_cap: Duration::from_millis(
+                    number("HERALD_WEBHOOK_RETRY_CAP_MS", 3_600_000)?.max(1),
+                ),
+                disable_after: Duration::from_secs(
+                    number("HERALD_WEBHOOK_DISABLE_AFTER_SECS", 86_400)?.max(1),
+                ),
+            },
         };
         let mail = MailConfig {
             provider: env("HERALD_MAIL_PROVIDER").unwrap_or_else(|| "console".into()),

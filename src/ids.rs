@@ -73,7 +73,7 @@ pub fn random_u64() -> u64 {
     u64::from_le_bytes(bytes)
 }
 
-fn fill_random(buf: &mut [u8]) {
+pub fn fill_random(buf: &mut [u8]) {
     // The OS generator only fails on platforms herald does not run on; a
     // missing entropy source must stop the process, never yield weak tokens.
     getrandom::fill(buf).expect("operating system random number generator unavailable");

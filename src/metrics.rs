@@ -53,6 +53,15 @@ impl SendResult {
     }
 }
 
+/// The outcome of one webhook request, as recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum WebhookOutcome {
+    /// Answered 2xx: the message is done.
+    Accepted,
+    /// Any other answer, or none: the message is retried.
+    Failed,
+}
+
 type HttpKey = (&'static str, &'static str, u16);
 
 pub struct Metrics {
@@ -72,6 +81,8 @@ pub struct Metrics {
     pruned: Family<&'static str, AtomicU64>,
     streams_open: AtomicU64,
     streams_dropped_behind: AtomicU64,
+    webhook_attempts: Family<WebhookOutcome, AtomicU64>,
+    webhooks_disabled: AtomicU64,
 }
 
 impl Metrics {
@@ -88,6 +99,8 @@ impl Metrics {
             pruned: Family::new(),
             streams_open: AtomicU64::new(0),
             streams_dropped_behind: AtomicU64::new(0),
+            webhook_attempts: Family::new(),
+            webhooks_disabled: AtomicU64::new(0),
         }
     }
 
@@ -151,6 +164,18 @@ impl Metrics {
         self.mail_requests
             .get_or_insert(&kind)
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One webhook request whose outcome was recorded.
+    pub fn webhook_attempt(&self, outcome: WebhookOutcome) {
+        self.webhook_attempts
+            .get_or_insert(&outcome)
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An endpoint disabled after failing for the whole period.
+    pub fn webhook_disabled(&self) {
+        self.webhooks_disabled.fetch_add(1, Ordering::Relaxed);
     }
 
     /// One answered HTTP request, labelled by its route pattern.
@@ -260,6 +285,29 @@ impl Metrics {
         queues.render(&mut out);
         one_label_counter(
             &mut out,
+            "herald_webhook_attempts_total",
+            "Webhook requests recorded, by outcome: accepted (2xx) or failed (retried).",
+            "outcome",
+            &self.webhook_attempts,
+            |outcome| match outcome {
+                WebhookOutcome::Accepted => "accepted",
+                WebhookOutcome::Failed => "failed",
+            },
+        );
+        header(
+            &mut out,
+            "herald_webhooks_disabled_total",
+            "counter",
+            "Webhook endpoints disabled by this process after failing for the whole period.",
+        );
+        sample(
+            &mut out,
+            "herald_webhooks_disabled_total",
+            &[],
+            self.webhooks_disabled.load(Ordering::Relaxed) as f64,
+        );
+        one_label_counter(
+            &mut out,
             "herald_pruned_rows_total",
             "Rows deleted by retention: stored email bodies, deliveries, outbox rows, inbox rows, \
              others (batches, listener runs, digests, expired sessions).",
@@ -362,6 +410,10 @@ pub struct QueueGauges {
     /// Bytes on disk of the database file and of its write-ahead log.
     pub database_bytes: u64,
     pub wal_bytes: u64,
+    /// Webhook messages waiting for active endpoints, and stopped with
+    /// their disabled endpoint; endpoints active and disabled.
+    pub webhook_messages: [i64; 2],
+    pub webhook_endpoints: [i64; 2],
 }
 
 impl QueueGauges {
@@ -415,6 +467,26 @@ impl QueueGauges {
                 &[("queue", queue)],
                 age.unwrap_or(0.0).max(0.0),
             );
+        }
+        for (name, help, states, counts) in [
+            (
+                "herald_webhook_messages",
+                "Webhook messages not yet accepted: pending for active endpoints, stopped with \
+                 a disabled one.",
+                ["pending", "stopped"],
+                self.webhook_messages,
+            ),
+            (
+                "herald_webhook_endpoints",
+                "Webhook endpoints, active or disabled (after failing for the whole period).",
+                ["active", "disabled"],
+                self.webhook_endpoints,
+            ),
+        ] {
+            header(out, name, "gauge", help);
+            for (state, n) in states.iter().zip(counts) {
+                sample(out, name, &[("state", state)], n as f64);
+            }
         }
         header(
             out,

@@ -24,6 +24,7 @@ mod server;
 mod stream;
 mod stripe;
 mod users;
+mod webhooks;
 
 pub use routes::{Route, ROUTES};
 

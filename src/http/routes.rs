@@ -14,7 +14,8 @@ use super::openapi::{self, operations as op, Endpoint, Op};
 use super::request::Req;
 use super::response::Reply;
 use super::{
-    credits, deliveries, events, inbox, metrics, orgs, pages, preferences, schedules, stripe, users,
+    credits, deliveries, events, inbox, metrics, orgs, pages, preferences, schedules, stripe,
+    users, webhooks,
 };
 
 /// A handler gets the request and the values of the pattern's `{params}`,
@@ -95,6 +96,11 @@ pub const ROUTES: &[Route] = &[
     api("GET", "/v1/schedules", op::list_schedules, |c, r, _| schedules::list(c, r)),
     api("GET", "/v1/schedules/{id}", op::get_schedule, |c, r, p| schedules::get(c, r, p[0])),
     api("DELETE", "/v1/schedules/{id}", op::delete_schedule, |c, r, p| schedules::delete(c, r, p[0])),
+    api("POST", "/v1/webhooks", op::create_webhook, |c, r, _| webhooks::create(c, r)),
+    api("GET", "/v1/webhooks", op::list_webhooks, |c, r, _| webhooks::list(c, r)),
+    api("GET", "/v1/webhooks/{id}", op::get_webhook, |c, r, p| webhooks::get(c, r, p[0])),
+    api("DELETE", "/v1/webhooks/{id}", op::delete_webhook, |c, r, p| webhooks::delete(c, r, p[0])),
+    api("POST", "/v1/webhooks/{id}/enable", op::enable_webhook, |c, r, p| webhooks::enable(c, r, p[0])),
     api("GET", "/v1/deliveries", op::list_deliveries, |c, r, _| deliveries::list(c, r)),
     api("POST", "/v1/deliveries/{id}/retry", op::retry_delivery, |c, r, p| deliveries::retry(c, r, p[0])),
     api("GET", "/v1/inbox", op::list_inbox, |c, r, _| inbox::list(c, r)),

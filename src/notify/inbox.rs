@@ -9,6 +9,7 @@ use serde_json::Value;
 use super::delivery::views::DeliveryView;
 use super::links;
 use super::templates::InboxContent;
+use super::webhooks::Subscriptions;
 use crate::args;
 use crate::store::{Conn, Row, StoreError, StoreResult, Tx};
 use crate::time::rfc3339;
@@ -241,14 +242,16 @@ pub fn unseen_count(conn: &Conn<'_>, user_id: &str) -> StoreResult<i64> {
 
 /// Marks one of the user's rows seen (and, with `read`, read as well).
 /// Already-marked rows keep their first timestamp. NotFound if the row is
-/// not the user's.
+/// not the user's. A mark that changes the row is reported to the webhooks
+/// subscribed (`inbox.seen`, `inbox.read`), in the same transaction.
 pub fn mark(tx: &Tx<'_>, user_id: &str, id: i64, read: bool) -> StoreResult<()> {
-    let found = tx.query_opt(
-        "SELECT 1 FROM notifications WHERE id = ?1 AND user_id = ?2",
-        args![id, user_id],
-        |_| Ok(()),
-    )?;
-    found.ok_or(StoreError::NotFound)?;
+    let (seen_at, read_at) = tx
+        .query_opt(
+            "SELECT seen_at, read_at FROM notifications WHERE id = ?1 AND user_id = ?2",
+            args![id, user_id],
+            |r| Ok((r.get::<Option<i64>>(0)?, r.get::<Option<i64>>(1)?)),
+        )?
+        .ok_or(StoreError::NotFound)?;
     let sql = if read {
         "UPDATE notifications SET seen_at = COALESCE(seen_at, ?3), read_at = COALESCE(read_at, ?3)
          WHERE id = ?1 AND user_id = ?2"
@@ -256,6 +259,48 @@ pub fn mark(tx: &Tx<'_>, user_id: &str, id: i64, read: bool) -> StoreResult<()> 
         "UPDATE notifications SET seen_at = COALESCE(seen_at, ?3) WHERE id = ?1 AND user_id = ?2"
     };
     tx.execute(sql, args![id, user_id, tx.now_ms()])?;
+    let marks = [
+        ("inbox.seen", seen_at.is_none()),
+        ("inbox.read", read && read_at.is_none()),
+    ];
+    report_marks(tx, user_id, &[id], &marks)
+}
+
+/// Reports marks of the user's rows `ids` to the webhooks subscribed: each
+/// `(kind, changed)` with `changed` true, for every row.
+fn report_marks(
+    tx: &Tx<'_>,
+    user_id: &str,
+    ids: &[i64],
+    marks: &[(&str, bool)],
+) -> StoreResult<()> {
+    let webhooks = Subscriptions::load(tx)?;
+    let kinds: Vec<&str> = marks
+        .iter()
+        .filter(|(kind, changed)| *changed && webhooks.wants(kind))
+        .map(|(kind, _)| *kind)
+        .collect();
+    if kinds.is_empty() {
+        return Ok(());
+    }
+    for &id in ids {
+        let data = tx.query_one(
+            "SELECT o.id, n.type FROM notifications n JOIN outbox o ON o.seq = n.event_seq
+             WHERE n.id = ?1",
+            args![id],
+            |r| {
+                Ok(serde_json::json!({
+                    "notificationId": public_id(id),
+                    "userId": user_id,
+                    "eventId": r.get::<String>(0)?,
+                    "type": r.get::<String>(1)?,
+                }))
+            },
+        )?;
+        for kind in &kinds {
+            webhooks.record(tx, kind, data.clone())?;
+        }
+    }
     Ok(())
 }
 
@@ -278,22 +323,36 @@ pub fn marks_for_release(
     )
 }
 
-/// Marks every unseen row of the user seen; returns how many changed.
+/// Marks every unseen row of the user seen; returns how many changed
+/// (each reported as `inbox.seen`).
 pub fn mark_all_seen(tx: &Tx<'_>, user_id: &str) -> StoreResult<usize> {
-    tx.execute(
-        "UPDATE notifications SET seen_at = ?2 WHERE user_id = ?1 AND seen_at IS NULL",
+    let ids = tx.query_all(
+        "UPDATE notifications SET seen_at = ?2 WHERE user_id = ?1 AND seen_at IS NULL
+         RETURNING id",
         args![user_id, tx.now_ms()],
-    )
+        |r| r.get::<i64>(0),
+    )?;
+    report_marks(tx, user_id, &ids, &[("inbox.seen", true)])?;
+    Ok(ids.len())
 }
 
 /// Marks every unread row of the user read (and seen); returns how many
-/// changed.
+/// changed (each reported as `inbox.read`, and as `inbox.seen` if unseen).
 pub fn mark_all_read(tx: &Tx<'_>, user_id: &str) -> StoreResult<usize> {
-    tx.execute(
+    let now = tx.now_ms();
+    // RETURNING gives the new values: a row seen by this mark has `now`.
+    let rows = tx.query_all(
         "UPDATE notifications SET seen_at = COALESCE(seen_at, ?2), read_at = ?2
-             WHERE user_id = ?1 AND read_at IS NULL",
-        args![user_id, tx.now_ms()],
-    )
+             WHERE user_id = ?1 AND read_at IS NULL
+         RETURNING id, seen_at",
+        args![user_id, now],
+        |r| Ok((r.get::<i64>(0)?, r.get::<Option<i64>>(1)? == Some(now))),
+    )?;
+    let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+    let newly_seen: Vec<i64> = rows.iter().filter(|r| r.1).map(|r| r.0).collect();
+    report_marks(tx, user_id, &newly_seen, &[("inbox.seen", true)])?;
+    report_marks(tx, user_id, &ids, &[("inbox.read", true)])?;
+    Ok(ids.len())
 }
 
 pub fn delete(tx: &Tx<'_>, user_id: &str, id: i64) -> StoreResult<()> {

@@ -60,6 +60,7 @@ pub mod stats;
 pub mod templates;
 mod threads;
 pub mod throttle;
+pub mod webhooks;
 
 pub use delivery::policy::DeliveryPolicy;
 pub use error::NotifyError;

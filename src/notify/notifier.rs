@@ -27,6 +27,7 @@ use super::registry::Registry;
 use super::schedules::{self, NewSchedule, Schedule};
 use super::shared::Shared;
 use super::templates::Templates;
+use super::webhooks;
 use super::{dispatcher, instance, peers, scheduler, service, threads};
 use crate::mail::MailProvider;
 use crate::store::{Store, StoreError, Tx};
@@ -239,6 +240,13 @@ impl Notifier {
         };
         let stop_peers = Arc::new(AtomicBool::new(false));
         let peers = peers::start(&self.shared, me, stop_peers.clone());
+        let (stop_webhooks, webhooks_stop) = crossbeam_channel::bounded::<()>(0);
+        let webhooks = webhooks::sender::start(
+            shared.publisher.store_arc(),
+            shared.policy.webhooks.clone(),
+            me,
+            webhooks_stop,
+        );
         Ok(Running {
             notifier: self.clone(),
             me,
@@ -249,6 +257,8 @@ impl Notifier {
             listeners: Some(listeners),
             peers,
             stop_peers,
+            stop_webhooks: Some(stop_webhooks),
+            webhooks,
         })
     }
 }
@@ -266,6 +276,10 @@ pub struct Running {
     listeners: Option<listeners::Threads>,
     peers: Option<JoinHandle<()>>,
     stop_peers: Arc<AtomicBool>,
+    /// Dropped to stop the webhook senders, which share nothing with the
+    /// mail senders.
+    stop_webhooks: Option<Sender<()>>,
+    webhooks: Vec<JoinHandle<()>>,
 }
 
 impl Running {
@@ -287,6 +301,12 @@ impl Running {
         }
         let _ = self.notifier.shared.wake.send(Wake::Stop);
         threads::join_until(self.scheduler.take(), deadline);
+        // A webhook in flight past the grace period is sent again by the
+        // next start: its claim is released (SQLite) or runs out.
+        self.stop_webhooks.take();
+        for webhook in self.webhooks.drain(..) {
+            threads::join_until(Some(webhook), deadline);
+        }
         self.stop_senders.take();
         for sender in self.senders.drain(..) {
             threads::join_until(Some(sender), deadline);

@@ -47,6 +47,7 @@ pub fn queue_gauges(conn: &Conn<'_>) -> StoreResult<QueueGauges> {
         args![],
         |r| r.get(0),
     )?;
+    let [pending, stopped, active, disabled] = super::webhooks::outbox::gauges(conn)?;
     Ok(QueueGauges {
         deliveries,
         outbox_pending,
@@ -60,5 +61,7 @@ pub fn queue_gauges(conn: &Conn<'_>) -> StoreResult<QueueGauges> {
         senders_len: 0,
         database_bytes: 0,
         wal_bytes: 0,
+        webhook_messages: [pending, stopped],
+        webhook_endpoints: [active, disabled],
     })
 }

@@ -47,6 +47,8 @@ pub const TABLES: &[&str] = &[
     "throttle_hits",
     "schedules",
     "topics",
+    "webhooks",
+    "webhook_messages",
 ];
 
 /// Tables left behind: the instances are the processes that ran on the

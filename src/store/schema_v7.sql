@@ -14,3 +14,35 @@ CREATE TABLE topics (
 -- Locales.
 
 -- Status webhooks.
+-- The application's endpoints (`/v1/webhooks`). `events` is a JSON array of
+-- the kinds it subscribes to; `secret` (whsec_<base64>) signs every message.
+-- `failing_since` is the first failure of the current run of failures (NULL
+-- after a success); a run longer than the disable period sets `disabled_at`.
+CREATE TABLE webhooks (
+    id               TEXT PRIMARY KEY,
+    url              TEXT NOT NULL,
+    events           TEXT NOT NULL,
+    secret           TEXT NOT NULL,
+    created_at       INTEGER NOT NULL,
+    failing_since    INTEGER,
+    disabled_at      INTEGER,
+    disabled_reason  TEXT
+) WITHOUT ROWID;
+-- Messages owed to an endpoint, each written in the transaction of the
+-- change it reports and deleted once the endpoint accepted it. `id` is the
+-- `webhook-id` header; `body` the exact bytes every attempt sends. A claim
+-- moves `next_attempt_at` past the request's timeout (a lease), so a crashed
+-- sender's messages fall due again by themselves.
+CREATE TABLE webhook_messages (
+    id               TEXT PRIMARY KEY,
+    webhook_id       TEXT NOT NULL REFERENCES webhooks (id) ON DELETE CASCADE,
+    kind             TEXT NOT NULL,
+    body             TEXT NOT NULL,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  INTEGER NOT NULL,
+    claimed_by       INTEGER,
+    last_error       TEXT,
+    created_at       INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX webhook_messages_due ON webhook_messages (next_attempt_at);
+CREATE INDEX webhook_messages_endpoint ON webhook_messages (webhook_id);

@@ -182,9 +182,9 @@ fn the_http_machinery_and_client_stay_in_their_layers() {
         Some("src/http/server/io.rs"),
     );
     only_in(
-        "ureq only in the mail providers",
+        "ureq only in the mail providers and the webhook sender",
         r"\bureq::",
-        |f| f.starts_with("src/mail/"),
+        |f| f.starts_with("src/mail/") || f == "src/notify/webhooks/sender.rs",
         Some("src/mail/resend.rs"),
     );
 }

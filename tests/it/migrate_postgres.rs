@@ -304,6 +304,18 @@ fn with_tables_of_later_versions(db: &Path) {
                 "INSERT INTO topics (key, name, created_at, updated_at)
                  VALUES ('project:42', 'Project 42', 1, 1)",
                 args![],
+            )?;
+            tx.execute(
+                "INSERT INTO webhooks (id, url, events, secret, created_at, failing_since)
+                 VALUES ('wh_1', 'https://app.example/hooks', '[\"delivery.sent\"]',
+                         'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', 1, 2)",
+                args![],
+            )?;
+            tx.execute(
+                "INSERT INTO webhook_messages (id, webhook_id, kind, body, attempts,
+                                               next_attempt_at, last_error, created_at)
+                 VALUES ('msg_1', 'wh_1', 'delivery.sent', '{}', 2, 3, 'HTTP 500', 1)",
+                args![],
             )
         })
         .unwrap();

@@ -415,3 +415,53 @@ pub fn set_preference() -> Op {
         .body(schema("PreferenceInput"))
         .ok(200, "The switch as stored", schema("Preference"))
 }
+
+pub fn create_webhook() -> Op {
+    Op::new(
+        "createWebhook",
+        "Subscribe an endpoint to delivery and inbox status messages, signed per Standard \
+         Webhooks; the answer carries the signing secret, shown this once",
+        Service,
+    )
+    .body(schema("WebhookInput"))
+    .ok(
+        201,
+        "The endpoint, with its secret",
+        schema("WebhookCreated"),
+    )
+}
+
+pub fn list_webhooks() -> Op {
+    Op::new("listWebhooks", "Webhook endpoints, oldest first", Service).ok(
+        200,
+        "Every endpoint, without secrets",
+        schema("WebhookList"),
+    )
+}
+
+pub fn get_webhook() -> Op {
+    Op::new("getWebhook", "A webhook endpoint", Service).ok(
+        200,
+        "The endpoint, without its secret",
+        schema("Webhook"),
+    )
+}
+
+pub fn delete_webhook() -> Op {
+    Op::new(
+        "deleteWebhook",
+        "Delete a webhook endpoint and drop its pending messages",
+        Service,
+    )
+    .no_content("Deleted")
+}
+
+pub fn enable_webhook() -> Op {
+    Op::new(
+        "enableWebhook",
+        "Re-enable a webhook endpoint (disabled after failing for a day): its pending \
+         messages are sent again",
+        Service,
+    )
+    .ok(200, "The endpoint, active", schema("Webhook"))
+}

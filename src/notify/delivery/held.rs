@@ -18,6 +18,7 @@ use crate::notify::inbox;
 use crate::notify::quiet_hours::QuietHours;
 use crate::notify::registry::{Channel, TypeDef, Unless};
 use crate::notify::templates::EmailContent;
+use crate::notify::webhooks::Subscriptions;
 use crate::store::users::QuietSettings;
 use crate::store::{Conn, Row, StoreResult, Tx};
 
@@ -177,6 +178,7 @@ pub fn release_due(
     };
     let mut batcher = Batcher::new(mail_batch, due.len(), me);
     let mut created = Vec::new();
+    let webhooks = Subscriptions::load(tx)?;
     for row in due {
         if let Some(reason) = spared(tx, &row, &marks)? {
             tx.execute(
@@ -185,6 +187,7 @@ pub fn release_due(
                  WHERE id = ?1 AND status = 'held'",
                 args![row.id, reason, now],
             )?;
+            webhooks.delivery_changed(tx, &row.id)?;
             released.skipped.push(row.kind);
             continue;
         }

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use crate::notify::retention::Retention;
+use crate::notify::webhooks::WebhookPolicy;
 
 /// How deliveries are sent and retried.
 #[derive(Debug, Clone)]
@@ -29,6 +30,8 @@ pub struct DeliveryPolicy {
     /// How long an instance sharing the database may stay silent before
     /// the others take its deliveries and events over.
     pub lease: Duration,
+    /// How status webhooks are sent, retried and given up on.
+    pub webhooks: WebhookPolicy,
 }
 
 impl Default for DeliveryPolicy {
@@ -44,6 +47,7 @@ impl Default for DeliveryPolicy {
             mail_batch: crate::mail::MAX_BATCH_EMAILS,
             retention: Retention::default(),
             lease: Duration::from_secs(15),
+            webhooks: WebhookPolicy::default(),
         }
     }
 }

@@ -11,6 +11,7 @@ use crate::args;
 use crate::ids;
 use crate::mail::{MailError, Sent};
 use crate::metrics::{SendResult, METRICS};
+use crate::notify::webhooks::Subscriptions;
 use crate::store::{StoreResult, Tx};
 
 /// The result of one request's attempt, on its way to be recorded.
@@ -91,7 +92,8 @@ impl Verdict<'_> {
 /// it scheduled, so the scheduler can be woken for it. A batch's members
 /// share every outcome but an invalid batch's: nothing of it went out, so
 /// its members leave the batch and are retried at once, each alone under
-/// its own id, where only a bad one fails.
+/// its own id, where only a bad one fails. Each delivery sent, failed or
+/// dead is reported to the webhooks subscribed, in the same transaction.
 pub fn record(
     tx: &Tx<'_>,
     outcomes: &[Outcome],
@@ -99,10 +101,12 @@ pub fn record(
 ) -> StoreResult<Option<i64>> {
     let now = tx.now_ms();
     let mut earliest: Option<i64> = None;
+    let webhooks = Subscriptions::load(tx)?;
     for o in outcomes {
         let attempts = o.attempts_before + 1;
         let ids = o.delivery_ids.iter();
-        match o.verdict(policy.max_attempts) {
+        let verdict = o.verdict(policy.max_attempts);
+        match verdict {
             Verdict::Sent(sent) => {
                 for (i, id) in ids.enumerate() {
                     let provider_id = sent.get(i).map_or("", |s| s.provider_id.as_str());
@@ -147,6 +151,11 @@ pub fn record(
                         args![id, attempts, o.provider, message, at, now],
                     )?;
                 }
+            }
+        }
+        if let Verdict::Sent(_) | Verdict::Failed { .. } | Verdict::Dead { .. } = verdict {
+            for id in &o.delivery_ids {
+                webhooks.delivery_changed(tx, id)?;
             }
         }
     }
