@@ -10,6 +10,7 @@ pub mod fake_resend;
 pub mod server;
 pub mod sse;
 pub mod webdriver;
+pub mod webhook_receiver;
 
 pub use fake_resend::{AcceptedEmail, FakeResend, Fault, Mode, RecordedRequest};
 pub use server::{RawResponse, TestServer, TestServerBuilder};
