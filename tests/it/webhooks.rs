@@ -7,10 +7,12 @@
 //! refused naming the field.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::support::database::{postgres_or_skip, PgDatabase};
 use crate::support::webhook_receiver::{verify, Answer, Receiver};
 use crate::support::{wait_until, FakeResend, TestServer, TestServerBuilder};
 
@@ -439,4 +441,54 @@ fn bad_webhooks_are_refused_naming_the_field_and_unknown_ids_are_404() {
     let path = format!("/v1/webhooks/{}", created["id"].as_str().unwrap());
     assert_eq!(server.delete(&path, Some(&key)).0, 204);
     assert_eq!(server.get(&path, Some(&key)).0, 404);
+}
+
+/// Two instances on one PostgreSQL database, both recording and sending
+/// messages, half of the requests failing: every send is reported, and no
+/// message is accepted twice (one instance holds it at a time).
+#[test]
+fn two_instances_send_each_message_from_one_instance_at_a_time() {
+    let Some(pg) = postgres_or_skip("webhooks::two_instances_send_each_message") else {
+        return;
+    };
+    let db = Arc::new(PgDatabase::create(&pg));
+    let mail = FakeResend::start();
+    let builder = fast_retries(TestServer::builder().mail(&mail).postgres(&db));
+    let a = builder.clone().start();
+    let b = builder.start();
+    let receiver = Receiver::start(Answer::FailEveryOther);
+    subscribe(&a, &receiver, &["delivery.sent"]);
+    let (ids, _) = users(&a, 40);
+    for (i, chunk) in ids.chunks(4).enumerate() {
+        let server = if i % 2 == 0 { &a } else { &b };
+        let mut event = role_changed(chunk);
+        event["subjectId"] = json!(format!("mem_{i}"));
+        let (status, body) = server.post_event(event);
+        assert_eq!(status, 202, "{body}");
+    }
+    assert!(mail.wait_for_accepted(40, WAIT), "{}", a.logs());
+    let accepted_ids = || -> BTreeMap<String, usize> {
+        let mut count = BTreeMap::new();
+        for r in receiver.accepted() {
+            *count.entry(r.id).or_insert(0) += 1;
+        }
+        count
+    };
+    assert!(
+        wait_until(WAIT, || accepted_ids().len() == 40),
+        "{} of 40\n{}\n{}",
+        accepted_ids().len(),
+        a.logs(),
+        b.logs()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let accepted = accepted_ids();
+    assert_eq!(accepted.len(), 40);
+    assert!(accepted.values().all(|&n| n == 1), "{accepted:?}");
+    let sends: BTreeSet<String> = receiver
+        .accepted()
+        .iter()
+        .filter_map(|r| r.json()["data"]["deliveryId"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(sends.len(), 40);
 }

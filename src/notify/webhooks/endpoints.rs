@@ -222,7 +222,7 @@ pub fn delete(store: &Store, id: &str) -> StoreResult<()> {
 /// Re-enables an endpoint (disabled or not) in one write transaction: its
 /// run of failures starts again, and its pending messages are due now.
 pub fn enable(store: &Store, id: &str) -> StoreResult<Webhook> {
-    store.write(|tx| {
+    let webhook = store.write(|tx| {
         let now = tx.now_ms();
         let changed = tx.execute(
             "UPDATE webhooks SET disabled_at = NULL, disabled_reason = NULL, failing_since = NULL
@@ -238,7 +238,9 @@ pub fn enable(store: &Store, id: &str) -> StoreResult<Webhook> {
             args![id, now],
         )?;
         get_in(tx, id)
-    })
+    })?;
+    super::outbox::wake();
+    Ok(webhook)
 }
 
 #[cfg(test)]

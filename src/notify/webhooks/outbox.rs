@@ -5,8 +5,10 @@
 //! delete them once accepted, or push them back with a backoff; an endpoint
 //! failing for longer than `disable_after` is disabled and its rows wait.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
+use crossbeam_channel::{Receiver, Sender};
 use serde_json::{json, Value};
 
 use crate::args;
@@ -58,6 +60,22 @@ impl WebhookPolicy {
     }
 }
 
+/// Wakes this process's claiming thread: a message was written (perhaps
+/// not yet committed: the thread looks again shortly after), an attempt
+/// recorded, an endpoint enabled. An idle server sleeps until then.
+pub fn wake() {
+    let _ = wake_channel().0.try_send(());
+}
+
+pub(super) fn woken() -> &'static Receiver<()> {
+    &wake_channel().1
+}
+
+fn wake_channel() -> &'static (Sender<()>, Receiver<()>) {
+    static WAKE: OnceLock<(Sender<()>, Receiver<()>)> = OnceLock::new();
+    WAKE.get_or_init(|| crossbeam_channel::bounded(1))
+}
+
 /// The active endpoints and what each subscribes to, as one transaction
 /// reads them: one read of a table of a handful of rows, and nothing more
 /// when none subscribes to a kind.
@@ -104,6 +122,7 @@ impl Subscriptions {
                 )?;
             }
         }
+        wake();
         Ok(())
     }
 

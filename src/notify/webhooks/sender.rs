@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 
 use super::outbox::{self, Message, WebhookPolicy};
 use super::signing;
@@ -16,9 +16,18 @@ use crate::metrics::{WebhookOutcome, METRICS};
 use crate::notify::threads;
 use crate::store::{Store, StoreResult};
 
-/// Longest sleep of the claiming thread with nothing due: a message
-/// committed meanwhile (by this or another instance) waits at most this.
-const POLL: Duration = Duration::from_millis(200);
+/// Longest sleep of the claiming thread with nothing due. This process's
+/// own messages wake it; on a shared database another instance's, left
+/// behind by its death, are found within `SHARED_POLL`.
+const IDLE: Duration = Duration::from_secs(60);
+const SHARED_POLL: Duration = Duration::from_secs(5);
+/// Looks again this long after a wake that found nothing: the message's
+/// transaction may not have committed yet.
+const RECHECK: [Duration; 3] = [
+    Duration::from_millis(20),
+    Duration::from_millis(200),
+    Duration::from_secs(1),
+];
 /// How long to wait after the database failed.
 const AFTER_ERROR: Duration = Duration::from_secs(2);
 /// Most bytes of an endpoint's answer kept for `last_error`.
@@ -73,7 +82,7 @@ fn agent(timeout: Duration) -> ureq::Agent {
 }
 
 /// Claims as many due messages as there are idle senders, hands them over,
-/// and sleeps until the next is due (at most `POLL`) or the stop.
+/// and sleeps until the next is due, a wake, or the stop.
 fn claim_loop(
     store: &Store,
     policy: &WebhookPolicy,
@@ -81,19 +90,29 @@ fn claim_loop(
     jobs: &Sender<Message>,
     stop: &Receiver<()>,
 ) {
+    let idle = match store.engine().is_shared() {
+        true => SHARED_POLL,
+        false => IDLE,
+    };
+    let mut rechecks = RECHECK.len();
     loop {
         let room = jobs.capacity().unwrap_or(1).saturating_sub(jobs.len());
-        let pause = match claim(store, policy, me, room) {
+        let mut pause = match claim(store, policy, me, room) {
             Ok(claimed) => {
                 let full = claimed.len() == room && room > 0;
+                let found = !claimed.is_empty();
                 for message in claimed {
                     if jobs.send(message).is_err() {
                         return;
                     }
                 }
-                match full {
-                    true => Duration::from_millis(5),
-                    false => next_pause(store),
+                match (full, found) {
+                    (true, _) => Duration::from_millis(5),
+                    (false, false) if rechecks < RECHECK.len() => {
+                        rechecks += 1;
+                        RECHECK[rechecks - 1].min(next_pause(store, idle))
+                    }
+                    _ => next_pause(store, idle),
                 }
             }
             Err(e) => {
@@ -101,9 +120,13 @@ fn claim_loop(
                 AFTER_ERROR
             }
         };
-        match stop.recv_timeout(pause) {
-            Err(RecvTimeoutError::Timeout) => {}
-            _ => return,
+        if room == 0 {
+            pause = pause.min(Duration::from_millis(50));
+        }
+        crossbeam_channel::select! {
+            recv(stop) -> _ => return,
+            recv(outbox::woken()) -> _ => rechecks = 0,
+            default(pause) => {}
         }
     }
 }
@@ -115,13 +138,13 @@ fn claim(store: &Store, policy: &WebhookPolicy, me: i64, room: usize) -> StoreRe
     store.write(|tx| outbox::claim_due(tx, me, room, policy))
 }
 
-/// Until the next message is due, within `POLL`.
-fn next_pause(store: &Store) -> Duration {
+/// Until the next message is due, within `idle`.
+fn next_pause(store: &Store, idle: Duration) -> Duration {
     let now = store.clock().now_ms();
     match store.read(outbox::next_due_at) {
-        Ok(Some(at)) if at > now => Duration::from_millis((at - now) as u64).min(POLL),
+        Ok(Some(at)) if at > now => Duration::from_millis((at - now) as u64).min(idle),
         Ok(Some(_)) => Duration::from_millis(5),
-        Ok(None) => POLL,
+        Ok(None) => idle,
         Err(_) => AFTER_ERROR,
     }
 }
@@ -134,7 +157,10 @@ fn send_and_record(store: &Store, policy: &WebhookPolicy, agent: &ureq::Agent, m
         Ok(()) => WebhookOutcome::Accepted,
         Err(_) => WebhookOutcome::Failed,
     };
-    match store.write(|tx| outbox::record_attempt(tx, message, &result, policy)) {
+    let recorded = store.write(|tx| outbox::record_attempt(tx, message, &result, policy));
+    // The claiming thread may sleep past this message's retry otherwise.
+    outbox::wake();
+    match recorded {
         Ok(disabled) => {
             METRICS.webhook_attempt(outcome);
             if disabled {
