@@ -47,6 +47,8 @@ pub const TABLES: &[&str] = &[
     "throttle_hits",
     "schedules",
     "topics",
+    "topic_subscribers",
+    "topic_fanouts",
 ];
 
 /// Tables left behind: the instances are the processes that ran on the

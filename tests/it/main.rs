@@ -45,3 +45,4 @@ mod retention;
 mod scheduled;
 mod schedules;
 mod throttle;
+mod topics;

@@ -304,6 +304,16 @@ fn with_tables_of_later_versions(db: &Path) {
                 "INSERT INTO topics (key, name, created_at, updated_at)
                  VALUES ('project:42', 'Project 42', 1, 1)",
                 args![],
+            )?;
+            tx.execute(
+                "INSERT INTO topic_subscribers (topic_key, user_id, created_at)
+                 VALUES ('project:42', 'dave', 1)",
+                args![],
+            )?;
+            tx.execute(
+                "INSERT INTO topic_fanouts (event_seq, after_user, pages, created_at)
+                 VALUES (7, 'carol', 2, 1)",
+                args![],
             )
         })
         .unwrap();

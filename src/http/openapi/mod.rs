@@ -7,6 +7,7 @@ mod op;
 pub mod operations;
 mod schedules;
 mod schemas;
+pub mod topics;
 
 use std::sync::OnceLock;
 
@@ -73,6 +74,7 @@ fn all_schemas(event_types: &[&str]) -> Value {
     let mut all = schemas::all(event_types);
     if let Some(map) = all.as_object_mut() {
         schedules::add(map, event_types);
+        topics::add(map);
     }
     all
 }

@@ -29,6 +29,9 @@ pub struct DeliveryPolicy {
     /// How long an instance sharing the database may stay silent before
     /// the others take its deliveries and events over.
     pub lease: Duration,
+    /// `HERALD_TEST_FANOUT_PAGE_DELAY_MS`: a pause after each committed
+    /// page of a topic fan-out, so a test can kill herald in the middle.
+    pub test_fanout_page_delay: Option<Duration>,
 }
 
 impl Default for DeliveryPolicy {
@@ -44,6 +47,7 @@ impl Default for DeliveryPolicy {
             mail_batch: crate::mail::MAX_BATCH_EMAILS,
             retention: Retention::default(),
             lease: Duration::from_secs(15),
+            test_fanout_page_delay: None,
         }
     }
 }
