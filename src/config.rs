@@ -257,6 +257,15 @@ impl Config {
                     number("HERALD_WEBHOOK_DISABLE_AFTER_SECS", 86_400)?.max(1),
                 ),
             },
+            test_fanout_page_delay: env("HERALD_TEST_FANOUT_PAGE_DELAY_MS")
+                .map(|v| {
+                    let ms = v.parse::<u64>().map_err(|_| {
+                        format!("HERALD_TEST_FANOUT_PAGE_DELAY_MS={v:?} is not a number of milliseconds")
+                    })?;
+                    log::warn!("TEST HOOK: every topic fan-out page is followed by a {ms} ms pause");
+                    Ok::<_, String>(Duration::from_millis(ms))
+                })
+                .transpose()?,
         };
         let mail = MailConfig {
             provider: env("HERALD_MAIL_PROVIDER").unwrap_or_else(|| "console".into()),

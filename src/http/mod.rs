@@ -23,6 +23,7 @@ mod schedules;
 mod server;
 mod stream;
 mod stripe;
+mod topics;
 mod users;
 mod webhooks;
 

@@ -15,7 +15,7 @@ use super::request::Req;
 use super::response::Reply;
 use super::{
     credits, deliveries, events, inbox, metrics, orgs, pages, preferences, schedules, stripe,
-    users, webhooks,
+    topics, users, webhooks,
 };
 
 /// A handler gets the request and the values of the pattern's `{params}`,
@@ -101,6 +101,12 @@ pub const ROUTES: &[Route] = &[
     api("GET", "/v1/webhooks/{id}", op::get_webhook, |c, r, p| webhooks::get(c, r, p[0])),
     api("DELETE", "/v1/webhooks/{id}", op::delete_webhook, |c, r, p| webhooks::delete(c, r, p[0])),
     api("POST", "/v1/webhooks/{id}/enable", op::enable_webhook, |c, r, p| webhooks::enable(c, r, p[0])),
+    api("PUT", "/v1/topics/{key}", openapi::topics::put_topic, |c, r, p| topics::put(c, r, p[0])),
+    api("GET", "/v1/topics/{key}", openapi::topics::get_topic, |c, r, p| topics::get(c, r, p[0])),
+    api("DELETE", "/v1/topics/{key}", openapi::topics::delete_topic, |c, r, p| topics::delete(c, r, p[0])),
+    api("POST", "/v1/topics/{key}/subscribers", openapi::topics::subscribe, |c, r, p| topics::subscribe(c, r, p[0])),
+    api("GET", "/v1/topics/{key}/subscribers", openapi::topics::list_subscribers, |c, r, p| topics::subscribers(c, r, p[0])),
+    api("DELETE", "/v1/topics/{key}/subscribers/{userId}", openapi::topics::unsubscribe, |c, r, p| topics::unsubscribe(c, r, p[0], p[1])),
     api("GET", "/v1/deliveries", op::list_deliveries, |c, r, _| deliveries::list(c, r)),
     api("POST", "/v1/deliveries/{id}/retry", op::retry_delivery, |c, r, p| deliveries::retry(c, r, p[0])),
     api("GET", "/v1/inbox", op::list_inbox, |c, r, _| inbox::list(c, r)),

@@ -14,23 +14,15 @@ use crate::store::{Conn, Tx};
 use crossbeam_channel::Sender;
 
 use super::bus::{BusMsg, Wake};
-use super::delivery::deliveries::{self, Batcher, EmailJob, MailJob};
-use super::delivery::held;
+use super::deliver::{self, after_commit, fan_out, Ready, Written};
+use super::delivery::deliveries::{Batcher, MailJob};
 use super::delivery::mail_queue::MailQueue;
 use super::delivery::retry::{self, Outcome};
 use super::event::{Event, Recipient};
-use super::inbox::InboxCommitted;
-use super::outbox::{self, ChannelCounts, Claim, DispatchResult};
-use super::policy::{self, DedupKey};
-use super::preferences::Switches;
-use super::quiet_hours::QuietHours;
-use super::registry::{Channel, TypeDef};
+use super::outbox::{self, Claim};
 use super::shared::Shared;
-use super::templates::Rendered;
-use super::throttle::{self, Budget};
-use super::{digest, inbox, peers};
-use crate::metrics::{Fate, METRICS};
-use crate::store::{users, StoreResult};
+use super::{peers, topics};
+use crate::store::StoreResult;
 
 /// Events and recorded emails per dispatch transaction: large enough to
 /// amortise the commit, small enough to keep the write lock short.
@@ -166,46 +158,6 @@ struct Prepared<'r> {
     ready: Result<Ready<'r>, String>,
 }
 
-/// Everything rendering produces for one event, done outside the write
-/// transaction.
-struct Ready<'r> {
-    event: Arc<Event>,
-    def: &'r TypeDef,
-    rendered: Rendered,
-    /// The payload as stored on inbox rows.
-    payload: String,
-    /// Per recipient, in order: its address and preference switches, read
-    /// before the write transaction; None for a user that no longer exists.
-    reach: Vec<Option<Reach>>,
-}
-
-/// Where a recipient is reached and what it allows, as read while the
-/// batch was prepared. A preference changed in between applies from the
-/// next batch, as if it had been changed a moment later.
-struct Reach {
-    address: String,
-    switches: Switches,
-    /// The user's quiet hours, when they could hold this event's email.
-    quiet: Option<QuietHours>,
-}
-
-/// What a dispatch transaction hands on after COMMIT.
-#[derive(Default)]
-struct Written {
-    /// Email deliveries created, each with the batch it joined.
-    emails: Vec<(Option<String>, EmailJob)>,
-    /// Inbox rows written, announced to the live stream after COMMIT.
-    inbox: Vec<InboxCommitted>,
-    /// A digest was opened, or an event came before its `sendAt`: the
-    /// scheduler must look at its due time.
-    wake_scheduler: bool,
-    /// When the earliest email held by this transaction is due.
-    held_due: Option<i64>,
-    /// (type, channel, fate) per recipient, counted in the metrics only
-    /// once the transaction has committed.
-    fates: Vec<(String, Channel, Fate)>,
-}
-
 /// Dispatches `prepared` and records `outcomes` in one write transaction:
 /// the commit, not the rows, is what costs, so a batch shares one.
 fn handle_batch(
@@ -330,24 +282,6 @@ fn prepare_batch<'s>(shared: &'s Shared, seqs: &[Published]) -> Vec<Prepared<'s>
     })
 }
 
-/// Hands a committed batch's emails to the senders (those the queue has no
-/// room for wait in the database) and its inbox rows to the live stream.
-fn after_commit(shared: &Shared, written: Written, queue: &MailQueue, wake: &Sender<Wake>) {
-    shared.announce_inbox(&written.inbox);
-    for (kind, channel, fate) in &written.fates {
-        METRICS.notification(kind, channel.as_str(), *fate);
-    }
-    let held_sooner = written
-        .held_due
-        .is_some_and(|due| shared.next_wake.misses(due));
-    if written.wake_scheduler || held_sooner {
-        let _ = wake.send(Wake::Retry);
-    }
-    for job in MailJob::group(written.emails) {
-        queue.offer(job);
-    }
-}
-
 /// Frees the queue's hold on deliveries whose outcome is recorded; true
 /// when the scheduler should page in deliveries waiting in the database.
 fn release(queue: &MailQueue, outcomes: &[Outcome]) -> bool {
@@ -377,35 +311,21 @@ fn prepare<'s>(
         Ok(rendered) => rendered,
         Err(e) => return Ok(Err(e.to_string())),
     };
-    // Quiet hours only ever hold a non-critical email.
-    let may_be_quiet = !def.critical && def.has(Channel::Email);
-    let reach = event
+    // The direct recipients now, but never the actor; a topic's
+    // subscribers are reached later, a page at a time (`topic_fanout`).
+    let audience = event
         .recipients
         .iter()
-        .map(|recipient| {
-            let (address, quiet) = match recipient {
-                Recipient::User(id) => match users::reach_of(conn, id)? {
-                    Some((email, settings)) => {
-                        (email, QuietHours::of(&settings).filter(|_| may_be_quiet))
-                    }
-                    None => return Ok(None),
-                },
-                Recipient::Address { email } => (email.clone(), None),
-            };
-            let switches = policy::switches_for(conn, &event, def, recipient)?;
-            Ok(Some(Reach {
-                address,
-                switches,
-                quiet,
-            }))
-        })
+        .filter(|r| !matches!(r, Recipient::Topic { .. }))
+        .filter(|r| !matches!(r, Recipient::User(id) if event.is_actor(id)))
+        .map(|r| Ok((r.clone(), deliver::reach_of(conn, &event, def, r)?)))
         .collect::<StoreResult<_>>()?;
     Ok(Ok(Ready {
         payload: event.payload.to_string(),
         event,
         def,
         rendered,
-        reach,
+        audience,
     }))
 }
 
@@ -439,7 +359,14 @@ fn write_all(
         match &p.ready {
             Ok(ready) => {
                 let result = fan_out(tx, p.seq, ready, &mut batcher, &mut written)?;
-                outbox::mark_dispatched(tx, p.seq, result)?;
+                // An event with topics keeps its body for the pages to
+                // come, and its result grows as each page commits.
+                let topics = ready.event.topics().next().is_some();
+                outbox::mark_dispatched(tx, p.seq, result, topics)?;
+                if topics {
+                    topics::start_fanout(tx, p.seq)?;
+                    written.wake_scheduler = true;
+                }
             }
             Err(reason) => {
                 log::error!("event #{} cannot be dispatched: {reason}", p.seq);
@@ -452,201 +379,13 @@ fn write_all(
     Ok(written)
 }
 
-/// One event to each recipient, applying SPEC 2.3 in order: the dedup
-/// window, preferences, the throttle (SPEC 9), the digest (the event is
-/// held, nothing is sent now), else an inbox row per user and an email
-/// delivery per user and per address-only recipient. A released digest
-/// skips dedup, throttle and digest: it was checked on the way in.
-///
-/// The result counts each recipient once at the top, and each of its
-/// channels in `channels`:
-/// - sent: a recipient counts `sent` if at least one channel was written
-///   (email switched off, inbox on: `sent`), and each written channel
-///   counts `sent` in its own breakdown;
-/// - deduped: a recipient caught by the window counts `deduped`, and so
-///   does every channel it would have got;
-/// - suppressedByPrefs: a recipient counts it only when every channel it
-///   would have got is switched off; each switched-off channel counts it;
-/// - throttled: a recipient over its type's throttle counts `throttled`,
-///   and so does every channel its preferences left it.
-///
-/// An address-only recipient has no inbox and no preferences: it counts on
-/// the email channel alone. An email held for an escalation or quiet hours
-/// counts `sent` now, as it is created: a later skip (the row was seen in
-/// time) shows on the delivery and in the metrics, never in this result,
-/// so a recipient is never counted twice. Some recipients count nowhere at
-/// the top:
-/// - a user that no longer exists: nothing was attempted (it is logged);
-///   counting it `suppressedByPrefs` would blame a preference nobody set;
-/// - a recipient whose event joins a digest: nothing goes out yet. The
-///   event's `digests` says where it waits, and the released digest is an
-///   event of its own whose result counts the recipient `sent` then. The
-///   channels switched off at join count `suppressedByPrefs` here, as the
-///   metrics count them: the digest never reaches those channels.
-///
-/// The per-channel counts and the Prometheus counters come from the same
-/// place (`tally`), so they always agree.
-fn fan_out(
-    tx: &Tx<'_>,
-    seq: i64,
-    ready: &Ready<'_>,
-    batcher: &mut Batcher,
-    written: &mut Written,
-) -> StoreResult<DispatchResult> {
-    let Ready {
-        event,
-        def,
-        rendered,
-        payload,
-        reach,
-    } = ready;
-    let mut result = DispatchResult::default();
-    let mut by_channel = ChannelCounts::default();
-    let mut tally = |channel: Channel, fate: Fate| {
-        let counts = by_channel.of(channel);
-        match fate {
-            Fate::Sent => counts.sent += 1,
-            Fate::Deduped => counts.deduped += 1,
-            Fate::Suppressed => counts.suppressed_by_prefs += 1,
-            Fate::Throttled => counts.throttled += 1,
-        }
-        written.fates.push((event.kind.clone(), channel, fate));
-    };
-    let now = tx.now_ms();
-    let release = event.from_digest.as_ref();
-    for (recipient, reach) in event.recipients.iter().zip(reach) {
-        let key = recipient.key();
-        let Some(Reach {
-            address,
-            switches,
-            quiet,
-        }) = reach
-        else {
-            log::warn!("event #{seq}: user {key:?} no longer exists; skipped");
-            continue;
-        };
-        let dedup = DedupKey::of(event, &key, rendered.dedup_key.as_deref());
-        let only = release.map(|r| r.channels.as_slice());
-        let (channels, suppressed) = policy::channels_for(switches, def, recipient, only);
-        let throttle = def.throttle.as_ref().filter(|_| release.is_none());
-        // Dedup comes first in SPEC 2.3, but the preferences are already
-        // known: when something goes out, one upsert both checks the window
-        // and marks it; when nothing does, only the check runs. A throttled
-        // type is only checked here, and marked once the throttle lets it
-        // through: a throttled notification must leave no mark.
-        let duplicate = match (release, channels.is_empty(), throttle) {
-            (Some(_), _, _) => false,
-            (None, true, _) | (None, false, Some(_)) => policy::is_duplicate(tx, def, &dedup, now)?,
-            (None, false, None) => !policy::mark_unless_duplicate(tx, def, &dedup, now)?,
-        };
-        if duplicate {
-            result.deduped += 1;
-            for channel in reachable(def, recipient) {
-                tally(channel, Fate::Deduped);
-            }
-            continue;
-        }
-        if suppressed > 0 {
-            let off = reachable(def, recipient)
-                .filter(|c| only.is_none_or(|only| only.contains(c)) && !channels.contains(c));
-            for channel in off {
-                tally(channel, Fate::Suppressed);
-            }
-        }
-        if channels.is_empty() {
-            result.suppressed_by_prefs += i64::from(suppressed > 0);
-            continue;
-        }
-        if let Some(throttle) = throttle {
-            let budget = Budget {
-                kind: &event.kind,
-                recipient: &key,
-                key: rendered.throttle_key.as_deref().unwrap_or(""),
-            };
-            if !throttle::admit(tx, throttle, &budget, seq, now)? {
-                result.throttled += 1;
-                for &channel in &channels {
-                    tally(channel, Fate::Throttled);
-                }
-                continue;
-            }
-            policy::mark_unless_duplicate(tx, def, &dedup, now)?;
-        }
-        if let (Some(spec), Some(digest_key), None) = (&def.digest, &rendered.digest_key, release) {
-            let opened = digest::join(tx, seq, event, recipient, digest_key, spec, &channels, now)?;
-            written.wake_scheduler |= opened.is_some();
-            continue;
-        }
-        let mut reached = false;
-        for channel in channels {
-            let wrote = match (channel, recipient, &rendered.inbox, &rendered.email) {
-                (Channel::Inbox, Recipient::User(id), Some(content), _) => {
-                    let row = inbox::insert(tx, seq, id, &event.kind, content, payload)?;
-                    written.inbox.extend(row.map(|row_id| InboxCommitted {
-                        user_id: id.clone(),
-                        id: row_id,
-                    }));
-                    row.is_some()
-                }
-                (Channel::Email, _, _, Some(content)) => {
-                    // A held email is not handed to the senders: the
-                    // scheduler releases it when due.
-                    if let Some(hold) = held::hold_for(def, recipient, quiet.as_ref(), now) {
-                        let wrote = held::insert(tx, seq, &key, address, content, hold)?;
-                        if wrote {
-                            let sooner = written.held_due.map_or(hold.due, |d| d.min(hold.due));
-                            written.held_due = Some(sooner);
-                        }
-                        wrote
-                    } else {
-                        let batch = batcher.join(seq);
-                        let job = deliveries::insert_delivery(
-                            tx,
-                            seq,
-                            &key,
-                            address,
-                            content,
-                            batch.as_deref(),
-                            batcher.holder(),
-                        )?;
-                        let wrote = job.is_some();
-                        written.emails.extend(job.map(|job| (batch, job)));
-                        wrote
-                    }
-                }
-                _ => false,
-            };
-            if wrote {
-                tally(channel, Fate::Sent);
-                reached = true;
-            }
-        }
-        result.sent += i64::from(reached);
-    }
-    result.channels = Some(by_channel);
-    Ok(result)
-}
-
-/// At most how many emails `prepared` creates: before preferences, dedup
-/// and digests, which only ever take some away.
+/// At most how many emails `prepared` creates (see `deliver::expected_emails`).
 fn expected_emails(prepared: &[Prepared<'_>]) -> usize {
     prepared
         .iter()
         .filter_map(|p| p.ready.as_ref().ok())
-        .filter(|ready| {
-            ready.rendered.email.is_some() && ready.def.channels.contains(&Channel::Email)
-        })
-        .map(|ready| ready.reach.iter().flatten().count())
+        .map(deliver::expected_emails)
         .sum()
-}
-
-/// The channels of `def` a recipient can receive at all: an address-only
-/// recipient has no inbox.
-fn reachable<'d>(def: &'d TypeDef, recipient: &'d Recipient) -> impl Iterator<Item = Channel> + 'd {
-    def.channels
-        .iter()
-        .copied()
-        .filter(move |c| matches!(recipient, Recipient::User(_)) || *c == Channel::Email)
 }
 
 fn record_outcomes(shared: &Shared, outcomes: &[Outcome], wake: &Sender<Wake>) {

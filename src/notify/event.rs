@@ -31,6 +31,9 @@ pub enum Recipient {
     User(String),
     /// An address-only recipient: the email channel only, no inbox.
     Address { email: String },
+    /// Every subscriber of a topic at dispatch time, each as a user
+    /// (expanded in pages by `notify::topic_fanout`).
+    Topic { topic: String },
 }
 
 impl Recipient {
@@ -39,6 +42,7 @@ impl Recipient {
         match self {
             Recipient::User(id) => id.clone(),
             Recipient::Address { email } => format!("email:{}", email.to_lowercase()),
+            Recipient::Topic { topic } => format!("topic:{topic}"),
         }
     }
 }
@@ -51,6 +55,10 @@ pub struct Event {
     pub recipients: Vec<Recipient>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject_id: Option<String>,
+    /// `actorId`: the user whose action this event reports; never notified
+    /// by it, whether named directly or through a topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor_id: Option<String>,
     pub payload: Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
@@ -75,6 +83,7 @@ impl Event {
             kind: kind.to_string(),
             recipients,
             subject_id: None,
+            actor_id: None,
             payload,
             idempotency_key: None,
             from_digest: None,
@@ -109,6 +118,7 @@ impl Event {
             ));
         }
         let subject_id = optional_string(&mut obj, "subjectId")?;
+        let actor_id = optional_string(&mut obj, "actorId")?;
         let idempotency_key = optional_string(&mut obj, "idempotencyKey")?;
         let cancellation_key = match obj.remove("cancellationKey") {
             None | Some(Value::Null) => None,
@@ -133,6 +143,7 @@ impl Event {
             kind,
             recipients,
             subject_id,
+            actor_id,
             payload,
             idempotency_key,
             from_digest: None,
@@ -174,6 +185,27 @@ impl Event {
         Ok(())
     }
 
+    /// The topics among the recipients, in order.
+    pub fn topics(&self) -> impl Iterator<Item = &str> {
+        self.recipients.iter().filter_map(|r| match r {
+            Recipient::Topic { topic } => Some(topic.as_str()),
+            _ => None,
+        })
+    }
+
+    /// Whether `user` is reached directly, not through a topic: a topic's
+    /// pages skip such users, who were notified with the event itself.
+    pub fn names_user(&self, user: &str) -> bool {
+        self.recipients
+            .iter()
+            .any(|r| matches!(r, Recipient::User(id) if id == user))
+    }
+
+    /// Whether `user` is the event's actor, who is never notified by it.
+    pub fn is_actor(&self, user: &str) -> bool {
+        self.actor_id.as_deref() == Some(user)
+    }
+
     /// The same recipient twice in one event is notified once.
     fn dedupe_recipients(&mut self) {
         let mut seen = std::collections::HashSet::new();
@@ -185,6 +217,14 @@ fn parse_recipient(i: usize, value: Value) -> Result<Recipient, NotifyError> {
     let field = format!("recipients[{i}]");
     match value {
         Value::String(id) if !id.is_empty() && id.len() <= MAX_ID_LEN => Ok(Recipient::User(id)),
+        Value::Object(obj) if obj.len() == 1 && obj.contains_key("topic") => {
+            match obj.get("topic") {
+                Some(Value::String(key)) if is_topic_key(key) => {
+                    Ok(Recipient::Topic { topic: key.clone() })
+                }
+                _ => Err(invalid(&format!("{field}.topic"), TOPIC_KEY_RULE)),
+            }
+        }
         Value::Object(mut obj) if obj.len() == 1 => match obj.remove("email") {
             Some(Value::String(email)) if is_plausible_email(&email) => {
                 Ok(Recipient::Address { email })
@@ -196,9 +236,23 @@ fn parse_recipient(i: usize, value: Value) -> Result<Recipient, NotifyError> {
         },
         _ => Err(invalid(
             &field,
-            "expected a user id string or {\"email\": \"address\"}",
+            "expected a user id string, {\"email\": \"address\"} or {\"topic\": \"key\"}",
         )),
     }
+}
+
+/// What a topic key must be, as a message.
+pub const TOPIC_KEY_RULE: &str = "expected a topic key of 1 to 200 printable characters";
+
+/// A topic key: 1 to 200 characters (as JSON Schema counts them), none of
+/// them a control character or whitespace other than a plain space, so a
+/// key reads the same in a URL path, a log line and a JSON document.
+pub fn is_topic_key(key: &str) -> bool {
+    let n = key.chars().count();
+    (1..=MAX_ID_LEN).contains(&n)
+        && !key
+            .chars()
+            .any(|c| c.is_control() || (c.is_whitespace() && c != ' '))
 }
 
 /// A `cancellationKey`: 1 to 200 characters (as JSON Schema counts them).

@@ -6,8 +6,8 @@ use serde::Serialize;
 
 use super::delivery::views::{self, DeliveryView};
 use super::digest::{self, HeldView};
-use super::inbox;
 use super::outbox::{self, DispatchResult};
+use super::{inbox, topics};
 use crate::store::{Conn, StoreResult};
 
 #[derive(Debug, Serialize)]
@@ -29,6 +29,10 @@ pub struct EventView {
     /// Digests holding this event (absent when it was not digested).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub digests: Vec<HeldView>,
+    /// True while the event's topics are still being expanded, a page at a
+    /// time (absent otherwise): its result grows until then.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub fan_out_pending: bool,
 }
 
 /// An event with its result and every delivery, for the API.
@@ -51,5 +55,6 @@ pub fn view(conn: &Conn<'_>, id: &str) -> StoreResult<EventView> {
         error: row.error,
         deliveries,
         digests: digest::held_views(conn, row.seq)?,
+        fan_out_pending: topics::fanout_pending(conn, row.seq)?,
     })
 }

@@ -208,7 +208,7 @@ impl Listeners {
                     sent: routed,
                     ..DispatchResult::default()
                 };
-                outbox::mark_dispatched(tx, seq, result)?;
+                outbox::mark_dispatched(tx, seq, result, false)?;
             }
             Ok::<_, StoreError>(woken)
         });

@@ -32,6 +32,7 @@
 //! called only by `delivery::sender`, never inside a transaction.
 
 mod bus;
+mod deliver;
 pub mod delivery;
 pub mod digest;
 mod dispatcher;
@@ -60,6 +61,8 @@ pub mod stats;
 pub mod templates;
 mod threads;
 pub mod throttle;
+mod topic_fanout;
+pub mod topics;
 pub mod webhooks;
 
 pub use delivery::policy::DeliveryPolicy;

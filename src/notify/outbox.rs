@@ -302,13 +302,20 @@ fn read_result(r: &Row<'_>, first: usize) -> StoreResult<Option<DispatchResult>>
 
 /// Records the result. A notification's body (recipients and payload) is
 /// dropped here: the inbox rows and stored emails carry what is needed from
-/// now on. A domain event keeps it for its listeners' retries.
-pub fn mark_dispatched(tx: &Tx<'_>, seq: i64, result: DispatchResult) -> StoreResult<()> {
+/// now on. A domain event keeps it for its listeners' retries, and so does
+/// an event with topics (`keep_body`) until its fan-out's last page
+/// (`finish_fan_out`).
+pub fn mark_dispatched(
+    tx: &Tx<'_>,
+    seq: i64,
+    result: DispatchResult,
+    keep_body: bool,
+) -> StoreResult<()> {
     let inbox = result.channels.map(|c| c.inbox);
     let email = result.channels.map(|c| c.email);
     tx.execute(
         "UPDATE outbox SET status = 'dispatched', dispatched_at = ?2, sent = ?3, deduped = ?4,
-                           body = CASE kind WHEN 'domain' THEN body ELSE '' END,
+                           body = CASE WHEN kind = 'domain' OR ?15 THEN body ELSE '' END,
                            suppressed = ?5, inbox_sent = ?6, inbox_deduped = ?7,
                            inbox_suppressed = ?8, email_sent = ?9, email_deduped = ?10,
                            email_suppressed = ?11, throttled = ?12, inbox_throttled = ?13,
@@ -329,9 +336,64 @@ pub fn mark_dispatched(tx: &Tx<'_>, seq: i64, result: DispatchResult) -> StoreRe
             result.throttled,
             inbox.map(|c| c.throttled),
             email.map(|c| c.throttled),
+            keep_body,
         ],
     )?;
     Ok(())
+}
+
+/// Adds a fan-out page's result to the event's (each user counts in one
+/// page only, so the sums count each once), and on the last page drops
+/// the body the pages read.
+pub fn add_page_result(
+    tx: &Tx<'_>,
+    seq: i64,
+    result: &DispatchResult,
+    last: bool,
+) -> StoreResult<()> {
+    let channels = result.channels.unwrap_or_default();
+    let (i, e) = (channels.inbox, channels.email);
+    tx.execute(
+        "UPDATE outbox SET sent = sent + ?2, deduped = deduped + ?3, suppressed = suppressed + ?4,
+                           throttled = COALESCE(throttled, 0) + ?5,
+                           inbox_sent = inbox_sent + ?6, inbox_deduped = inbox_deduped + ?7,
+                           inbox_suppressed = inbox_suppressed + ?8,
+                           inbox_throttled = COALESCE(inbox_throttled, 0) + ?9,
+                           email_sent = email_sent + ?10, email_deduped = email_deduped + ?11,
+                           email_suppressed = email_suppressed + ?12,
+                           email_throttled = COALESCE(email_throttled, 0) + ?13,
+                           body = CASE WHEN ?14 THEN '' ELSE body END
+         WHERE seq = ?1",
+        args![
+            seq,
+            result.sent,
+            result.deduped,
+            result.suppressed_by_prefs,
+            result.throttled,
+            i.sent,
+            i.deduped,
+            i.suppressed_by_prefs,
+            i.throttled,
+            e.sent,
+            e.deduped,
+            e.suppressed_by_prefs,
+            e.throttled,
+            last,
+        ],
+    )?;
+    Ok(())
+}
+
+/// The body of a dispatched event whose fan-out is under way.
+pub fn fanning_event(conn: &Conn<'_>, seq: i64) -> StoreResult<Option<Result<Event, String>>> {
+    conn.query_opt(
+        "SELECT body FROM outbox WHERE seq = ?1 AND status = 'dispatched' AND body <> ''",
+        args![seq],
+        |r| {
+            let body: String = r.get(0)?;
+            Ok(serde_json::from_str::<Event>(&body).map_err(|e| e.to_string()))
+        },
+    )
 }
 
 /// A dispatched event and its result, for `herald outbox list`.

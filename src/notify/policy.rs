@@ -151,7 +151,8 @@ pub fn channels_for(
             Recipient::User(_) if switches.allow(def, channel) => allowed.push(channel),
             Recipient::User(_) => suppressed += 1,
             Recipient::Address { .. } if channel == Channel::Email => allowed.push(channel),
-            Recipient::Address { .. } => {}
+            // A topic is never written to: its subscribers are, as users.
+            Recipient::Address { .. } | Recipient::Topic { .. } => {}
         }
     }
     (allowed, suppressed)

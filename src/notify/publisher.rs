@@ -11,10 +11,11 @@ use crossbeam_channel::Sender;
 
 use super::bus::{BusMsg, Wake};
 use super::error::NotifyError;
-use super::event::{Event, Recipient};
+use super::event::Event;
 use super::outbox::{self, Enqueued};
 use super::registry::Registry;
-use crate::store::{users, Store, StoreError, Tx};
+use super::topics;
+use crate::store::{Store, StoreError, Tx};
 
 /// What enqueuing and publishing need; cheap to clone.
 #[derive(Clone)]
@@ -59,16 +60,7 @@ impl Publisher {
     pub fn enqueue(&self, tx: &Tx<'_>, event: &Event) -> Result<Enqueued, NotifyError> {
         event.validate(&self.registry)?;
         event.validate_send_at(tx.now_ms())?;
-        for (i, recipient) in event.recipients.iter().enumerate() {
-            if let Recipient::User(id) = recipient {
-                if !users::exists(tx, id)? {
-                    return Err(NotifyError::Invalid {
-                        field: format!("recipients[{i}]"),
-                        message: format!("unknown user {id:?}"),
-                    });
-                }
-            }
-        }
+        topics::check_recipients(tx, &event.recipients)?;
         outbox::enqueue(tx, event)
     }
 

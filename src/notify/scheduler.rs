@@ -21,7 +21,7 @@ use super::bus::Wake;
 use super::delivery::mail_queue::MailQueue;
 use super::delivery::{deliveries, held};
 use super::shared::Shared;
-use super::{digest, instance, outbox, policy, retention, schedules, throttle};
+use super::{digest, instance, outbox, policy, retention, schedules, throttle, topic_fanout};
 use crate::metrics::METRICS;
 use crate::store::StoreResult;
 
@@ -119,6 +119,11 @@ pub(super) fn run(shared: &Shared, queue: &MailQueue, wake: Receiver<Wake>, me: 
             Err(e) => log::error!("scheduler cannot claim due retries: {e}"),
         }
         if release_held(shared, queue, me) {
+            continue;
+        }
+        // A topic fan-out goes a page per pass, so the timers above keep
+        // their turn between pages.
+        if topic_fanout::run_page(shared, queue, &shared.wake, me) {
             continue;
         }
         if now >= next_sweep {

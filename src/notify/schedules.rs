@@ -16,7 +16,7 @@ use super::recurrence::Repeat;
 use super::registry::Registry;
 use crate::args;
 use crate::ids;
-use crate::store::{users, Conn, Row, Store, StoreError, StoreResult, Tx};
+use crate::store::{Conn, Row, Store, StoreError, StoreResult, Tx};
 use crate::time::{parse_rfc3339, rfc3339};
 
 /// Due schedules run per transaction, so a backlog never holds the write
@@ -56,6 +56,7 @@ impl NewSchedule {
             ),
             ("sendAt", "each run's event is due at its run time"),
             ("cancellationKey", "delete the schedule to stop its runs"),
+            ("actorId", "a schedule's runs are nobody's action"),
         ] {
             if obj.contains_key(field) {
                 return Err(invalid(
@@ -159,16 +160,7 @@ pub fn create(
         .map_err(|e| NotifyError::Render(format!("cannot encode recipients: {e}")))?;
     let repeat = new.repeat.to_json();
     store.write(|tx| {
-        for (i, recipient) in new.event.recipients.iter().enumerate() {
-            if let Recipient::User(id) = recipient {
-                if !users::exists(tx, id)? {
-                    return Err(invalid(
-                        &format!("recipients[{i}]"),
-                        &format!("unknown user {id:?}"),
-                    ));
-                }
-            }
-        }
+        super::topics::check_recipients(tx, &new.event.recipients)?;
         let now = tx.now_ms();
         let from = new.starts_at.map_or(now, |s| s.max(now));
         let ends = new.ends_at.unwrap_or(i64::MAX);

@@ -49,6 +49,8 @@ pub const TABLES: &[&str] = &[
     "topics",
     "webhooks",
     "webhook_messages",
+    "topic_subscribers",
+    "topic_fanouts",
 ];
 
 /// Tables left behind: the instances are the processes that ran on the

@@ -45,4 +45,5 @@ mod retention;
 mod scheduled;
 mod schedules;
 mod throttle;
+mod topics;
 mod webhooks;

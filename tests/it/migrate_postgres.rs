@@ -316,6 +316,16 @@ fn with_tables_of_later_versions(db: &Path) {
                                                next_attempt_at, last_error, created_at)
                  VALUES ('msg_1', 'wh_1', 'delivery.sent', '{}', 2, 3, 'HTTP 500', 1)",
                 args![],
+            )?;
+            tx.execute(
+                "INSERT INTO topic_subscribers (topic_key, user_id, created_at)
+                 VALUES ('project:42', 'dave', 1)",
+                args![],
+            )?;
+            tx.execute(
+                "INSERT INTO topic_fanouts (event_seq, after_user, pages, created_at)
+                 VALUES (7, 'carol', 2, 1)",
+                args![],
             )
         })
         .unwrap();

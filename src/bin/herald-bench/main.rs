@@ -29,7 +29,7 @@ use databases::Engine;
 use options::{parse_opts, Opts};
 use process::herald_binary;
 use report::{ratio, round};
-use scenarios::{dispatch, http, inbox, raw, two_instances};
+use scenarios::{dispatch, fanout, http, inbox, raw, two_instances};
 
 fn main() {
     let opts = match parse_opts() {
@@ -92,6 +92,10 @@ fn run(opts: &Opts) -> Result<(), String> {
         if let Some(raw) = raw {
             out.insert("dispatch_ratio_to_raw".into(), json!(ratio(per_s / raw)));
         }
+    }
+    if all || opts.scenario == "fanout" {
+        let per_s = fanout::run(&engine, opts.subscribers)?;
+        out.insert("fanout_notifications_per_s".into(), json!(round(per_s)));
     }
     if all || opts.scenario == "http" {
         http::run(&engine, opts, &mut out)?;

@@ -5,7 +5,7 @@
 const USAGE: &str = "\
 herald-bench: herald's throughput and latency against a raw SQLite insert loop
 
-usage: herald-bench [--scenario raw|dispatch|http|inbox|two-instances|all]
+usage: herald-bench [--scenario raw|dispatch|fanout|http|inbox|two-instances|all]
                     [--database-url postgres://...] [--events N]
                     [--inbox-rows N] [--users N] [--clients N] [--rate N]
 
@@ -14,6 +14,7 @@ usage: herald-bench [--scenario raw|dispatch|http|inbox|two-instances|all]
   --events N       events for raw, dispatch, http and two-instances (default 100000)
   --inbox-rows N   notifications in the inbox scenario (default 1000000)
   --users N        distinct recipients (default 10000)
+  --subscribers N  the topic's subscribers in the fanout scenario (default 20000)
   --clients N      concurrent HTTP clients (default 8)
   --rate N         offered load for the commit-to-inbox latency phase, events/s (default 1000)
   --enqueue-batch N  events per enqueuing transaction in the dispatch scenario (default 100;
@@ -61,6 +62,7 @@ pub struct Opts {
     pub events: usize,
     pub inbox_rows: usize,
     pub users: usize,
+    pub subscribers: usize,
     pub clients: usize,
     pub rate: usize,
     pub enqueue_batch: usize,
@@ -75,6 +77,7 @@ pub fn parse_opts() -> Result<Opts, String> {
         events: 100_000,
         inbox_rows: 1_000_000,
         users: 10_000,
+        subscribers: 20_000,
         clients: 8,
         rate: 1000,
         enqueue_batch: 100,
@@ -98,6 +101,7 @@ pub fn parse_opts() -> Result<Opts, String> {
             "--events" => opts.events = number()?.max(1),
             "--inbox-rows" => opts.inbox_rows = number()?.max(1),
             "--users" => opts.users = number()?.max(1),
+            "--subscribers" => opts.subscribers = number()?.max(1),
             "--clients" => opts.clients = number()?.max(1),
             "--rate" => opts.rate = number()?.max(1),
             "--enqueue-batch" => opts.enqueue_batch = number()?.max(1),
@@ -113,7 +117,15 @@ pub fn parse_opts() -> Result<Opts, String> {
 /// What no run can do: an unknown scenario, a URL that is not PostgreSQL's,
 /// the raw SQLite loop on PostgreSQL, two instances on one SQLite file.
 fn validate(opts: &Opts) -> Result<(), String> {
-    let scenarios = ["raw", "dispatch", "http", "inbox", "two-instances", "all"];
+    let scenarios = [
+        "raw",
+        "dispatch",
+        "fanout",
+        "http",
+        "inbox",
+        "two-instances",
+        "all",
+    ];
     if !scenarios.contains(&opts.scenario.as_str()) {
         return Err(format!("unknown scenario {:?}", opts.scenario));
     }

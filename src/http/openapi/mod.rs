@@ -7,6 +7,7 @@ mod op;
 pub mod operations;
 mod schedules;
 mod schemas;
+pub mod topics;
 mod webhooks;
 
 use std::sync::OnceLock;
@@ -75,6 +76,7 @@ fn all_schemas(event_types: &[&str]) -> Value {
     if let Some(map) = all.as_object_mut() {
         schedules::add(map, event_types);
         webhooks::add(map);
+        topics::add(map);
     }
     all
 }

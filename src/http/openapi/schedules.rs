@@ -100,6 +100,9 @@ fn recipients() -> Value {
         {"type": "string", "description": "A user id"},
         {"type": "object", "required": ["email"],
          "properties": {"email": {"type": "string", "format": "email"}},
-         "description": "An address-only recipient (email channel only)"}
+         "description": "An address-only recipient (email channel only)"},
+        {"type": "object", "required": ["topic"], "additionalProperties": false,
+         "properties": {"topic": {"type": "string", "minLength": 1, "maxLength": 200}},
+         "description": "Every subscriber of an existing topic at dispatch, each user once"}
     ]}})
 }

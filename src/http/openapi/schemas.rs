@@ -97,9 +97,14 @@ pub fn all(event_types: &[&str]) -> Value {
                         {"type": "string", "description": "A user id"},
                         {"type": "object", "required": ["email"],
                          "properties": {"email": {"type": "string", "format": "email"}},
-                         "description": "An address-only recipient (email channel only)"}
+                         "description": "An address-only recipient (email channel only)"},
+                        {"type": "object", "required": ["topic"], "additionalProperties": false,
+                         "properties": {"topic": {"type": "string", "minLength": 1, "maxLength": 200}},
+                         "description": "Every subscriber of an existing topic at dispatch, each user once"}
                     ]}},
                 "subjectId": {"type": ["string", "null"]},
+                "actorId": {"type": ["string", "null"], "maxLength": 200,
+                    "description": "The user whose action this is: never notified by this event, directly or through a topic."},
                 "payload": {"type": ["object", "null"]},
                 "idempotencyKey": {"type": ["string", "null"]},
                 "sendAt": {"type": ["string", "null"], "format": "date-time",
@@ -239,7 +244,9 @@ pub fn all(event_types: &[&str]) -> Value {
                 "result": {"oneOf": [{"type": "null"}, schema("DispatchResult")]},
                 "error": nullable("string"),
                 "deliveries": {"type": "array", "items": schema("Delivery")},
-                "digests": {"type": "array", "items": schema("HeldDigest")}
+                "digests": {"type": "array", "items": schema("HeldDigest")},
+                "fanOutPending": {"type": "boolean", "const": true,
+                    "description": "Present while the event's topic recipients are still being expanded a page at a time; its result grows until then."}
             }
         }),
     );

@@ -32,6 +32,9 @@ pub struct DeliveryPolicy {
     pub lease: Duration,
     /// How status webhooks are sent, retried and given up on.
     pub webhooks: WebhookPolicy,
+    /// `HERALD_TEST_FANOUT_PAGE_DELAY_MS`: a pause after each committed
+    /// page of a topic fan-out, so a test can kill herald in the middle.
+    pub test_fanout_page_delay: Option<Duration>,
 }
 
 impl Default for DeliveryPolicy {
@@ -48,6 +51,7 @@ impl Default for DeliveryPolicy {
             retention: Retention::default(),
             lease: Duration::from_secs(15),
             webhooks: WebhookPolicy::default(),
+            test_fanout_page_delay: None,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! `two_instances` reuses its load and latency phases on two servers.
 
 pub mod dispatch;
+pub mod fanout;
 pub mod http;
 pub mod inbox;
 mod paced;
