@@ -14,7 +14,7 @@ use crate::store::{Conn, Tx};
 use crossbeam_channel::Sender;
 
 use super::bus::{BusMsg, Wake};
-use super::delivery::deliveries::{self, Batcher, EmailJob, MailJob};
+use super::delivery::deliveries::{self, Batcher, Body, EmailJob, MailJob};
 use super::delivery::held;
 use super::delivery::mail_queue::MailQueue;
 use super::delivery::retry::{self, Outcome};
@@ -28,6 +28,7 @@ use super::registry::{Channel, TypeDef};
 use super::shared::Shared;
 use super::templates::Rendered;
 use super::throttle::{self, Budget};
+use super::translations::Translations;
 use super::{digest, inbox, peers};
 use crate::metrics::{Fate, METRICS};
 use crate::store::{users, StoreResult};
@@ -177,6 +178,8 @@ struct Ready<'r> {
     /// Per recipient, in order: its address and preference switches, read
     /// before the write transaction; None for a user that no longer exists.
     reach: Vec<Option<Reach>>,
+    /// The translations its recipients read, rendered once each.
+    translations: Translations,
 }
 
 /// Where a recipient is reached and what it allows, as read while the
@@ -187,6 +190,8 @@ struct Reach {
     switches: Switches,
     /// The user's quiet hours, when they could hold this event's email.
     quiet: Option<QuietHours>,
+    /// Which of the event's `translations` it reads; None: the default.
+    translation: Option<usize>,
 }
 
 /// What a dispatch transaction hands on after COMMIT.
@@ -379,24 +384,32 @@ fn prepare<'s>(
     };
     // Quiet hours only ever hold a non-critical email.
     let may_be_quiet = !def.critical && def.has(Channel::Email);
+    let mut translations = Translations::default();
     let reach = event
         .recipients
         .iter()
         .map(|recipient| {
-            let (address, quiet) = match recipient {
+            let (address, quiet, locale) = match recipient {
                 Recipient::User(id) => match users::reach_of(conn, id)? {
-                    Some((email, settings)) => {
-                        (email, QuietHours::of(&settings).filter(|_| may_be_quiet))
-                    }
+                    Some((email, settings)) => (
+                        email,
+                        QuietHours::of(&settings).filter(|_| may_be_quiet),
+                        settings.locale,
+                    ),
                     None => return Ok(None),
                 },
-                Recipient::Address { email } => (email.clone(), None),
+                Recipient::Address { email } => (email.clone(), None, None),
             };
+            // The event's locale, when it forces one, over the user's.
+            let locale = event.locale.as_deref().or(locale.as_deref());
+            let translation =
+                translations.pick(&shared.templates, &event.kind, def, &event.payload, locale);
             let switches = policy::switches_for(conn, &event, def, recipient)?;
             Ok(Some(Reach {
                 address,
                 switches,
                 quiet,
+                translation,
             }))
         })
         .collect::<StoreResult<_>>()?;
@@ -406,6 +419,7 @@ fn prepare<'s>(
         def,
         rendered,
         reach,
+        translations,
     }))
 }
 
@@ -499,6 +513,7 @@ fn fan_out(
         rendered,
         payload,
         reach,
+        translations,
     } = ready;
     let mut result = DispatchResult::default();
     let mut by_channel = ChannelCounts::default();
@@ -520,6 +535,7 @@ fn fan_out(
             address,
             switches,
             quiet,
+            translation,
         }) = reach
         else {
             log::warn!("event #{seq}: user {key:?} no longer exists; skipped");
@@ -577,9 +593,11 @@ fn fan_out(
             written.wake_scheduler |= opened.is_some();
             continue;
         }
+        let translated = translations.get(*translation);
+        let inbox_content = translated.map_or(rendered.inbox.as_ref(), |(_, t)| t.inbox.as_ref());
         let mut reached = false;
         for channel in channels {
-            let wrote = match (channel, recipient, &rendered.inbox, &rendered.email) {
+            let wrote = match (channel, recipient, inbox_content, &rendered.email) {
                 (Channel::Inbox, Recipient::User(id), Some(content), _) => {
                     let row = inbox::insert(tx, seq, id, &event.kind, content, payload)?;
                     written.inbox.extend(row.map(|row_id| InboxCommitted {
@@ -588,11 +606,16 @@ fn fan_out(
                     }));
                     row.is_some()
                 }
-                (Channel::Email, _, _, Some(content)) => {
+                (Channel::Email, _, _, Some(default)) => {
+                    let body = Body {
+                        default,
+                        translated: translated
+                            .and_then(|(tag, t)| t.email.as_ref().map(|email| (tag, email))),
+                    };
                     // A held email is not handed to the senders: the
                     // scheduler releases it when due.
                     if let Some(hold) = held::hold_for(def, recipient, quiet.as_ref(), now) {
-                        let wrote = held::insert(tx, seq, &key, address, content, hold)?;
+                        let wrote = held::insert(tx, seq, &key, address, body, hold)?;
                         if wrote {
                             let sooner = written.held_due.map_or(hold.due, |d| d.min(hold.due));
                             written.held_due = Some(sooner);
@@ -605,7 +628,7 @@ fn fan_out(
                             seq,
                             &key,
                             address,
-                            content,
+                            body,
                             batch.as_deref(),
                             batcher.holder(),
                         )?;

@@ -25,7 +25,9 @@
 //!   occurrences, pure);
 //!   `event_view` and `service`: what the API and CLI read and change.
 //! - `event`, `registry`, `templates`, `links`: what an event is and how it
-//!   renders; `quiet_hours`: a user's time zone and quiet-hours window;
+//!   renders; `locale` (BCP 47 tags and their fallback chain) and
+//!   `translations` (an event rendered once per locale its recipients
+//!   read); `quiet_hours`: a user's time zone and quiet-hours window;
 //!   `error`: `NotifyError`.
 //!
 //! Invariants: inbox rows are inserted only by `inbox`; the mail provider is
@@ -42,6 +44,7 @@ pub mod inbox;
 mod instance;
 pub mod links;
 pub mod listeners;
+pub mod locale;
 mod notifier;
 pub mod outbox;
 mod peers;
@@ -60,6 +63,7 @@ pub mod stats;
 pub mod templates;
 mod threads;
 pub mod throttle;
+pub mod translations;
 
 pub use delivery::policy::DeliveryPolicy;
 pub use error::NotifyError;

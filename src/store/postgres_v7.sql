@@ -13,5 +13,15 @@ CREATE TABLE topics (
 -- Inbox archive and snooze.
 
 -- Locales.
+ALTER TABLE users ADD COLUMN locale TEXT;
+ALTER TABLE deliveries ADD COLUMN locale TEXT;
+CREATE TABLE email_bodies_localized (
+    event_seq  BIGINT NOT NULL REFERENCES outbox (seq),
+    locale     TEXT NOT NULL,
+    subject    TEXT NOT NULL,
+    html       TEXT NOT NULL,
+    text       TEXT NOT NULL,
+    PRIMARY KEY (event_seq, locale)
+);
 
 -- Status webhooks.

@@ -304,6 +304,12 @@ fn with_tables_of_later_versions(db: &Path) {
                 "INSERT INTO topics (key, name, created_at, updated_at)
                  VALUES ('project:42', 'Project 42', 1, 1)",
                 args![],
+            )?;
+            tx.execute(
+                "INSERT INTO email_bodies_localized (event_seq, locale, subject, html, text)
+                 SELECT event_seq, 'fr', 'Bonjour', '<p>Bonjour</p>', 'Bonjour'
+                 FROM email_bodies ORDER BY event_seq LIMIT 1",
+                args![],
             )
         })
         .unwrap();
