@@ -1,4 +1,5 @@
-//! Embeds `templates/<type>/<file>` into the binary so the release binary
+//! Embeds `templates/<type>/<file>` and its translations
+//! `templates/<type>/<locale>/<file>` into the binary so the release binary
 //! alone is a complete install: generates a `(name, source)` table that
 //! `notify::templates` loads when no `--templates` directory is given.
 
@@ -12,13 +13,25 @@ fn main() {
     if let Ok(types) = std::fs::read_dir(&root) {
         for ty in types.flatten().filter(|e| e.path().is_dir()) {
             println!("cargo:rerun-if-changed={}", ty.path().display());
+            let ty_name = ty.file_name().to_string_lossy().to_string();
             for file in std::fs::read_dir(ty.path()).into_iter().flatten().flatten() {
-                let name = format!(
-                    "{}/{}",
-                    ty.file_name().to_string_lossy(),
-                    file.file_name().to_string_lossy()
-                );
-                entries.push((name, file.path()));
+                let name = format!("{ty_name}/{}", file.file_name().to_string_lossy());
+                if !file.path().is_dir() {
+                    entries.push((name, file.path()));
+                    continue;
+                }
+                // A locale directory (`<type>/<locale>/<file>`): a translation.
+                println!("cargo:rerun-if-changed={}", file.path().display());
+                for translated in std::fs::read_dir(file.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    if !translated.path().is_dir() {
+                        let file_name = translated.file_name().to_string_lossy().to_string();
+                        entries.push((format!("{name}/{file_name}"), translated.path()));
+                    }
+                }
             }
         }
     }

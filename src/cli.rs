@@ -418,10 +418,15 @@ fn size(bytes: u64) -> String {
 }
 
 fn check(config: &Config) -> Result<(), String> {
-    let (registry, _) = load_catalog(config)?;
+    let (registry, templates) = load_catalog(config)?;
     let count = registry.types().count();
+    let locales = templates.locales();
+    let locales = match locales.is_empty() {
+        true => "no translations".to_string(),
+        false => format!("translations: {}", locales.join(", ")),
+    };
     println!(
-        "{}: {count} notification types, every template renders",
+        "{}: {count} notification types, every template renders in every locale ({locales})",
         registry.source
     );
     Ok(())

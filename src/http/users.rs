@@ -1,6 +1,6 @@
 //! User management for the service key (upsert, issue a token) and `/v1/me`,
-//! with each user's time zone and quiet hours: a field left out of a
-//! request stays as it is, `null` clears it.
+//! with each user's time zone, quiet hours and locale: a field left out of
+//! a request stays as it is, `null` clears it.
 
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
@@ -12,6 +12,7 @@ use super::request::Req;
 use super::response::Reply;
 use super::stream::EndStreams;
 use crate::notify::event::is_plausible_email;
+use crate::notify::locale;
 use crate::notify::quiet_hours::SettingsChange;
 use crate::notify::service;
 use crate::store::users::User;
@@ -28,6 +29,8 @@ struct UpsertUser {
     timezone: Option<Value>,
     #[serde(default, deserialize_with = "present")]
     quiet_hours: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    locale: Option<Value>,
 }
 
 /// `PUT /v1/me/settings`, read like the same fields of `UpsertUser`.
@@ -38,6 +41,8 @@ struct SettingsBody {
     timezone: Option<Value>,
     #[serde(default, deserialize_with = "present")]
     quiet_hours: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    locale: Option<Value>,
 }
 
 /// A field that is present, even as null (which `Option` would read as
@@ -49,11 +54,14 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
 fn change(
     timezone: &Option<Value>,
     quiet_hours: &Option<Value>,
+    locale: &Option<Value>,
 ) -> Result<SettingsChange, ApiError> {
-    Ok(SettingsChange::parse(
-        timezone.as_ref(),
-        quiet_hours.as_ref(),
-    )?)
+    let mut change = SettingsChange::parse(timezone.as_ref(), quiet_hours.as_ref())?;
+    change.locale = locale
+        .as_ref()
+        .map(|v| locale::parse_field("locale", v))
+        .transpose()?;
+    Ok(change)
 }
 
 pub fn upsert(ctx: &Ctx, req: &Req, id: &str) -> Result<Reply, ApiError> {
@@ -71,7 +79,7 @@ pub fn upsert(ctx: &Ctx, req: &Req, id: &str) -> Result<Reply, ApiError> {
     if body.name.len() > 200 {
         return Err(ApiError::validation("name", "at most 200 characters"));
     }
-    let change = change(&body.timezone, &body.quiet_hours)?;
+    let change = change(&body.timezone, &body.quiet_hours, &body.locale)?;
     let user = User {
         id: id.to_string(),
         email: body.email,
@@ -107,11 +115,11 @@ pub fn me(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
     Ok(Reply::json(200, &view))
 }
 
-/// `PUT /v1/me/settings`: the caller's time zone and quiet hours.
+/// `PUT /v1/me/settings`: the caller's time zone, quiet hours and locale.
 pub fn put_settings(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
     let user = auth::user(ctx, req)?;
     let body: SettingsBody = req.json()?;
-    let change = change(&body.timezone, &body.quiet_hours)?;
+    let change = change(&body.timezone, &body.quiet_hours, &body.locale)?;
     let view = service::change_settings(ctx.notifier.store(), user, &change)?;
     Ok(Reply::json(200, &view))
 }

@@ -7,7 +7,7 @@
 use crossbeam_channel::Sender;
 
 use super::bus::Wake;
-use super::delivery::deliveries::{self, Batcher, EmailJob, MailJob};
+use super::delivery::deliveries::{self, Batcher, Body, EmailJob, MailJob};
 use super::delivery::held;
 use super::delivery::mail_queue::MailQueue;
 use super::event::{Event, Recipient};
@@ -20,6 +20,7 @@ use super::registry::{Channel, TypeDef};
 use super::shared::Shared;
 use super::templates::Rendered;
 use super::throttle::{self, Budget};
+use super::translations::Translations;
 use super::{digest, inbox};
 use crate::metrics::{Fate, METRICS};
 use crate::store::{users, Conn, StoreResult, Tx};
@@ -38,6 +39,8 @@ pub(super) struct Ready<'r> {
     /// user that no longer exists): the event's direct recipients, or a
     /// page of its topics' subscribers.
     pub audience: Vec<(Recipient, Option<Reach>)>,
+    /// The translations its audience reads, rendered once each.
+    pub translations: Translations,
 }
 
 /// Where a recipient is reached and what it allows, as read while the
@@ -48,6 +51,8 @@ pub(super) struct Reach {
     switches: Switches,
     /// The user's quiet hours, when they could hold this event's email.
     quiet: Option<QuietHours>,
+    /// Which of the event's `translations` it reads; None: the default.
+    translation: Option<usize>,
 }
 
 /// What a dispatch transaction hands on after COMMIT.
@@ -69,28 +74,40 @@ pub(super) struct Written {
 
 /// Where `recipient` is reached and what it allows, for `event` of type
 /// `def`; None for a user that no longer exists. Topics are not reached
-/// here: their subscribers are, one page at a time.
+/// here: their subscribers are, one page at a time. The translation the
+/// recipient reads is rendered into `translations` on first need.
 pub(super) fn reach_of(
     conn: &Conn<'_>,
+    shared: &Shared,
     event: &Event,
     def: &TypeDef,
     recipient: &Recipient,
+    translations: &mut Translations,
 ) -> StoreResult<Option<Reach>> {
     // Quiet hours only ever hold a non-critical email.
     let may_be_quiet = !def.critical && def.has(Channel::Email);
-    let (address, quiet) = match recipient {
+    let (address, quiet, locale) = match recipient {
         Recipient::User(id) => match users::reach_of(conn, id)? {
-            Some((email, settings)) => (email, QuietHours::of(&settings).filter(|_| may_be_quiet)),
+            Some((email, settings)) => (
+                email,
+                QuietHours::of(&settings).filter(|_| may_be_quiet),
+                settings.locale,
+            ),
             None => return Ok(None),
         },
-        Recipient::Address { email } => (email.clone(), None),
+        Recipient::Address { email } => (email.clone(), None, None),
         Recipient::Topic { .. } => return Ok(None),
     };
+    // The event's locale, when it forces one, over the user's.
+    let locale = event.locale.as_deref().or(locale.as_deref());
+    let translation =
+        translations.pick(&shared.templates, &event.kind, def, &event.payload, locale);
     let switches = policy::switches_for(conn, event, def, recipient)?;
     Ok(Some(Reach {
         address,
         switches,
         quiet,
+        translation,
     }))
 }
 
@@ -164,6 +181,7 @@ pub(super) fn fan_out(
         rendered,
         payload,
         audience,
+        translations,
     } = ready;
     let mut result = DispatchResult::default();
     let mut by_channel = ChannelCounts::default();
@@ -185,6 +203,7 @@ pub(super) fn fan_out(
             address,
             switches,
             quiet,
+            translation,
         }) = reach
         else {
             log::warn!("event #{seq}: user {key:?} no longer exists; skipped");
@@ -242,9 +261,11 @@ pub(super) fn fan_out(
             written.wake_scheduler |= opened.is_some();
             continue;
         }
+        let translated = translations.get(*translation);
+        let inbox_content = translated.map_or(rendered.inbox.as_ref(), |(_, t)| t.inbox.as_ref());
         let mut reached = false;
         for channel in channels {
-            let wrote = match (channel, recipient, &rendered.inbox, &rendered.email) {
+            let wrote = match (channel, recipient, inbox_content, &rendered.email) {
                 (Channel::Inbox, Recipient::User(id), Some(content), _) => {
                     let row = inbox::insert(tx, seq, id, &event.kind, content, payload)?;
                     written.inbox.extend(row.map(|row_id| InboxCommitted {
@@ -253,11 +274,16 @@ pub(super) fn fan_out(
                     }));
                     row.is_some()
                 }
-                (Channel::Email, _, _, Some(content)) => {
+                (Channel::Email, _, _, Some(default)) => {
+                    let body = Body {
+                        default,
+                        translated: translated
+                            .and_then(|(tag, t)| t.email.as_ref().map(|email| (tag, email))),
+                    };
                     // A held email is not handed to the senders: the
                     // scheduler releases it when due.
                     if let Some(hold) = held::hold_for(def, recipient, quiet.as_ref(), now) {
-                        let wrote = held::insert(tx, seq, &key, address, content, hold)?;
+                        let wrote = held::insert(tx, seq, &key, address, body, hold)?;
                         if wrote {
                             let sooner = written.held_due.map_or(hold.due, |d| d.min(hold.due));
                             written.held_due = Some(sooner);
@@ -270,7 +296,7 @@ pub(super) fn fan_out(
                             seq,
                             &key,
                             address,
-                            content,
+                            body,
                             batch.as_deref(),
                             batcher.holder(),
                         )?;

@@ -21,6 +21,7 @@ use super::delivery::retry::{self, Outcome};
 use super::event::{Event, Recipient};
 use super::outbox::{self, Claim};
 use super::shared::Shared;
+use super::translations::Translations;
 use super::{peers, topics};
 use crate::store::StoreResult;
 
@@ -313,12 +314,16 @@ fn prepare<'s>(
     };
     // The direct recipients now, but never the actor; a topic's
     // subscribers are reached later, a page at a time (`topic_fanout`).
+    let mut translations = Translations::default();
     let audience = event
         .recipients
         .iter()
         .filter(|r| !matches!(r, Recipient::Topic { .. }))
         .filter(|r| !matches!(r, Recipient::User(id) if event.is_actor(id)))
-        .map(|r| Ok((r.clone(), deliver::reach_of(conn, &event, def, r)?)))
+        .map(|r| {
+            let reach = deliver::reach_of(conn, shared, &event, def, r, &mut translations)?;
+            Ok((r.clone(), reach))
+        })
         .collect::<StoreResult<_>>()?;
     Ok(Ok(Ready {
         payload: event.payload.to_string(),
@@ -326,6 +331,7 @@ fn prepare<'s>(
         def,
         rendered,
         audience,
+        translations,
     }))
 }
 

@@ -75,6 +75,10 @@ pub struct Event {
     /// not yet dispatched that carries it. Kept in its own outbox column.
     #[serde(skip)]
     pub cancellation_key: Option<String>,
+    /// `locale`: a canonical BCP 47 tag every recipient reads the event in,
+    /// over their own locale (SPEC 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locale: Option<String>,
 }
 
 impl Event {
@@ -89,6 +93,7 @@ impl Event {
             from_digest: None,
             send_at: None,
             cancellation_key: None,
+            locale: None,
         }
     }
 
@@ -131,6 +136,10 @@ impl Event {
             })?),
             Some(_) => return Err(invalid("sendAt", "expected an RFC 3339 timestamp string")),
         };
+        let locale = match obj.remove("locale") {
+            None => None,
+            Some(value) => super::locale::parse_field("locale", &value)?,
+        };
         let payload = match obj.remove("payload") {
             Some(Value::Object(map)) => Value::Object(map),
             None | Some(Value::Null) => Value::Object(Map::new()),
@@ -149,6 +158,7 @@ impl Event {
             from_digest: None,
             send_at,
             cancellation_key,
+            locale,
         };
         event.dedupe_recipients();
         Ok(event)

@@ -25,7 +25,9 @@
 //!   occurrences, pure);
 //!   `event_view` and `service`: what the API and CLI read and change.
 //! - `event`, `registry`, `templates`, `links`: what an event is and how it
-//!   renders; `quiet_hours`: a user's time zone and quiet-hours window;
+//!   renders; `locale` (BCP 47 tags and their fallback chain) and
+//!   `translations` (an event rendered once per locale its recipients
+//!   read); `quiet_hours`: a user's time zone and quiet-hours window;
 //!   `error`: `NotifyError`.
 //!
 //! Invariants: inbox rows are inserted only by `inbox`; the mail provider is
@@ -43,6 +45,7 @@ pub mod inbox;
 mod instance;
 pub mod links;
 pub mod listeners;
+pub mod locale;
 mod notifier;
 pub mod outbox;
 mod peers;
@@ -63,6 +66,7 @@ mod threads;
 pub mod throttle;
 mod topic_fanout;
 pub mod topics;
+pub mod translations;
 pub mod webhooks;
 
 pub use delivery::policy::DeliveryPolicy;

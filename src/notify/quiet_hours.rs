@@ -127,6 +127,8 @@ pub struct SettingsChange {
     pub timezone: Option<Option<String>>,
     /// (from, to), minutes after local midnight.
     pub quiet_hours: Option<Option<(i64, i64)>>,
+    /// The canonical BCP 47 tag (see `locale::parse_field`).
+    pub locale: Option<Option<String>>,
 }
 
 impl SettingsChange {
@@ -139,11 +141,12 @@ impl SettingsChange {
         Ok(SettingsChange {
             timezone: timezone.map(parse_zone).transpose()?,
             quiet_hours: quiet_hours.map(parse_window).transpose()?,
+            locale: None,
         })
     }
 
     pub fn is_empty(&self) -> bool {
-        self.timezone.is_none() && self.quiet_hours.is_none()
+        self.timezone.is_none() && self.quiet_hours.is_none() && self.locale.is_none()
     }
 }
 
@@ -226,6 +229,7 @@ pub struct UserView {
     pub user: User,
     pub timezone: Option<String>,
     pub quiet_hours: Option<Window>,
+    pub locale: Option<String>,
 }
 
 impl UserView {
@@ -241,6 +245,7 @@ impl UserView {
             user,
             timezone: settings.timezone,
             quiet_hours,
+            locale: settings.locale,
         }
     }
 }
@@ -383,6 +388,7 @@ mod tests {
             timezone: tz.map(str::to_string),
             quiet_from: from,
             quiet_to: to,
+            locale: None,
         };
         assert!(QuietHours::of(&stored(None, Some(0), Some(60))).is_none());
         assert!(QuietHours::of(&stored(Some("UTC"), None, None)).is_none());

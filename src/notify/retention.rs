@@ -159,6 +159,14 @@ pub fn step(tx: &Tx<'_>, now: i64, retention: &Retention) -> StoreResult<Pruned>
     let limit = CHUNK as i64;
     if let Some(keep) = retention.email_bodies {
         let horizon = last_id_before(tx, Table::Outbox, cutoff(now, keep))?;
+        // Translations first: a delivery falls back to the default body.
+        pruned.email_bodies += tx
+            .execute("DELETE FROM email_bodies_localized WHERE (event_seq, locale) IN (
+                     SELECT b.event_seq, b.locale FROM email_bodies_localized b
+                     WHERE b.event_seq <= ?1 AND NOT EXISTS (
+                         SELECT 1 FROM deliveries d
+                         WHERE d.event_seq = b.event_seq AND d.status NOT IN ('sent', 'failed', 'dead', 'skipped'))
+                     ORDER BY b.event_seq LIMIT ?2)", args![horizon, limit])?;
         pruned.email_bodies += tx
             .execute("DELETE FROM email_bodies WHERE event_seq IN (
                      SELECT b.event_seq FROM email_bodies b
@@ -204,6 +212,13 @@ fn prune_log(tx: &Tx<'_>, before: i64, pruned: &mut Pruned) -> StoreResult<()> {
              SELECT id FROM deliveries
              WHERE event_seq <= ?1 AND status IN ('sent', 'failed', 'dead', 'skipped')
              ORDER BY event_seq LIMIT ?2)")?;
+    pruned.email_bodies += run(
+        "DELETE FROM email_bodies_localized WHERE (event_seq, locale) IN (
+             SELECT b.event_seq, b.locale FROM email_bodies_localized b
+             WHERE b.event_seq <= ?1
+               AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = b.event_seq)
+             ORDER BY b.event_seq LIMIT ?2)",
+    )?;
     pruned.email_bodies += run("DELETE FROM email_bodies WHERE event_seq IN (
              SELECT b.event_seq FROM email_bodies b
              WHERE b.event_seq <= ?1
@@ -231,6 +246,7 @@ fn prune_log(tx: &Tx<'_>, before: i64, pruned: &mut Pruned) -> StoreResult<()> {
              WHERE o.seq <= ?1 AND o.status != 'pending'
                AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = o.seq)
                AND NOT EXISTS (SELECT 1 FROM email_bodies b WHERE b.event_seq = o.seq)
+               AND NOT EXISTS (SELECT 1 FROM email_bodies_localized b WHERE b.event_seq = o.seq)
                AND NOT EXISTS (SELECT 1 FROM listener_runs l WHERE l.event_seq = o.seq)
                AND NOT EXISTS (SELECT 1 FROM digest_events e WHERE e.event_seq = o.seq)
                AND NOT EXISTS (SELECT 1 FROM digests g WHERE g.flushed_seq = o.seq)

@@ -242,6 +242,9 @@ fn apply_settings(tx: &crate::store::Tx<'_>, id: &str, change: &SettingsChange) 
     if let Some(window) = change.quiet_hours {
         users::set_quiet_hours(tx, id, window)?;
     }
+    if let Some(locale) = &change.locale {
+        users::set_locale(tx, id, locale.as_deref())?;
+    }
     Ok(())
 }
 

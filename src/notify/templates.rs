@@ -1,7 +1,9 @@
 //! Template rendering for every notification type: inbox title/body, email
 //! subject/html/text, action urls and dedup/digest keys, all minijinja with
 //! undefined variables as errors and `.html` auto-escaped. Loading checks that
-//! each type has the templates its channels need and that its sample renders.
+//! each type has the templates its channels need and that its sample renders,
+//! in every locale: `<type>/<locale>/<file>` translates a file, and a file a
+//! locale lacks falls back along `fr-BE` -> `fr` -> the type's own file.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -12,6 +14,7 @@ use serde_json::Value;
 
 use super::error::NotifyError;
 use super::links;
+use super::locale;
 use super::registry::{Channel, Registry, TypeDef};
 
 mod embedded {
@@ -57,7 +60,27 @@ pub struct Templates {
     /// Each registry type's template names, spelled once at load rather
     /// than formatted for every event.
     names: HashMap<String, Names>,
+    /// Per type that has translations: its locale directories by canonical
+    /// tag, each with the names its files resolve to after fallback. Types
+    /// without any are absent, so the default path looks up nothing more.
+    locales: HashMap<String, HashMap<String, Names>>,
 }
+
+/// A type's translated inbox and email content, as one locale renders it.
+#[derive(Debug, Clone)]
+pub struct Translated {
+    pub inbox: Option<InboxContent>,
+    pub email: Option<EmailContent>,
+}
+
+/// The files a translation may hold, by their name in a type's directory.
+const FILES: [&str; 5] = [
+    "inbox_title.txt",
+    "inbox_body.txt",
+    "email_subject.txt",
+    "email.html",
+    "email.txt",
+];
 
 /// The names of one type's templates in the environment.
 struct Names {
@@ -118,6 +141,7 @@ impl Templates {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         let mut problems = Vec::new();
+        let dirs = locale::directories(&origin, &files, &mut problems);
         for (name, source) in files {
             if let Err(e) = env.add_template_owned(name, source) {
                 problems.push(describe(&origin, &e));
@@ -145,7 +169,12 @@ impl Templates {
                 }
             }
         }
-        let templates = Templates { env, names };
+        let locales = resolve_locales(&env, &names, dirs);
+        let templates = Templates {
+            env,
+            names,
+            locales,
+        };
         if problems.is_empty() {
             for (ty, def) in registry.types() {
                 if let Err(e) = templates.render(ty, def, &def.sample) {
@@ -153,6 +182,7 @@ impl Templates {
                 } else if let Err(e) = templates.render(ty, def, &only_required(def)) {
                     problems.push(templates.unrequired_problem(ty, def, &e));
                 }
+                problems.extend(templates.check_translations(ty, def));
             }
         }
         if problems.is_empty() {
@@ -177,40 +207,7 @@ impl Templates {
             .get(ty)
             .ok_or_else(|| NotifyError::Render(format!("no templates loaded for type {ty:?}")))?;
         let ctx = minijinja::Value::from_serialize(payload);
-        let inbox = if def.has(Channel::Inbox) {
-            let mut actions = Vec::with_capacity(def.actions.len());
-            for (a, name) in def.actions.iter().zip(&names.actions) {
-                let url = self.one_line(name, &ctx)?;
-                match links::web_link(&url) {
-                    Some(_) => actions.push(Action {
-                        label: a.label.clone(),
-                        url,
-                    }),
-                    // The url is left out of the log: it may hold a token.
-                    None => log::warn!(
-                        "type {ty}: action {:?} is not an http(s) url or a path on this \
-                         site; the notification goes out without it",
-                        a.label
-                    ),
-                }
-            }
-            Some(InboxContent {
-                title: single_line(&self.one_line(&names.inbox_title, &ctx)?),
-                body: self.one_line(&names.inbox_body, &ctx)?,
-                actions,
-            })
-        } else {
-            None
-        };
-        let email = if def.has(Channel::Email) {
-            Some(EmailContent {
-                subject: single_line(&self.one_line(&names.email_subject, &ctx)?),
-                html: links::guard_html(self.file(&names.email_html, &ctx)?),
-                text: self.file(&names.email_text, &ctx)?,
-            })
-        } else {
-            None
-        };
+        let Translated { inbox, email } = self.content(ty, def, names, &ctx)?;
         let key =
             |declared: bool, name: &str| declared.then(|| self.one_line(name, &ctx)).transpose();
         Ok(Rendered {
@@ -225,6 +222,116 @@ impl Templates {
                 None => None,
             },
         })
+    }
+
+    /// Every locale some type is translated into, sorted.
+    pub fn locales(&self) -> Vec<String> {
+        let mut tags: Vec<String> = self
+            .locales
+            .values()
+            .flat_map(|t| t.keys().cloned())
+            .collect();
+        tags.sort();
+        tags.dedup();
+        tags
+    }
+
+    /// The translation of type `ty` that serves `tag` (a canonical tag),
+    /// the most specific first (`fr-BE`, else `fr`); None when the type's
+    /// own files serve it.
+    pub fn translation<'t>(&'t self, ty: &str, tag: &str) -> Option<&'t str> {
+        let translations = self.locales.get(ty)?;
+        locale::chain(tag).find_map(|t| translations.get_key_value(t).map(|(k, _)| k.as_str()))
+    }
+
+    /// Renders the inbox and email content of one event in translation
+    /// `tag` (as `translation` named it). Keys and action urls are not
+    /// translated: they come from `render`.
+    pub fn render_translated(
+        &self,
+        ty: &str,
+        def: &TypeDef,
+        payload: &Value,
+        tag: &str,
+    ) -> Result<Translated, NotifyError> {
+        let names = self
+            .locales
+            .get(ty)
+            .and_then(|t| t.get(tag))
+            .ok_or_else(|| NotifyError::Render(format!("no {tag} templates for type {ty:?}")))?;
+        self.content(ty, def, names, &minijinja::Value::from_serialize(payload))
+    }
+
+    /// Every translation of `ty` rendered with the sample, and with only
+    /// its required fields: each failure names the locale and the file.
+    fn check_translations(&self, ty: &str, def: &TypeDef) -> Vec<String> {
+        let Some(translations) = self.locales.get(ty) else {
+            return Vec::new();
+        };
+        let mut tags: Vec<&String> = translations.keys().collect();
+        tags.sort();
+        let mut problems = Vec::new();
+        for tag in tags {
+            for (payload, what) in [
+                (def.sample.clone(), "sample does not render"),
+                (
+                    only_required(def),
+                    "templates use fields that are not in \"required\"",
+                ),
+            ] {
+                if let Err(e) = self.render_translated(ty, def, &payload, tag) {
+                    problems.push(format!("type {ty}, locale {tag}: {what}: {e}"));
+                    break;
+                }
+            }
+        }
+        problems
+    }
+
+    /// The inbox and email content of an event, from the files `names`
+    /// gives.
+    fn content(
+        &self,
+        ty: &str,
+        def: &TypeDef,
+        names: &Names,
+        ctx: &minijinja::Value,
+    ) -> Result<Translated, NotifyError> {
+        let inbox = if def.has(Channel::Inbox) {
+            let mut actions = Vec::with_capacity(def.actions.len());
+            for (a, name) in def.actions.iter().zip(&names.actions) {
+                let url = self.one_line(name, ctx)?;
+                match links::web_link(&url) {
+                    Some(_) => actions.push(Action {
+                        label: a.label.clone(),
+                        url,
+                    }),
+                    // The url is left out of the log: it may hold a token.
+                    None => log::warn!(
+                        "type {ty}: action {:?} is not an http(s) url or a path on this \
+                         site; the notification goes out without it",
+                        a.label
+                    ),
+                }
+            }
+            Some(InboxContent {
+                title: single_line(&self.one_line(&names.inbox_title, ctx)?),
+                body: self.one_line(&names.inbox_body, ctx)?,
+                actions,
+            })
+        } else {
+            None
+        };
+        let email = if def.has(Channel::Email) {
+            Some(EmailContent {
+                subject: single_line(&self.one_line(&names.email_subject, ctx)?),
+                html: links::guard_html(self.file(&names.email_html, ctx)?),
+                text: self.file(&names.email_text, ctx)?,
+            })
+        } else {
+            None
+        };
+        Ok(Translated { inbox, email })
     }
 
     /// Names the fields a type's templates use without guarding them that
@@ -322,6 +429,45 @@ fn inline_name(ty: &str, field: &str) -> String {
     format!("{ty}/#{field}")
 }
 
+/// Each translation's file names after fallback: per file, the most
+/// specific locale directory that has it (`fr-BE`, then `fr`), else the
+/// type's own file. Only types of the registry are kept.
+fn resolve_locales(
+    env: &Environment<'static>,
+    names: &HashMap<String, Names>,
+    dirs: HashMap<String, HashMap<String, String>>,
+) -> HashMap<String, HashMap<String, Names>> {
+    let mut locales = HashMap::new();
+    for (ty, spelled) in dirs {
+        let Some(own) = names.get(&ty) else { continue };
+        let mut translations = HashMap::new();
+        for tag in spelled.keys() {
+            let resolve = |file: &str, default: &String| {
+                locale::chain(tag)
+                    .filter_map(|t| spelled.get(t))
+                    .map(|dir| format!("{ty}/{dir}/{file}"))
+                    .find(|name| env.get_template(name).is_ok())
+                    .unwrap_or_else(|| default.clone())
+            };
+            let [title, body, subject, html, text] = FILES;
+            let translated = Names {
+                inbox_title: resolve(title, &own.inbox_title),
+                inbox_body: resolve(body, &own.inbox_body),
+                email_subject: resolve(subject, &own.email_subject),
+                email_html: resolve(html, &own.email_html),
+                email_text: resolve(text, &own.email_text),
+                actions: own.actions.clone(),
+                dedup_key: own.dedup_key.clone(),
+                digest_key: own.digest_key.clone(),
+                throttle_key: own.throttle_key.clone(),
+            };
+            translations.insert(tag.clone(), translated);
+        }
+        locales.insert(ty, translations);
+    }
+    locales
+}
+
 fn describe(origin: &str, e: &minijinja::Error) -> String {
     let mut msg = format!("{origin}: {}", e.kind());
     if let Some(detail) = e.detail() {
@@ -343,21 +489,32 @@ fn read_dir_templates(dir: &Path) -> Result<Vec<(String, String)>, NotifyError> 
         if !ty.path().is_dir() {
             continue;
         }
+        let ty_name = ty.file_name().to_string_lossy().to_string();
         for file in std::fs::read_dir(ty.path()).map_err(io)? {
             let file = file.map_err(io)?;
-            let source = std::fs::read_to_string(file.path()).map_err(io)?;
-            out.push((
-                format!(
-                    "{}/{}",
-                    ty.file_name().to_string_lossy(),
-                    file.file_name().to_string_lossy()
-                ),
-                source,
-            ));
+            let name = file.file_name().to_string_lossy().to_string();
+            if !file.path().is_dir() {
+                let source = std::fs::read_to_string(file.path()).map_err(io)?;
+                out.push((format!("{ty_name}/{name}"), source));
+                continue;
+            }
+            // A locale directory: its files translate the type's.
+            for translated in std::fs::read_dir(file.path()).map_err(io)? {
+                let translated = translated.map_err(io)?;
+                if translated.path().is_dir() {
+                    continue;
+                }
+                let source = std::fs::read_to_string(translated.path()).map_err(io)?;
+                let file_name = translated.file_name().to_string_lossy().to_string();
+                out.push((format!("{ty_name}/{name}/{file_name}"), source));
+            }
         }
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod locale_tests;
 
 #[cfg(test)]
 mod tests {

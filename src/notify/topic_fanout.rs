@@ -18,6 +18,7 @@ use super::delivery::deliveries::Batcher;
 use super::delivery::mail_queue::MailQueue;
 use super::event::Recipient;
 use super::shared::Shared;
+use super::translations::Translations;
 use super::{outbox, peers, topics};
 use crate::store::{StoreError, StoreResult};
 
@@ -102,12 +103,15 @@ fn page(shared: &Shared, seq: i64, me: i64) -> StoreResult<Option<Written>> {
         };
         let users = topics::page(tx, &topic_keys, &after, PAGE)?;
         let last = users.len() < PAGE;
+        // Each locale the page reads is rendered once, on first need.
+        let mut translations = Translations::default();
         let audience = users
             .iter()
             .filter(|id| !(event.names_user(id) || event.is_actor(id)))
             .map(|id| {
                 let recipient = Recipient::User(id.clone());
-                let reach = deliver::reach_of(tx, &event, def, &recipient)?;
+                let reach =
+                    deliver::reach_of(tx, shared, &event, def, &recipient, &mut translations)?;
                 Ok((recipient, reach))
             })
             .collect::<StoreResult<Vec<_>>>()?;
@@ -117,6 +121,7 @@ fn page(shared: &Shared, seq: i64, me: i64) -> StoreResult<Option<Written>> {
             rendered: rendered.clone(),
             payload: payload.clone(),
             audience,
+            translations,
         };
         let mut written = Written::default();
         peers::order_inbox(tx)?;

@@ -38,6 +38,7 @@ pub const TABLES: &[&str] = &[
     "outbox",
     "notifications",
     "email_bodies",
+    "email_bodies_localized",
     "mail_batches",
     "deliveries",
     "digests",

@@ -36,6 +36,16 @@ CREATE TABLE topic_fanouts (
 -- Inbox archive and snooze.
 
 -- Locales.
+ALTER TABLE users ADD COLUMN locale TEXT;
+ALTER TABLE deliveries ADD COLUMN locale TEXT;
+CREATE TABLE email_bodies_localized (
+    event_seq  BIGINT NOT NULL REFERENCES outbox (seq),
+    locale     TEXT NOT NULL,
+    subject    TEXT NOT NULL,
+    html       TEXT NOT NULL,
+    text       TEXT NOT NULL,
+    PRIMARY KEY (event_seq, locale)
+);
 
 -- Status webhooks (see schema_v7.sql for what each column means).
 -- The application's endpoints (`/v1/webhooks`). `events` is a JSON array of

@@ -37,20 +37,23 @@ pub fn exists(conn: &Conn<'_>, id: &str) -> StoreResult<bool> {
 }
 
 /// A user's time zone (an IANA name) and quiet hours (minutes after local
-/// midnight), as stored; None where unset.
+/// midnight), and their locale (a canonical BCP 47 tag), as stored; None
+/// where unset.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QuietSettings {
     pub timezone: Option<String>,
     pub quiet_from: Option<i64>,
     pub quiet_to: Option<i64>,
+    pub locale: Option<String>,
 }
 
-/// A user's address and quiet-hours settings, or None for an unknown id:
+/// A user's address, quiet-hours settings and locale, or None for an
+/// unknown id:
 /// all the dispatcher needs of a recipient, in one read without the rest
 /// of the row.
 pub fn reach_of(conn: &Conn<'_>, id: &str) -> StoreResult<Option<(String, QuietSettings)>> {
     conn.query_opt(
-        "SELECT email, timezone, quiet_from, quiet_to FROM users WHERE id = ?1",
+        "SELECT email, timezone, quiet_from, quiet_to, locale FROM users WHERE id = ?1",
         args![id],
         |r| Ok((r.get(0)?, quiet_from_row(r, 1)?)),
     )
@@ -59,19 +62,30 @@ pub fn reach_of(conn: &Conn<'_>, id: &str) -> StoreResult<Option<(String, QuietS
 /// A user's settings; `NotFound` for an unknown id.
 pub fn settings_of(conn: &Conn<'_>, id: &str) -> StoreResult<QuietSettings> {
     conn.query_one(
-        "SELECT timezone, quiet_from, quiet_to FROM users WHERE id = ?1",
+        "SELECT timezone, quiet_from, quiet_to, locale FROM users WHERE id = ?1",
         args![id],
         |r| quiet_from_row(r, 0),
     )
 }
 
-/// `timezone, quiet_from, quiet_to` from column `first` on.
+/// `timezone, quiet_from, quiet_to, locale` from column `first` on.
 fn quiet_from_row(r: &Row<'_>, first: usize) -> StoreResult<QuietSettings> {
     Ok(QuietSettings {
         timezone: r.get(first)?,
         quiet_from: r.get(first + 1)?,
         quiet_to: r.get(first + 2)?,
+        locale: r.get(first + 3)?,
     })
+}
+
+/// Sets (or with None clears) a user's locale, a canonical BCP 47 tag;
+/// `NotFound` for an unknown id.
+pub fn set_locale(tx: &Tx<'_>, id: &str, locale: Option<&str>) -> StoreResult<()> {
+    let changed = tx.execute(
+        "UPDATE users SET locale = ?2, updated_at = ?3 WHERE id = ?1",
+        args![id, locale, tx.now_ms()],
+    )?;
+    found(changed)
 }
 
 /// Sets (or with None clears) a user's time zone; `NotFound` for an

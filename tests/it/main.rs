@@ -30,6 +30,7 @@ mod instances;
 mod invitation_page;
 mod library;
 mod links;
+mod locales;
 mod metrics;
 mod migrate_postgres;
 mod migration;

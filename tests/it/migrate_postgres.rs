@@ -326,6 +326,12 @@ fn with_tables_of_later_versions(db: &Path) {
                 "INSERT INTO topic_fanouts (event_seq, after_user, pages, created_at)
                  VALUES (7, 'carol', 2, 1)",
                 args![],
+            )?;
+            tx.execute(
+                "INSERT INTO email_bodies_localized (event_seq, locale, subject, html, text)
+                 SELECT event_seq, 'fr', 'Bonjour', '<p>Bonjour</p>', 'Bonjour'
+                 FROM email_bodies ORDER BY event_seq LIMIT 1",
+                args![],
             )
         })
         .unwrap();

@@ -394,7 +394,7 @@ fn serve_upgrades_a_version_3_database_and_keeps_every_row() {
     assert_eq!(
         me,
         json!({"id": "dave", "email": "dave@example.com", "name": "Dave",
-               "timezone": null, "quietHours": null})
+               "timezone": null, "quietHours": null, "locale": null})
     );
     let page = server.request_raw(
         "GET",

@@ -30,10 +30,7 @@ impl Catalog {
             let ty = ty.expect("entry").path();
             let target = dir.path().join("templates").join(ty.file_name().unwrap());
             std::fs::create_dir_all(&target).expect("mkdir");
-            for file in std::fs::read_dir(&ty).expect("type dir") {
-                let file = file.expect("entry").path();
-                std::fs::copy(&file, target.join(file.file_name().unwrap())).expect("copy");
-            }
+            copy_dir(&ty, &target);
         }
         let catalog = Catalog { dir, registry };
         catalog.save();
@@ -54,8 +51,10 @@ impl Catalog {
         self
     }
 
-    /// Writes `templates/<ty>/<file>`.
+    /// Writes `templates/<ty>/<file>` (`file` may be `<locale>/<name>`).
     pub fn template(&mut self, ty: &str, file: &str, text: &str) -> &mut Catalog {
+        let path = self.templates_dir().join(ty).join(file);
+        std::fs::create_dir_all(path.parent().expect("a parent")).expect("mkdir");
         let dir = self.templates_dir().join(ty);
         std::fs::create_dir_all(&dir).expect("mkdir");
         std::fs::write(dir.join(file), text).expect("write template");
@@ -136,5 +135,19 @@ impl Catalog {
     fn save(&self) {
         let text = serde_json::to_string_pretty(&self.registry).expect("encode registry");
         std::fs::write(self.registry_path(), text).expect("write registry");
+    }
+}
+
+/// Copies a type's templates, its locale directories with them.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read a templates directory") {
+        let path = entry.expect("entry").path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, target).expect("copy");
+        }
     }
 }

@@ -225,7 +225,8 @@ fn settings_are_validated_a_left_out_field_stays_and_null_clears() {
     let (status, bob) = server.put("/v1/users/bob", Some(&key), &paris);
     assert_eq!(status, 201, "{bob}");
     let expected = json!({"id": "bob", "email": "bob@acme.test", "name": "Bob",
-                          "timezone": "Europe/Paris", "quietHours": {"from": "22:00", "to": "07:30"}});
+                          "timezone": "Europe/Paris", "quietHours": {"from": "22:00", "to": "07:30"},
+                          "locale": null});
     assert_eq!(bob, expected);
     // An existing caller sends only email and name: the settings stay.
     let (status, bob) = server.put(

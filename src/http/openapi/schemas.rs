@@ -37,6 +37,14 @@ fn settings_fields() -> (Value, Value) {
     )
 }
 
+/// A `locale` field: exactly the BCP 47 tags `notify::locale` accepts
+/// (language, script, region, variants; any case), or null.
+fn locale(description: &str) -> Value {
+    json!({"type": ["string", "null"], "maxLength": 35,
+           "pattern": "^[A-Za-z]{2,3}(-[A-Za-z]{4})?(-([A-Za-z]{2}|[0-9]{3}))?(-([A-Za-z0-9]{5,8}|[0-9][A-Za-z0-9]{3}))*$",
+           "examples": ["fr-BE"], "description": description})
+}
+
 /// Every schema; the registry's types are the enum of an event's `type`.
 pub fn all(event_types: &[&str]) -> Value {
     let role = json!({"type": "string", "enum": ["owner", "admin", "member"]});
@@ -57,28 +65,36 @@ pub fn all(event_types: &[&str]) -> Value {
             "properties": {"status": {"const": "ok"}}}),
     );
     let (timezone, quiet_hours) = settings_fields();
+    let user_locale = locale(
+        "A BCP 47 tag, e.g. fr-BE: the user's notifications use templates/<type>/fr-BE/, \
+         else fr/, else the default files (422 if not a tag).",
+    );
     schemas.insert(
         "UserInput".into(),
         json!({
             "type": "object", "required": ["email"], "additionalProperties": false,
             "properties": {"email": {"type": "string", "format": "email"},
                            "name": {"type": "string", "maxLength": 200},
-                           "timezone": timezone, "quietHours": quiet_hours}
+                           "timezone": timezone, "quietHours": quiet_hours,
+                           "locale": user_locale}
         }),
     );
     schemas.insert(
         "SettingsInput".into(),
         json!({
             "type": "object", "additionalProperties": false,
-            "properties": {"timezone": timezone, "quietHours": quiet_hours}
+            "properties": {"timezone": timezone, "quietHours": quiet_hours,
+                           "locale": user_locale}
         }),
     );
     schemas.insert(
         "User".into(),
-        json!({"type": "object", "required": ["id", "email", "name", "timezone", "quietHours"],
+        json!({"type": "object",
+            "required": ["id", "email", "name", "timezone", "quietHours", "locale"],
             "properties": {"id": {"type": "string"}, "email": {"type": "string"},
                            "name": {"type": "string"}, "timezone": nullable("string"),
-                           "quietHours": {"oneOf": [{"type": "null"}, window()]}}}),
+                           "quietHours": {"oneOf": [{"type": "null"}, window()]},
+                           "locale": nullable("string")}}),
     );
     schemas.insert(
         "Token".into(),
@@ -112,7 +128,8 @@ pub fn all(event_types: &[&str]) -> Value {
                     "description": "Dispatch at this time (RFC 3339) rather than now; a time past means now; at most 366 days ahead."},
                 "cancellationKey": {"type": ["string", "null"], "minLength": 1, "maxLength": 200,
                     "examples": ["onboarding-reminder:usr_123"],
-                    "description": "POST /v1/events/cancel with this key cancels the event while it is not yet dispatched."}
+                    "description": "POST /v1/events/cancel with this key cancels the event while it is not yet dispatched."},
+                "locale": locale("Every recipient reads the event in this locale (BCP 47), over their own.")
             }
         }),
     );

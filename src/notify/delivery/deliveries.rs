@@ -1,5 +1,5 @@
 //! The deliveries table: one row per (event, recipient) email, rendered once
-//! at creation (the body stored once per event) and grouped into batches
+//! at creation (the body stored once per event and locale) and grouped into batches
 //! when created together; the requests (`MailJob`) read back from it for
 //! the senders, and the claims that move due retries back to pending.
 //! A pending delivery is held by one instance (`claimed_by`): only its
@@ -24,6 +24,28 @@ pub struct EmailJob {
     pub subject: String,
     pub html: String,
     pub text: String,
+}
+
+/// The email one delivery sends: its event's default body, and the
+/// translation (locale tag, content) its recipient reads, if any. The
+/// default is stored even when only translations are sent, so every
+/// delivery finds its event's row in `email_bodies`.
+#[derive(Debug, Clone, Copy)]
+pub struct Body<'a> {
+    pub default: &'a EmailContent,
+    pub translated: Option<(&'a str, &'a EmailContent)>,
+}
+
+impl<'a> Body<'a> {
+    /// The content this delivery sends.
+    pub fn sent(&self) -> &'a EmailContent {
+        self.translated.map_or(self.default, |(_, content)| content)
+    }
+
+    /// The locale whose body this delivery sends; None for the default.
+    pub fn locale(&self) -> Option<&'a str> {
+        self.translated.map(|(tag, _)| tag)
+    }
 }
 
 /// One request to the mail provider: a delivery alone under its own id as
@@ -119,21 +141,31 @@ pub fn insert_delivery(
     event_seq: i64,
     recipient: &str,
     address: &str,
-    content: &EmailContent,
+    body: Body<'_>,
     batch: Option<&str>,
     claimed_by: i64,
 ) -> StoreResult<Option<EmailJob>> {
     let id = ids::new_id("dlv");
     let now = tx.now_ms();
-    insert_body(tx, event_seq, content)?;
+    insert_body(tx, event_seq, body)?;
     let changed = tx.execute(
         "INSERT INTO deliveries
                  (id, event_seq, recipient, channel, address, status, created_at, updated_at,
-                  batch_id, claimed_by)
-             VALUES (?1, ?2, ?3, 'email', ?4, 'pending', ?5, ?5, ?6, ?7)
+                  batch_id, claimed_by, locale)
+             VALUES (?1, ?2, ?3, 'email', ?4, 'pending', ?5, ?5, ?6, ?7, ?8)
              ON CONFLICT DO NOTHING",
-        args![id, event_seq, recipient, address, now, batch, claimed_by],
+        args![
+            id,
+            event_seq,
+            recipient,
+            address,
+            now,
+            batch,
+            claimed_by,
+            body.locale()
+        ],
     )?;
+    let content = body.sent();
     Ok((changed == 1).then(|| EmailJob {
         delivery_id: id,
         address: address.to_string(),
@@ -143,15 +175,24 @@ pub fn insert_delivery(
     }))
 }
 
-/// Stores the email of event `event_seq` once: its other recipients'
-/// deliveries find it there.
-pub(crate) fn insert_body(tx: &Tx<'_>, event_seq: i64, content: &EmailContent) -> StoreResult<()> {
+/// Stores the email of event `event_seq` once per locale: its other
+/// recipients' deliveries find it there.
+pub(crate) fn insert_body(tx: &Tx<'_>, event_seq: i64, body: Body<'_>) -> StoreResult<()> {
+    let content = body.default;
     tx.execute(
         "INSERT INTO email_bodies (event_seq, subject, html, text)
          VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT DO NOTHING",
         args![event_seq, content.subject, content.html, content.text],
     )?;
+    if let Some((tag, content)) = body.translated {
+        tx.execute(
+            "INSERT INTO email_bodies_localized (event_seq, locale, subject, html, text)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT DO NOTHING",
+            args![event_seq, tag, content.subject, content.html, content.text],
+        )?;
+    }
     Ok(())
 }
 
@@ -255,9 +296,13 @@ pub(crate) const IN_BATCH: &str =
          AND (SELECT last_seq FROM mail_batches WHERE id = ?1)
      AND d.batch_id = ?1";
 
-/// A job's columns, from `deliveries d` joined with `email_bodies b`.
-const JOB_COLUMNS: &str = "d.id, d.address, b.subject, b.html, b.text, d.attempts, d.batch_id";
-const JOB_FROM: &str = "deliveries d JOIN email_bodies b ON b.event_seq = d.event_seq";
+/// A job's columns, from `deliveries d` joined with its body: the event's
+/// body `b` in the delivery's locale `l`, else the default (the same join
+/// in `held::DUE` and `views::console_sent`).
+const JOB_COLUMNS: &str = "d.id, d.address, COALESCE(l.subject, b.subject),
+     COALESCE(l.html, b.html), COALESCE(l.text, b.text), d.attempts, d.batch_id";
+const JOB_FROM: &str = "deliveries d JOIN email_bodies b ON b.event_seq = d.event_seq
+     LEFT JOIN email_bodies_localized l ON l.event_seq = d.event_seq AND l.locale = d.locale";
 
 /// A delivery row as read: its email, attempts and batch.
 type JobRow = (EmailJob, u32, Option<String>);
@@ -415,7 +460,10 @@ pub(crate) mod testing {
                             i as i64 + 1,
                             &format!("email:{i}@x.io"),
                             &format!("{i}@x.io"),
-                            &content,
+                            Body {
+                                default: &content,
+                                translated: None,
+                            },
                             batch.as_deref(),
                             TEST_INSTANCE,
                         )?;

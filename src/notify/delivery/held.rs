@@ -10,14 +10,13 @@
 
 use std::collections::HashMap;
 
-use super::deliveries::{insert_body, Batcher, EmailJob, MailJob};
+use super::deliveries::{insert_body, Batcher, Body, EmailJob, MailJob};
 use crate::args;
 use crate::ids;
 use crate::notify::event::Recipient;
 use crate::notify::inbox;
 use crate::notify::quiet_hours::QuietHours;
 use crate::notify::registry::{Channel, TypeDef, Unless};
-use crate::notify::templates::EmailContent;
 use crate::notify::webhooks::Subscriptions;
 use crate::store::users::QuietSettings;
 use crate::store::{Conn, Row, StoreResult, Tx};
@@ -67,15 +66,15 @@ pub fn insert(
     event_seq: i64,
     recipient: &str,
     address: &str,
-    content: &EmailContent,
+    body: Body<'_>,
     hold: Hold,
 ) -> StoreResult<bool> {
-    insert_body(tx, event_seq, content)?;
+    insert_body(tx, event_seq, body)?;
     let changed = tx.execute(
         "INSERT INTO deliveries
                  (id, event_seq, recipient, channel, address, status, created_at, updated_at,
-                  next_attempt_at, release_unless)
-             VALUES (?1, ?2, ?3, 'email', ?4, 'held', ?5, ?5, ?6, ?7)
+                  next_attempt_at, release_unless, locale)
+             VALUES (?1, ?2, ?3, 'email', ?4, 'held', ?5, ?5, ?6, ?7, ?8)
              ON CONFLICT DO NOTHING",
         args![
             ids::new_id("dlv"),
@@ -84,7 +83,8 @@ pub fn insert(
             address,
             tx.now_ms(),
             hold.due,
-            hold.unless.map(Unless::as_str)
+            hold.unless.map(Unless::as_str),
+            body.locale()
         ],
     )?;
     Ok(changed == 1)
@@ -117,10 +117,12 @@ struct Due {
 /// Up to `?2` held deliveries due by `?1`, earliest first, with what the
 /// release needs: the type, the recipient's quiet hours, the email.
 const DUE: &str = "SELECT d.id, d.event_seq, d.recipient, d.address, d.release_unless, o.type,
-            u.timezone, u.quiet_from, u.quiet_to, b.subject, b.html, b.text
+            u.timezone, u.quiet_from, u.quiet_to, COALESCE(l.subject, b.subject),
+            COALESCE(l.html, b.html), COALESCE(l.text, b.text)
      FROM deliveries d
      JOIN outbox o ON o.seq = d.event_seq
      JOIN email_bodies b ON b.event_seq = d.event_seq
+     LEFT JOIN email_bodies_localized l ON l.event_seq = d.event_seq AND l.locale = d.locale
      LEFT JOIN users u ON u.id = d.recipient
      WHERE d.status = 'held' AND d.next_attempt_at <= ?1
      ORDER BY d.next_attempt_at LIMIT ?2";
@@ -139,6 +141,7 @@ fn due_from_row(r: &Row<'_>) -> StoreResult<Due> {
             timezone: r.get(6)?,
             quiet_from: r.get(7)?,
             quiet_to: r.get(8)?,
+            locale: None,
         },
         email: EmailJob {
             delivery_id: id.clone(),
@@ -277,7 +280,7 @@ pub fn next_due_at(conn: &Conn<'_>) -> StoreResult<Option<i64>> {
 mod tests {
     use super::*;
     use crate::notify::registry::Registry;
-    use crate::notify::templates::InboxContent;
+    use crate::notify::templates::{EmailContent, InboxContent};
     use crate::store::users::{self, User};
     use crate::store::{Store, StoreError, Synchronous};
     use crate::time::Clock;
@@ -294,6 +297,10 @@ mod tests {
             subject: "s".into(),
             html: "<p>h</p>".into(),
             text: "t".into(),
+        };
+        let body = Body {
+            default: &email,
+            translated: None,
         };
         let row = InboxContent {
             title: "t".into(),
@@ -320,7 +327,7 @@ mod tests {
                     };
                     users::upsert(tx, &user)?;
                     inbox::insert(tx, 1, u, "t", &row, "{}")?;
-                    insert(tx, 1, u, &user.email, &email, Hold { due: 1_000, unless })?;
+                    insert(tx, 1, u, &user.email, body, Hold { due: 1_000, unless })?;
                 }
                 users::set_timezone(tx, "u3", Some("UTC"))?;
                 users::set_quiet_hours(tx, "u3", Some((22 * 60, 8 * 60)))?;
@@ -329,7 +336,7 @@ mod tests {
                     1,
                     "email:a@x.io",
                     "a@x.io",
-                    &email,
+                    body,
                     Hold {
                         due: 1_000,
                         unless: None,

@@ -60,8 +60,10 @@ pub struct ConsoleEmail {
 /// The newest `limit` emails the console provider recorded as sent.
 pub fn console_sent(conn: &Conn<'_>, limit: usize) -> StoreResult<Vec<ConsoleEmail>> {
     let rows = conn.query_all(
-        "SELECT d.id, d.address, b.subject, b.html, b.text, d.created_at
+        "SELECT d.id, d.address, COALESCE(l.subject, b.subject), COALESCE(l.html, b.html),
+                COALESCE(l.text, b.text), d.created_at
          FROM deliveries d JOIN email_bodies b ON b.event_seq = d.event_seq
+         LEFT JOIN email_bodies_localized l ON l.event_seq = d.event_seq AND l.locale = d.locale
          WHERE d.provider = 'console' AND d.status = 'sent'
          ORDER BY d.created_at DESC, d.id DESC LIMIT ?1",
         args![limit],
