@@ -11,6 +11,7 @@ use serde_json::json;
 use super::ctx::Ctx;
 use super::error::ApiError;
 use super::openapi::{self, operations as op, Endpoint, Op};
+use super::pages::PageAction;
 use super::request::Req;
 use super::response::Reply;
 use super::{
@@ -127,8 +128,10 @@ pub const ROUTES: &[Route] = &[
     html("POST", "/login", |c, r, _| page(pages::login(c, r))),
     html("POST", "/logout", |c, r, _| page(pages::logout(c, r))),
     html("GET", "/inbox", |c, r, _| page(pages::inbox(c, r))),
-    html("POST", "/inbox/read-all", |c, r, _| form_post(r, pages::mark_read(c, r, None))),
-    html("POST", "/inbox/{id}/read", |c, r, p| form_post(r, pages::mark_read(c, r, Some(p[0])))),
+    html("POST", "/inbox/read-all", |c, r, _| form_post(r, pages::page_action(c, r, PageAction::Read(None)))),
+    html("POST", "/inbox/{id}/read", |c, r, p| form_post(r, pages::page_action(c, r, PageAction::Read(Some(p[0]))))),
+    html("POST", "/inbox/{id}/archive", |c, r, p| form_post(r, pages::page_action(c, r, PageAction::Archive(p[0])))),
+    html("POST", "/inbox/{id}/snooze/{for}", |c, r, p| form_post(r, pages::page_action(c, r, PageAction::Snooze(p[0], p[1])))),
     html("GET", "/invitations/accept", |c, r, _| page(pages::invitation(c, r))),
     html("POST", "/invitations/accept", |c, r, _| page(pages::accept_invitation(c, r))),
     html("GET", "/assets/{name}", |_, _, p| pages::asset(p[0])),

@@ -90,6 +90,45 @@ pub fn snooze(store: &Store, user_id: &str, id: i64, until: i64) -> Result<(), N
     Ok(store.write(|tx| inbox::snooze(tx, user_id, id, until))?)
 }
 
+/// The inbox page's snooze buttons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnoozeFor {
+    /// An hour from now.
+    Hour,
+    /// Tomorrow at 09:00 in the user's time zone (UTC without one).
+    Tomorrow,
+}
+
+impl SnoozeFor {
+    pub fn parse(s: &str) -> Option<SnoozeFor> {
+        match s {
+            "hour" => Some(SnoozeFor::Hour),
+            "tomorrow" => Some(SnoozeFor::Tomorrow),
+            _ => None,
+        }
+    }
+}
+
+/// When a snooze button's snooze ends, for `user` now.
+pub fn snooze_end(store: &Store, user: User, choice: SnoozeFor) -> StoreResult<i64> {
+    let now = store.clock().now_ms();
+    if choice == SnoozeFor::Hour {
+        return Ok(now + 3_600_000);
+    }
+    let zone = user_view(store, user)?
+        .timezone
+        .and_then(|name| jiff::tz::TimeZone::get(&name).ok())
+        .unwrap_or(jiff::tz::TimeZone::UTC);
+    let morning = jiff::Timestamp::from_millisecond(now)
+        .ok()
+        .map(|t| t.to_zoned(zone))
+        .and_then(|z| z.date().tomorrow().ok().map(|d| (d, z.time_zone().clone())))
+        .and_then(|(d, tz)| d.at(9, 0, 0, 0).to_zoned(tz).ok())
+        .map(|z| z.timestamp().as_millisecond());
+    // Only an out-of-range clock could fail; a day is then close enough.
+    Ok(morning.unwrap_or(now + 86_400_000))
+}
+
 /// The rows a bulk action names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BulkTarget {
