@@ -11,6 +11,7 @@ use serde_json::json;
 use super::ctx::Ctx;
 use super::error::ApiError;
 use super::openapi::{self, operations as op, Endpoint, Op};
+use super::pages::PageAction;
 use super::request::Req;
 use super::response::Reply;
 use super::{
@@ -113,6 +114,10 @@ pub const ROUTES: &[Route] = &[
     api("GET", "/v1/inbox/stream", op::inbox_stream, |c, r, _| inbox::stream(c, r)),
     api("GET", "/v1/inbox/unseen-count", op::unseen_count, |c, r, _| inbox::unseen_count(c, r)),
     api("POST", "/v1/inbox/seen-all", op::mark_all_seen, |c, r, _| inbox::seen_all(c, r)),
+    api("POST", "/v1/inbox/bulk", op::inbox_bulk, |c, r, _| inbox::bulk(c, r)),
+    api("POST", "/v1/inbox/{id}/archive", op::archive_notification, |c, r, p| inbox::archive(c, r, p[0], true)),
+    api("POST", "/v1/inbox/{id}/unarchive", op::unarchive_notification, |c, r, p| inbox::archive(c, r, p[0], false)),
+    api("POST", "/v1/inbox/{id}/snooze", op::snooze_notification, |c, r, p| inbox::snooze(c, r, p[0])),
     api("POST", "/v1/inbox/{id}/seen", op::mark_seen, |c, r, p| inbox::mark(c, r, p[0], false)),
     api("POST", "/v1/inbox/{id}/read", op::mark_read, |c, r, p| inbox::mark(c, r, p[0], true)),
     api("DELETE", "/v1/inbox/{id}", op::delete_notification, |c, r, p| inbox::delete(c, r, p[0])),
@@ -135,8 +140,10 @@ pub const ROUTES: &[Route] = &[
     html("POST", "/login", |c, r, _| page(pages::login(c, r))),
     html("POST", "/logout", |c, r, _| page(pages::logout(c, r))),
     html("GET", "/inbox", |c, r, _| page(pages::inbox(c, r))),
-    html("POST", "/inbox/read-all", |c, r, _| form_post(r, pages::mark_read(c, r, None))),
-    html("POST", "/inbox/{id}/read", |c, r, p| form_post(r, pages::mark_read(c, r, Some(p[0])))),
+    html("POST", "/inbox/read-all", |c, r, _| form_post(r, pages::page_action(c, r, PageAction::Read(None)))),
+    html("POST", "/inbox/{id}/read", |c, r, p| form_post(r, pages::page_action(c, r, PageAction::Read(Some(p[0]))))),
+    html("POST", "/inbox/{id}/archive", |c, r, p| form_post(r, pages::page_action(c, r, PageAction::Archive(p[0])))),
+    html("POST", "/inbox/{id}/snooze/{for}", |c, r, p| form_post(r, pages::page_action(c, r, PageAction::Snooze(p[0], p[1])))),
     html("GET", "/invitations/accept", |c, r, _| page(pages::invitation(c, r))),
     html("POST", "/invitations/accept", |c, r, _| page(pages::accept_invitation(c, r))),
     html("GET", "/assets/{name}", |_, _, p| pages::asset(p[0])),

@@ -6,6 +6,10 @@
 //! HTTP I/O thread, and a client more than `max_buffer` behind gets no more
 //! until it takes some; one that takes nothing for two heartbeat periods
 //! while behind is disconnected, to catch up from the database later.
+//! A snoozed row that comes back keeps its id, below the cursors of the
+//! streams that were open: it is pushed to those by id, once, as an event
+//! without an `id:` line, so the client's Last-Event-ID stays where it was
+//! (a client reconnecting later finds the row in the list, not the stream).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -208,9 +212,17 @@ impl HubState {
                         }
                     }
                     // Take everything committed so far in one go: one query
-                    // per user however many rows arrived.
-                    let mut users = vec![row.user_id];
-                    users.extend(rows.try_iter().map(|r| r.user_id));
+                    // per user however many rows arrived. Returned rows go
+                    // first, to the streams already past them; the push
+                    // then sends them to the others, below whose cursor
+                    // they are, as new.
+                    let mut users = Vec::new();
+                    for row in std::iter::once(row).chain(rows.try_iter()) {
+                        if row.returned {
+                            self.push_returned(&row.user_id, row.id);
+                        }
+                        users.push(row.user_id);
+                    }
                     users.sort();
                     users.dedup();
                     for user in users {
@@ -357,6 +369,33 @@ impl HubState {
         self.count_open();
     }
 
+    /// Sends the returned row `id` to `user`'s connections already past it
+    /// (see the module comment); the others get it from `push`.
+    fn push_returned(&mut self, user: &str, id: i64) {
+        let Some(subscribers) = self.users.get_mut(user) else {
+            return;
+        };
+        if subscribers.iter().all(|s| s.cursor < id) {
+            return;
+        }
+        let item = match service::inbox_returned(self.notifier.store(), user, id) {
+            Ok(Some(item)) => item,
+            // Snoozed or archived again, or deleted, since it came back.
+            Ok(None) => return,
+            Err(e) => {
+                log::error!("stream: cannot read a returned inbox row: {e}");
+                return;
+            }
+        };
+        let json = serde_json::to_string(&item).unwrap_or_else(|_| "{}".into());
+        let frame = format!("data: {json}\n\n").into_bytes();
+        for s in subscribers.iter_mut().filter(|s| s.cursor >= id) {
+            // Bounded by the snoozes ending, so it goes even to a stream
+            // that is behind: it could not catch this row up later.
+            s.send(frame.clone());
+        }
+    }
+
     /// Subscribers that are behind: closed if their client took nothing
     /// for two heartbeat periods, else sent more if they have room.
     fn catch_up(&mut self) {
@@ -447,6 +486,8 @@ mod tests {
             created_at: "2026-01-01T00:00:00.000Z".into(),
             seen_at: None,
             read_at: None,
+            archived_at: None,
+            snoozed_until: None,
         };
         let text = String::from_utf8(frame(7, &item)).unwrap();
         assert!(text.starts_with("id: 7\ndata: {"), "{text}");

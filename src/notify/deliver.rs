@@ -271,6 +271,7 @@ pub(super) fn fan_out(
                     written.inbox.extend(row.map(|row_id| InboxCommitted {
                         user_id: id.clone(),
                         id: row_id,
+                        returned: false,
                     }));
                     row.is_some()
                 }

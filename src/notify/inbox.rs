@@ -2,6 +2,9 @@
 //! plus the owner-scoped reads and updates behind the inbox API. Every query
 //! takes the user id, so one user can never see or change another's rows.
 //! Pages are keyset-paginated on (created_at, id), newest first.
+//! A row is in the inbox, archived, or snoozed until a time (never two of
+//! these): each state change is one function here, run in its caller's
+//! write transaction, so other effects (webhooks) can join it.
 
 use serde::Serialize;
 use serde_json::Value;
@@ -22,7 +25,45 @@ pub const MAX_PAGE: usize = 100;
 pub struct InboxCommitted {
     pub user_id: String,
     pub id: i64,
+    /// A snoozed row back in the inbox, not a new one: its id is below what
+    /// open streams have sent, so the hub pushes it to them by id.
+    pub returned: bool,
 }
+
+/// Which rows a list shows by their archive state (`?archived=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Archived {
+    /// The inbox: neither archived nor snoozed.
+    #[default]
+    Exclude,
+    /// The inbox and the archive; snoozed rows stay hidden.
+    Include,
+    /// The archive alone.
+    Only,
+}
+
+impl Archived {
+    pub fn parse(s: &str) -> Option<Archived> {
+        match s {
+            "exclude" => Some(Archived::Exclude),
+            "include" => Some(Archived::Include),
+            "only" => Some(Archived::Only),
+            _ => None,
+        }
+    }
+}
+
+/// What a bulk action does to each row it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BulkAction {
+    Seen,
+    Read,
+    Archive,
+}
+
+/// The columns `item_from_row` maps, in its order.
+const ITEM_COLUMNS: &str =
+    "id, type, title, body, actions, payload, created_at, seen_at, read_at, archived_at, snoozed_until";
 
 /// Writes the inbox row for (event, user); false if it already exists, which
 /// is what makes a re-driven dispatch harmless.
@@ -66,6 +107,8 @@ pub struct Item {
     pub created_at: String,
     pub seen_at: Option<String>,
     pub read_at: Option<String>,
+    pub archived_at: Option<String>,
+    pub snoozed_until: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -113,23 +156,39 @@ pub fn list(
     cursor: Option<Cursor>,
     limit: usize,
     unread_only: bool,
+    archived: Archived,
 ) -> StoreResult<Page> {
     let limit = limit.clamp(1, MAX_PAGE);
     let (before_at, before_id) = cursor.map_or((i64::MAX, i64::MAX), |c| (c.created_at, c.id));
-    // Two statements rather than one with an OR, so each uses its own index.
-    let sql = if unread_only {
-        "SELECT id, type, title, body, actions, payload, created_at, seen_at, read_at
-         FROM notifications INDEXED BY notifications_user_unread
-         WHERE user_id = ?1 AND read_at IS NULL AND (created_at, id) < (?2, ?3)
-         ORDER BY created_at DESC, id DESC LIMIT ?4"
-    } else {
-        "SELECT id, type, title, body, actions, payload, created_at, seen_at, read_at
-         FROM notifications INDEXED BY notifications_user_created
-         WHERE user_id = ?1 AND (created_at, id) < (?2, ?3)
-         ORDER BY created_at DESC, id DESC LIMIT ?4"
+    // One statement per filter rather than one with ORs, so each is a range
+    // of its own (partial) index.
+    let (index, filter) = match (unread_only, archived) {
+        (false, Archived::Exclude) => (
+            "notifications_user_inbox",
+            "archived_at IS NULL AND snoozed_until IS NULL",
+        ),
+        (false, Archived::Include) => ("notifications_user_created", "snoozed_until IS NULL"),
+        (false, Archived::Only) => ("notifications_user_archived", "archived_at IS NOT NULL"),
+        (true, Archived::Exclude) => (
+            "notifications_user_unread",
+            "read_at IS NULL AND snoozed_until IS NULL AND archived_at IS NULL",
+        ),
+        (true, Archived::Include) => (
+            "notifications_user_unread",
+            "read_at IS NULL AND snoozed_until IS NULL",
+        ),
+        (true, Archived::Only) => (
+            "notifications_user_archived",
+            "archived_at IS NOT NULL AND read_at IS NULL",
+        ),
     };
+    let sql = format!(
+        "SELECT {ITEM_COLUMNS} FROM notifications INDEXED BY {index}
+         WHERE user_id = ?1 AND {filter} AND (created_at, id) < (?2, ?3)
+         ORDER BY created_at DESC, id DESC LIMIT ?4"
+    );
     let mut keys = Vec::new();
-    let mut items = conn.query_all(sql, args![user_id, before_at, before_id, limit + 1], |r| {
+    let mut items = conn.query_all(&sql, args![user_id, before_at, before_id, limit + 1], |r| {
         keys.push(Cursor {
             created_at: r.get(6)?,
             id: r.get(0)?,
@@ -145,8 +204,7 @@ pub fn list(
     Ok(Page { items, next_cursor })
 }
 
-/// Maps `SELECT id, type, title, body, actions, payload, created_at,
-/// seen_at, read_at`.
+/// Maps `SELECT {ITEM_COLUMNS}`.
 fn item_from_row(r: &Row<'_>) -> StoreResult<Item> {
     Ok(Item {
         id: public_id(r.get(0)?),
@@ -158,13 +216,16 @@ fn item_from_row(r: &Row<'_>) -> StoreResult<Item> {
         created_at: rfc3339(r.get(6)?),
         seen_at: r.get::<Option<i64>>(7)?.map(rfc3339),
         read_at: r.get::<Option<i64>>(8)?.map(rfc3339),
+        archived_at: r.get::<Option<i64>>(9)?.map(rfc3339),
+        snoozed_until: r.get::<Option<i64>>(10)?.map(rfc3339),
     })
 }
 
 /// The user's rows with an id above `after`, oldest first, at most `limit`:
 /// what the live stream sends, in the order it sends it. Ids only grow
 /// (AUTOINCREMENT) and commit in id order (one writer), so "above the last
-/// id sent" is exactly "not sent yet".
+/// id sent" is exactly "not sent yet". Rows out of the inbox (archived,
+/// snoozed) are passed over: a snoozed one is pushed when it returns.
 pub fn after(
     conn: &Conn<'_>,
     user_id: &str,
@@ -172,10 +233,26 @@ pub fn after(
     limit: usize,
 ) -> StoreResult<Vec<(i64, Item)>> {
     conn.query_all(
-        "SELECT id, type, title, body, actions, payload, created_at, seen_at, read_at
-         FROM notifications WHERE user_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+        &format!(
+            "SELECT {ITEM_COLUMNS} FROM notifications
+             WHERE user_id = ?1 AND id > ?2 AND archived_at IS NULL AND snoozed_until IS NULL
+             ORDER BY id LIMIT ?3"
+        ),
         args![user_id, after, limit],
         |r| Ok((r.get::<i64>(0)?, item_from_row(r)?)),
+    )
+}
+
+/// One of the user's rows if it is in the inbox now: a returned row, as
+/// the live stream pushes it.
+pub fn in_inbox(conn: &Conn<'_>, user_id: &str, id: i64) -> StoreResult<Option<Item>> {
+    conn.query_opt(
+        &format!(
+            "SELECT {ITEM_COLUMNS} FROM notifications
+             WHERE id = ?1 AND user_id = ?2 AND archived_at IS NULL AND snoozed_until IS NULL"
+        ),
+        args![id, user_id],
+        item_from_row,
     )
 }
 
@@ -193,9 +270,29 @@ pub fn committed_between(
             Ok(InboxCommitted {
                 user_id: r.get(0)?,
                 id: r.get(1)?,
+                returned: false,
             })
         },
     )
+}
+
+/// The rows `ids` (returned from a snooze, as another instance announced),
+/// those that still exist.
+pub fn returned_rows(conn: &Conn<'_>, ids: &[i64]) -> StoreResult<Vec<InboxCommitted>> {
+    let mut rows = Vec::with_capacity(ids.len());
+    for &id in ids {
+        let user = conn.query_opt(
+            "SELECT user_id FROM notifications WHERE id = ?1",
+            args![id],
+            |r| r.get::<String>(0),
+        )?;
+        rows.extend(user.map(|user_id| InboxCommitted {
+            user_id,
+            id,
+            returned: true,
+        }));
+    }
+    Ok(rows)
 }
 
 /// The id of the user's newest row (0 for an empty inbox): where a stream
@@ -234,7 +331,8 @@ fn json_column(text: &str) -> Value {
 pub fn unseen_count(conn: &Conn<'_>, user_id: &str) -> StoreResult<i64> {
     conn.query_one(
         "SELECT COUNT(*) FROM notifications INDEXED BY notifications_user_unseen
-             WHERE user_id = ?1 AND seen_at IS NULL",
+             WHERE user_id = ?1 AND seen_at IS NULL AND archived_at IS NULL
+               AND snoozed_until IS NULL",
         args![user_id],
         |r| r.get(0),
     )
@@ -353,6 +451,127 @@ pub fn mark_all_read(tx: &Tx<'_>, user_id: &str) -> StoreResult<usize> {
     report_marks(tx, user_id, &newly_seen, &[("inbox.seen", true)])?;
     report_marks(tx, user_id, &ids, &[("inbox.read", true)])?;
     Ok(ids.len())
+}
+
+/// Archives one of the user's rows (the first time is kept) and ends its
+/// snooze. NotFound if the row is not the user's.
+pub fn archive(tx: &Tx<'_>, user_id: &str, id: i64) -> StoreResult<()> {
+    let was: Option<Option<i64>> = tx.query_opt(
+        "SELECT archived_at FROM notifications WHERE id = ?1 AND user_id = ?2",
+        args![id, user_id],
+        |r| r.get(0),
+    )?;
+    let was = was.ok_or(StoreError::NotFound)?;
+    tx.execute(
+        "UPDATE notifications SET archived_at = COALESCE(archived_at, ?3), snoozed_until = NULL
+         WHERE id = ?1 AND user_id = ?2",
+        args![id, user_id, tx.now_ms()],
+    )?;
+    report_marks(tx, user_id, &[id], &[("inbox.archived", was.is_none())])
+}
+
+/// Puts one of the user's archived rows back in the inbox (a no-op for a
+/// row already there). NotFound if the row is not the user's.
+pub fn unarchive(tx: &Tx<'_>, user_id: &str, id: i64) -> StoreResult<()> {
+    found(tx.execute(
+        "UPDATE notifications SET archived_at = NULL WHERE id = ?1 AND user_id = ?2",
+        args![id, user_id],
+    )?)
+}
+
+/// Hides one of the user's rows until `until` (taking it out of the
+/// archive): nothing else changes now; `return_snoozed` brings it back.
+/// NotFound if the row is not the user's.
+pub fn snooze(tx: &Tx<'_>, user_id: &str, id: i64, until: i64) -> StoreResult<()> {
+    found(tx.execute(
+        "UPDATE notifications SET snoozed_until = ?3, archived_at = NULL
+         WHERE id = ?1 AND user_id = ?2",
+        args![id, user_id, until],
+    )?)
+}
+
+/// Applies `action` to those of `ids` that are the user's and not already
+/// so; returns how many changed. Another user's ids are passed over like
+/// unknown ones, so the count tells nothing about them.
+pub fn bulk_ids(tx: &Tx<'_>, user_id: &str, action: BulkAction, ids: &[i64]) -> StoreResult<usize> {
+    let sql = match action {
+        BulkAction::Seen => {
+            "UPDATE notifications SET seen_at = ?3
+             WHERE id = ?1 AND user_id = ?2 AND seen_at IS NULL"
+        }
+        BulkAction::Read => {
+            "UPDATE notifications SET seen_at = COALESCE(seen_at, ?3), read_at = ?3
+             WHERE id = ?1 AND user_id = ?2 AND read_at IS NULL"
+        }
+        BulkAction::Archive => {
+            "UPDATE notifications SET archived_at = ?3, snoozed_until = NULL
+             WHERE id = ?1 AND user_id = ?2 AND archived_at IS NULL"
+        }
+    };
+    let now = tx.now_ms();
+    let mut changed = Vec::new();
+    for id in ids {
+        if tx.execute(sql, args![*id, user_id, now])? == 1 {
+            changed.push(*id);
+        }
+    }
+    let kind = match action {
+        BulkAction::Seen => "inbox.seen",
+        BulkAction::Read => "inbox.read",
+        BulkAction::Archive => "inbox.archived",
+    };
+    report_marks(tx, user_id, &changed, &[(kind, true)])?;
+    Ok(changed.len())
+}
+
+/// Archives every row in the user's inbox (snoozed rows stay snoozed);
+/// returns how many.
+pub fn archive_all(tx: &Tx<'_>, user_id: &str) -> StoreResult<usize> {
+    let ids: Vec<i64> = tx.query_all(
+        "UPDATE notifications SET archived_at = ?2
+         WHERE user_id = ?1 AND archived_at IS NULL AND snoozed_until IS NULL
+         RETURNING id",
+        args![user_id, tx.now_ms()],
+        |r| r.get(0),
+    )?;
+    report_marks(tx, user_id, &ids, &[("inbox.archived", true)])?;
+    Ok(ids.len())
+}
+
+/// Brings back up to `limit` rows whose snooze ended by `now`, unseen:
+/// the scheduler's timer. What they were is announced after commit.
+pub fn return_snoozed(tx: &Tx<'_>, now: i64, limit: usize) -> StoreResult<Vec<InboxCommitted>> {
+    tx.query_all(
+        "UPDATE notifications SET snoozed_until = NULL, seen_at = NULL
+         WHERE id IN (SELECT id FROM notifications INDEXED BY notifications_snoozed
+                      WHERE snoozed_until <= ?1 ORDER BY snoozed_until LIMIT ?2)
+         RETURNING user_id, id",
+        args![now, limit],
+        |r| {
+            Ok(InboxCommitted {
+                user_id: r.get(0)?,
+                id: r.get(1)?,
+                returned: true,
+            })
+        },
+    )
+}
+
+/// When the next snooze ends, if any row is snoozed.
+pub fn next_snooze_end(conn: &Conn<'_>) -> StoreResult<Option<i64>> {
+    conn.query_one(
+        "SELECT MIN(snoozed_until) FROM notifications INDEXED BY notifications_snoozed
+         WHERE snoozed_until IS NOT NULL",
+        args![],
+        |r| r.get(0),
+    )
+}
+
+fn found(changed: usize) -> StoreResult<()> {
+    if changed == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
 }
 
 pub fn delete(tx: &Tx<'_>, user_id: &str, id: i64) -> StoreResult<()> {

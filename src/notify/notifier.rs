@@ -113,6 +113,16 @@ impl Notifier {
         Ok(schedule)
     }
 
+    /// Snoozes one of a user's inbox rows (`service::snooze`) and wakes the
+    /// scheduler if it would sleep past the snooze's end.
+    pub fn snooze_inbox(&self, user_id: &str, id: i64, until: i64) -> Result<(), NotifyError> {
+        service::snooze(self.store(), user_id, id, until)?;
+        if self.shared.next_wake.misses(until) {
+            let _ = self.shared.wake.send(Wake::Retry);
+        }
+        Ok(())
+    }
+
     /// Re-arms every dead delivery; returns how many.
     pub fn retry_dead(&self) -> Result<usize, NotifyError> {
         let count = service::rearm_dead(self.store())?;

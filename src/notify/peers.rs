@@ -3,7 +3,8 @@
 //! commits; nothing on SQLite, whose one server has no peers): which inbox
 //! rows a dispatch committed, so every instance's live streams carry them,
 //! and a wake for the schedulers when work became due (a re-armed
-//! delivery). Inbox ids of one dispatch are consecutive: dispatches that
+//! delivery), and which snoozed rows came back (`announce_returned`).
+//! Inbox ids of one dispatch are consecutive: dispatches that
 //! write inbox rows run one at a time (`INBOX_ORDER`), so ids also follow
 //! commit order, which the live stream's resume relies on.
 
@@ -18,6 +19,7 @@ use crate::store::{Heard, StoreResult, Tx};
 
 const INBOX_CHANNEL: &str = "herald_inbox";
 const WAKE_CHANNEL: &str = "herald_wake";
+const RETURNED_CHANNEL: &str = "herald_inbox_returned";
 
 /// The advisory lock dispatches writing inbox rows take (see above).
 const INBOX_ORDER: i64 = 0x6865_7261_6c64_0001;
@@ -37,6 +39,21 @@ pub fn announce_inbox(tx: &Tx<'_>, me: i64, rows: &[InboxCommitted]) -> StoreRes
     }
 }
 
+/// Tells the other instances, on commit, which snoozed rows came back
+/// (ids, not a range: they are anyone's, from any time). A page of them
+/// fits in one NOTIFY payload (8000 bytes).
+pub fn announce_returned(tx: &Tx<'_>, me: i64, rows: &[InboxCommitted]) -> StoreResult<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut payload = me.to_string();
+    for row in rows {
+        payload.push(' ');
+        payload.push_str(&row.id.to_string());
+    }
+    tx.notify(RETURNED_CHANNEL, &payload)
+}
+
 /// Wakes every instance's scheduler on commit.
 pub fn wake_all(tx: &Tx<'_>) -> StoreResult<()> {
     tx.notify(WAKE_CHANNEL, "")
@@ -54,7 +71,11 @@ pub(super) fn start(
         return None;
     }
     let (heard_tx, heard) = crossbeam_channel::unbounded();
-    if let Err(e) = store.listen(&[INBOX_CHANNEL, WAKE_CHANNEL], heard_tx, stop.clone()) {
+    if let Err(e) = store.listen(
+        &[INBOX_CHANNEL, WAKE_CHANNEL, RETURNED_CHANNEL],
+        heard_tx,
+        stop.clone(),
+    ) {
         log::error!("cannot hear the other instances: {e}; streams show this instance's rows only");
         return None;
     }
@@ -106,6 +127,19 @@ fn hear(shared: &Shared, me: i64, message: Heard) {
                 Err(e) => log::warn!("cannot read inbox rows {first}..={last}: {e}"),
             }
         }
+        Heard::Message { channel, payload } if channel == RETURNED_CHANNEL => {
+            let Some((from, ids)) = parse_returned(&payload) else {
+                log::warn!("unreadable inbox announcement {payload:?}");
+                return;
+            };
+            if from == me {
+                return;
+            }
+            match shared.store().read(|c| inbox::returned_rows(c, &ids)) {
+                Ok(rows) => shared.announce_inbox(&rows),
+                Err(e) => log::warn!("cannot read returned inbox rows: {e}"),
+            }
+        }
         Heard::Message { .. } => {
             let _ = shared.wake.send(Wake::Retry);
         }
@@ -124,9 +158,23 @@ fn parse_inbox(payload: &str) -> Option<(i64, i64, i64)> {
     }
 }
 
+fn parse_returned(payload: &str) -> Option<(i64, Vec<i64>)> {
+    let mut parts = payload.split(' ').map(str::parse::<i64>);
+    let from = parts.next()?.ok()?;
+    let ids = parts.collect::<Result<Vec<i64>, _>>().ok()?;
+    Some((from, ids))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn returned_announcements_read_back() {
+        assert_eq!(parse_returned("3 10 14 12"), Some((3, vec![10, 14, 12])));
+        assert_eq!(parse_returned("3 x"), None);
+        assert_eq!(parse_returned("x 1"), None);
+    }
 
     #[test]
     fn inbox_announcements_read_back() {

@@ -3,7 +3,8 @@
 //! digest, held email, scheduled event (`sendAt`) or schedule run (woken
 //! early when a sooner one is scheduled or a delivery is re-armed, or when
 //! the senders' queue has room for deliveries waiting in the database),
-//! releases due digests and held emails (`delivery::held`), publishes due
+//! releases due digests and held emails (`delivery::held`), brings back
+//! snoozed inbox rows whose time came, publishes due
 //! events, runs due schedules, pages those deliveries in and, rarely, sweeps
 //! for work another process wrote (outbox rows whose bus
 //! message never arrived, deliveries re-armed by `herald outbox retry`). An
@@ -21,7 +22,9 @@ use super::bus::Wake;
 use super::delivery::mail_queue::MailQueue;
 use super::delivery::{deliveries, held};
 use super::shared::Shared;
-use super::{digest, instance, outbox, policy, retention, schedules, throttle, topic_fanout};
+use super::{
+    digest, inbox, instance, outbox, peers, policy, retention, schedules, throttle, topic_fanout,
+};
 use crate::metrics::METRICS;
 use crate::store::StoreResult;
 
@@ -155,6 +158,10 @@ pub(super) fn run(shared: &Shared, queue: &MailQueue, wake: Receiver<Wake>, me: 
         if let Some(at) = schedules::run_due(store, |seq| shared.publisher.publish(seq)) {
             next_wake = next_wake.min(at);
         }
+        // Snoozed inbox rows whose time came are back; the next end bounds it.
+        if let Some(at) = return_snoozed(shared, now, me) {
+            next_wake = next_wake.min(at);
+        }
         // So are scheduled events.
         if let Some(at) = publish_due(shared, &mut published_due) {
             next_wake = next_wake.min(at);
@@ -180,6 +187,43 @@ pub(super) fn run(shared: &Shared, queue: &MailQueue, wake: Receiver<Wake>, me: 
             if let Wake::Stop = more {
                 return;
             }
+        }
+    }
+}
+
+/// Snoozed rows returned per write transaction.
+const RETURN_BATCH: usize = 500;
+
+/// Brings back the inbox rows whose snooze ended by `now` (unseen, in one
+/// transaction per page) and announces them to the live streams after each
+/// commit, here and, on a shared database, on every instance. Returns when
+/// the next snooze ends: now again if a page was full.
+fn return_snoozed(shared: &Shared, now: i64, me: i64) -> Option<i64> {
+    let store = shared.store();
+    loop {
+        let returned: StoreResult<Vec<_>> = store.write(|tx| {
+            let rows = inbox::return_snoozed(tx, now, RETURN_BATCH)?;
+            peers::announce_returned(tx, me, &rows)?;
+            Ok(rows)
+        });
+        match returned {
+            Ok(rows) => {
+                shared.announce_inbox(&rows);
+                if rows.len() < RETURN_BATCH {
+                    break;
+                }
+            }
+            Err(e) => {
+                log::error!("scheduler cannot bring back snoozed inbox rows: {e}");
+                return Some(now + 1_000);
+            }
+        }
+    }
+    match store.read(inbox::next_snooze_end) {
+        Ok(at) => at,
+        Err(e) => {
+            log::error!("scheduler cannot read the snoozed inbox rows: {e}");
+            None
         }
     }
 }

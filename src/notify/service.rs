@@ -5,9 +5,10 @@
 
 use super::delivery::views::{self, ConsoleEmail, DeliveryRecord, DeliveryView};
 use super::digest;
+use super::error;
 use super::error::NotifyError;
 use super::event_view::{self, EventView};
-use super::inbox::{self, Cursor, Item, Page};
+use super::inbox::{self, Archived, BulkAction, Cursor, Item, Page};
 use super::outbox::{self, NotCancelled, ResultRow};
 use super::peers;
 use super::preferences::{self, TypePreferences};
@@ -24,8 +25,9 @@ pub fn inbox_page(
     cursor: Option<Cursor>,
     limit: usize,
     unread_only: bool,
+    archived: Archived,
 ) -> StoreResult<Page> {
-    store.read(|c| inbox::list(c, user_id, cursor, limit, unread_only))
+    store.read(|c| inbox::list(c, user_id, cursor, limit, unread_only, archived))
 }
 
 /// The inbox page's view, from one snapshot: a page, the unseen count and
@@ -38,7 +40,7 @@ pub fn inbox_overview(
 ) -> StoreResult<(Page, i64, i64)> {
     store.snapshot(|c| {
         Ok((
-            inbox::list(c, user_id, cursor, limit, false)?,
+            inbox::list(c, user_id, cursor, limit, false, Archived::Exclude)?,
             inbox::unseen_count(c, user_id)?,
             inbox::newest_id(c, user_id)?,
         ))
@@ -62,6 +64,95 @@ pub fn mark_all_read(store: &Store, user_id: &str) -> StoreResult<usize> {
     store.write(|tx| inbox::mark_all_read(tx, user_id))
 }
 
+/// Archives one of the user's rows: one write transaction.
+pub fn archive(store: &Store, user_id: &str, id: i64) -> StoreResult<()> {
+    store.write(|tx| inbox::archive(tx, user_id, id))
+}
+
+pub fn unarchive(store: &Store, user_id: &str, id: i64) -> StoreResult<()> {
+    store.write(|tx| inbox::unarchive(tx, user_id, id))
+}
+
+/// The longest snooze: a year and a day, so "this time next year" fits.
+pub const MAX_SNOOZE_MS: i64 = 366 * 24 * 3600 * 1000;
+
+/// Snoozes one of the user's rows until `until` (in the future, at most
+/// `MAX_SNOOZE_MS` ahead): one write transaction. The caller wakes the
+/// scheduler, whose sleep the snooze's end may now bound.
+pub fn snooze(store: &Store, user_id: &str, id: i64, until: i64) -> Result<(), NotifyError> {
+    let now = store.clock().now_ms();
+    if until <= now {
+        return Err(error::invalid("until", "must be in the future"));
+    }
+    if until - now > MAX_SNOOZE_MS {
+        return Err(error::invalid("until", "must be at most 366 days ahead"));
+    }
+    Ok(store.write(|tx| inbox::snooze(tx, user_id, id, until))?)
+}
+
+/// The inbox page's snooze buttons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnoozeFor {
+    /// An hour from now.
+    Hour,
+    /// Tomorrow at 09:00 in the user's time zone (UTC without one).
+    Tomorrow,
+}
+
+impl SnoozeFor {
+    pub fn parse(s: &str) -> Option<SnoozeFor> {
+        match s {
+            "hour" => Some(SnoozeFor::Hour),
+            "tomorrow" => Some(SnoozeFor::Tomorrow),
+            _ => None,
+        }
+    }
+}
+
+/// When a snooze button's snooze ends, for `user` now.
+pub fn snooze_end(store: &Store, user: User, choice: SnoozeFor) -> StoreResult<i64> {
+    let now = store.clock().now_ms();
+    if choice == SnoozeFor::Hour {
+        return Ok(now + 3_600_000);
+    }
+    let zone = user_view(store, user)?
+        .timezone
+        .and_then(|name| jiff::tz::TimeZone::get(&name).ok())
+        .unwrap_or(jiff::tz::TimeZone::UTC);
+    let morning = jiff::Timestamp::from_millisecond(now)
+        .ok()
+        .map(|t| t.to_zoned(zone))
+        .and_then(|z| z.date().tomorrow().ok().map(|d| (d, z.time_zone().clone())))
+        .and_then(|(d, tz)| d.at(9, 0, 0, 0).to_zoned(tz).ok())
+        .map(|z| z.timestamp().as_millisecond());
+    // Only an out-of-range clock could fail; a day is then close enough.
+    Ok(morning.unwrap_or(now + 86_400_000))
+}
+
+/// The rows a bulk action names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BulkTarget {
+    Ids(Vec<i64>),
+    All,
+}
+
+/// Applies a bulk action in one write transaction; returns how many rows
+/// changed. `All` covers the rows the action can change: every unseen
+/// (unread) row for seen (read), the inbox for archive.
+pub fn bulk(
+    store: &Store,
+    user_id: &str,
+    action: BulkAction,
+    target: &BulkTarget,
+) -> StoreResult<usize> {
+    store.write(|tx| match (target, action) {
+        (BulkTarget::Ids(ids), _) => inbox::bulk_ids(tx, user_id, action, ids),
+        (BulkTarget::All, BulkAction::Seen) => inbox::mark_all_seen(tx, user_id),
+        (BulkTarget::All, BulkAction::Read) => inbox::mark_all_read(tx, user_id),
+        (BulkTarget::All, BulkAction::Archive) => inbox::archive_all(tx, user_id),
+    })
+}
+
 pub fn delete_row(store: &Store, user_id: &str, id: i64) -> StoreResult<()> {
     store.write(|tx| inbox::delete(tx, user_id, id))
 }
@@ -77,6 +168,11 @@ pub fn inbox_after(
 }
 
 /// Where a stream opened without `Last-Event-ID` starts.
+/// One of the user's rows back from a snooze, if it is in the inbox now.
+pub fn inbox_returned(store: &Store, user_id: &str, id: i64) -> StoreResult<Option<Item>> {
+    store.read(|c| inbox::in_inbox(c, user_id, id))
+}
+
 pub fn newest_inbox_id(store: &Store, user_id: &str) -> StoreResult<i64> {
     store.read(|c| inbox::newest_id(c, user_id))
 }

@@ -322,3 +322,108 @@ fn the_invitation_emails_link_signs_in_accepts_and_lands_on_the_inbox() {
         "return location.pathname === '/inbox' && !!document.getElementById('joined')"
     ));
 }
+
+/// RFC 3339 for `ms` from now.
+fn in_ms(ms: u64) -> String {
+    let at = std::time::SystemTime::now() + Duration::from_millis(ms);
+    let ms = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    jiff::Timestamp::from_millisecond(ms).unwrap().to_string()
+}
+
+fn item_count(browser: &Browser) -> i64 {
+    browser
+        .script("return document.querySelectorAll('#items .item').length")
+        .as_i64()
+        .unwrap_or(-1)
+}
+
+#[test]
+#[ignore = "needs Debian's chromium and chromium-driver; .ci/run installs them and runs it"]
+fn archive_and_snooze_buttons_take_items_off_the_page_and_a_snooze_ends_live() {
+    let server = TestServer::builder().start();
+    let token = server.create_user("ada", "ada@acme.test", "Ada");
+    for title in ["keep", "archive me", "snooze me"] {
+        send(
+            &server,
+            json!({"type": "system.announcement", "recipients": ["ada"],
+                   "payload": {"title": title, "body": "b"}}),
+        );
+    }
+    let (_, page) = server.get("/v1/inbox", Some(&token));
+    let id_of = |title: &str| -> String {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["title"] == title)
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (archived, snoozed) = (id_of("archive me"), id_of("snooze me"));
+
+    let browser = Browser::start(1100, 900);
+    browser.goto(&server.url("/login"));
+    browser.type_into(&browser.find("#token"), &token);
+    browser.click(&browser.find("#sign-in"));
+    assert!(browser.wait_for(WAIT, "return !!document.getElementById('items')"));
+    assert!(browser.wait_for(
+        WAIT,
+        "return document.getElementById('live').dataset.state === 'on'"
+    ));
+    assert_eq!(item_count(&browser), 3);
+    assert_eq!(badge(&browser), 3);
+
+    browser.click(&browser.find(&format!("#{archived} button.archive")));
+    assert!(
+        browser.wait_for(
+            WAIT,
+            &format!("return !document.getElementById('{archived}')")
+        ),
+        "the archived item leaves the page"
+    );
+    assert!(browser.wait_for(
+        WAIT,
+        "return document.getElementById('unseen').dataset.count === '2'"
+    ));
+    let (_, only) = server.get("/v1/inbox?archived=only", Some(&token));
+    assert_eq!(only["items"][0]["id"], archived.as_str(), "{only}");
+
+    browser.click(&browser.find(&format!("#{snoozed} button.snooze-hour")));
+    assert!(
+        browser.wait_for(
+            WAIT,
+            &format!("return !document.getElementById('{snoozed}')")
+        ),
+        "the snoozed item leaves the page"
+    );
+    assert!(browser.wait_for(
+        WAIT,
+        "return document.getElementById('unseen').dataset.count === '1'"
+    ));
+    assert_eq!(item_count(&browser), 1);
+    let (_, listed) = server.get("/v1/inbox", Some(&token));
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1, "{listed}");
+    browser.screenshot(&artifacts().join("inbox-archive-snooze.png"));
+
+    // A shorter snooze through the API: the item comes back live, unseen.
+    let (status, body) = server.post(
+        &format!("/v1/inbox/{snoozed}/snooze"),
+        Some(&token),
+        json!({"until": in_ms(1500)}),
+    );
+    assert_eq!(status, 204, "{body}");
+    assert!(
+        browser.wait_for(
+            WAIT,
+            &format!("return !!document.getElementById('{snoozed}')")
+        ),
+        "the snoozed item returns without a reload"
+    );
+    assert_eq!(badge(&browser), 2, "and counts as new again");
+    assert_eq!(item_count(&browser), 2);
+}

@@ -23,6 +23,7 @@ mod domain_listeners;
 mod escalation;
 mod http_edge;
 mod inbox;
+mod inbox_archive;
 mod inbox_page;
 mod inbox_stream;
 mod inbox_stream_bounds;

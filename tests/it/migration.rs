@@ -334,6 +334,10 @@ fn inbox_item(row: &rusqlite::Row<'_>) -> rusqlite::Result<Value> {
         "createdAt": time(6)?,
         "seenAt": time(7)?,
         "readAt": time(8)?,
+        // Rows older than version 7 are in the inbox: not archived, not
+        // snoozed.
+        "archivedAt": null,
+        "snoozedUntil": null,
     }))
 }
 

@@ -187,6 +187,58 @@ fn every_message_is_signed_and_reports_sends_and_inbox_marks() {
 }
 
 /// The secret the receiver was handed (the test keeps no other copy).
+/// Archiving, one row or in bulk, reports `inbox.archived` once per row
+/// that was not archived yet; archiving again reports nothing.
+#[test]
+fn archiving_reports_inbox_archived_once_per_row() {
+    let server = TestServer::start();
+    let receiver = Receiver::start(Answer::Accept);
+    subscribe(&server, &receiver, &["inbox.archived"]);
+    let (ids, tokens) = users(&server, 1);
+    for subject in ["mem_1", "mem_2", "mem_3"] {
+        let mut event = role_changed(&ids);
+        event["subjectId"] = json!(subject);
+        post_and_wait(&server, event);
+    }
+    let (_, inbox) = server.get("/v1/inbox", Some(&tokens[0]));
+    let rows: Vec<String> = inbox["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(rows.len(), 3, "{inbox}");
+    for _ in 0..2 {
+        let (status, body) = server.post(
+            &format!("/v1/inbox/{}/archive", rows[0]),
+            Some(&tokens[0]),
+            json!({}),
+        );
+        assert!(status < 300, "{status} {body}");
+    }
+    let (status, body) = server.post(
+        "/v1/inbox/bulk",
+        Some(&tokens[0]),
+        json!({"action": "archive", "all": true}),
+    );
+    assert!(status < 300, "{status} {body}");
+    assert!(
+        wait_until(WAIT, || receiver.accepted().len() >= 3),
+        "{:?}\n{}",
+        receiver.received(),
+        server.logs()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let archived = of_kind(&receiver, "inbox.archived");
+    let reported: BTreeSet<String> = archived
+        .iter()
+        .map(|m| m["data"]["notificationId"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(archived.len(), 3, "{archived:?}");
+    assert_eq!(reported, rows.iter().cloned().collect(), "{archived:?}");
+    assert!(receiver.received().iter().all(|r| r.verified));
+}
+
 fn server_secret_of(receiver: &Receiver) -> String {
     receiver.secret().expect("subscribed")
 }

@@ -265,6 +265,11 @@ pub fn list_inbox() -> Op {
             "Only notifications not yet read.",
             json!({"type": "boolean"}),
         ))
+        .param(query(
+            "archived",
+            "Archived notifications: left out (`exclude`, the default), listed with the others (`include`) or alone (`only`). Snoozed ones are never listed until their snooze ends.",
+            json!({"type": "string", "enum": ["exclude", "include", "only"]}),
+        ))
         .ok(200, "One page", schema("InboxPage"))
 }
 
@@ -314,6 +319,59 @@ pub fn mark_seen() -> Op {
 
 pub fn mark_read() -> Op {
     Op::new("markRead", "Mark a notification read (and seen)", User).no_content("Marked")
+}
+
+pub fn archive_notification() -> Op {
+    Op::new(
+        "archiveNotification",
+        "Archive a notification: it leaves the inbox and the unseen count (a snooze ends)",
+        User,
+    )
+    .no_content("Archived")
+}
+
+pub fn unarchive_notification() -> Op {
+    Op::new(
+        "unarchiveNotification",
+        "Put an archived notification back in the inbox",
+        User,
+    )
+    .no_content("Back in the inbox")
+}
+
+pub fn snooze_notification() -> Op {
+    Op::new(
+        "snoozeNotification",
+        "Hide a notification until `until`; it then comes back unseen and is pushed on the stream",
+        User,
+    )
+    .body(json!({
+        "type": "object", "required": ["until"], "additionalProperties": false,
+        "properties": {"until": {"type": "string", "format": "date-time",
+            "description": "RFC 3339; in the future, at most 366 days ahead (422 otherwise)."}}
+    }))
+    .no_content("Snoozed")
+}
+
+pub fn inbox_bulk() -> Op {
+    Op::new(
+        "inboxBulk",
+        "Mark seen, mark read or archive many notifications at once",
+        User,
+    )
+    .body(json!({
+        "type": "object", "required": ["action"], "additionalProperties": false,
+        "description": "Exactly one of `ids` and `all`. Ids of another user's notifications are passed over like unknown ones.",
+        "properties": {
+            "action": {"type": "string", "enum": ["seen", "read", "archive"]},
+            "ids": {"type": "array", "minItems": 1, "maxItems": 1000,
+                "items": {"type": "string", "pattern": "^ntf_[0-9]{1,18}$"}},
+            "all": {"type": "boolean", "enum": [true],
+                "description": "Every unseen (seen), unread (read) or inbox (archive) notification."}
+        },
+        "oneOf": [{"required": ["ids"]}, {"required": ["all"]}]
+    }))
+    .ok(200, "How many changed", schema("Updated"))
 }
 
 pub fn delete_notification() -> Op {

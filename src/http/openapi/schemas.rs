@@ -269,7 +269,8 @@ pub fn all(event_types: &[&str]) -> Value {
     );
     schemas.insert("InboxItem".into(), json!({
             "type": "object",
-            "required": ["id", "type", "title", "body", "actions", "payload", "createdAt", "seenAt", "readAt"],
+            "required": ["id", "type", "title", "body", "actions", "payload", "createdAt", "seenAt", "readAt",
+                         "archivedAt", "snoozedUntil"],
             "properties": {
                 "id": {"type": "string"}, "type": {"type": "string"},
                 "title": {"type": "string"}, "body": {"type": "string"},
@@ -277,7 +278,8 @@ pub fn all(event_types: &[&str]) -> Value {
                     "properties": {"label": {"type": "string"}, "url": {"type": "string"}}}},
                 "payload": {"type": "object"},
                 "createdAt": {"type": "string"},
-                "seenAt": nullable("string"), "readAt": nullable("string")
+                "seenAt": nullable("string"), "readAt": nullable("string"),
+                "archivedAt": nullable("string"), "snoozedUntil": nullable("string")
             }
         }));
     schemas.insert(

@@ -1,6 +1,8 @@
 // The inbox page's live behaviour, plain JavaScript: new items from the
 // stream (GET /v1/inbox/stream, authenticated by the session cookie),
-// mark-as-read without a reload, relative times. Everything from the server
+// mark-as-read, archive and snooze without a reload (an archived or snoozed
+// item leaves the list; a snoozed one comes back on the stream), relative
+// times. Everything from the server
 // is placed with textContent, never as HTML.
 (function () {
   'use strict';
@@ -94,7 +96,18 @@
       form.action = '/inbox/' + encodeURIComponent(item.id) + '/read';
       form.appendChild(el('button', 'btn btn-sm btn-ghost', 'Mark as read')).type = 'submit';
     }
+    leaveButton(actions, item.id, 'archive', 'archive', 'Archive');
+    leaveButton(actions, item.id, 'snooze/hour', 'snooze-hour', 'Snooze 1 hour');
+    leaveButton(actions, item.id, 'snooze/tomorrow', 'snooze-tomorrow', 'Until tomorrow');
     return li;
+  }
+
+  // A form whose success takes the item off the list (archive, snooze).
+  function leaveButton(actions, id, path, className, label) {
+    var form = actions.appendChild(el('form', 'js-post leaves'));
+    form.method = 'post';
+    form.action = '/inbox/' + encodeURIComponent(id) + '/' + path;
+    form.appendChild(el('button', 'btn btn-sm btn-ghost ' + className, label)).type = 'submit';
   }
 
   function markRead(li) {
@@ -122,6 +135,10 @@
       if (form.dataset.all) {
         var unread = list.querySelectorAll('.item.unread');
         for (var i = 0; i < unread.length; i++) markRead(unread[i]);
+      } else if (form.classList.contains('leaves')) {
+        var gone = form.closest('.item');
+        if (gone) gone.remove();
+        if (empty && !list.querySelector('.item')) empty.hidden = false;
       } else {
         var li = form.closest('.item');
         if (li) markRead(li);

@@ -347,10 +347,21 @@ fn display_time(rfc3339: &str) -> String {
     }
 }
 
-/// `POST /inbox/{id}/read` and `POST /inbox/read-all`: the page's forms. A
+/// What one of the inbox page's forms does.
+#[derive(Debug, Clone, Copy)]
+pub enum PageAction<'a> {
+    /// Mark one row read, or every row (None).
+    Read(Option<&'a str>),
+    Archive(&'a str),
+    /// Snooze a row for one of the buttons' choices (`hour`, `tomorrow`).
+    Snooze(&'a str, &'a str),
+}
+
+/// `POST /inbox/{id}/read`, `/inbox/read-all`, `/inbox/{id}/archive` and
+/// `/inbox/{id}/snooze/{for}`: the page's forms (same-origin only). A
 /// script asks for JSON (the new unseen count); without script the browser
 /// follows the redirect back to the inbox.
-pub fn mark_read(ctx: &Ctx, req: &Req, id: Option<&str>) -> Result<Reply, ApiError> {
+pub fn page_action(ctx: &Ctx, req: &Req, action: PageAction<'_>) -> Result<Reply, ApiError> {
     auth::same_origin(req)?;
     let wants_json = req
         .header("accept")
@@ -363,19 +374,25 @@ pub fn mark_read(ctx: &Ctx, req: &Req, id: Option<&str>) -> Result<Reply, ApiErr
         });
     };
     let store = ctx.notifier.store();
-    match id {
-        Some(id) => {
-            let id = inbox::parse_id(id)?;
-            service::mark(store, &user.id, id, true)?;
+    let user_id = user.id.clone();
+    match action {
+        PageAction::Read(Some(id)) => service::mark(store, &user_id, inbox::parse_id(id)?, true)?,
+        PageAction::Read(None) => {
+            service::mark_all_read(store, &user_id)?;
         }
-        None => {
-            service::mark_all_read(store, &user.id)?;
+        PageAction::Archive(id) => service::archive(store, &user_id, inbox::parse_id(id)?)?,
+        PageAction::Snooze(id, choice) => {
+            let id = inbox::parse_id(id)?;
+            let choice = service::SnoozeFor::parse(choice)
+                .ok_or_else(|| ApiError::validation("for", "must be hour or tomorrow"))?;
+            let until = service::snooze_end(store, user, choice)?;
+            ctx.notifier.snooze_inbox(&user_id, id, until)?;
         }
     }
     if !wants_json {
         return Ok(Reply::redirect("/inbox"));
     }
-    let unseen = service::unseen_count(store, &user.id)?;
+    let unseen = service::unseen_count(store, &user_id)?;
     Ok(Reply::json(200, &json!({ "unseenCount": unseen })))
 }
 

@@ -79,6 +79,10 @@ impl TestServerBuilder {
             )
             .env("HERALD_MAIL_PROVIDER", "console")
             .env("HERALD_RETRY_BASE_MS", "50")
+            // On PostgreSQL a server restarted after kill -9 takes over the
+            // dead one's emails once its lease has run out: 3 s, not 15 s,
+            // keeps that within the tests' waits.
+            .env("HERALD_LEASE_MS", "3000")
             .env("RUST_LOG", "info")
     }
 
