@@ -213,6 +213,12 @@ fn five_thousand_idle_connections_hold_no_threads_and_new_clients_are_served() {
     let (status, _) = server.get("/healthz", None);
     assert_eq!(status, 200, "a new client is served beside 5,000 idle ones");
     eprintln!("threads: {threads_before} before, {threads} with 5,000 idle connections");
-    assert_eq!(threads, threads_before, "idle connections hold no thread");
+    // Background threads (the webhook and mail senders, the database pools)
+    // may start one more meanwhile; a thread per connection would add
+    // thousands, a pool per connection burst at least its size.
+    assert!(
+        threads <= threads_before + 2,
+        "idle connections hold no thread: {threads_before} before, {threads} after"
+    );
     drop(idle);
 }
