@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herald::args;
-use herald::notify::{DeliveryPolicy, Event, Notifier, Registry, Templates};
+use herald::notify::{DeliveryPolicy, Event, Notifier, Registry, Running, Templates};
 use herald::store::{Store, Synchronous};
 use herald::time::Clock;
 
@@ -29,16 +29,7 @@ pub fn run(engine: &Engine, events: usize, users: usize, batch: usize) -> Result
     let store = Store::connect(&db.database, Synchronous::Normal, Clock::system())
         .map_err(|e| e.to_string())?;
     let store = Arc::new(store);
-    let registry = Registry::embedded().map_err(|e| e.to_string())?;
-    let templates = Templates::load(&registry, None).map_err(|e| e.to_string())?;
-    let notifier = Notifier::new(
-        store.clone(),
-        registry,
-        templates,
-        DeliveryPolicy::default(),
-    );
-    let counter = Arc::new(Counter::default());
-    let running = notifier.start(counter.clone()).map_err(|e| e.to_string())?;
+    let (notifier, counter, running) = start_notifier(&store)?;
     let started = Instant::now();
     for first in (0..events).step_by(batch) {
         let chunk: Vec<Event> = (first..(first + batch).min(events))
@@ -52,18 +43,50 @@ pub fn run(engine: &Engine, events: usize, users: usize, batch: usize) -> Result
         }
     }
     eprintln!();
-    wait_for_emails(&counter.accepted, events, started, 10)?;
-    let inbox_done = |s: &Store| -> Result<i64, String> {
-        s.read(|c| c.query_one("SELECT COUNT(*) FROM notifications", args![], |r| r.get(0)))
+    finish(&store, &counter, running, events, started, "dispatch")
+}
+
+/// The embedded registry's notifier on `store`, started with an in-process
+/// provider that counts what it accepts.
+pub(super) fn start_notifier(
+    store: &Arc<Store>,
+) -> Result<(Notifier, Arc<Counter>, Running), String> {
+    let registry = Registry::embedded().map_err(|e| e.to_string())?;
+    let templates = Templates::load(&registry, None).map_err(|e| e.to_string())?;
+    let notifier = Notifier::new(
+        store.clone(),
+        registry,
+        templates,
+        DeliveryPolicy::default(),
+    );
+    let counter = Arc::new(Counter::default());
+    let running = notifier.start(counter.clone()).map_err(|e| e.to_string())?;
+    Ok((notifier, counter, running))
+}
+
+/// Waits for `notifications` emails and inbox rows, stops the notifier and
+/// reports notifications/s since `started` under `label`.
+pub(super) fn finish(
+    store: &Store,
+    counter: &Counter,
+    running: Running,
+    notifications: usize,
+    started: Instant,
+    label: &str,
+) -> Result<f64, String> {
+    wait_for_emails(&counter.accepted, notifications, started, 10)?;
+    let inbox_rows = || -> Result<i64, String> {
+        store
+            .read(|c| c.query_one("SELECT COUNT(*) FROM notifications", args![], |r| r.get(0)))
             .map_err(|e| e.to_string())
     };
-    while inbox_done(&store)? < events as i64 {
+    while inbox_rows()? < notifications as i64 {
         std::thread::sleep(Duration::from_millis(5));
     }
     let elapsed = started.elapsed().as_secs_f64();
     eprintln!();
     running.shutdown(Duration::from_secs(10));
-    let per_s = events as f64 / elapsed;
-    eprintln!("  dispatch: {per_s:.0} notifications/s (enqueue to last email accepted)");
+    let per_s = notifications as f64 / elapsed;
+    eprintln!("  {label}: {per_s:.0} notifications/s (enqueue to last email accepted)");
     Ok(per_s)
 }

@@ -5,16 +5,16 @@
 //! The pages are the scheduler's, 1000 subscribers per transaction.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use herald::args;
-use herald::notify::{DeliveryPolicy, Event, Notifier, Recipient, Registry, Templates};
+use herald::notify::{Event, Recipient};
 use herald::store::{Store, Synchronous};
 use herald::time::Clock;
 use serde_json::json;
 
+use super::dispatch::{finish, start_notifier};
 use crate::databases::Engine;
-use crate::fake_provider::{wait_for_emails, Counter};
 use crate::seed::prepared_db;
 
 pub fn run(engine: &Engine, subscribers: usize) -> Result<f64, String> {
@@ -40,16 +40,7 @@ pub fn run(engine: &Engine, subscribers: usize) -> Result<f64, String> {
             )
         })
         .map_err(|e| e.to_string())?;
-    let registry = Registry::embedded().map_err(|e| e.to_string())?;
-    let templates = Templates::load(&registry, None).map_err(|e| e.to_string())?;
-    let notifier = Notifier::new(
-        store.clone(),
-        registry,
-        templates,
-        DeliveryPolicy::default(),
-    );
-    let counter = Arc::new(Counter::default());
-    let running = notifier.start(counter.clone()).map_err(|e| e.to_string())?;
+    let (notifier, counter, running) = start_notifier(&store)?;
     let started = Instant::now();
     let mut event = Event::new(
         "org.member.role_changed",
@@ -62,18 +53,5 @@ pub fn run(engine: &Engine, subscribers: usize) -> Result<f64, String> {
     notifier
         .transaction(|outbox| outbox.enqueue(&event).map(|_| ()))
         .map_err(|e| e.to_string())?;
-    wait_for_emails(&counter.accepted, subscribers, started, 10)?;
-    let inbox = |s: &Store| -> Result<i64, String> {
-        s.read(|c| c.query_one("SELECT COUNT(*) FROM notifications", args![], |r| r.get(0)))
-            .map_err(|e| e.to_string())
-    };
-    while inbox(&store)? < subscribers as i64 {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    eprintln!();
-    running.shutdown(Duration::from_secs(10));
-    let per_s = subscribers as f64 / elapsed;
-    eprintln!("  fanout: {per_s:.0} notifications/s (enqueue to last email accepted)");
-    Ok(per_s)
+    finish(&store, &counter, running, subscribers, started, "fanout")
 }
