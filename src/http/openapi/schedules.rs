@@ -5,7 +5,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::schemas::schema;
+use super::schemas::{recipients, schema};
 
 /// Adds the schedules' schemas; the registry's types are the enum of `type`.
 pub fn add(schemas: &mut Map<String, Value>, event_types: &[&str]) {
@@ -92,17 +92,4 @@ pub fn add(schemas: &mut Map<String, Value>, event_types: &[&str]) {
             "properties": {"items": {"type": "array", "items": schema("Schedule")},
                            "nextCursor": {"type": ["string", "null"]}}}),
     );
-}
-
-fn recipients() -> Value {
-    json!({"type": ["array", "null"], "maxItems": 1000, "items": {
-    "oneOf": [
-        {"type": "string", "description": "A user id"},
-        {"type": "object", "required": ["email"],
-         "properties": {"email": {"type": "string", "format": "email"}},
-         "description": "An address-only recipient (email channel only)"},
-        {"type": "object", "required": ["topic"], "additionalProperties": false,
-         "properties": {"topic": {"type": "string", "minLength": 1, "maxLength": 200}},
-         "description": "Every subscriber of an existing topic at dispatch, each user once"}
-    ]}})
 }

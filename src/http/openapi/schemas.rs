@@ -9,6 +9,20 @@ pub fn schema(name: &str) -> Value {
     json!({"$ref": format!("#/components/schemas/{name}")})
 }
 
+/// An event's recipients, as events and schedules take them.
+pub fn recipients() -> Value {
+    json!({"type": ["array", "null"], "maxItems": 1000, "items": {
+    "oneOf": [
+        {"type": "string", "description": "A user id"},
+        {"type": "object", "required": ["email"],
+         "properties": {"email": {"type": "string", "format": "email"}},
+         "description": "An address-only recipient (email channel only)"},
+        {"type": "object", "required": ["topic"], "additionalProperties": false,
+         "properties": {"topic": {"type": "string", "minLength": 1, "maxLength": 200}},
+         "description": "Every subscriber of an existing topic at dispatch, each user once"}
+    ]}})
+}
+
 fn nullable(kind: &str) -> Value {
     json!({"type": [kind, "null"]})
 }
@@ -108,16 +122,7 @@ pub fn all(event_types: &[&str]) -> Value {
             "properties": {
                 "type": {"type": "string", "enum": event_types,
                          "description": "A notification type of the registry"},
-                "recipients": {"type": ["array", "null"], "maxItems": 1000, "items": {
-                    "oneOf": [
-                        {"type": "string", "description": "A user id"},
-                        {"type": "object", "required": ["email"],
-                         "properties": {"email": {"type": "string", "format": "email"}},
-                         "description": "An address-only recipient (email channel only)"},
-                        {"type": "object", "required": ["topic"], "additionalProperties": false,
-                         "properties": {"topic": {"type": "string", "minLength": 1, "maxLength": 200}},
-                         "description": "Every subscriber of an existing topic at dispatch, each user once"}
-                    ]}},
+                "recipients": recipients(),
                 "subjectId": {"type": ["string", "null"]},
                 "actorId": {"type": ["string", "null"], "maxLength": 200,
                     "description": "The user whose action this is: never notified by this event, directly or through a topic."},
