@@ -83,6 +83,8 @@ pub struct Metrics {
     streams_dropped_behind: AtomicU64,
     webhook_attempts: Family<WebhookOutcome, AtomicU64>,
     webhooks_disabled: AtomicU64,
+    write_groups: AtomicU64,
+    write_group_works: AtomicU64,
 }
 
 impl Metrics {
@@ -101,6 +103,8 @@ impl Metrics {
             streams_dropped_behind: AtomicU64::new(0),
             webhook_attempts: Family::new(),
             webhooks_disabled: AtomicU64::new(0),
+            write_groups: AtomicU64::new(0),
+            write_group_works: AtomicU64::new(0),
         }
     }
 
@@ -178,6 +182,13 @@ impl Metrics {
         self.webhooks_disabled.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A group commit of `works` callers' writes.
+    pub fn write_group(&self, works: usize) {
+        self.write_groups.fetch_add(1, Ordering::Relaxed);
+        self.write_group_works
+            .fetch_add(works as u64, Ordering::Relaxed);
+    }
+
     /// One answered HTTP request, labelled by its route pattern.
     pub fn http_request(
         &self,
@@ -195,18 +206,6 @@ impl Metrics {
     /// scrape time, so they are right even after a restart.
     pub fn render(&self, queues: &QueueGauges) -> String {
         let mut out = String::with_capacity(8 * 1024);
-        header(
-            &mut out,
-            "herald_events_accepted_total",
-            "counter",
-            "Events committed to the outbox by API calls and application actions.",
-        );
-        sample(
-            &mut out,
-            "herald_events_accepted_total",
-            &[],
-            self.events_accepted.load(Ordering::Relaxed) as f64,
-        );
 
         for (fate, name, help) in [
             (
@@ -269,18 +268,6 @@ impl Metrics {
             &self.mail_requests,
             |kind| kind,
         );
-        header(
-            &mut out,
-            "herald_delivery_retries_total",
-            "counter",
-            "Email retries scheduled after a retryable failure.",
-        );
-        sample(
-            &mut out,
-            "herald_delivery_retries_total",
-            &[],
-            self.retries.load(Ordering::Relaxed) as f64,
-        );
 
         queues.render(&mut out);
         one_label_counter(
@@ -294,18 +281,6 @@ impl Metrics {
                 WebhookOutcome::Failed => "failed",
             },
         );
-        header(
-            &mut out,
-            "herald_webhooks_disabled_total",
-            "counter",
-            "Webhook endpoints disabled by this process after failing for the whole period.",
-        );
-        sample(
-            &mut out,
-            "herald_webhooks_disabled_total",
-            &[],
-            self.webhooks_disabled.load(Ordering::Relaxed) as f64,
-        );
         one_label_counter(
             &mut out,
             "herald_pruned_rows_total",
@@ -317,6 +292,38 @@ impl Metrics {
         );
 
         for (name, kind, help, value) in [
+            (
+                "herald_events_accepted_total",
+                "counter",
+                "Events committed to the outbox by API calls and application actions.",
+                &self.events_accepted,
+            ),
+            (
+                "herald_delivery_retries_total",
+                "counter",
+                "Email retries scheduled after a retryable failure.",
+                &self.retries,
+            ),
+            (
+                "herald_webhooks_disabled_total",
+                "counter",
+                "Webhook endpoints disabled by this process after failing for the whole period.",
+                &self.webhooks_disabled,
+            ),
+            (
+                "herald_write_groups_total",
+                "counter",
+                "Group commits: transactions that committed the small writes of several \
+                 concurrent callers (single-event requests, application actions) together.",
+                &self.write_groups,
+            ),
+            (
+                "herald_write_group_works_total",
+                "counter",
+                "Callers' writes committed in group commits; divided by the groups, the \
+                 mean group.",
+                &self.write_group_works,
+            ),
             (
                 "herald_http_connections",
                 "gauge",

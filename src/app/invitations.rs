@@ -43,7 +43,9 @@ pub fn send(
         org_id,
         min_role: Role::Admin,
     };
-    tenant::write(notifier, access, |t, me| {
+    let (email, inviter, public_url) = (email.to_string(), inviter.clone(), public_url.to_string());
+    tenant::write(notifier, access, move |t, me| {
+        let email = email.as_str();
         if role == Role::Owner && me.role != Role::Owner {
             return Err(AppError::Forbidden(
                 "only an owner can invite someone as owner".into(),
@@ -104,7 +106,7 @@ pub fn send(
                 "invitedEmail": email,
                 "role": role.as_str(),
                 "orgName": t.org().name,
-                "inviterName": display_name(inviter),
+                "inviterName": display_name(&inviter),
                 "acceptUrl": accept_url,
             }),
         );
@@ -206,7 +208,9 @@ pub fn revoke(
         org_id,
         min_role: Role::Admin,
     };
-    tenant::write(notifier, access, |t, _| {
+    let (user_id, invitation_id) = (user.id.clone(), invitation_id.to_string());
+    tenant::write(notifier, access, move |t, _| {
+        let invitation_id = invitation_id.as_str();
         let status: String = t
             .tx()
             .query_opt(
@@ -226,7 +230,7 @@ pub fn revoke(
         )?;
         audit::append(
             t,
-            Some(&user.id),
+            Some(&user_id),
             "invitation.revoked",
             ("invitation", invitation_id),
             &json!({}),

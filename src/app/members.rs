@@ -87,8 +87,9 @@ pub fn change_role(
         org_id,
         min_role: Role::Admin,
     };
-    tenant::write(notifier, access, |t, me| {
-        let target = find(t, member_id)?;
+    let (fail, actor, member_id) = (hooks.fail_role_change, actor.clone(), member_id.to_string());
+    tenant::write(notifier, access, move |t, me| {
+        let target = find(t, &member_id)?;
         if target.role == new_role {
             return Ok(new_role);
         }
@@ -121,12 +122,12 @@ pub fn change_role(
                 "newRole": new_role.as_str(),
                 "before": target.role.as_str(),
                 "orgName": t.org().name,
-                "actorName": display_name(actor),
+                "actorName": display_name(&actor),
             }),
         );
         event.subject_id = Some(target.id.clone());
         t.enqueue(&event)?;
-        if hooks.fail_role_change {
+        if fail {
             return Err(AppError::Internal(
                 "HERALD_TEST_FAIL_ROLE_CHANGE: forced failure after the role update".into(),
             ));

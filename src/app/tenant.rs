@@ -143,16 +143,23 @@ impl Scope for TenantRead<'_> {
 }
 
 /// The action wrapper for writes: one transaction, membership and role
-/// checked first, then `f` with the caller's membership.
-pub fn write<T>(
+/// checked first, then `f` with the caller's membership. Actions are small
+/// writes of many concurrent users, so they commit in groups
+/// (`Notifier::transaction_grouped`): `f` owns what it uses.
+pub fn write<T: Send + 'static>(
     notifier: &Notifier,
     access: Access<'_>,
-    mut f: impl FnMut(&mut Tenant<'_, '_, '_>, &Member) -> AppResult<T>,
+    mut f: impl FnMut(&mut Tenant<'_, '_, '_>, &Member) -> AppResult<T> + Send + 'static,
 ) -> AppResult<T> {
-    notifier.transaction(|outbox| {
+    let (user, org_id, min_role) = (
+        access.user.clone(),
+        access.org_id.to_string(),
+        access.min_role,
+    );
+    notifier.transaction_grouped(move |outbox| {
         let mut tenant =
-            Tenant::enter(outbox, access.org_id).map_err(|_| AppError::NotFound(no_such_org()))?;
-        let me = require(&tenant, access.user, access.min_role)?;
+            Tenant::enter(outbox, &org_id).map_err(|_| AppError::NotFound(no_such_org()))?;
+        let me = require(&tenant, &user, min_role)?;
         f(&mut tenant, &me)
     })
 }

@@ -26,7 +26,7 @@ pub fn create(ctx: &Ctx, req: &Req) -> Result<Reply, ApiError> {
     }
     let enqueued = ctx
         .notifier
-        .transaction(|outbox| outbox.enqueue(&event).map_err(ApiError::from))?;
+        .transaction_grouped(move |outbox| outbox.enqueue(&event).map_err(ApiError::from))?;
     let mut body = accepted(&enqueued);
     if enqueued.created {
         Ok(Reply::json(202, &body))

@@ -81,20 +81,28 @@ impl Notifier {
     }
 
     /// The call sites' write transaction: `Publisher::transaction`, whose
-    /// events are published only after COMMIT. Events due later wake every
-    /// instance's scheduler on commit instead: any of them may publish one
-    /// when due, and the outbox claim keeps it once.
+    /// events are published only after COMMIT (those due later wake the
+    /// schedulers instead, see `waking_peers`).
     pub fn transaction<T, E: From<StoreError>>(
         &self,
         mut f: impl FnMut(&mut Outbox<'_, '_>) -> Result<T, E>,
     ) -> Result<T, E> {
-        self.shared.publisher.transaction(|outbox| {
-            let value = f(outbox)?;
-            if outbox.scheduled() {
-                peers::wake_all(outbox.tx())?;
-            }
-            Ok(value)
-        })
+        self.shared
+            .publisher
+            .transaction(move |outbox| waking_peers(outbox, &mut f))
+    }
+
+    /// `transaction` in a group commit with other callers' (see
+    /// `Store::write_grouped`): what one-event requests use, many at once.
+    pub fn transaction_grouped<T, E, F>(&self, mut f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnMut(&mut Outbox<'_, '_>) -> Result<T, E> + Send + 'static,
+    {
+        self.shared
+            .publisher
+            .transaction_grouped(move |outbox| waking_peers(outbox, &mut f))
     }
 
     /// Re-arms a dead or failed delivery for a fresh round of attempts, due
@@ -334,4 +342,18 @@ impl Running {
             log::warn!("cannot retire this instance: {e}");
         }
     }
+}
+
+/// Runs `f`; events it enqueued due later wake every instance's scheduler
+/// on commit: any of them may publish one when due, and the outbox claim
+/// keeps it once.
+fn waking_peers<T, E: From<StoreError>>(
+    outbox: &mut Outbox<'_, '_>,
+    f: &mut impl FnMut(&mut Outbox<'_, '_>) -> Result<T, E>,
+) -> Result<T, E> {
+    let value = f(outbox)?;
+    if outbox.scheduled() {
+        peers::wake_all(outbox.tx())?;
+    }
+    Ok(value)
 }

@@ -81,17 +81,52 @@ impl Publisher {
     where
         E: From<StoreError>,
     {
-        let (value, committed) = self.store.write(|tx| {
-            let mut outbox = Outbox {
-                tx,
-                publisher: self,
-                committed_later: Vec::new(),
-                scheduled: 0,
-            };
-            let value = f(&mut outbox)?;
-            Ok::<_, E>((value, (outbox.committed_later, outbox.scheduled)))
-        })?;
-        let (committed, scheduled) = committed;
+        let written = self.store.write(|tx| self.run(tx, &mut f))?;
+        Ok(self.after_commit(written))
+    }
+
+    /// `transaction` through the store's group commit (`Store::write_grouped`):
+    /// for callers that write a little and come many at once, like one
+    /// event per HTTP request.
+    pub fn transaction_grouped<T, E, F>(&self, mut f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnMut(&mut Outbox<'_, '_>) -> Result<T, E> + Send + 'static,
+    {
+        let publisher = self.clone();
+        let written = self
+            .store
+            .write_grouped(move |tx| publisher.run(tx, &mut f))?;
+        Ok(self.after_commit(written))
+    }
+
+    fn run<T, E>(
+        &self,
+        tx: &Tx<'_>,
+        f: &mut impl FnMut(&mut Outbox<'_, '_>) -> Result<T, E>,
+    ) -> Result<Written<T>, E> {
+        let mut outbox = Outbox {
+            tx,
+            publisher: self,
+            committed_later: Vec::new(),
+            scheduled: 0,
+        };
+        let value = f(&mut outbox)?;
+        Ok(Written {
+            value,
+            committed: outbox.committed_later,
+            scheduled: outbox.scheduled,
+        })
+    }
+
+    /// Publishes what a committed transaction enqueued.
+    fn after_commit<T>(&self, written: Written<T>) -> T {
+        let Written {
+            value,
+            committed,
+            scheduled,
+        } = written;
         crate::metrics::METRICS.events_accepted((committed.len() + scheduled) as u64);
         for (seq, event) in committed {
             // The bus's receiver lives as long as the notifier, so this cannot fail.
@@ -101,8 +136,15 @@ impl Publisher {
             // It looks again for the soonest due time.
             let _ = self.wake.send(Wake::Retry);
         }
-        Ok(value)
+        value
     }
+}
+
+/// What a transaction's closure returned, and the events it enqueued.
+struct Written<T> {
+    value: T,
+    committed: Vec<(i64, Option<Arc<Event>>)>,
+    scheduled: usize,
 }
 
 /// The events one transaction enqueued; published after it commits.

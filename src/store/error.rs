@@ -5,7 +5,7 @@ use std::error::Error as _;
 
 use rusqlite::ErrorCode;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum StoreError {
     /// The row asked for does not exist (or is not visible to the caller).
     NotFound,

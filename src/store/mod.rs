@@ -8,6 +8,7 @@
 pub mod copy;
 mod error;
 pub mod files;
+mod group;
 mod migrate;
 mod postgres;
 mod postgres_sql;
@@ -61,6 +62,7 @@ impl std::fmt::Display for Database {
 pub struct Store {
     backend: Backend,
     clock: Clock,
+    group: group::Group,
 }
 
 enum Backend {
@@ -89,6 +91,7 @@ impl Store {
         Ok(Store {
             backend: Backend::Sqlite(Sqlite::open(path, sync, wal)?),
             clock,
+            group: group::Group::default(),
         })
     }
 
@@ -100,6 +103,7 @@ impl Store {
             Database::Postgres(url) => Ok(Store {
                 backend: Backend::Postgres(Postgres::open(url)?),
                 clock,
+                group: group::Group::default(),
             }),
         }
     }
@@ -144,6 +148,22 @@ impl Store {
             Backend::Sqlite(db) => db.write(|c| f(&Tx::new(Link::Sqlite(c), clock))),
             Backend::Postgres(db) => db.write(|s| f(&Tx::new(Link::Postgres(s), clock))),
         }
+    }
+
+    /// `write` for small transactions of concurrent callers (group
+    /// commit, `group.rs`): `f` runs in a savepoint of a transaction shared
+    /// with the other callers' work queued meanwhile, and this returns once
+    /// that transaction has committed. An `Err` from `f` rolls back only
+    /// `f`'s own statements; a failed COMMIT fails every caller of the
+    /// group. Like `write`'s, `f` may run more than once, and nothing in it
+    /// may leave the process.
+    pub fn write_grouped<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnMut(&Tx<'_>) -> Result<T, E> + Send + 'static,
+    {
+        self.group.write(f, &|work| self.write(work))
     }
 
     /// Runs `f` on a pooled read connection inside one read transaction:

@@ -266,6 +266,16 @@ impl Session {
         self.client.batch_execute(sql).map_err(|e| self.error(e))
     }
 
+    /// A savepoint's statements (see `Tx::savepoint`). Rolling back to
+    /// one makes the transaction usable again after a failed statement.
+    pub(super) fn savepoint_batch(&mut self, sql: &str) -> StoreResult<()> {
+        self.client.batch_execute(sql).map_err(|e| self.error(e))?;
+        if sql.starts_with("ROLLBACK TO") {
+            self.failed = false;
+        }
+        Ok(())
+    }
+
     /// `sql` prepared in PostgreSQL's dialect, with `RETURNING returning`
     /// when given; cached apart, since the same text may also run plainly.
     fn prepared(&mut self, sql: &str, returning: Option<&str>) -> StoreResult<Statement> {
@@ -423,16 +433,17 @@ impl r2d2::ManageConnection for Manager {
     }
 }
 
+/// A PostgreSQL database for the store's unit tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::args;
+pub(super) mod testing {
+    use postgres::{Client, NoTls};
+
     use crate::store::{with_database, Database, Store, Synchronous};
     use crate::time::Clock;
 
     /// A store on a database of its own on the server
     /// `HERALD_TEST_DATABASE_URL` names, dropped afterwards.
-    struct TestDb {
+    pub struct TestDb {
         store: Option<Store>,
         server: String,
         name: String,
@@ -440,7 +451,7 @@ mod tests {
 
     impl TestDb {
         /// None, after a notice, without a server to run on.
-        fn create(test: &str) -> Option<TestDb> {
+        pub fn create(test: &str) -> Option<TestDb> {
             let Some(server) = std::env::var("HERALD_TEST_DATABASE_URL").ok() else {
                 eprintln!("NOTICE: {test} skipped: set HERALD_TEST_DATABASE_URL to run it");
                 return None;
@@ -466,7 +477,7 @@ mod tests {
             })
         }
 
-        fn store(&self) -> &Store {
+        pub fn store(&self) -> &Store {
             self.store.as_ref().unwrap()
         }
     }
@@ -482,6 +493,13 @@ mod tests {
             }
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::TestDb;
+    use super::*;
+    use crate::args;
 
     #[test]
     fn values_round_trip_through_postgresql_and_mismatches_are_errors() {

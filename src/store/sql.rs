@@ -257,6 +257,28 @@ impl<'a> Tx<'a> {
         Ok(())
     }
 
+    /// Starts the savepoint a group commit runs one caller's work in.
+    pub(super) fn savepoint(&self) -> StoreResult<()> {
+        self.batch("SAVEPOINT herald_work")
+    }
+
+    /// Keeps the work done since `savepoint`.
+    pub(super) fn release_savepoint(&self) -> StoreResult<()> {
+        self.batch("RELEASE herald_work")
+    }
+
+    /// Undoes the work done since `savepoint`, and ends it.
+    pub(super) fn rollback_to_savepoint(&self) -> StoreResult<()> {
+        self.batch("ROLLBACK TO herald_work; RELEASE herald_work")
+    }
+
+    fn batch(&self, sql: &str) -> StoreResult<()> {
+        match self.conn.link {
+            Link::Sqlite(c) => c.execute_batch(sql).map_err(StoreError::from),
+            Link::Postgres(s) => s.borrow_mut().savepoint_batch(sql),
+        }
+    }
+
     /// `insert` of a row that is always written: its key.
     pub fn insert_one(&self, sql: &str, args: &[&dyn Arg]) -> StoreResult<i64> {
         self.insert(sql, args)?

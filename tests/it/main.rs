@@ -21,6 +21,7 @@ mod delivery_pace;
 mod domain_credits;
 mod domain_listeners;
 mod escalation;
+mod group_commit;
 mod http_edge;
 mod inbox;
 mod inbox_archive;

@@ -97,7 +97,7 @@ fn run(opts: &Opts) -> Result<(), String> {
         let per_s = fanout::run(&engine, opts.subscribers)?;
         out.insert("fanout_notifications_per_s".into(), json!(round(per_s)));
     }
-    if all || opts.scenario == "http" {
+    if all || opts.scenario == "http" || opts.scenario == "http-load" {
         http::run(&engine, opts, &mut out)?;
     }
     if all || opts.scenario == "inbox" {

@@ -5,12 +5,14 @@
 const USAGE: &str = "\
 herald-bench: herald's throughput and latency against a raw SQLite insert loop
 
-usage: herald-bench [--scenario raw|dispatch|fanout|http|inbox|two-instances|all]
+usage: herald-bench [--scenario raw|dispatch|fanout|http|http-load|inbox|two-instances|all]
                     [--database-url postgres://...] [--events N]
                     [--inbox-rows N] [--users N] [--clients N] [--rate N]
 
   --scenario S     what to measure (default all); two-instances runs only
-                   on PostgreSQL, raw only on SQLite
+                   on PostgreSQL, raw only on SQLite; http-load is the http
+                   scenario's single and bulk phases and commit-to-inbox
+                   only, to compare two builds quickly
   --events N       events for raw, dispatch, http and two-instances (default 100000)
   --inbox-rows N   notifications in the inbox scenario (default 1000000)
   --users N        distinct recipients (default 10000)
@@ -122,6 +124,7 @@ fn validate(opts: &Opts) -> Result<(), String> {
         "dispatch",
         "fanout",
         "http",
+        "http-load",
         "inbox",
         "two-instances",
         "all",
