@@ -117,3 +117,21 @@ pub fn issue_token(agent: &ureq::Agent, herald: &Herald, user: &str) -> Result<S
     .map_err(|e| e.to_string())?;
     Ok(body["token"].as_str().ok_or("no token")?.to_string())
 }
+
+/// The value of the unlabelled metric `name` summed over `heralds`' /metrics.
+pub fn metric(heralds: &[&Herald], name: &str) -> Option<f64> {
+    let agent = new_agent();
+    heralds.iter().try_fold(0.0, |sum, herald| {
+        let text = agent
+            .get(format!("{}/metrics", herald.base))
+            .call()
+            .ok()?
+            .body_mut()
+            .read_to_string()
+            .ok()?;
+        let value = text
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())?;
+        Some(sum + value)
+    })
+}

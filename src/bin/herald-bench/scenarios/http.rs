@@ -15,7 +15,7 @@ use herald::store::Store;
 use serde_json::{json, Map, Value};
 
 use super::{paced, retention, stream};
-use crate::client::LoadClient;
+use crate::client::{metric, LoadClient};
 use crate::databases::Engine;
 use crate::db::{self, count};
 use crate::events::{bulk_json, event_json};
@@ -98,12 +98,25 @@ pub(super) fn load_phases(
         let used = cpu().zip(before).map(|(after, before)| after - before);
         json!(used.map(|s| round(s * 1e6 / opts.events as f64)))
     };
+    // Group commits of the single-event phase: how many requests' writes
+    // shared one transaction, on average.
+    let groups = || {
+        let groups = metric(heralds, "herald_write_groups_total")?;
+        Some((groups, metric(heralds, "herald_write_group_works_total")?))
+    };
     for (batch, before, phase) in [
         (1, 0, name.to_string()),
         (opts.http_batch, opts.events, format!("{name}_bulk")),
     ] {
         let cpu_before = cpu();
+        let groups_before = groups();
         let (per_s, drain_s) = load_phase(heralds, mail, store, opts, batch, before, users)?;
+        if batch == 1 {
+            if let Some(((g0, w0), (g1, w1))) = groups_before.zip(groups()) {
+                let mean = (w1 - w0) / (g1 - g0).max(1.0);
+                out.insert(format!("{phase}_write_group_mean"), json!(ratio(mean)));
+            }
+        }
         out.insert(format!("{phase}_events_per_s"), json!(round(per_s)));
         out.insert(format!("{phase}_drain_s"), json!(ratio(drain_s)));
         let delivered_per_s = opts.events as f64 / drain_s;
