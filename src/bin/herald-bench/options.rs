@@ -20,10 +20,11 @@ usage: herald-bench [--scenario raw|dispatch|fanout|http|http-load|inbox|two-ins
   --clients N      concurrent HTTP clients (default 8)
   --rate N         offered load for the commit-to-inbox latency phase, events/s (default 1000)
   --enqueue-batch N  events per enqueuing transaction in the dispatch scenario (default 100;
-                   1 measures one commit per event, which the http scenario also does)
+                   1 measures one commit per event)
   --http-batch N   events per request in the http scenario's bulk phase
                    (POST /v1/events/bulk; default 100); its first phase posts
-                   one event per request (POST /v1/events), and its last
+                   one event per request (POST /v1/events; with
+                   http_write_group_mean, the requests per group commit), and its last
                    (paced_emails_per_s) sends 2,000 emails from a fresh server
                    held to 2 mail requests a second, Resend's default limit,
                    then 1,000 single events at 100 a second
