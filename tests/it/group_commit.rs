@@ -78,6 +78,27 @@ fn post_until(
     accepted
 }
 
+/// Runs `during` while `POSTERS` clients post events to `users`, then stops
+/// them; the ids answered 202.
+fn while_posting(server: &TestServer, users: &[String], during: impl FnOnce()) -> Vec<String> {
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let _stopping = StopOnDrop(&stop);
+        let posters: Vec<_> = (0..POSTERS)
+            .map(|p| {
+                let stop = &stop;
+                scope.spawn(move || post_until(server, p, users, stop))
+            })
+            .collect();
+        during();
+        stop.store(true, Ordering::SeqCst);
+        posters
+            .into_iter()
+            .flat_map(|p| p.join().unwrap())
+            .collect()
+    })
+}
+
 /// Role changes made to fail after their writes (the test hook) commit in
 /// groups with the events posted meanwhile: none of their writes stays,
 /// every event answered 202 is delivered once.
@@ -88,15 +109,7 @@ fn a_role_change_failing_inside_a_group_rolls_back_only_its_own_work() {
     let role_events = "SELECT COUNT(*) FROM outbox WHERE type = 'org.member.role_changed'";
     let before = server.count(role_events);
     let users: Vec<String> = ["alice", "bob", "carol"].map(String::from).to_vec();
-    let stop = AtomicBool::new(false);
-    let accepted: Vec<String> = std::thread::scope(|scope| {
-        let _stopping = StopOnDrop(&stop);
-        let posters: Vec<_> = (0..POSTERS)
-            .map(|p| {
-                let (server, users, stop) = (&server, &users, &stop);
-                scope.spawn(move || post_until(server, p, users, stop))
-            })
-            .collect();
+    let accepted = while_posting(&server, &users, || {
         for _ in 0..100 {
             let (status, body) = server.patch(
                 &format!("/v1/orgs/{ORG}/members/mem_carol"),
@@ -105,11 +118,6 @@ fn a_role_change_failing_inside_a_group_rolls_back_only_its_own_work() {
             );
             assert_eq!(status, 500, "{body}");
         }
-        stop.store(true, Ordering::SeqCst);
-        posters
-            .into_iter()
-            .flat_map(|p| p.join().unwrap())
-            .collect()
     });
     let (groups, works) = groups(&server);
     assert!(
@@ -155,15 +163,7 @@ fn kill_9_during_group_commits_delivers_every_202_and_half_writes_nothing() {
             id
         })
         .collect();
-    let stop = AtomicBool::new(false);
-    let accepted: Vec<String> = std::thread::scope(|scope| {
-        let _stopping = StopOnDrop(&stop);
-        let posters: Vec<_> = (0..POSTERS)
-            .map(|p| {
-                let (server, users, stop) = (&server, &users, &stop);
-                scope.spawn(move || post_until(server, p, users, stop))
-            })
-            .collect();
+    let accepted = while_posting(&server, &users, || {
         assert!(
             wait_until(WAIT, || server.count("SELECT COUNT(*) FROM outbox") >= 400),
             "no load built up"
@@ -175,11 +175,6 @@ fn kill_9_during_group_commits_delivers_every_202_and_half_writes_nothing() {
             .args(["-9", &pid])
             .status();
         assert!(killed.is_ok_and(|s| s.success()), "kill -9 {pid}");
-        stop.store(true, Ordering::SeqCst);
-        posters
-            .into_iter()
-            .flat_map(|p| p.join().unwrap())
-            .collect()
     });
     server.kill9();
     let server = server.restart_builder().start();
