@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::store::{Conn, Tx};
-use crossbeam_channel::{RecvTimeoutError, Sender};
+use crossbeam_channel::Sender;
 
 use super::bus::{BusMsg, Wake};
 use super::deliver::{self, after_commit, fan_out, Ready, Written};
@@ -51,15 +51,10 @@ pub(super) fn run(shared: &Arc<Shared>, queue: &MailQueue, wake: Sender<Wake>) {
             });
         if let Err(e) = writer {
             log::error!("cannot start the dispatch writer ({e}); dispatching on one thread");
-            gather(
-                shared,
-                || false,
-                |batch| write_batch(shared, batch, queue, &wake),
-            );
+            gather(shared, |batch| write_batch(shared, batch, queue, &wake));
             return;
         }
-        let writer_behind = || to_writer.is_full();
-        gather(shared, writer_behind, |batch| {
+        gather(shared, |batch| {
             let _ = to_writer.send(batch);
         });
         drop(to_writer);
@@ -75,14 +70,8 @@ struct Batch<'s> {
 }
 
 /// Drains the bus into batches, prepares each and hands it to `write`,
-/// until the bus closes or says stop. While `writer_behind` (the batch
-/// before still waits for the writer), it keeps gathering: the batch could
-/// not be written sooner, and a larger one costs less per event.
-fn gather<'s>(
-    shared: &'s Shared,
-    writer_behind: impl Fn() -> bool,
-    mut write: impl FnMut(Batch<'s>),
-) {
+/// until the bus closes or says stop.
+fn gather<'s>(shared: &'s Shared, mut write: impl FnMut(Batch<'s>)) {
     let rx = shared.bus_rx.clone();
     while let Ok(first) = rx.recv() {
         let mut seqs = Vec::new();
@@ -120,18 +109,9 @@ fn gather<'s>(
                 (false, _) => None,
                 // Someone waits for a flush: no lingering.
                 (true, false) => rx.try_recv().ok(),
-                (true, true) => loop {
-                    let behind = writer_behind();
-                    let wait = match behind {
-                        true => GATHER,
-                        false => gather_until.saturating_duration_since(Instant::now()),
-                    };
-                    match rx.recv_timeout(wait) {
-                        Ok(msg) => break Some(msg),
-                        Err(RecvTimeoutError::Timeout) if behind => continue,
-                        Err(_) => break None,
-                    }
-                },
+                (true, true) => rx
+                    .recv_timeout(gather_until.saturating_duration_since(Instant::now()))
+                    .ok(),
             };
         }
         // A bug in rendering must cost one batch (left pending, re-driven
